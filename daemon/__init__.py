@@ -1,0 +1,1 @@
+"""Sluice's control plane: API, store, resolver, planner and dispatcher."""

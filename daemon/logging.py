@@ -1,0 +1,56 @@
+"""structlog set-up: readable lines on a terminal, JSON lines everywhere else."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_logging(log_format: str | None = None, level: int = logging.INFO) -> None:
+    """Route structlog and the standard library's logging through one renderer on stderr.
+
+    ``log_format`` is ``console`` or ``json``; unset means console on a terminal, JSON otherwise.
+    """
+    if log_format not in (None, "console", "json"):
+        raise ValueError(f"SLUICE_LOG_FORMAT must be console or json, not {log_format!r}")
+    if log_format is None:
+        log_format = "console" if sys.stderr.isatty() else "json"
+    renderer = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if log_format == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info if log_format == "json" else _identity,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Chatty libraries: their INFO lines are noise for an operator.
+    for name in ("aiohttp.access", "nats", "pgserver", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _identity(logger, method, event_dict):
+    return event_dict

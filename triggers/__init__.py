@@ -1,0 +1,1 @@
+"""Event sources: each kind of trigger turns what it sees into events for the daemon."""
