@@ -1,0 +1,71 @@
+"""The PostgreSQL store: schema migrations and typed data access (asyncpg, no ORM).
+
+Every function takes a pool or a connection first (:data:`Db`), so callers can compose several calls
+inside one transaction of their own. Errors a user can cause are :mod:`daemon.errors` types.
+"""
+
+from daemon.store.catalog import (
+    TRIGGER_SOURCES,
+    DatastoreRecord,
+    TriggerRecord,
+    TriggerSource,
+    UpsertResult,
+    datastore_names,
+    delete_trigger,
+    get_datastore,
+    get_trigger,
+    list_datastores,
+    list_triggers,
+    set_trigger_paused,
+    upsert_datastore,
+    upsert_trigger,
+)
+from daemon.store.db import Db, create_pool, init_connection, transaction
+from daemon.store.pipelines import (
+    VERSION_STATUSES,
+    PipelineRecord,
+    VersionRecord,
+    VersionStatus,
+    get_pipeline,
+    get_version,
+    list_pipelines,
+    list_versions,
+    publish_version,
+    set_default,
+    set_status,
+)
+from daemon.store.schema import migrate, migrations
+
+__all__ = [
+    "TRIGGER_SOURCES",
+    "VERSION_STATUSES",
+    "DatastoreRecord",
+    "Db",
+    "PipelineRecord",
+    "TriggerRecord",
+    "TriggerSource",
+    "UpsertResult",
+    "VersionRecord",
+    "VersionStatus",
+    "create_pool",
+    "datastore_names",
+    "delete_trigger",
+    "get_datastore",
+    "get_pipeline",
+    "get_trigger",
+    "get_version",
+    "init_connection",
+    "list_datastores",
+    "list_pipelines",
+    "list_triggers",
+    "list_versions",
+    "migrate",
+    "migrations",
+    "publish_version",
+    "set_default",
+    "set_status",
+    "set_trigger_paused",
+    "transaction",
+    "upsert_datastore",
+    "upsert_trigger",
+]

@@ -1,0 +1,72 @@
+"""Connections: the pool, the JSON codecs every connection gets, and transactions over either."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncpg
+import msgspec
+
+from daemon.errors import Unavailable
+
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+"""What every store function takes first: a pool (each call borrows a connection) or a connection,
+so that callers can compose several store calls in one transaction of their own."""
+
+
+def _encode_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Installs the JSON codecs: ``json``/``jsonb`` columns read and take Python values, not text."""
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog"
+        )
+
+
+def describe_dsn(dsn: str) -> str:
+    """``host:port/database`` of a DSN, without user or password, for messages."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    host = parts.hostname or query.get("host", ["localhost"])[0]
+    port = parts.port or query.get("port", [5432])[0]
+    database = unquote(parts.path.lstrip("/")) or query.get("dbname", [""])[0]
+    return f"{host}:{port}/{database}"
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+) -> asyncpg.Pool:
+    """A pool whose connections have the JSON codecs installed.
+
+    Each connection attempt is bounded by ``connect_timeout`` seconds.
+
+    Raises:
+        Unavailable: the server cannot be reached, refuses the login or lacks the database; the
+            message names host, port and database, never the password.
+    """
+    try:
+        return await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout, init=init_connection
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if password := urlsplit(dsn).password:
+            reason = reason.replace(password, "***")
+        raise Unavailable(f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {reason}") from exc
+
+
+@asynccontextmanager
+async def transaction(db: Db) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on ``db``: a borrowed pool connection, or a savepoint when ``db`` is already in one."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
