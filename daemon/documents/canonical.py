@@ -1,0 +1,47 @@
+"""The canonical JSON form of specs, and the digest that identifies a pipeline version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from daemon.documents.specs import DatastoreSpec, Kind, PipelineSpec, Spec, TriggerSpec
+
+_SPEC_TYPES: dict[str, type[Spec]] = {
+    "Pipeline": PipelineSpec,
+    "Trigger": TriggerSpec,
+    "Datastore": DatastoreSpec,
+}
+
+
+def spec_to_json(spec: Spec) -> dict[str, Any]:
+    """``spec`` as JSON-able builtins: every field present, sizes in bytes, durations in seconds,
+    CPU in cores, step defaults merged into the steps, tagged unions carrying their tag (``from`` on
+    step inputs, ``source`` on a trigger's ``on``). ``spec_from_json`` reads it back."""
+    return msgspec.to_builtins(spec)
+
+
+def spec_from_json(kind: Kind, data: Mapping[str, Any]) -> Spec:
+    """The spec of ``kind`` that ``spec_to_json`` gave ``data`` for; ``msgspec.ValidationError`` if
+    ``data`` is not one."""
+    return msgspec.convert(data, _SPEC_TYPES[kind], strict=True)
+
+
+def version_digest(spec: PipelineSpec, source_digest: str | None) -> str:
+    """``sha256:<hex>`` of the canonical JSON (sorted keys, no whitespace, UTF-8) of
+    ``{"spec": <spec without source>, "source": source_digest}``. The source directory's name does
+    not count, only its content (through ``source_digest``), so moving it keeps the version."""
+    content = spec_to_json(spec)
+    del content["source"]
+    text = json.dumps(
+        {"spec": content, "source": source_digest},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

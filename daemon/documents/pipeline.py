@@ -1,0 +1,324 @@
+"""Pipeline documents: the raw YAML shape to a ``PipelineSpec``, with every semantic check.
+
+Checks run in two passes so that each problem is reported once, at the path where it was written:
+each step's own fields and the ``defaults`` are normalised and checked alone (units, names, template
+syntax, params), then the defaults are merged into each step and what depends on the other steps is
+checked (inputs, outputs and steps referenced, ``after``, cycles). A problem of the second pass in a
+field that came from ``defaults`` is reported at ``defaults.…`` and names the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+from msgspec import UNSET
+
+from daemon.documents import names, units
+from daemon.documents.graph import dependencies, find_cycle
+from daemon.documents.paths import child
+from daemon.documents.problems import Reporter
+from daemon.documents.raw import RawPipeline, RawResources, RawStepFields
+from daemon.documents.specs import (
+    FromDatastore,
+    FromStep,
+    ParamSpec,
+    PipelineSpec,
+    Resources,
+    StepInput,
+    StepSpec,
+)
+from daemon.documents.template import TemplateError, references
+
+_RUN_FIELDS = ("id", "pipeline", "version")
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean"}
+_STEP_NAMESPACES = "params.X, inputs.X, outputs.X, steps.STEP.outputs.X, run.id, run.pipeline, run.version"
+_PATH_NAMESPACES = "params.X, run.id, run.pipeline, run.version"
+# Merged key by key, the step's keys winning; every other field is taken whole from the step or defaults.
+_MERGED_BY_KEY = ("env", "selector")
+
+
+def build_pipeline(name: str, raw: RawPipeline, report: Reporter) -> PipelineSpec:
+    """The spec of pipeline ``name``; each problem found goes to ``report`` (and then the spec, built
+    with placeholders where values were bad, is not to be used)."""
+    params = {param: _param(param, spec, report) for param, spec in raw.params.items()}
+    if raw.source is not None and not raw.source.strip():
+        report.add("source", "must not be empty")
+    checker = _FieldChecker(params, report)
+    defaults = checker.fields(raw.defaults, "defaults") if raw.defaults else _Part({}, "defaults")
+    if not raw.steps:
+        report.add("steps", "needs at least one step")
+    steps = [
+        _merge(defaults, checker.fields(step, child("steps", index)), step.name, index, report)
+        for index, step in enumerate(raw.steps)
+    ]
+    _check_steps(steps, report)
+    spec = PipelineSpec(
+        name=name,
+        description=raw.description,
+        params=params,
+        source=raw.source,
+        concurrency=raw.concurrency,
+        steps=[step.spec for step in steps],
+    )
+    cycle = find_cycle(dependencies(spec.steps))
+    if cycle:
+        report.add("steps", "cycle: " + " → ".join(cycle))
+    return spec
+
+
+def _param(name: str, spec: ParamSpec, report: Reporter) -> ParamSpec:
+    path = child("params", name)
+    if problem := names.identifier_problem(name):
+        report.add(path, problem)
+    if spec.default is None:
+        return spec
+    if not spec.accepts(spec.default):
+        report.add(child(path, "default"), f"must be {_TYPE_WORDS[spec.type]}")
+    elif spec.type == "number":
+        return ParamSpec(type=spec.type, default=float(spec.default), description=spec.description)
+    return spec
+
+
+class _Part:
+    """Normalised step fields as written in one place (a step, or ``defaults``), UNSET ones left out."""
+
+    def __init__(self, values: dict[str, Any], path: str) -> None:
+        self.values = values
+        self.path = path
+
+
+class _Step:
+    """A step with defaults merged in, and where each field (each key for env/selector) was written."""
+
+    def __init__(self, spec: StepSpec, origins: dict[str, str], index: int) -> None:
+        self.spec = spec
+        self.origins = origins
+        self.index = index
+
+    def path(self, field: str, *rest: str | int) -> str:
+        """Where ``field`` (then ``rest``) was written: under the step, or under ``defaults``."""
+        key = f"{field}.{rest[0]}" if field in _MERGED_BY_KEY and rest else field
+        path = child(self.origins.get(key, child("steps", self.index)), field)
+        for part in rest:
+            path = child(path, part)
+        return path
+
+    def note(self, field: str) -> str:
+        """A suffix naming the step, for problems of a field that came from ``defaults``."""
+        return f" (in step {self.spec.name})" if self.origins.get(field) == "defaults" else ""
+
+
+def _merge(defaults: _Part, own: _Part, name: str, index: int, report: Reporter) -> _Step:
+    values: dict[str, Any] = {**defaults.values, **own.values}
+    origins = {field: own.path if field in own.values else defaults.path for field in values}
+    for field in _MERGED_BY_KEY:
+        if field in values:
+            values[field] = {**defaults.values.get(field, {}), **own.values.get(field, {})}
+            for part in (defaults, own):
+                origins.update({f"{field}.{key}": part.path for key in part.values.get(field, {})})
+    if "command" not in values:
+        report.add(child(own.path, "command"), "missing (set it in the step or in defaults)")
+        values["command"] = []
+    return _Step(StepSpec(name=name, **values), origins, index)
+
+
+class _FieldChecker:
+    """Normalises and checks step fields that can be judged without knowing the other steps."""
+
+    def __init__(self, params: Mapping[str, ParamSpec], report: Reporter) -> None:
+        self.params = params
+        self.report = report
+        self.normalisers: dict[str, Callable[[Any, str], Any]] = {
+            "command": self.command,
+            "image": self.image,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "resources": self.resources,
+            "env": self.env,
+            "timeout": self.timeout,
+        }
+
+    def fields(self, raw: RawStepFields, path: str) -> _Part:
+        values = {}
+        for field in RawStepFields.__struct_fields__:
+            value = getattr(raw, field)
+            if value is not UNSET:
+                normalise = self.normalisers.get(field)
+                values[field] = normalise(value, child(path, field)) if normalise else value
+        return _Part(values, path)
+
+    def command(self, command: list[str], path: str) -> list[str]:
+        if not command:
+            self.report.add(path, "must not be empty")
+        for index, item in enumerate(command):
+            self.template(item, child(path, index), step_scoped=True)
+        return command
+
+    def image(self, image: str, path: str) -> str:
+        if not image.strip():
+            self.report.add(path, "must not be empty (leave it out to run a process)")
+        return image
+
+    def inputs(self, inputs: dict[str, str | FromDatastore], path: str) -> dict[str, StepInput]:
+        self.env_names([(name, child(path, name)) for name in inputs], "SLUICE_INPUT_")
+        return {name: self.input(source, child(path, name)) for name, source in inputs.items()}
+
+    def input(self, source: str | FromDatastore, path: str) -> StepInput:
+        if isinstance(source, FromDatastore):
+            if problem := names.name_problem(source.datastore):
+                self.report.add(child(path, "datastore"), problem)
+            location = PurePosixPath(source.path)
+            if location.is_absolute() or ".." in location.parts:
+                self.report.add(child(path, "path"), "must be relative to the datastore, without '..'")
+            self.template(source.path, child(path, "path"), step_scoped=False)
+            return source
+        parts = source[2:-1].split(".") if source.startswith("${") and source.endswith("}") else []
+        if len(parts) == 4 and parts[0] == "steps" and parts[2] == "outputs" and all(parts):
+            return FromStep(step=parts[1], output=parts[3])
+        self.report.add(path, "must be ${steps.STEP.outputs.NAME} or a mapping with datastore and path")
+        return FromStep(step="", output="")
+
+    def outputs(self, outputs: list[str], path: str) -> list[str]:
+        self.env_names([(name, child(path, index)) for index, name in enumerate(outputs)], "SLUICE_OUTPUT_")
+        return outputs
+
+    def resources(self, raw: RawResources, path: str) -> Resources:
+        cpu = self.unit(units.parse_cpu, raw.cpu, child(path, "cpu"), 1.0)
+        memory = self.unit(units.parse_size, raw.memory, child(path, "memory"), 0)
+        gpu_memory = None
+        if raw.gpu_memory is not None:
+            gpu_memory = self.unit(units.parse_size, raw.gpu_memory, child(path, "gpu_memory"), 0)
+            if raw.gpu < 1:
+                self.report.add(child(path, "gpu_memory"), "needs gpu")
+        return Resources(cpu=cpu, memory=memory, gpu=raw.gpu, gpu_memory=gpu_memory)
+
+    def env(self, env: dict[str, str], path: str) -> dict[str, str]:
+        for name, value in env.items():
+            if problem := names.identifier_problem(name):
+                self.report.add(child(path, name), problem)
+            self.template(value, child(path, name), step_scoped=True)
+        return env
+
+    def timeout(self, timeout: float | str, path: str) -> float:
+        seconds = self.unit(units.parse_duration, timeout, path, 1.0)
+        if seconds == 0:
+            self.report.add(path, "must be more than 0 (leave it out for no limit)")
+        return seconds
+
+    def unit(self, parse: Callable[[Any], Any], value: object, path: str, placeholder: Any) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.report.add(path, str(exc))
+            return placeholder
+
+    def env_names(self, names_at: list[tuple[str, str]], prefix: str) -> None:
+        """Names (with their paths) that become ``prefix`` + NAME upper-cased: each must be valid and
+        distinct from the others once upper-cased."""
+        seen: dict[str, str] = {}
+        for name, path in names_at:
+            variable = prefix + name.upper()
+            if problem := names.identifier_problem(name):
+                self.report.add(path, problem)
+            elif seen.get(variable) == name:
+                self.report.add(path, f"duplicate name {name!r}")
+            elif variable in seen:
+                self.report.add(path, f"{name!r} and {seen[variable]!r} would both be {variable}")
+            seen.setdefault(variable, name)
+
+    def template(self, text: str, path: str, *, step_scoped: bool) -> None:
+        """Syntax, namespaces and params of the ``${…}`` in ``text``. Step-scoped texts (argv items,
+        env values) may also refer to inputs, outputs and steps; those are only checked for shape
+        here, the second pass checks they exist."""
+        try:
+            expressions = references(text)
+        except TemplateError as exc:
+            self.report.add(path, exc.message)
+            return
+        for expression in expressions:
+            if problem := self.reference_problem(expression, step_scoped):
+                self.report.add(path, problem)
+
+    def reference_problem(self, expression: str, step_scoped: bool) -> str | None:
+        parts = expression.split(".")
+        if parts[0] == "params" and len(parts) == 2:
+            return None if parts[1] in self.params else f"${{{expression}}}: unknown param {parts[1]!r}"
+        if parts[0] == "run" and len(parts) == 2 and parts[1] in _RUN_FIELDS:
+            return None
+        if step_scoped and (
+            (parts[0] in ("inputs", "outputs") and len(parts) == 2)
+            or (parts[0] == "steps" and len(parts) == 4 and parts[2] == "outputs")
+        ):
+            return None
+        allowed = _STEP_NAMESPACES if step_scoped else _PATH_NAMESPACES
+        return f"unknown substitution ${{{expression}}} (use {allowed})"
+
+
+def _check_steps(steps: list[_Step], report: Reporter) -> None:
+    """The checks that need the other steps: names, inputs, outputs and steps referenced, ``after``."""
+    first_at: dict[str, int] = {}
+    for step in steps:
+        name_path = child(child("steps", step.index), "name")
+        if problem := names.name_problem(step.spec.name):
+            report.add(name_path, problem)
+        elif step.spec.name in first_at:
+            report.add(name_path, f"duplicate step name (first at steps[{first_at[step.spec.name]}])")
+        first_at.setdefault(step.spec.name, step.index)
+    outputs = {step.spec.name: set(step.spec.outputs) for step in steps}
+    for step in steps:
+        _check_step(step, outputs, report)
+
+
+def _check_step(step: _Step, outputs: Mapping[str, set[str]], report: Reporter) -> None:
+    spec = step.spec
+    for name, source in spec.inputs.items():
+        if name in spec.outputs:
+            report.add(
+                step.path("inputs", name), f"input {name!r} has the name of an output{step.note('inputs')}"
+            )
+        if isinstance(source, FromStep) and source.step:
+            problem = _step_output_problem(spec.name, source.step, source.output, outputs)
+            if problem:
+                report.add(step.path("inputs", name), problem + step.note("inputs"))
+    for index, name in enumerate(spec.after):
+        if name == spec.name:
+            report.add(step.path("after", index), "a step cannot come after itself" + step.note("after"))
+        elif name not in outputs:
+            report.add(step.path("after", index), f"unknown step {name!r}" + step.note("after"))
+    for index, item in enumerate(spec.command):
+        for problem in _step_scoped_problems(item, spec, outputs):
+            report.add(step.path("command", index), problem + step.note("command"))
+    for key, value in spec.env.items():
+        for problem in _step_scoped_problems(value, spec, outputs):
+            report.add(step.path("env", key), problem + step.note(f"env.{key}"))
+
+
+def _step_scoped_problems(text: str, spec: StepSpec, outputs: Mapping[str, set[str]]) -> list[str]:
+    try:
+        expressions = references(text)
+    except TemplateError:
+        return []  # reported by the first pass
+    problems = []
+    for expression in expressions:
+        parts = expression.split(".")
+        if parts[0] == "inputs" and len(parts) == 2 and parts[1] not in spec.inputs:
+            problems.append(f"${{{expression}}}: the step has no input {parts[1]!r}")
+        elif parts[0] == "outputs" and len(parts) == 2 and parts[1] not in spec.outputs:
+            problems.append(f"${{{expression}}}: the step has no output {parts[1]!r}")
+        elif parts[0] == "steps" and len(parts) == 4 and parts[2] == "outputs":
+            problem = _step_output_problem(spec.name, parts[1], parts[3], outputs)
+            if problem:
+                problems.append(f"${{{expression}}}: {problem}")
+    return problems
+
+
+def _step_output_problem(own: str, step: str, output: str, outputs: Mapping[str, set[str]]) -> str | None:
+    if step == own:
+        return f"a step cannot use its own output this way (use ${{outputs.{output}}})"
+    if step not in outputs:
+        return f"unknown step {step!r}"
+    if output not in outputs[step]:
+        return f"step {step!r} has no output {output!r}"
+    return None

@@ -1,0 +1,182 @@
+"""The validated, normalised form of each kind of document.
+
+These are what the rest of Sluice works with. Every value is explicit and canonical: sizes in bytes,
+durations and CPU as float seconds and cores, step defaults already merged into each step. They
+round-trip through ``msgspec.to_builtins`` / ``msgspec.convert`` (see ``daemon.documents.canonical``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+ParamType = Literal["string", "integer", "number", "boolean"]
+Scalar = str | int | float | bool
+
+
+class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Options every spec struct shares (``kw_only`` does not inherit, so each struct sets it)."""
+
+
+class ParamSpec(_Spec, kw_only=True):
+    """A typed pipeline parameter; without a default it is required."""
+
+    type: ParamType
+    default: Scalar | None = None
+    description: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    def accepts(self, value: object) -> bool:
+        """Whether ``value`` (a Python value, not text) has this parameter's type."""
+        if self.type == "string":
+            return isinstance(value, str)
+        if self.type == "boolean":
+            return isinstance(value, bool)
+        if self.type == "integer":
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class Concurrency(_Spec, kw_only=True):
+    """At most ``max_active_runs`` runs at once; a run beyond that waits (queue) or is not created (skip)."""
+
+    max_active_runs: Annotated[int, msgspec.Meta(ge=1)]
+    on_limit: Literal["queue", "skip"] = "queue"
+
+
+class Resources(_Spec, kw_only=True):
+    """What a step needs from an agent. ``memory`` 0 means unspecified."""
+
+    cpu: float = 1.0
+    memory: int = 0
+    gpu: int = 0
+    gpu_memory: int | None = None
+
+
+class FromStep(_Spec, kw_only=True, tag="step", tag_field="from"):
+    """An input that is the output directory ``output`` of step ``step`` of the same run."""
+
+    step: str
+    output: str
+
+
+class FromDatastore(_Spec, kw_only=True, tag="datastore", tag_field="from"):
+    """An input read from ``path`` (may hold ``${params.…}``/``${run.…}``) in a datastore.
+
+    ``hash`` says how its fingerprint is taken: from the file listing (names, sizes, mtimes) or content.
+    """
+
+    datastore: str
+    path: str
+    hash: Literal["listing", "content"] = "listing"
+
+
+StepInput = FromStep | FromDatastore
+
+
+class StepSpec(_Spec, kw_only=True):
+    """One step with the pipeline's defaults merged in. ``timeout`` None = no limit; ``image`` None =
+    runs as a process."""
+
+    name: str
+    command: list[str]
+    image: str | None = None
+    inputs: dict[str, StepInput] = msgspec.field(default_factory=dict)
+    outputs: list[str] = msgspec.field(default_factory=list)
+    resources: Resources = msgspec.field(default_factory=Resources)
+    selector: dict[str, str] = msgspec.field(default_factory=dict)
+    after: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    retries: int = 0
+    timeout: float | None = None
+    reuse: bool = True
+
+
+class PipelineSpec(_Spec, kw_only=True):
+    """A pipeline. ``source`` is the directory as written, relative to the YAML file; ``concurrency``
+    None = no limit."""
+
+    name: str
+    description: str = ""
+    params: dict[str, ParamSpec] = msgspec.field(default_factory=dict)
+    source: str | None = None
+    concurrency: Concurrency | None = None
+    steps: list[StepSpec]
+
+
+CronCatchup = Literal["none", "latest", "all"]
+FileEvent = Literal["created", "modified", "deleted", "moved"]
+RunStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+class CronSource(_Spec, kw_only=True, tag="cron", tag_field="source"):
+    cron: str
+    timezone: str = "UTC"
+    catchup: CronCatchup = "latest"
+
+
+class FilesSource(_Spec, kw_only=True, tag="files", tag_field="source"):
+    datastore: str
+    pattern: str
+    events: list[FileEvent] = msgspec.field(default_factory=lambda: ["created", "modified"])
+    settle: float = 2.0
+    batch: float = 0.0
+    watch: Literal["auto", "inotify", "poll"] = "auto"
+    poll_interval: float = 10.0
+
+
+class NatsSource(_Spec, kw_only=True, tag="nats", tag_field="source"):
+    """``match`` maps dotted JSON field paths of the message to the values they must equal."""
+
+    subject: str
+    stream: str | None = None
+    match: dict[str, Scalar | None] = msgspec.field(default_factory=dict)
+
+
+class RunSource(_Spec, kw_only=True, tag="run", tag_field="source"):
+    pipeline: str
+    status: list[RunStatus] = msgspec.field(default_factory=lambda: ["succeeded"])
+
+
+EventSource = CronSource | FilesSource | NatsSource | RunSource
+
+
+class TriggerSpec(_Spec, kw_only=True):
+    """A trigger. ``params`` values are scalars or strings that may hold ``${event.…}``."""
+
+    name: str
+    pipeline: str
+    version: int | None = None
+    on: EventSource
+    params: dict[str, Scalar] = msgspec.field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """``cron``, ``files``, ``nats`` or ``run``."""
+        return self.on.__struct_config__.tag
+
+
+class DatastoreSpec(_Spec, kw_only=True):
+    name: str
+    type: Literal["local"] = "local"
+    path: str
+
+
+Spec = PipelineSpec | TriggerSpec | DatastoreSpec
+Kind = Literal["Pipeline", "Trigger", "Datastore"]
+
+
+class Document(msgspec.Struct, frozen=True, kw_only=True):
+    """One validated document. ``file`` and ``line`` say where it was written; ``lines`` maps field
+    paths (``steps[0].inputs.raw``) to their lines, for problems found later (``check_references``)."""
+
+    kind: Kind
+    name: str
+    file: str
+    line: int
+    spec: Spec
+    lines: dict[str, int] = msgspec.field(default_factory=dict)
