@@ -21,6 +21,7 @@ from daemon.store.catalog import (
     upsert_trigger,
 )
 from daemon.store.db import Db, create_pool, init_connection, transaction
+from daemon.store.events import EventOutcome, EventRecord, list_events
 from daemon.store.pipelines import (
     VERSION_STATUSES,
     PipelineRecord,
@@ -41,6 +42,8 @@ __all__ = [
     "VERSION_STATUSES",
     "DatastoreRecord",
     "Db",
+    "EventOutcome",
+    "EventRecord",
     "PipelineRecord",
     "TriggerRecord",
     "TriggerSource",
@@ -56,6 +59,7 @@ __all__ = [
     "get_version",
     "init_connection",
     "list_datastores",
+    "list_events",
     "list_pipelines",
     "list_triggers",
     "list_versions",
