@@ -1,0 +1,88 @@
+"""Applying documents over HTTP, and the upload of source snapshots they refer to."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from aiohttp import web
+
+from daemon.api.context import POOL, SOURCES
+from daemon.api.http import json_response, read_json
+from daemon.catalog import SOURCE_DIGEST, SourceRef, apply_documents
+from daemon.documents import SourceText
+from daemon.documents.source import archive_digest
+from daemon.errors import BadRequest, Invalid, NotFound
+
+routes = web.RouteTableDef()
+
+YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
+
+
+class ApplyBody(msgspec.Struct, forbid_unknown_fields=True):
+    documents: list[SourceText]
+    sources: list[SourceRef] = []
+    make_default: bool = True
+
+
+def flag_arg(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() in ("1", "true", "yes")
+
+
+async def document_text(request: web.Request) -> SourceText:
+    """The request body as one text of documents: YAML, or JSON (which YAML reads as well)."""
+    if request.content_type not in YAML_TYPES | {"application/json"}:
+        raise BadRequest(
+            f"send documents as application/yaml or application/json, not {request.content_type}"
+        )
+    try:
+        text = (await request.read()).decode()
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not UTF-8 text") from None
+    return SourceText(file=request.query.get("file", "<request>"), text=text)
+
+
+@routes.post("/api/v1/apply")
+async def apply(request: web.Request) -> web.Response:
+    """Apply a batch: JSON {documents: [{file, text}], sources: [{file, source, digest}]}, or a YAML body."""
+    if request.content_type in YAML_TYPES:
+        body = ApplyBody(
+            documents=[await document_text(request)], make_default=not flag_arg(request, "no_default")
+        )
+    else:
+        body = await read_json(request, ApplyBody)
+    applied = await apply_documents(
+        request.app[POOL], request.app[SOURCES], body.documents, body.sources, make_default=body.make_default
+    )
+    return json_response({"items": applied})
+
+
+def _digest_arg(request: web.Request) -> str:
+    digest = request.match_info["digest"]
+    if not SOURCE_DIGEST.match(digest):
+        raise BadRequest(f"{digest!r} is not a source digest (sha256:<64 hex digits>)")
+    return digest
+
+
+@routes.get("/api/v1/sources/{digest}")
+async def get_source(request: web.Request) -> web.Response:
+    digest = _digest_arg(request)
+    if not await request.app[SOURCES].has(digest):
+        raise NotFound(f"source snapshot {digest} is not stored")
+    if request.method == "HEAD":
+        return web.Response()
+    return web.Response(body=await request.app[SOURCES].get(digest), content_type="application/x-tar")
+
+
+@routes.put("/api/v1/sources/{digest}")
+async def put_source(request: web.Request) -> web.Response:
+    """Store a snapshot archive; its content must hash to the digest it is stored under."""
+    digest = _digest_arg(request)
+    if await request.app[SOURCES].has(digest):
+        return json_response({"digest": digest, "stored": False})
+    archive = await request.read()
+    actual = await asyncio.to_thread(archive_digest, archive)
+    if actual != digest:
+        raise Invalid(f"the archive's content hashes to {actual}, not {digest}")
+    await request.app[SOURCES].put(digest, archive)
+    return json_response({"digest": digest, "stored": True}, status=201)

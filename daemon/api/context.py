@@ -1,0 +1,14 @@
+"""Typed keys for what the handlers share through the aiohttp application."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from daemon.bus import SourceStore
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+NATS_CLIENT = web.AppKey("nats", NATS)
+SOURCES = web.AppKey("sources", SourceStore)
+API_TOKEN = web.AppKey("api_token", str)

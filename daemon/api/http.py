@@ -1,0 +1,83 @@
+"""Request and response helpers shared by the handlers: JSON bodies, paths, pagination."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from daemon.errors import BadRequest
+
+T = TypeVar("T")
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 100
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(body: Any, *, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
+
+async def read_json(request: web.Request, type_: type[T]) -> T:
+    """The request's JSON body as ``type_``; a malformed or ill-typed body is a 400 naming the field."""
+    body = await request.read()
+    if not body:
+        raise BadRequest("the request needs a JSON body")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request body: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+def int_arg(request: web.Request, name: str, *, minimum: int = 1) -> int:
+    """A positive integer from the path, e.g. a version number; accepts "3" and "v3"."""
+    raw = request.match_info[name]
+    try:
+        value = int(raw.removeprefix("v"))
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise BadRequest(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def limit_arg(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit must be an integer, not {raw!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
+    return limit
+
+
+def encode_cursor(key: Any) -> str:
+    return base64.urlsafe_b64encode(_encoder.encode(key)).decode()
+
+
+def decode_cursor(request: web.Request, type_: type[T]) -> T | None:
+    """The ``type_`` key after which a list continues, from ``?cursor=``; None on the first page."""
+    raw = request.query.get("cursor")
+    if not raw:
+        return None
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=type_)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise BadRequest("cursor is not one this API returned") from None
+
+
+def page(items: list[Any], limit: int, key) -> dict[str, Any]:
+    """The contract's list shape; ``items`` holds up to limit + 1 rows, the extra one says more exist."""
+    more = len(items) > limit
+    items = items[:limit]
+    return {
+        "items": [item.to_json() for item in items],
+        "next_cursor": encode_cursor(key(items[-1])) if more else None,
+    }

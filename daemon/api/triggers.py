@@ -1,0 +1,74 @@
+"""Triggers (read, pause, resume, delete, and the events each saw) and datastores."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from daemon import store
+from daemon.api.context import POOL
+from daemon.api.http import decode_cursor, json_response, limit_arg, page
+from daemon.errors import NotFound
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/triggers")
+async def list_triggers(request: web.Request) -> web.Response:
+    limit = limit_arg(request)
+    async with request.app[POOL].acquire() as conn:
+        records = await store.list_triggers(conn, limit=limit + 1, after=decode_cursor(request, str))
+    return json_response(page(records, limit, key=lambda record: record.name))
+
+
+@routes.get("/api/v1/triggers/{name}")
+async def get_trigger(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    async with request.app[POOL].acquire() as conn:
+        record = await store.get_trigger(conn, name)
+    if record is None:
+        raise NotFound(f"trigger {name} does not exist")
+    return json_response(record.to_json())
+
+
+@routes.get("/api/v1/triggers/{name}/events")
+async def list_trigger_events(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    limit = limit_arg(request)
+    async with request.app[POOL].acquire() as conn:
+        if await store.get_trigger(conn, name) is None:
+            raise NotFound(f"trigger {name} does not exist")
+        records = await store.list_events(conn, name, limit=limit + 1, before=decode_cursor(request, int))
+    return json_response(page(records, limit, key=lambda record: record.id))
+
+
+async def _set_paused(request: web.Request, paused: bool) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        record = await store.set_trigger_paused(conn, request.match_info["name"], paused)
+    return json_response(record.to_json())
+
+
+@routes.post("/api/v1/triggers/{name}/pause")
+async def pause_trigger(request: web.Request) -> web.Response:
+    return await _set_paused(request, True)
+
+
+@routes.post("/api/v1/triggers/{name}/resume")
+async def resume_trigger(request: web.Request) -> web.Response:
+    return await _set_paused(request, False)
+
+
+@routes.delete("/api/v1/triggers/{name}")
+async def delete_trigger(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    async with request.app[POOL].acquire() as conn:
+        if not await store.delete_trigger(conn, name):
+            raise NotFound(f"trigger {name} does not exist")
+    return json_response({"name": name, "deleted": True})
+
+
+@routes.get("/api/v1/datastores")
+async def list_datastores(request: web.Request) -> web.Response:
+    limit = limit_arg(request)
+    async with request.app[POOL].acquire() as conn:
+        records = await store.list_datastores(conn, limit=limit + 1, after=decode_cursor(request, str))
+    return json_response(page(records, limit, key=lambda record: record.name))
