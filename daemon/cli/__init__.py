@@ -1,0 +1,20 @@
+"""The `sluice` console script.
+
+Exit status: 0 success, 1 a failed operation, 2 bad usage or bad input (contract §2).
+"""
+
+from __future__ import annotations
+
+import click
+
+from daemon.cli import catalog, server
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="sluice", prog_name="sluice")
+def main() -> None:
+    """Sluice: an event-driven scheduler for machine-learning pipelines."""
+
+
+server.register(main)
+catalog.register(main)

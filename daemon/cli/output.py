@@ -1,0 +1,133 @@
+"""How CLI commands speak: tables for people, JSON for programs, one line per error (contract §2)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from daemon.errors import SluiceError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Off a terminal nothing may wrap or be cut, so piped output stays one row per line.
+_UNBOUNDED_WIDTH = 100_000
+_PROGRESS_MIN_BYTES = 4 * 1024 * 1024
+
+
+def exit_code(status: int) -> int:
+    """The exit status for an error of HTTP ``status``: 2 for bad input (4xx but 409), else 1."""
+    return 2 if 400 <= status < 500 and status != 409 else 1
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``error: message`` to stderr and exit with ``code``."""
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def format_detail(detail: Any) -> str:
+    """One problem as ``file:line path: message``, with whichever of those parts it has."""
+    if not isinstance(detail, Mapping):
+        return str(detail)
+    where = ":".join(str(detail[key]) for key in ("file", "line") if detail.get(key) not in (None, ""))
+    location = " ".join(part for part in (where, str(detail.get("path") or "")) if part)
+    message = str(detail.get("message", ""))
+    return f"{location}: {message}" if location else message
+
+
+def report(error: SluiceError) -> NoReturn:
+    """Print ``error`` as one line per detail (or ``error: message`` without details) and exit."""
+    if error.details:
+        for detail in error.details:
+            click.echo(format_detail(detail), err=True)
+        raise SystemExit(exit_code(error.status))
+    fail(error.message, exit_code(error.status))
+
+
+def reports_errors(callback: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a command's callback so a SluiceError ends it with :func:`report`, never a traceback."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return callback(*args, **kwargs)
+        except SluiceError as error:
+            report(error)
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    """Pretty JSON on stdout."""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, empty: str) -> None:
+    """A borderless table on stdout: bold headers on a terminal, plain text elsewhere; cells fold, never cut.
+
+    With no rows, ``empty`` goes to stderr instead, so stdout stays parseable.
+    """
+    rows = list(rows)
+    if not rows:
+        click.echo(empty, err=True)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 3, 0, 0))
+    for column in columns:
+        table.add_column(column, no_wrap=True, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console = _stdout()
+    with console.capture() as captured:
+        console.print(table)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def format_time(value: str | None) -> str:
+    """An API timestamp (ISO 8601) in local time, short: ``2026-11-23 14:02``; ``-`` when absent."""
+    if not value:
+        return "-"
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+@contextlib.contextmanager
+def progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A transfer bar on a terminal's stderr for ``total`` bytes; yields ``advance(n)``.
+
+    Yields None (nothing to show) off a terminal or for small transfers.
+    """
+    console = Console(stderr=True)
+    if not console.is_terminal or total < _PROGRESS_MIN_BYTES:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda sent: bar.advance(task, sent)
+
+
+def _stdout() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = _UNBOUNDED_WIDTH
+    return console

@@ -1,0 +1,99 @@
+"""`sluice up` and `sluice daemon`: the long-running processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+
+from daemon.config import DEFAULT_PORT, Settings
+from daemon.errors import SluiceError
+from daemon.logging import configure_logging
+
+HOST_HELP = "Address the API listens on; anything but loopback requires SLUICE_API_TOKEN."
+
+
+def register(group: click.Group) -> None:
+    group.add_command(up)
+    group.add_command(daemon)
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where state lives (default: SLUICE_DATA_DIR or ~/.local/share/sluice).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port of the HTTP API.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
+def up(data_dir: Path | None, port: int, host: str) -> None:
+    """Run everything on this machine: embedded PostgreSQL and NATS, and the daemon.
+
+    PostgreSQL and NATS are embedded under the data dir unless SLUICE_DATABASE_URL / SLUICE_NATS_URL
+    are set. Runs until SIGINT or SIGTERM; state survives restarts with the same data dir.
+    """
+    settings = Settings.from_env().with_data_dir(data_dir)
+    _serve(settings, host, port, announce=True)
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where embedded servers keep state (default: SLUICE_DATA_DIR or ~/.local/share/sluice).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port of the HTTP API.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
+def daemon(data_dir: Path | None, port: int, host: str) -> None:
+    """Run the control plane alone (the API, and later triggers and dispatch)."""
+    settings = Settings.from_env().with_data_dir(data_dir)
+    _serve(settings, host, port, announce=False)
+
+
+def _serve(settings: Settings, host: str, port: int, *, announce: bool) -> None:
+    from daemon.cli.output import fail
+    from daemon.service import ConfigurationError, Endpoints, run_daemon
+
+    try:
+        configure_logging(settings.log_format)
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+    def on_ready(endpoints: Endpoints) -> None:
+        if announce:
+            click.echo(
+                f"Sluice is up (data dir {endpoints.data_dir})\n"
+                f"  API:  {endpoints.api_url}\n"
+                f"  NATS: {endpoints.nats_url}   "
+                f"agents join with SLUICE_NATS_URL={endpoints.nats_url} sluice agent\n"
+                "Stop with Ctrl-C.",
+                nl=True,
+            )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_daemon(settings, host=host, port=port, stop=stop, on_ready=on_ready)
+
+    try:
+        asyncio.run(main())
+    except ConfigurationError as exc:
+        fail(exc.message, 2)
+    except SluiceError as exc:
+        fail(exc.message, 1)
