@@ -24,7 +24,11 @@ async def connect(urls: str, *, creds: str | None = None, name: str = "sluice-da
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc))
 
+    client: NATS | None = None
+
     async def on_disconnected() -> None:
+        if client is not None and (client.is_closed or client.is_draining):
+            return  # our own shutdown, not a lost server
         log.warning("nats_disconnected")
 
     async def on_reconnected() -> None:
@@ -32,7 +36,7 @@ async def connect(urls: str, *, creds: str | None = None, name: str = "sluice-da
 
     servers = [url.strip() for url in urls.split(",") if url.strip()]
     try:
-        return await nats.connect(
+        client = await nats.connect(
             servers=servers,
             name=name,
             user_credentials=creds,
@@ -48,6 +52,7 @@ async def connect(urls: str, *, creds: str | None = None, name: str = "sluice-da
         raise Unavailable(
             f"cannot connect to NATS at {', '.join(servers)}: {exc or type(exc).__name__}"
         ) from exc
+    return client
 
 
 class SourceStore:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -51,8 +52,12 @@ class EmbeddedPostgres:
             ) from exc
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # cleanup_mode=None: pgserver must not stop the server at interpreter exit; stop() does.
-            self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+            with warnings.catch_warnings():
+                # pgserver keeps a lock file in the user's runtime dir; without XDG_RUNTIME_DIR (a
+                # service, a container) platformdirs falls back to /tmp and warns, which is harmless.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+                # cleanup_mode=None: pgserver must not stop the server at interpreter exit; stop() does.
+                self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:
             raise Unavailable(
                 f"the embedded PostgreSQL in {self.pgdata} did not start: {exc}; see {self.pgdata / 'log'}"

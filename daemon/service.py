@@ -63,10 +63,7 @@ async def run_daemon(
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.database_url is None or settings.nats_url is None:
             stack.enter_context(_data_dir_lock(settings.data_dir))
-        database_url = settings.database_url or await _embedded(
-            stack, EmbeddedPostgres(settings.data_dir / "postgres")
-        )
-        nats_url = settings.nats_url or await _embedded(stack, EmbeddedNats(settings.data_dir / "nats"))
+        database_url, nats_url = await _start_embedded(stack, settings)
 
         pool = await store.create_pool(database_url)
         stack.push_async_callback(_close_pool, pool)
@@ -103,10 +100,27 @@ async def run_daemon(
     log.info("daemon_stopped")
 
 
-async def _embedded(stack: contextlib.AsyncExitStack, server: EmbeddedPostgres | EmbeddedNats) -> str:
-    url = await asyncio.to_thread(server.start)
-    stack.push_async_callback(asyncio.to_thread, server.stop)
-    return url
+async def _start_embedded(stack: contextlib.AsyncExitStack, settings: Settings) -> tuple[str, str]:
+    """The database and NATS URLs, starting an embedded server for each one not configured.
+
+    Both servers start at once; each that started stops with ``stack``, also when the other failed.
+    """
+    servers: dict[str, EmbeddedPostgres | EmbeddedNats] = {}
+    if settings.database_url is None:
+        servers["database"] = EmbeddedPostgres(settings.data_dir / "postgres")
+    if settings.nats_url is None:
+        servers["nats"] = EmbeddedNats(settings.data_dir / "nats")
+    results = await asyncio.gather(
+        *(asyncio.to_thread(server.start) for server in servers.values()), return_exceptions=True
+    )
+    for server, result in zip(servers.values(), results, strict=True):
+        if not isinstance(result, BaseException):
+            stack.push_async_callback(asyncio.to_thread, server.stop)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    urls = dict(zip(servers, results, strict=True))
+    return urls.get("database", settings.database_url), urls.get("nats", settings.nats_url)
 
 
 async def _ensure_default_datastore(conn, data_dir: Path) -> None:
