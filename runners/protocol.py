@@ -1,10 +1,202 @@
-"""The wire between the daemon and its agents: names and messages both sides agree on.
+"""The wire between the daemon and its agents: subjects and typed messages both sides agree on.
 
 Agents need NATS only. Everything they exchange with the daemon is named here, so that neither side
-hard-codes the other's subjects.
+hard-codes the other's subjects. Messages are msgspec structs encoded as JSON (readable with
+``nats sub``); ``decode`` raises ``msgspec.ValidationError`` naming the bad field.
+
+The conversation, for one attempt of one step:
+
+1. Every agent publishes a ``Heartbeat`` on ``HEARTBEAT_SUBJECT`` each ``HEARTBEAT_INTERVAL_S``
+   (core NATS: a lost beat is harmless). The daemon marks an agent ``lost`` after it has been silent
+   for ``HEARTBEAT_TIMEOUT_S``.
+2. The daemon places a ready step on an agent, records the attempt, then sends an ``Assignment`` to
+   ``assign_subject(agent_id)`` by request/reply. The agent answers ``AssignReply``: accepted, or
+   refused with a reason (no room any more, unknown executor, draining). A refused or unanswered
+   assignment leaves the step ready for another placement.
+3. The agent publishes ``StepStarted`` and, at the end, ``StepFinished`` on
+   ``step_event_subject(attempt_id, kind)``, captured by the JetStream stream ``STEPS_STREAM``. It
+   publishes each until JetStream acknowledges it (``Nats-Msg-Id`` = ``event_id``, so a republished
+   event is stored once); the daemon consumes the stream durably, applies each event in one
+   transaction, acks after commit, and ignores an event that no longer changes anything.
+4. While a step runs, its output lines go out on ``log_subject(run_id, step)`` as ``LogLines``
+   (best effort, for live following) and into ``Assignment.log_path`` (the complete log).
+5. ``Cancel`` on ``cancel_subject(agent_id)`` (request/reply) stops an attempt; the agent then
+   reports it finished with status ``cancelled``.
+
+The daemon renders every template before it assigns: ``argv`` and ``env`` hold final strings, with
+datastore paths as the chosen agent sees them (its heartbeat's ``datastores`` overrides the paths of
+the daemon's Datastore documents). The agent only executes.
 """
 
 from __future__ import annotations
 
+from typing import Literal, Self
+
+import msgspec
+
 SOURCES_BUCKET = "sluice-sources"
 """JetStream object store that holds version source snapshots (uncompressed tar), named by digest."""
+
+STEPS_STREAM = "SLUICE_STEPS"
+"""JetStream stream capturing ``sluice.steps.>``: step events survive a daemon restart."""
+
+HEARTBEAT_SUBJECT = "sluice.agents.heartbeat"
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TIMEOUT_S = 5.0
+ASSIGN_TIMEOUT_S = 2.0
+"""How long the daemon waits for an agent to accept an assignment before trying elsewhere."""
+
+Executor = Literal["process", "docker"]
+AttemptOutcome = Literal["succeeded", "failed", "cancelled"]
+
+
+def assign_subject(agent_id: str) -> str:
+    return f"sluice.agents.{agent_id}.assign"
+
+
+def cancel_subject(agent_id: str) -> str:
+    return f"sluice.agents.{agent_id}.cancel"
+
+
+def step_event_subject(attempt_id: int, kind: Literal["started", "finished"]) -> str:
+    return f"sluice.steps.{attempt_id}.{kind}"
+
+
+def log_subject(run_id: str, step: str) -> str:
+    return f"sluice.logs.{run_id}.{step}"
+
+
+class _Message(msgspec.Struct, frozen=True):
+    """A message on the wire (``kw_only`` does not inherit: each message sets it)."""
+
+    def encode(self) -> bytes:
+        return _encoder.encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        return msgspec.json.decode(data, type=cls)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class Gpu(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    name: str
+    memory: int  # bytes
+
+
+class Capacity(msgspec.Struct, frozen=True, kw_only=True):
+    cpu: float  # cores
+    memory: int  # bytes
+    gpus: list[Gpu] = msgspec.field(default_factory=list)
+
+
+class Heartbeat(_Message, kw_only=True):
+    """What an agent is and has. ``running`` lists the attempt ids it executes now; the daemon
+    re-adopts them after a restart and treats attempts it thinks are on this agent but are not listed
+    (for longer than an assignment takes) as lost."""
+
+    agent_id: str  # stable across restarts of the same agent (name + host by default)
+    name: str
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    executors: list[Executor]
+    capacity: Capacity
+    datastores: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local path overrides
+    running: list[int] = msgspec.field(default_factory=list)
+    draining: bool = False  # finishing what it runs, accepting nothing new
+    sent_at: float  # unix time
+
+
+class Resources(msgspec.Struct, frozen=True, kw_only=True):
+    cpu: float
+    memory: int  # bytes; 0 = unspecified
+    gpu: int = 0
+    gpu_memory: int | None = None  # bytes, per GPU
+
+
+class Assignment(_Message, kw_only=True):
+    """One attempt of one step, ready to execute.
+
+    ``outputs`` are directories the agent creates before starting (the step writes into them);
+    ``mounts`` are the local directories a container needs (datastores used), bound at the same path
+    so that paths in ``argv`` and ``env`` stay valid. ``gpus`` are the indices the daemon reserved on
+    the agent. ``source_digest`` names the snapshot in ``SOURCES_BUCKET`` to unpack as the working
+    directory; without one the step starts in an empty working directory. The agent adds
+    ``SLUICE_METRICS`` (a file in the work dir) to ``env`` and reads it back at the end.
+    """
+
+    attempt_id: int
+    run_id: str
+    pipeline: str
+    version: int
+    step: str
+    number: int  # 1 for the first attempt
+    argv: list[str]
+    env: dict[str, str]
+    image: str | None = None
+    resources: Resources
+    gpus: list[int] = msgspec.field(default_factory=list)
+    source_digest: str | None = None
+    outputs: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local directory
+    mounts: list[str] = msgspec.field(default_factory=list)
+    log_path: str  # local file for the complete log of this attempt
+    timeout_s: float | None = None
+
+
+class AssignReply(_Message, kw_only=True):
+    accepted: bool
+    reason: str | None = None
+
+
+class Cancel(_Message, kw_only=True):
+    attempt_id: int
+    reason: str = "cancelled"
+
+
+class CancelReply(_Message, kw_only=True):
+    found: bool
+
+
+class StepStarted(_Message, kw_only=True):
+    attempt_id: int
+    agent_id: str
+    started_at: float  # unix time
+    image_digest: str | None = None  # the image's digest where the executor knows it
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.attempt_id}.started"
+
+
+class Metric(msgspec.Struct, frozen=True, kw_only=True):
+    """One JSON line a step appended to ``SLUICE_METRICS``; extra keys are kept in ``extra``."""
+
+    name: str
+    value: float | int | str | bool | None
+    extra: dict[str, object] = msgspec.field(default_factory=dict)
+
+
+class StepFinished(_Message, kw_only=True):
+    """How an attempt ended. ``status`` is ``failed`` for a non-zero exit, a timeout (``error`` says
+    so) or a failure to start (``exit_code`` None); ``cancelled`` after a ``Cancel``."""
+
+    attempt_id: int
+    agent_id: str
+    status: AttemptOutcome
+    exit_code: int | None = None
+    error: str | None = None
+    metrics: list[Metric] = msgspec.field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.attempt_id}.finished"
+
+
+class LogLines(_Message, kw_only=True):
+    attempt_id: int
+    number: int  # attempt number
+    stream: Literal["stdout", "stderr"]
+    lines: list[str]
