@@ -20,20 +20,30 @@ def register(group: click.Group) -> None:
     group.add_command(daemon)
 
 
+def _daemon_options(command):
+    """The options `up` and `daemon` share: where state lives and where the API listens."""
+    options = [
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Where state lives (default: SLUICE_DATA_DIR or ~/.local/share/sluice).",
+        ),
+        click.option(
+            "--port",
+            type=click.IntRange(1, 65535),
+            default=DEFAULT_PORT,
+            show_default=True,
+            help="Port of the HTTP API.",
+        ),
+        click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command()
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where state lives (default: SLUICE_DATA_DIR or ~/.local/share/sluice).",
-)
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=DEFAULT_PORT,
-    show_default=True,
-    help="Port of the HTTP API.",
-)
-@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
+@_daemon_options
 def up(data_dir: Path | None, port: int, host: str) -> None:
     """Run everything on this machine: embedded PostgreSQL and NATS, and the daemon.
 
@@ -45,21 +55,9 @@ def up(data_dir: Path | None, port: int, host: str) -> None:
 
 
 @click.command()
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where embedded servers keep state (default: SLUICE_DATA_DIR or ~/.local/share/sluice).",
-)
-@click.option(
-    "--port",
-    type=click.IntRange(1, 65535),
-    default=DEFAULT_PORT,
-    show_default=True,
-    help="Port of the HTTP API.",
-)
-@click.option("--host", default="127.0.0.1", show_default=True, help=HOST_HELP)
+@_daemon_options
 def daemon(data_dir: Path | None, port: int, host: str) -> None:
-    """Run the control plane alone (the API, and later triggers and dispatch)."""
+    """Run the control plane alone: the API, triggers and dispatch, without agents."""
     settings = Settings.from_env().with_data_dir(data_dir)
     _serve(settings, host, port, announce=False)
 
