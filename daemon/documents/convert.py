@@ -17,6 +17,7 @@ from daemon.documents.problems import Reporter
 
 T = TypeVar("T")
 
+MAX_STRUCTURAL_PROBLEMS = 20
 _LOCATED = re.compile(r"^(?P<message>.*) - at (?:`key` in )?`\$(?P<path>[^`]*)`$", re.DOTALL)
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `(?P<field>[^`]+)`$")
@@ -36,17 +37,29 @@ Segment = str | int
 
 
 def convert(value: object, type_: type[T], report: Reporter, base: str = "") -> T | None:
-    """``value`` converted to ``type_`` strictly, or ``None`` after reporting the first structural
-    problem (at ``base`` + its path inside ``value``)."""
-    try:
-        return msgspec.convert(value, type_, strict=True)
-    except msgspec.ValidationError as exc:
-        path, message = _locate(value, type_, str(exc))
-        report.add(_join(base, path), message)
-        return None
+    """``value`` converted to ``type_`` strictly, or ``None`` after reporting its structural problems
+    (at ``base`` + their path inside ``value``).
+
+    msgspec stops at the first problem. So that a user sees them all at once, a bad mapping entry is
+    reported, taken out, and the conversion tried again; problems that later checks would find at a
+    path taken out are not reported (``Reporter.drop``). A missing field or a bad list item ends it.
+    """
+    for _ in range(MAX_STRUCTURAL_PROBLEMS):
+        try:
+            return msgspec.convert(value, type_, strict=True)
+        except msgspec.ValidationError as exc:
+            path, message, removable = _locate(value, type_, str(exc))
+            report.add(_join(base, path), message)
+            if not removable:
+                return None
+            report.drop(_join(base, path))
+            value = _without(value, path)
+    return None
 
 
-def _locate(value: object, type_: type, error: str) -> tuple[list[Segment], str]:
+def _locate(value: object, type_: type, error: str) -> tuple[list[Segment], str, bool]:
+    """Where ``error`` is in ``value``, what it says, and whether it is a mapping entry that can be
+    taken out to look for more problems."""
     located = _LOCATED.match(error)
     if not located:
         segments: list[Segment] = []
@@ -57,8 +70,10 @@ def _locate(value: object, type_: type, error: str) -> tuple[list[Segment], str]
     field = _FIELD.match(message)
     if field:
         segments.append(field.group("field"))
-        return segments, "unknown field" if "unknown" in message else "missing"
-    return segments, _TYPE.sub(_type_words, message[:1].lower() + message[1:])
+        unknown = "unknown" in message
+        return segments, "unknown field" if unknown else "missing", unknown
+    removable = bool(segments) and isinstance(segments[-1], str) and segments[-1] != _ELLIPSIS
+    return segments, _TYPE.sub(_type_words, message[:1].lower() + message[1:]), removable
 
 
 def _type_words(match: re.Match[str]) -> str:
@@ -115,6 +130,13 @@ def _replace(value: Any, segments: list[Segment], new: object) -> Any:
     copy = dict(value) if isinstance(value, dict) else list(value)
     copy[head] = _replace(value[head], rest, new)
     return copy
+
+
+def _without(value: Any, segments: list[Segment]) -> Any:
+    """A copy of ``value`` without the mapping entry at ``segments``."""
+    container = dict(_at(value, segments[:-1]))
+    del container[segments[-1]]
+    return _replace(value, segments[:-1], container)
 
 
 def _join(base: str, segments: list[Segment]) -> str:

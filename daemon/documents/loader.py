@@ -69,22 +69,33 @@ class _Builder:
         self.lines: dict[str, int] = {}
         self.problems: list[Problem] = []
         self.nodes = 0
+        self.open: set[int] = set()  # ids of the collection nodes being built: an alias to one recurses
 
     def build(self, node: yaml.Node, path: str, line: int) -> object:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise _TooLarge
         self.lines[path] = line
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path, line)
+        if id(node) in self.open:
+            self._problem(path, line, "an alias refers to a node that contains it")
+            return None
+        self.open.add(id(node))
+        try:
+            return self._collection(node, path, line)
+        finally:
+            self.open.discard(id(node))
+
+    def _collection(self, node: yaml.Node, path: str, line: int) -> object:
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            if node.tag != _SEQ:
-                self._problem(path, line, f"unsupported tag {node.tag}")
-            return [
-                self.build(item, child(path, index), item.start_mark.line + 1)
-                for index, item in enumerate(node.value)
-            ]
-        return self._scalar(node, path, line)
+        if node.tag != _SEQ:
+            self._problem(path, line, f"unsupported tag {node.tag}")
+        return [
+            self.build(item, child(path, index), item.start_mark.line + 1)
+            for index, item in enumerate(node.value)
+        ]
 
     def _mapping(self, node: yaml.MappingNode, path: str) -> dict[str, object]:
         if node.tag != _MAP:
@@ -139,7 +150,8 @@ def _number(text: str, tag: str) -> int | float | None:
 def load_yaml(file: str, text: str) -> tuple[list[LoadedDocument], list[Problem]]:
     """Every non-empty document of ``text``, and the problems found while reading them.
 
-    A syntax error ends the file: the documents before it are returned, the error is a problem.
+    A syntax error (or nesting too deep to read) ends the file: the documents before it are
+    returned, the error is a problem.
     """
     documents: list[LoadedDocument] = []
     problems: list[Problem] = []
@@ -164,4 +176,7 @@ def load_yaml(file: str, text: str) -> tuple[list[LoadedDocument], list[Problem]
         problems.append(Problem(file, mark.line + 1 if mark else None, "", f"YAML syntax error: {reason}"))
     except yaml.YAMLError as exc:
         problems.append(Problem(file, None, "", f"YAML syntax error: {exc}"))
+    except RecursionError:
+        # PyYAML's composer (and the builder) recurse once per level of nesting.
+        problems.append(Problem(file, None, "", "YAML nests too deeply"))
     return documents, problems

@@ -9,6 +9,7 @@ field that came from ``defaults`` is reported at ``defaults.…`` and names the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
@@ -21,6 +22,7 @@ from daemon.documents.paths import child
 from daemon.documents.problems import Reporter
 from daemon.documents.raw import RawPipeline, RawResources, RawStepFields
 from daemon.documents.specs import (
+    PARAM_TYPE_WORDS,
     FromDatastore,
     FromStep,
     ParamSpec,
@@ -32,7 +34,8 @@ from daemon.documents.specs import (
 from daemon.documents.template import TemplateError, references
 
 _RUN_FIELDS = ("id", "pipeline", "version")
-_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean"}
+# An input from another step is exactly one reference, in the segment syntax of ``template``.
+_STEP_OUTPUT = re.compile(r"\$\{steps\.(?P<step>[A-Za-z0-9_-]+)\.outputs\.(?P<output>[A-Za-z0-9_-]+)\}")
 _STEP_NAMESPACES = "params.X, inputs.X, outputs.X, steps.STEP.outputs.X, run.id, run.pipeline, run.version"
 _PATH_NAMESPACES = "params.X, run.id, run.pipeline, run.version"
 # Merged key by key, the step's keys winning; every other field is taken whole from the step or defaults.
@@ -75,7 +78,7 @@ def _param(name: str, spec: ParamSpec, report: Reporter) -> ParamSpec:
     if spec.default is None:
         return spec
     if not spec.accepts(spec.default):
-        report.add(child(path, "default"), f"must be {_TYPE_WORDS[spec.type]}")
+        report.add(child(path, "default"), f"must be {PARAM_TYPE_WORDS[spec.type]}")
     elif spec.type == "number":
         return ParamSpec(type=spec.type, default=float(spec.default), description=spec.description)
     return spec
@@ -174,9 +177,8 @@ class _FieldChecker:
                 self.report.add(child(path, "path"), "must be relative to the datastore, without '..'")
             self.template(source.path, child(path, "path"), step_scoped=False)
             return source
-        parts = source[2:-1].split(".") if source.startswith("${") and source.endswith("}") else []
-        if len(parts) == 4 and parts[0] == "steps" and parts[2] == "outputs" and all(parts):
-            return FromStep(step=parts[1], output=parts[3])
+        if reference := _STEP_OUTPUT.fullmatch(source):
+            return FromStep(step=reference.group("step"), output=reference.group("output"))
         self.report.add(path, "must be ${steps.STEP.outputs.NAME} or a mapping with datastore and path")
         return FromStep(step="", output="")
 

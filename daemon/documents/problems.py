@@ -47,6 +47,15 @@ class Reporter:
         self.lines = lines
         self.line = line
         self.problems: list[Problem] = []
+        self.dropped: list[str] = []
 
     def add(self, path: str, message: str) -> None:
+        if any(
+            path == dropped or path.startswith((f"{dropped}.", f"{dropped}[")) for dropped in self.dropped
+        ):
+            return
         self.problems.append(Problem(self.file, line_for(self.lines, path, self.line), path, message))
+
+    def drop(self, path: str) -> None:
+        """Report nothing more at ``path`` or below: it was bad and its value was left out."""
+        self.dropped.append(path)

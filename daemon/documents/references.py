@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from daemon.documents.paths import child, line_for
 from daemon.documents.problems import Problem
 from daemon.documents.specs import (
+    PARAM_TYPE_WORDS,
     DatastoreSpec,
     Document,
     FilesSource,
@@ -54,7 +55,7 @@ def check_references(
     for doc in docs:
         report = _reporter(doc, problems)
         if isinstance(doc.spec, PipelineSpec):
-            _check_pipeline(doc.spec, known_datastores, report)
+            _check_pipeline(doc.spec, doc.lines, known_datastores, report)
         elif isinstance(doc.spec, TriggerSpec):
             _check_trigger(doc.spec, known_datastores, params_of, pipeline_params, report)
     return problems
@@ -67,12 +68,18 @@ def _reporter(doc: Document, problems: list[Problem]) -> Report:
     return report
 
 
-def _check_pipeline(spec: PipelineSpec, datastores: Collection[str], report: Report) -> None:
+def _check_pipeline(
+    spec: PipelineSpec, lines: Mapping[str, int], datastores: Collection[str], report: Report
+) -> None:
     for index, step in enumerate(spec.steps):
+        # A step without inputs of its own took them from ``defaults``: report them there, naming the step.
+        inputs, note = child(child("steps", index), "inputs"), ""
+        if inputs not in lines and "defaults.inputs" in lines:
+            inputs, note = "defaults.inputs", f" (in step {step.name})"
         for name, source in step.inputs.items():
             if isinstance(source, FromDatastore) and source.datastore not in datastores:
-                path = child(child(child(child("steps", index), "inputs"), name), "datastore")
-                report(path, f"unknown datastore {source.datastore!r}")
+                message = f"unknown datastore {source.datastore!r}{note}"
+                report(child(child(inputs, name), "datastore"), message)
 
 
 def _check_trigger(
@@ -99,7 +106,7 @@ def _check_trigger(
         if param is None:
             report(child("params", name), f"pipeline {spec.pipeline!r} has no param {name!r}")
         elif not isinstance(value, str) and not param.accepts(value):
-            report(child("params", name), f"pipeline {spec.pipeline!r} wants a {param.type}")
+            report(child("params", name), f"pipeline {spec.pipeline!r} wants {PARAM_TYPE_WORDS[param.type]}")
     for name, param in params.items():
         if param.required and name not in spec.params:
-            report(child("params", name), f"required by pipeline {spec.pipeline}, not bound")
+            report(child("params", name), f"required by pipeline {spec.pipeline!r}, not bound")

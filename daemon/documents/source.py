@@ -22,7 +22,8 @@ import msgspec
 
 from daemon.errors import Invalid
 
-SKIPPED_DIRECTORIES = frozenset({"__pycache__", ".git"})
+# Never part of a snapshot: caches, and git metadata (a directory, or a file in worktrees and submodules).
+SKIPPED_NAMES = frozenset({"__pycache__", ".git"})
 # A snapshot lives in memory and travels as one message; a directory larger than this is a mistake.
 MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 
@@ -108,6 +109,8 @@ def _walk(root: Path, directory: Path, max_bytes: int, total: list[int]) -> list
     with os.scandir(directory) as scan:
         items = sorted(scan, key=lambda item: item.name)
     for item in items:
+        if item.name in SKIPPED_NAMES:
+            continue
         relative = Path(item.path).relative_to(root).as_posix()
         _check_name(relative)
         status = item.stat(follow_symlinks=False)
@@ -115,8 +118,7 @@ def _walk(root: Path, directory: Path, max_bytes: int, total: list[int]) -> list
             target = os.fsencode(os.readlink(item.path))
             entries.append(_Entry(relative, "symlink", _is_executable(status.st_mode), target))
         elif stat.S_ISDIR(status.st_mode):
-            if item.name not in SKIPPED_DIRECTORIES:
-                entries.extend(_walk(root, Path(item.path), max_bytes, total))
+            entries.extend(_walk(root, Path(item.path), max_bytes, total))
         elif stat.S_ISREG(status.st_mode):
             total[0] += status.st_size
             if total[0] > max_bytes:

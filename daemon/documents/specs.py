@@ -12,6 +12,13 @@ from typing import Annotated, Literal
 import msgspec
 
 ParamType = Literal["string", "integer", "number", "boolean"]
+# How messages name a value of each param type: "must be an integer".
+PARAM_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean",
+}
 Scalar = str | int | float | bool
 
 

@@ -28,7 +28,10 @@ def parse_size(value: int | str) -> int:
     else:
         match = _SIZE.fullmatch(value.strip())
         if match and (match.group(2) in _SIZE_UNITS):
-            return int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])
+            size = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)]
+            if size == size.to_integral_value():
+                return int(size)
+            raise ValueError(f"bad size {value!r}: not a whole number of bytes (use e.g. 512Mi, 4Gi)")
     raise ValueError(f"bad size {value!r} (use e.g. 512Mi, 4Gi)")
 
 
