@@ -6,7 +6,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.errors import ObjectNotFoundError
+from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from daemon.errors import Unavailable
@@ -63,11 +63,18 @@ class SourceStore:
 
     @classmethod
     async def open(cls, nc: NATS) -> SourceStore:
-        """Open the bucket, creating it on first use (file storage: snapshots outlive restarts)."""
-        config = ObjectStoreConfig(
-            bucket=SOURCES_BUCKET, storage=StorageType.FILE, description="Sluice version source snapshots"
-        )
-        return cls(await nc.jetstream().create_object_store(SOURCES_BUCKET, config=config))
+        """Open the bucket, creating it on first use (file storage: snapshots outlive restarts).
+
+        A bucket that exists is used as it is, whoever made it and however it is configured.
+        """
+        js = nc.jetstream()
+        try:
+            return cls(await js.object_store(SOURCES_BUCKET))
+        except BucketNotFoundError:
+            config = ObjectStoreConfig(
+                bucket=SOURCES_BUCKET, storage=StorageType.FILE, description="Sluice version source snapshots"
+            )
+            return cls(await js.create_object_store(SOURCES_BUCKET, config=config))
 
     async def has(self, digest: str) -> bool:
         try:

@@ -86,3 +86,47 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = EmbeddedNats(Path(tmp_path_factory.mktemp("nats")))
     yield server.start()
     server.stop()
+
+
+DOCKER_TEST_IMAGE = "sluice-test/busybox:1"
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The local busybox test image on a Docker engine that answers, imported if missing (no registry
+    is reachable: it is made from the host's static busybox). Skips without an engine, or fails when
+    SLUICE_REQUIRE_DOCKER=1 (CI, which starts one)."""
+    import io
+    import shutil
+    import tarfile
+
+    import docker
+    import docker.errors
+
+    def unavailable(reason: str) -> None:
+        if os.environ.get("SLUICE_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"SLUICE_REQUIRE_DOCKER=1 but {reason}")
+        pytest.skip(reason)
+
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:
+        unavailable(f"no Docker engine answers: {exc}")
+    try:
+        client.images.get(DOCKER_TEST_IMAGE)
+    except docker.errors.ImageNotFound:
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            unavailable(f"{DOCKER_TEST_IMAGE} is missing and there is no busybox to make it (busybox-static)")
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            tar.add(busybox, arcname="bin/busybox")
+            link = tarfile.TarInfo("bin/sh")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        repository, tag = DOCKER_TEST_IMAGE.split(":")
+        client.api.import_image_from_data(archive.getvalue(), repository=repository, tag=tag)
+    finally:
+        client.close()
+    return DOCKER_TEST_IMAGE

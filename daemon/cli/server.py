@@ -10,7 +10,7 @@ import click
 
 from daemon.config import DEFAULT_PORT, Settings
 from daemon.errors import SluiceError
-from daemon.logging import configure_logging
+from runners.logsetup import configure_logging
 
 HOST_HELP = "Address the API listens on; anything but loopback requires SLUICE_API_TOKEN."
 

@@ -1,4 +1,4 @@
-"""structlog set-up: readable lines on a terminal, JSON lines everywhere else."""
+"""structlog set-up shared by the daemon and the agent: readable lines on a terminal, JSON lines elsewhere."""
 
 from __future__ import annotations
 

@@ -1,0 +1,202 @@
+"""`sluice agent`: a runner agent on this machine (contract §2). Needs NATS only.
+
+Exit status: 0 after a clean stop (SIGINT/SIGTERM), 1 when it cannot start (NATS unreachable, a
+Docker engine asked for but absent), 2 for bad options (one line naming the option).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+
+from runners import options
+from runners.agent import Agent, AgentConfig
+from runners.bus import BusError
+from runners.capacity import detect_capacity
+from runners.executors import Executor
+from runners.executors.docker import DockerExecutor, connect_docker
+from runners.executors.process import ProcessExecutor
+from runners.logsetup import configure_logging
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+log = structlog.get_logger(__name__)
+
+
+def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback that turns a parser's ``ValueError`` into a ``BadParameter`` (exit 2)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+    return callback
+
+
+@click.command()
+@click.option(
+    "--name",
+    metavar="NAME",
+    callback=_parsed(options.check_agent_name),
+    help="Agent name and id (default: the host's short name). Two agents on one host need distinct names.",
+)
+@click.option(
+    "--labels",
+    metavar="K=V,…",
+    multiple=True,
+    callback=_parsed(options.parse_labels),
+    help="Labels that step selectors match, k=v,k2=v2 (may repeat).",
+)
+@click.option(
+    "--cpus",
+    metavar="N",
+    callback=_parsed(options.parse_cpus),
+    help="CPU cores to offer (default: detected).",
+)
+@click.option(
+    "--memory",
+    metavar="SIZE",
+    callback=_parsed(options.parse_size),
+    help="Memory to offer, e.g. 16Gi (default: detected).",
+)
+@click.option(
+    "--gpus",
+    metavar="N|auto",
+    default="auto",
+    show_default=True,
+    callback=_parsed(options.parse_gpus),
+    help="NVIDIA GPUs to offer: a number, or auto to detect them through NVML.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["process", "docker", "auto"]),
+    default="auto",
+    show_default=True,
+    help="How steps run: process, docker (steps with an image only), or auto (both where Docker answers).",
+)
+@click.option(
+    "--datastore",
+    "datastores",
+    metavar="NAME=PATH",
+    multiple=True,
+    callback=_parsed(options.parse_datastores),
+    help="Where a datastore is on this machine, NAME=PATH (may repeat).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Source snapshots and work dirs (default: SLUICE_DATA_DIR/agent-cache, or ~/.cache/sluice).",
+)
+@click.option(
+    "--docker-network",
+    metavar="NETWORK",
+    help="Network of step containers (default: Docker's own default; 'none' isolates them).",
+)
+@click.option(
+    "--drain-timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to let running steps finish after SIGINT/SIGTERM before stopping them.",
+)
+def agent(
+    name: str | None,
+    labels: dict[str, str],
+    cpus: float | None,
+    memory: int | None,
+    gpus: int | str,
+    executor: str,
+    datastores: dict[str, str],
+    cache_dir: Path | None,
+    docker_network: str | None,
+    drain_timeout: float,
+) -> None:
+    """Run a runner agent: execute the steps the daemon assigns, as processes or in containers.
+
+    Connects to NATS only (SLUICE_NATS_URL, comma-separated; SLUICE_NATS_CREDS optional) and
+    advertises its CPUs, memory, GPUs, labels and datastores; declared values override detected
+    ones. Runs until SIGINT or SIGTERM, then lets running steps finish (up to --drain-timeout).
+    """
+    try:
+        configure_logging(os.environ.get("SLUICE_LOG_FORMAT") or None)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    config = AgentConfig(
+        name=name or options.default_agent_name(socket.gethostname()),
+        nats_url=os.environ.get("SLUICE_NATS_URL") or DEFAULT_NATS_URL,
+        nats_creds=os.environ.get("SLUICE_NATS_CREDS") or None,
+        cache_dir=(cache_dir or _default_cache_dir()).expanduser().absolute(),
+        labels=labels,
+        datastores=datastores,
+        drain_timeout_s=drain_timeout,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        assert current is not None
+
+        def on_signal() -> None:
+            if stop.is_set():  # a second signal: stop now, without waiting for running steps
+                current.cancel()
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal)
+        capacity = await asyncio.to_thread(detect_capacity, cpus=cpus, memory=memory, gpus=gpus)
+        executors = await available_executors(executor, docker_network)
+        await Agent(config, capacity, executors).run(stop)
+
+    try:
+        asyncio.run(main())
+    except BusError as exc:
+        _fail(str(exc), 1)
+    except NoExecutor as exc:
+        _fail(str(exc), 1)
+    except asyncio.CancelledError:
+        _fail("agent stopped without waiting for its running steps", 1)
+
+
+class NoExecutor(Exception):
+    """``--executor docker`` on a machine where no Docker engine answers."""
+
+
+async def available_executors(choice: str, docker_network: str | None = None) -> dict[str, Executor]:
+    """The executors ``--executor choice`` gives on this machine: process unless ``docker``; docker
+    where an engine answers (auto), or else ``NoExecutor`` (docker)."""
+    executors: dict[str, Executor] = {}
+    if choice in ("process", "auto"):
+        executors["process"] = ProcessExecutor()
+    if choice in ("docker", "auto"):
+        client = await connect_docker()
+        if client is not None:
+            executors["docker"] = DockerExecutor(client, network=docker_network)
+        elif choice == "docker":
+            raise NoExecutor("--executor docker: no Docker engine answers (is dockerd running?)")
+    return executors
+
+
+def _default_cache_dir() -> Path:
+    if data_dir := os.environ.get("SLUICE_DATA_DIR"):
+        return Path(data_dir) / "agent-cache"
+    return Path.home() / ".cache" / "sluice"
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(status)

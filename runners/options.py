@@ -1,0 +1,95 @@
+"""Parsers for the values an operator gives `sluice agent`: sizes, GPU counts, labels, datastores.
+
+Pure functions; each raises ``ValueError`` with a message fit for a user. They mirror the units the
+daemon's documents accept (``4Gi``, ``512Mi``, ``16G``) without importing the daemon.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Literal
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kKMGTPE]i?)?")
+_SIZE_UNITS = {
+    None: 1,
+    **{prefix: 1000**power for power, prefix in enumerate("kMGTPE", start=1)},
+    "K": 1000,
+    **{f"{prefix}i": 1024**power for power, prefix in enumerate("KMGTPE", start=1)},
+}
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
+
+
+def parse_size(value: str) -> int:
+    """Bytes from ``4Gi``, ``512Mi``, ``16G``, ``100M``, ``1Ki`` or a plain number of bytes (> 0)."""
+    match = _SIZE.fullmatch(value.strip())
+    if match and match.group(2) in _SIZE_UNITS:
+        size = int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        if size > 0:
+            return size
+    raise ValueError(f"bad size {value!r} (use e.g. 512Mi, 16Gi)")
+
+
+def parse_cpus(value: str) -> float:
+    """Cores, a number above zero (fractions allowed)."""
+    try:
+        cores = float(value)
+    except ValueError:
+        cores = 0.0
+    if not cores > 0 or cores == float("inf"):
+        raise ValueError(f"bad cpu count {value!r} (use a number of cores above 0, e.g. 8 or 0.5)")
+    return cores
+
+
+def parse_gpus(value: str) -> int | Literal["auto"]:
+    """``auto`` (detect through NVML) or a number of GPUs (0 or more)."""
+    text = value.strip()
+    if text == "auto":
+        return "auto"
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"bad GPU count {value!r} (use a number, or auto)")
+
+
+def parse_labels(values: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``k=v,k2=v2`` items (the option may repeat) into a dict; a later key wins."""
+    labels: dict[str, str] = {}
+    for value in values:
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            key, sep, val = item.partition("=")
+            key = key.strip()
+            if not sep or not _LABEL_KEY.fullmatch(key):
+                raise ValueError(f"bad label {item!r} (use key=value, e.g. zone=eu)")
+            labels[key] = val.strip()
+    return labels
+
+
+def parse_datastores(values: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``NAME=PATH`` items into a dict of datastore name -> absolute local path."""
+    datastores: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name) or not path.strip():
+            raise ValueError(f"bad datastore {value!r} (use NAME=PATH, e.g. landing=/data/landing)")
+        if not path.startswith("/"):
+            raise ValueError(f"bad datastore {value!r}: the path must be absolute")
+        datastores[name] = path.rstrip("/") or "/"
+    return datastores
+
+
+def check_agent_name(name: str) -> str:
+    """An agent name is one NATS subject token: letters, digits, ``_`` and ``-``."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"bad agent name {name!r} (use letters, digits, '_' and '-')")
+    return name
+
+
+def default_agent_name(hostname: str) -> str:
+    """The host's short name made fit for a subject token (``gpu01.example.com`` -> ``gpu01``)."""
+    short = hostname.split(".", 1)[0]
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", short)[:128]
+    return cleaned or "agent"

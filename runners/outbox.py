@@ -1,0 +1,100 @@
+"""Step events to JetStream, each published until the stream acknowledges it.
+
+Events of one attempt go out in the order they were put (started before finished); attempts do not
+wait for each other. Each event carries ``Nats-Msg-Id`` = its ``event_id``, so a retry after a lost
+acknowledgement is stored once. Retries back off exponentially up to ``MAX_BACKOFF_S`` and go on
+until acknowledged or until ``close`` gives up on what is still pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from nats.js import JetStreamContext
+
+from runners.bus import NatsErrors
+from runners.protocol import STEPS_STREAM, StepFinished, StepStarted, step_event_subject
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_TIMEOUT_S = 2.0
+FIRST_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 5.0
+
+StepEvent = StepStarted | StepFinished
+
+
+class Outbox:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._tails: dict[int, asyncio.Task[None]] = {}  # attempt id -> its last event's task
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, event: StepEvent, on_acked: Callable[[], None] | None = None) -> None:
+        """Queue ``event`` behind the attempt's earlier ones; ``on_acked`` runs once it is stored."""
+        previous = self._tails.get(event.attempt_id)
+        task = asyncio.create_task(self._send(event, previous, on_acked), name=f"event-{event.event_id}")
+        self._tails[event.attempt_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def close(self, timeout_s: float) -> None:
+        """Waits up to ``timeout_s`` for every pending event to be acknowledged, then gives up on the
+        rest (logged: the daemon will find those attempts lost)."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _, unsent = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in unsent:
+            task.cancel()
+        if unsent:
+            await asyncio.wait(unsent)
+            log.error("step_events_unsent", events=sorted(task.get_name() for task in unsent))
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        for attempt_id, tail in list(self._tails.items()):
+            if tail is task:
+                del self._tails[attempt_id]
+
+    async def _send(
+        self, event: StepEvent, previous: asyncio.Task[None] | None, on_acked: Callable[[], None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})  # its outcome is its own; only the order matters here
+        kind = "started" if isinstance(event, StepStarted) else "finished"
+        subject = step_event_subject(event.attempt_id, kind)
+        payload = event.encode()
+        delay = FIRST_BACKOFF_S
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                await self._js.publish(
+                    subject,
+                    payload,
+                    timeout=PUBLISH_TIMEOUT_S,
+                    stream=STEPS_STREAM,
+                    headers={"Nats-Msg-Id": event.event_id},
+                )
+                break
+            except NatsErrors as exc:
+                log.warning(
+                    "step_event_retry",
+                    attempt=event.attempt_id,
+                    event_id=event.event_id,
+                    tries=tries,
+                    retry_in=delay,
+                    error=str(exc) or type(exc).__name__,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        log.debug("step_event_stored", attempt=event.attempt_id, event_id=event.event_id, tries=tries)
+        if on_acked is not None:
+            on_acked()

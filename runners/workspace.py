@@ -1,0 +1,127 @@
+"""An agent's directories: cached source snapshots and one fresh directory per attempt.
+
+Under the cache dir::
+
+    sources/<digest>/          a snapshot, extracted once, shared by attempts (never written to)
+    attempts/<attempt_id>/     one attempt: work/ (its working directory, a copy of the snapshot)
+                               and metrics.jsonl (its SLUICE_METRICS file)
+
+Several agents may share a cache dir: a snapshot is extracted into a temporary directory and renamed
+into place, so nobody ever sees half of one. Everything that touches files runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from runners.bus import BusError
+from runners.protocol import Assignment
+
+log = structlog.get_logger(__name__)
+
+_DIGEST = re.compile(r"[a-z0-9]+:[0-9a-f]{16,128}")
+
+
+class PrepareError(Exception):
+    """The attempt's directories cannot be made ready; the message says why, for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptDirs:
+    root: Path
+    work: Path
+    metrics: Path
+
+
+class Workspace:
+    def __init__(self, cache_dir: Path, fetch_source: Callable[[str], Awaitable[bytes]]) -> None:
+        """``fetch_source(digest)`` returns a snapshot archive (an uncompressed tar) or raises
+        ``BusError``."""
+        self.cache_dir = cache_dir
+        self._fetch_source = fetch_source
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def attempt_dirs(self, attempt_id: int) -> AttemptDirs:
+        root = self.cache_dir / "attempts" / str(attempt_id)
+        return AttemptDirs(root=root, work=root / "work", metrics=root / "metrics.jsonl")
+
+    async def prepare(self, assignment: Assignment) -> AttemptDirs:
+        """A clean attempt directory whose ``work`` holds the source snapshot (or nothing), and the
+        assignment's output directories and log file's directory. Raises ``PrepareError``."""
+        snapshot = await self.snapshot(assignment.source_digest) if assignment.source_digest else None
+        dirs = self.attempt_dirs(assignment.attempt_id)
+        try:
+            await asyncio.to_thread(_prepare_dirs, dirs, snapshot, assignment)
+        except OSError as exc:
+            raise PrepareError(f"cannot prepare the work directory: {_describe(exc)}") from exc
+        return dirs
+
+    async def cleanup(self, dirs: AttemptDirs) -> None:
+        """Removes an attempt's directory (its outputs live elsewhere, in the datastore)."""
+        await asyncio.to_thread(shutil.rmtree, dirs.root, True)
+
+    async def snapshot(self, digest: str) -> Path:
+        """The extracted snapshot named ``digest``, fetched and extracted on first use."""
+        if not _DIGEST.fullmatch(digest):
+            raise PrepareError(f"bad source digest {digest!r}")
+        path = self.cache_dir / "sources" / digest.replace(":", "-")
+        # One fetch per digest in this agent even when several attempts need it at once.
+        lock = self._locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if await asyncio.to_thread(path.is_dir):
+                return path
+            try:
+                archive = await self._fetch_source(digest)
+            except BusError as exc:
+                raise PrepareError(str(exc)) from exc
+            try:
+                await asyncio.to_thread(_extract, archive, path)
+            except (OSError, tarfile.TarError) as exc:
+                raise PrepareError(f"cannot extract source snapshot {digest}: {_describe(exc)}") from exc
+            log.info("source_cached", digest=digest, size=len(archive))
+            return path
+
+
+def _extract(archive: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=".extract-", dir=path.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            # "data": no absolute paths, no "..", no links out of the tree, no device files.
+            tar.extractall(temporary, filter="data")
+        try:
+            os.rename(temporary, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            # Another agent on this cache dir extracted the same snapshot first: same content.
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _prepare_dirs(dirs: AttemptDirs, snapshot: Path | None, assignment: Assignment) -> None:
+    shutil.rmtree(dirs.root, ignore_errors=True)  # left by an earlier life of this agent
+    dirs.root.mkdir(parents=True)
+    if snapshot is not None:
+        shutil.copytree(snapshot, dirs.work, symlinks=True)
+    else:
+        dirs.work.mkdir()
+    for output in assignment.outputs.values():
+        Path(output).mkdir(parents=True, exist_ok=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__

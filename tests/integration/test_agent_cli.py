@@ -1,0 +1,104 @@
+"""The real `sluice agent` executable: it joins NATS, heartbeats what it was told it has, and stops
+cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+
+from runners.protocol import HEARTBEAT_SUBJECT, Capacity, Gpu, Heartbeat
+
+SLUICE = str(Path(sys.executable).parent / "sluice")
+GiB = 1024**3
+
+
+def agent_env(nats_url: str, tmp_path: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLUICE_")}
+    return env | {"SLUICE_NATS_URL": nats_url, "SLUICE_LOG_FORMAT": "json", "HOME": str(tmp_path / "home")}
+
+
+async def test_sluice_agent_heartbeats_and_stops_on_sigterm(nats_url: str, tmp_path: Path) -> None:
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    beats = await nc.subscribe(HEARTBEAT_SUBJECT)
+    stderr = (tmp_path / "agent.log").open("w")
+    process = await asyncio.create_subprocess_exec(
+        SLUICE,
+        "agent",
+        "--name",
+        "cli-agent",
+        "--cpus",
+        "2",
+        "--memory",
+        "1Gi",
+        "--gpus",
+        "1",
+        "--labels",
+        "zone=eu,tier=test",
+        "--executor",
+        "process",
+        "--datastore",
+        "landing=/data/landing",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        env=agent_env(nats_url, tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=stderr,
+        stderr=stderr,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                beat = Heartbeat.decode((await beats.next_msg(timeout=30)).data)
+                if beat.agent_id == "cli-agent":
+                    break
+        process.send_signal(signal.SIGTERM)
+        status = await asyncio.wait_for(process.wait(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        stderr.close()
+        await nc.close()
+
+    log = (tmp_path / "agent.log").read_text()
+    assert status == 0, log
+    assert beat.capacity == Capacity(cpu=2, memory=GiB, gpus=[Gpu(index=0, name="declared", memory=0)])
+    assert beat.labels == {"zone": "eu", "tier": "test"}
+    assert beat.datastores == {"landing": "/data/landing"}
+    assert beat.executors == ["process"]
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert "agent_started" in events
+    assert events[-1] == "agent_stopped"
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--cpus", "0"], "--cpus"),
+        (["--memory", "lots"], "--memory"),
+        (["--gpus", "some"], "--gpus"),
+        (["--labels", "zone"], "--labels"),
+        (["--datastore", "landing"], "--datastore"),
+        (["--name", "a.b"], "--name"),
+        (["--executor", "vm"], "--executor"),
+    ],
+)
+def test_bad_options_exit_2_naming_the_option(args: list[str], option: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [SLUICE, "agent", *args],
+        env=agent_env("nats://127.0.0.1:1", tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert f"'{option}'" in result.stderr.strip().splitlines()[-1]
