@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import click
 
-from daemon.cli import catalog, server
+from daemon.cli import agents, catalog, runs, server
+from runners.cli import agent
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,3 +19,6 @@ def main() -> None:
 
 server.register(main)
 catalog.register(main)
+runs.register(main)
+agents.register(main)
+main.add_command(agent)

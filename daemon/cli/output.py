@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -92,17 +93,86 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, empty:
     click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
-def format_time(value: str | None) -> str:
-    """An API timestamp (ISO 8601) in local time, short: ``2026-11-23 14:02``; ``-`` when absent."""
+def parse_time(value: str | None) -> dt.datetime | None:
+    """An API timestamp (ISO 8601) as an aware datetime, UTC when it names no zone; None when absent
+    or unreadable."""
     if not value:
-        return "-"
+        return None
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        return value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
+        return None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
+
+
+def print_fields(fields: Sequence[tuple[str, str]]) -> None:
+    """``name   value`` lines on stdout, the values aligned: the header of one record."""
+    width = max((len(name) for name, _ in fields), default=0)
+    for name, value in fields:
+        click.echo(f"{name:<{width}}   {value}")
+
+
+def format_time(value: str | None) -> str:
+    """An API timestamp (ISO 8601) in local time, short: ``2026-11-23 14:02``; ``-`` when absent."""
+    moment = parse_time(value)
+    if moment is None:
+        return value or "-"
     return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration for people: ``0.4s``, ``42s``, ``4m 05s``, ``2h 03m``, ``3d 04h``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    for unit, size, smaller, smaller_size in _DURATION_UNITS:
+        if whole >= size:
+            return f"{whole // size}{unit} {whole % size // smaller_size:02d}{smaller}"
+    return f"{whole}s"
+
+
+_DURATION_UNITS = (("d", 86_400, "h", 3_600), ("h", 3_600, "m", 60), ("m", 60, "s", 1))
+
+
+def elapsed(start: str | dt.datetime | None, end: str | dt.datetime | None = None) -> float | None:
+    """Seconds from ``start`` to ``end`` (now when None); None without a readable start."""
+    begun = parse_time(start) if isinstance(start, str | None) else start
+    if begun is None:
+        return None
+    ended = parse_time(end) if isinstance(end, str) else end
+    return ((ended or dt.datetime.now(dt.UTC)) - begun).total_seconds()
+
+
+def format_age(value: str | None, *, now: dt.datetime | None = None) -> str:
+    """How long ago an API timestamp was: ``2s ago``, ``5m ago``, ``3h ago``, ``2d ago``; ``-`` if absent."""
+    seconds = elapsed(value, now)
+    if seconds is None:
+        return value or "-"
+    whole = max(int(seconds), 0)
+    for unit, size, _, _ in _DURATION_UNITS:
+        if whole >= size:
+            return f"{whole // size}{unit} ago"
+    return f"{whole}s ago"
+
+
+def format_size(size: float | None) -> str:
+    """Bytes in binary units, at most one decimal: ``512Mi``, ``3.5Gi``, ``16Gi``; ``-`` when unknown."""
+    if size is None:
+        return "-"
+    value, unit = float(size), ""
+    for bigger in ("Ki", "Mi", "Gi", "Ti", "Pi"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{round(value, 1):g}{unit}"
+
+
+def format_number(value: float | None) -> str:
+    """A count or CPU cores without noise: ``8``, ``3.5``, ``0.25``; ``-`` when unknown."""
+    return "-" if value is None else f"{round(value, 2):g}"
 
 
 @contextlib.contextmanager
@@ -124,6 +194,21 @@ def progress(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda sent: bar.advance(task, sent)
+
+
+@contextlib.contextmanager
+def live(render: Callable[[], RenderableType]) -> Iterator[Callable[[Sequence[str]], None]]:
+    """Show changing state until the block ends; yields ``changed(lines)`` to call on each change.
+
+    On a terminal, ``render()`` is redrawn on stdout a few times a second (and at once on a change),
+    and its last frame stays. Elsewhere each changed line is printed as it comes.
+    """
+    console = _stdout()
+    if not console.is_terminal:
+        yield lambda lines: click.echo("".join(f"{line}\n" for line in lines), nl=False)
+        return
+    with Live(get_renderable=render, console=console, refresh_per_second=4) as display:
+        yield lambda lines: display.refresh()
 
 
 def _stdout() -> Console:

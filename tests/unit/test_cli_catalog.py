@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +16,8 @@ from click.testing import CliRunner, Result
 from daemon.cli import catalog, output
 from daemon.cli.http import ApiClient, ApiUnreachable
 from daemon.documents.source import snapshot_directory
+from tests.unit.fake_api import FakeApi, assert_help_everywhere, invoke
+from tests.unit.fake_api import envelope as _envelope
 
 CLI = click.Group("sluice")
 catalog.register(CLI)
@@ -43,91 +41,8 @@ on:
 """
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class FakeApi:
-    """Canned answers by (method, path or path?query); anything else is the contract's 404 envelope."""
-
-    url: str = ""
-    answers: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
-    requests: list[Recorded] = field(default_factory=list)
-
-    def answer(self, method: str, target: str, body: Any = None, *, status: int = 200) -> None:
-        self.answers[(method, "/api/v1" + target)] = (status, body)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(
-            Recorded(
-                request.method, request.path, dict(request.query), dict(request.headers), await request.read()
-            )
-        )
-        key = (request.method, request.path_qs)
-        if key not in self.answers:
-            key = (request.method, request.path)
-        status, body = self.answers.get(key, (404, _envelope("not_found", f"{request.path} not found")))
-        if callable(body):
-            return await body(request)
-        if body is None:
-            return web.Response(status=status)
-        if isinstance(body, str):
-            return web.Response(status=status, text=body)
-        return web.json_response(body, status=status)
-
-
-def _envelope(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details or []}}
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApi]:
-    """A FakeApi served by aiohttp on a free loopback port, in a thread with its own event loop."""
-    fake = FakeApi()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    loop = asyncio.new_event_loop()
-
-    async def start() -> int:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner.addresses[0][1]
-
-    fake.url = f"http://127.0.0.1:{loop.run_until_complete(start())}"
-    thread = threading.Thread(target=loop.run_forever, name="fake-api", daemon=True)
-    thread.start()
-    try:
-        yield fake
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        loop.close()
-
-
 def sluice(api: FakeApi, *args: str, token: str | None = None, stdin: str | None = None) -> Result:
-    env = {"SLUICE_API_URL": api.url, "SLUICE_API_TOKEN": token or ""}
-    return CliRunner().invoke(CLI, list(args), env=env, input=stdin)
-
-
-@pytest.fixture
-def local_tz() -> Iterator[None]:
-    """Central European time, so local-time output is known (a POSIX rule: no tzdata needed)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")
-        time.tzset()
-        yield
-    time.tzset()
+    return invoke(CLI, api, *args, token=token, stdin=stdin)
 
 
 # --- apply ---
@@ -477,11 +392,7 @@ def test_a_bad_version_number_is_a_usage_error_without_a_request(api: FakeApi, v
 
 
 def test_every_command_has_help() -> None:
-    commands = [[name] for name in CLI.commands] + [["triggers", name] for name in catalog.triggers.commands]
-    for command in commands:
-        result = CliRunner().invoke(CLI, [*command, "--help"])
-        assert result.exit_code == 0, command
-        assert "Usage:" in result.stdout
+    assert_help_everywhere(CLI)
 
 
 def test_an_upload_goes_out_in_chunks_that_report_progress(api: FakeApi) -> None:
