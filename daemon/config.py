@@ -7,6 +7,8 @@ import ipaddress
 import os
 from pathlib import Path
 
+from runners.protocol import ASSIGN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S
+
 DEFAULT_PORT = 8470
 DEFAULT_API_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
@@ -20,6 +22,7 @@ class Settings:
     api_url: str = DEFAULT_API_URL
     api_token: str | None = None
     log_format: str | None = None
+    dispatch: DispatchSettings = dataclasses.field(default_factory=lambda: DispatchSettings())
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> Settings:
@@ -32,10 +35,58 @@ class Settings:
             api_url=(environ.get("SLUICE_API_URL") or DEFAULT_API_URL).rstrip("/"),
             api_token=environ.get("SLUICE_API_TOKEN") or None,
             log_format=environ.get("SLUICE_LOG_FORMAT") or None,
+            dispatch=DispatchSettings.from_env(environ),
         )
 
     def with_data_dir(self, data_dir: Path | None) -> Settings:
         return self if data_dir is None else dataclasses.replace(self, data_dir=data_dir.expanduser())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    """Timings of dispatch and agent supervision; the defaults are the protocol's.
+
+    ``unlisted_grace_s``: how long an attempt may be missing from its live agent's heartbeats before
+    it is lost (covers an assignment in flight and step events not yet consumed).
+    ``retry_backoff_s``: the first retry's delay, doubling per failure up to 60 s.
+    ``sweep_interval_s``: the safety sweep that re-reads ready steps from the database.
+    """
+
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+    assign_timeout_s: float = ASSIGN_TIMEOUT_S
+    unlisted_grace_s: float = 15.0
+    retry_backoff_s: float = 1.0
+    sweep_interval_s: float = 3.0
+    agent_write_interval_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> DispatchSettings:
+        """Reads ``SLUICE_HEARTBEAT_TIMEOUT``, ``SLUICE_ASSIGN_TIMEOUT``, ``SLUICE_UNLISTED_GRACE``,
+        ``SLUICE_RETRY_BACKOFF`` and ``SLUICE_SWEEP_INTERVAL`` (seconds).
+
+        Raises:
+            ValueError: a value that is not a positive number, naming the variable.
+        """
+        names = {
+            "heartbeat_timeout_s": "SLUICE_HEARTBEAT_TIMEOUT",
+            "assign_timeout_s": "SLUICE_ASSIGN_TIMEOUT",
+            "unlisted_grace_s": "SLUICE_UNLISTED_GRACE",
+            "retry_backoff_s": "SLUICE_RETRY_BACKOFF",
+            "sweep_interval_s": "SLUICE_SWEEP_INTERVAL",
+        }
+        values = {}
+        for field, variable in names.items():
+            raw = environ.get(variable)
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if not value > 0:
+                raise ValueError(f"{variable} must be a positive number of seconds, not {raw!r}")
+            values[field] = value
+        return cls(**values)
 
 
 def is_loopback(host: str) -> bool:

@@ -22,6 +22,7 @@ from daemon.api import make_app
 from daemon.config import Settings, is_loopback
 from daemon.embedded import EmbeddedNats, EmbeddedPostgres
 from daemon.errors import SluiceError, Unavailable
+from daemon.scheduler import Scheduler
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ async def run_daemon(
             stack.enter_context(_data_dir_lock(settings.data_dir))
         database_url, nats_url = await _start_embedded(stack, settings)
 
-        pool = await store.create_pool(database_url)
+        pool = await store.create_pool(database_url, max_size=20)
         stack.push_async_callback(_close_pool, pool)
         async with pool.acquire() as conn:
             applied = await store.migrate(conn)
@@ -75,9 +76,10 @@ async def run_daemon(
         nc = await bus.connect(nats_url, creds=settings.nats_creds)
         stack.push_async_callback(_drain, nc)
         sources = await bus.SourceStore.open(nc)
+        scheduler = await Scheduler.start(stack, pool=pool, nc=nc, settings=settings.dispatch)
 
         runner = web.AppRunner(
-            make_app(pool=pool, nc=nc, sources=sources, api_token=settings.api_token),
+            make_app(pool=pool, nc=nc, sources=sources, api_token=settings.api_token, scheduler=scheduler),
             handle_signals=False,
             access_log=None,
         )

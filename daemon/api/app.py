@@ -12,12 +12,13 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from daemon.api import apply, ops, pipelines, triggers
-from daemon.api.context import API_TOKEN, NATS_CLIENT, POOL, SOURCES
+from daemon.api import agents, apply, events, ops, pipelines, runs, triggers
+from daemon.api.context import API_TOKEN, NATS_CLIENT, POOL, SCHEDULER, SOURCES
 from daemon.api.http import json_response
 from daemon.bus import SourceStore
 from daemon.errors import SluiceError, Unauthorized
 from daemon.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from daemon.scheduler import Scheduler
 
 log = structlog.get_logger(__name__)
 
@@ -36,13 +37,23 @@ HTTP_CODES = {
 }
 
 
-def make_app(*, pool: asyncpg.Pool, nc: NATS, sources: SourceStore, api_token: str | None) -> web.Application:
+def make_app(
+    *,
+    pool: asyncpg.Pool,
+    nc: NATS,
+    sources: SourceStore,
+    api_token: str | None,
+    scheduler: Scheduler | None = None,
+) -> web.Application:
+    """The API; without ``scheduler`` (catalog-only use) run operations answer 503."""
     app = web.Application(middlewares=[_metrics, _errors, _auth], client_max_size=MAX_BODY)
     app[POOL] = pool
     app[NATS_CLIENT] = nc
     app[SOURCES] = sources
     app[API_TOKEN] = api_token or ""
-    for module in (ops, apply, pipelines, triggers):
+    if scheduler is not None:
+        app[SCHEDULER] = scheduler
+    for module in (ops, apply, pipelines, triggers, runs, agents, events):
         app.router.add_routes(module.routes)
     return app
 

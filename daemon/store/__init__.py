@@ -4,6 +4,8 @@ Every function takes a pool or a connection first (:data:`Db`), so callers can c
 inside one transaction of their own. Errors a user can cause are :mod:`daemon.errors` types.
 """
 
+from daemon.store import agents, runs
+from daemon.store.agents import AgentRecord
 from daemon.store.catalog import (
     TRIGGER_SOURCES,
     DatastoreRecord,
@@ -35,21 +37,27 @@ from daemon.store.pipelines import (
     set_default,
     set_status,
 )
+from daemon.store.runs import AttemptRecord, RunRecord, StepRunRecord
 from daemon.store.schema import migrate, migrations
 
 __all__ = [
     "TRIGGER_SOURCES",
     "VERSION_STATUSES",
+    "AgentRecord",
+    "AttemptRecord",
     "DatastoreRecord",
     "Db",
     "EventOutcome",
     "EventRecord",
     "PipelineRecord",
+    "RunRecord",
+    "StepRunRecord",
     "TriggerRecord",
     "TriggerSource",
     "UpsertResult",
     "VersionRecord",
     "VersionStatus",
+    "agents",
     "create_pool",
     "datastore_names",
     "delete_trigger",
@@ -66,6 +74,7 @@ __all__ = [
     "migrate",
     "migrations",
     "publish_version",
+    "runs",
     "set_default",
     "set_status",
     "set_trigger_paused",

@@ -1,0 +1,183 @@
+"""Agent supervision: heartbeats in, lost agents and lost attempts out.
+
+Every heartbeat updates the in-memory registry; the database row is written only when what the agent
+advertises changed, or every ``agent_write_interval_s``. An agent silent for longer than the heartbeat
+timeout (counted from the daemon's start for agents not heard from yet) is ``lost``: its active
+attempts are lost and their steps ready again, to be placed elsewhere (this does not count as a retry).
+A live agent that does not list an attempt the daemon thinks it runs, for longer than
+``unlisted_grace_s``, has lost that attempt. An agent that runs an attempt the daemon has written off
+(lost or cancelled) is asked to cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+
+from daemon.engine import Engine
+from daemon.registry import AgentState
+from daemon.store import agents as agent_store
+from daemon.store import runs as run_store
+from daemon.transitions import send_cancels
+from runners.protocol import HEARTBEAT_SUBJECT, Capacity, Heartbeat
+
+log = structlog.get_logger(__name__)
+
+STRAY_CHECK_INTERVAL_S = 10.0
+
+
+class AgentMonitor:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sub = None
+        self._stray_checked: dict[int, float] = {}
+
+    async def load(self, started: float) -> None:
+        """Agents known from the database count as silent since ``started`` (monotonic)."""
+        for record in await agent_store.list_agents(self._engine.pool):
+            if record.status == "lost":
+                continue
+            self._engine.registry.known(
+                AgentState(
+                    id=record.id,
+                    name=record.name,
+                    labels=record.labels,
+                    executors=record.executors,
+                    capacity=msgspec.convert(record.capacity, Capacity),
+                    datastores=record.datastores,
+                    status="ready",
+                    last_seen=started,
+                )
+            )
+
+    async def start(self) -> None:
+        self._sub = await self._engine.nc.subscribe(HEARTBEAT_SUBJECT, cb=self._on_heartbeat)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.warning("heartbeat_unsubscribe_failed", error=repr(exc))
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = Heartbeat.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.warning("heartbeat_rejected", error=str(exc))
+            return
+        try:
+            await self.heartbeat(beat)
+        except Exception:  # one bad beat must not stop the subscription; the next one retries
+            log.exception("heartbeat_failed", agent=beat.agent_id)
+
+    async def heartbeat(self, beat: Heartbeat) -> None:
+        engine = self._engine
+        now = time.monotonic()
+        was = engine.registry.agents.get(beat.agent_id)
+        came_back = was is not None and was.status == "lost"
+        if was is None or not was.written:
+            # Attempts reference the agent's row: it must exist before the agent can take work.
+            await self._write(beat, "draining" if beat.draining else "ready")
+        agent, more_room = engine.registry.beat(beat, now)
+        if came_back or was is None or not was.seen:
+            log.info("agent_joined", agent=agent.id, name=agent.name, came_back=came_back)
+        if more_room:
+            engine.dispatcher.wake()
+        descriptor = agent.descriptor()
+        if descriptor != agent.written or now - agent.written_at >= engine.settings.agent_write_interval_s:
+            agent.written, agent.written_at = descriptor, now
+            await self._write(beat, agent.db_status)
+        await self._reconcile(agent, now)
+
+    async def _write(self, beat: Heartbeat, status: str) -> None:
+        await agent_store.upsert_agent(
+            self._engine.pool,
+            id=beat.agent_id,
+            name=beat.name,
+            labels=dict(beat.labels),
+            executors=list(beat.executors),
+            capacity=msgspec.to_builtins(beat.capacity),
+            datastores=dict(beat.datastores),
+            status=status,
+            last_heartbeat=beat.sent_at,
+        )
+
+    async def _reconcile(self, agent: AgentState, now: float) -> None:
+        """Compares what the agent runs with what the daemon thinks it runs."""
+        for attempt_id in agent.reservations:
+            if attempt_id < 0 or attempt_id in agent.reported:
+                agent.unlisted_since.pop(attempt_id, None)
+            else:
+                agent.unlisted_since.setdefault(attempt_id, now)
+        strays = [
+            attempt_id
+            for attempt_id in agent.reported
+            if attempt_id not in agent.reservations
+            and now - self._stray_checked.get(attempt_id, -STRAY_CHECK_INTERVAL_S) >= STRAY_CHECK_INTERVAL_S
+        ]
+        if not strays:
+            return
+        for attempt_id in strays:
+            self._stray_checked[attempt_id] = now
+        statuses = await run_store.attempt_statuses(self._engine.pool, strays)
+        written_off = [
+            (attempt_id, agent.id)
+            for attempt_id in strays
+            if statuses.get(attempt_id) in ("lost", "cancelled", None)
+        ]
+        if written_off:
+            log.info("stray_attempts", agent=agent.id, attempts=[item[0] for item in written_off])
+            await send_cancels(self._engine, written_off, "attempt is no longer assigned to this agent")
+
+    async def run(self) -> None:
+        """Checks for silent agents and unlisted attempts several times per heartbeat timeout."""
+        interval = min(0.5, self._engine.settings.heartbeat_timeout_s / 5)
+        while True:
+            await asyncio.sleep(interval)
+            await self.run_iteration()
+
+    async def run_iteration(self) -> None:
+        engine = self._engine
+        now = time.monotonic()
+        timeout = engine.settings.heartbeat_timeout_s
+        for agent in engine.registry.silent(now, timeout):
+            await self._lose_agent(agent, f"agent {agent.name} sent no heartbeat for {timeout:g} s")
+        grace = engine.settings.unlisted_grace_s
+        for agent in list(engine.registry.all()):
+            if agent.status == "lost" or not agent.seen:
+                continue
+            overdue = [attempt for attempt, since in agent.unlisted_since.items() if now - since > grace]
+            if overdue:
+                reason = f"agent {agent.name} does not report the attempt as running"
+                await self._lose_attempts(agent, dict.fromkeys(overdue, reason))
+        # Forget stray checks of long ago, so the map stays small.
+        self._stray_checked = {
+            key: when for key, when in self._stray_checked.items() if now - when < 10 * STRAY_CHECK_INTERVAL_S
+        }
+
+    async def _lose_agent(self, agent: AgentState, reason: str) -> None:
+        engine = self._engine
+        async with engine.pool.acquire() as conn, conn.transaction():
+            ids = await run_store.active_attempt_ids(conn, agent.id)
+            requeued = await run_store.lose_attempts(conn, dict.fromkeys(ids, reason))
+            await agent_store.set_agent_status(conn, agent.id, "lost")
+        engine.registry.mark_lost(agent.id)
+        for attempt_id in [*ids, *engine.registry.attempts_of(agent.id)]:
+            engine.registry.release(attempt_id)
+        log.warning("agent_lost", agent=agent.id, name=agent.name, attempts=ids, reason=reason)
+        engine.dispatcher.requeue(requeued)
+
+    async def _lose_attempts(self, agent: AgentState, attempts: dict[int, str]) -> None:
+        engine = self._engine
+        async with engine.pool.acquire() as conn, conn.transaction():
+            requeued = await run_store.lose_attempts(conn, attempts)
+        for attempt_id in attempts:
+            engine.registry.release(attempt_id)
+        log.warning("attempts_lost", agent=agent.id, attempts=list(attempts))
+        engine.dispatcher.requeue(requeued)

@@ -1,0 +1,255 @@
+"""Runs: start one (the REST trigger), list, show, cancel, and read or follow a step's log."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from aiohttp import web
+
+from daemon.api.context import POOL, SCHEDULER
+from daemon.api.http import decode_cursor, json_response, limit_arg, page
+from daemon.documents.references import DEFAULT_DATASTORE
+from daemon.errors import BadRequest, NotFound, Unavailable
+from daemon.planner import FINAL_STEP
+from daemon.rendering import log_path
+from daemon.scheduler import Scheduler
+from daemon.store import runs as run_store
+
+routes = web.RouteTableDef()
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+MAX_IDEMPOTENCY_KEY = 255
+LOG_POLL_S = 0.25
+STATUS_POLL_S = 1.0
+LOG_CHUNK = 1 << 20
+_encoder = msgspec.json.Encoder()
+
+
+class RunBody(msgspec.Struct, forbid_unknown_fields=True):
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    version: int | None = None
+    reuse: bool = True
+
+
+def _scheduler(request: web.Request) -> Scheduler:
+    scheduler = request.app.get(SCHEDULER)
+    if scheduler is None:
+        raise Unavailable("this daemon does not run the scheduler")
+    return scheduler
+
+
+def run_id_arg(request: web.Request) -> UUID:
+    raw = request.match_info["id"]
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise NotFound(f"run {raw} does not exist (run ids are UUIDs)") from None
+
+
+async def _body(request: web.Request) -> RunBody:
+    body = await request.read()
+    if not body.strip():
+        return RunBody()
+    try:
+        return msgspec.json.decode(body, type=RunBody)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request body: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+@routes.post("/api/v1/pipelines/{name}/runs")
+async def start_run(request: web.Request) -> web.Response:
+    """Start a run of a pipeline (201; 200 when an Idempotency-Key replays an earlier request)."""
+    body = await _body(request)
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters")
+    if body.version is not None and body.version < 1:
+        raise BadRequest(f"version must be at least 1, not {body.version}")
+    created = await _scheduler(request).create_run(
+        request.match_info["name"],
+        params=body.params,
+        version=body.version,
+        reuse=body.reuse,
+        idempotency_key=key,
+    )
+    run = created.run
+    return json_response({"run_id": str(run.id), **run.to_json()}, status=201 if created.created else 200)
+
+
+@routes.get("/api/v1/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    """List runs, newest first (?pipeline=, ?status=, ?limit=, ?cursor=)."""
+    limit = limit_arg(request)
+    status = request.query.get("status") or None
+    if status is not None and status not in RUN_STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+    cursor = decode_cursor(request, tuple[datetime, UUID])
+    records = await run_store.list_runs(
+        request.app[POOL],
+        limit=limit + 1,
+        pipeline=request.query.get("pipeline") or None,
+        status=status,
+        before=cursor,
+    )
+    return json_response(
+        page(records, limit, key=lambda record: (record.created_at.isoformat(), str(record.id)))
+    )
+
+
+@routes.get("/api/v1/runs/{id}")
+async def get_run(request: web.Request) -> web.Response:
+    """One run with its steps, their attempts, outputs, metrics and why a ready step waits."""
+    run_id = run_id_arg(request)
+    async with request.app[POOL].acquire() as conn:
+        run = await run_store.get_run(conn, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} does not exist")
+        steps = await run_store.get_steps(conn, run_id)
+    waiting = {}
+    if (scheduler := request.app.get(SCHEDULER)) is not None:
+        waiting = scheduler.waiting_reasons()
+    items = []
+    for step in steps:
+        item = step.to_json()
+        if step.status == "ready" and waiting.get(step.id):
+            item["waiting_reason"] = waiting[step.id]
+        items.append(item)
+    return json_response(run.to_json() | {"steps": items})
+
+
+@routes.post("/api/v1/runs/{id}/cancel")
+async def cancel_run(request: web.Request) -> web.Response:
+    """Cancel a queued or running run; its running steps are stopped."""
+    run = await _scheduler(request).cancel_run(run_id_arg(request))
+    return json_response(run.to_json())
+
+
+@routes.get("/api/v1/runs/{id}/steps/{step}/logs")
+async def step_logs(request: web.Request) -> web.StreamResponse:
+    """A step's log: the latest attempt's (or ?attempt=n), as text; ?follow=true streams it as
+    server-sent events (`event: line`, then `event: end` once the step finished)."""
+    run_id, name = run_id_arg(request), request.match_info["step"]
+    wanted = _attempt_arg(request)
+    pool = request.app[POOL]
+    step = await run_store.get_step(pool, run_id, name)
+    if step is None:
+        if await run_store.get_run(pool, run_id) is None:
+            raise NotFound(f"run {run_id} does not exist")
+        raise NotFound(f"run {run_id} has no step {name}")
+    if wanted is not None and not any(attempt.number == wanted for attempt in step.attempts):
+        raise NotFound(f"step {name} of run {run_id} has no attempt {wanted}")
+    root = await _default_root(pool)
+    if request.query.get("follow", "").lower() in ("1", "true", "yes"):
+        return await _follow(request, run_id, name, wanted, root)
+    if not step.attempts:
+        raise NotFound(f"step {name} of run {run_id} has not started yet: no log")
+    number = wanted or step.attempts[-1].number
+    path = Path(root) / log_path(str(run_id), name, number)
+    text = await asyncio.to_thread(_read_all, path)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def _attempt_arg(request: web.Request) -> int | None:
+    raw = request.query.get("attempt")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"attempt must be an integer, not {raw!r}") from None
+    if value < 1:
+        raise BadRequest(f"attempt must be at least 1, not {value}")
+    return value
+
+
+async def _default_root(pool) -> str:
+    row = await pool.fetchrow("SELECT spec FROM datastores WHERE name = $1", DEFAULT_DATASTORE)
+    if row is None or not row["spec"].get("path"):
+        raise Unavailable("the default datastore has no path")
+    return row["spec"]["path"]
+
+
+def _read_all(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read(LOG_CHUNK)
+    except FileNotFoundError:
+        return b""
+
+
+async def _follow(
+    request: web.Request, run_id: UUID, name: str, wanted: int | None, root: str
+) -> web.StreamResponse:
+    """Tails the attempt's log file; with no attempt asked for, moves on to each newer attempt."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    pool = request.app[POOL]
+    number, offset, partial = wanted, 0, b""
+    step = await run_store.get_step(pool, run_id, name)
+    checked = asyncio.get_running_loop().time()
+    while True:
+        latest = step.attempts[-1].number if step and step.attempts else None
+        if number is None:
+            number = latest
+        if number is not None:
+            path = Path(root) / log_path(str(run_id), name, number)
+            while chunk := await asyncio.to_thread(_read_from, path, offset):
+                offset += len(chunk)
+                *lines, partial = (partial + chunk).split(b"\n")
+                for line in lines:
+                    await _send(
+                        response,
+                        "line",
+                        {"attempt": number, "stream": "stdout", "line": line.decode("utf-8", "replace")},
+                    )
+            if wanted is None and latest is not None and latest > number:
+                await _flush(response, number, partial)
+                number, offset, partial = latest, 0, b""
+                continue
+        done = step is not None and step.status in FINAL_STEP
+        attempt_done = (
+            wanted is not None
+            and step is not None
+            and any(a.number == wanted and a.finished_at is not None for a in step.attempts)
+        )
+        if done or attempt_done:
+            await _flush(response, number, partial)
+            await _send(response, "end", {"status": step.status if step else None})
+            break
+        await asyncio.sleep(LOG_POLL_S)
+        now = asyncio.get_running_loop().time()
+        if now - checked >= STATUS_POLL_S:
+            checked = now
+            step = await run_store.get_step(pool, run_id, name)
+    await response.write_eof()
+    return response
+
+
+async def _flush(response: web.StreamResponse, number: int | None, partial: bytes) -> None:
+    if partial and number is not None:
+        await _send(
+            response,
+            "line",
+            {"attempt": number, "stream": "stdout", "line": partial.decode("utf-8", "replace")},
+        )
+
+
+async def _send(response: web.StreamResponse, event: str, data: dict) -> None:
+    await response.write(b"event: " + event.encode() + b"\ndata: " + _encoder.encode(data) + b"\n\n")

@@ -1,0 +1,123 @@
+"""In-memory caches of what dispatch and step events need about runs: parsed version specs (versions
+are immutable), each active run's rendering context, and the datastores' paths as the daemon sees
+them. All are caches of the database, filled on demand and safe to drop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from daemon.documents import PipelineSpec, StepSpec, spec_from_json
+from daemon.errors import NotFound
+from daemon.planner import step_graph
+from daemon.rendering import RunContext
+from daemon.store.catalog import DatastoreRecord
+from daemon.store.db import Db
+from daemon.store.pipelines import VersionRecord, get_version
+from daemon.store.runs import RunRecord, get_run
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSpec:
+    pipeline: str
+    version: int
+    spec: PipelineSpec
+    source_digest: str | None
+    graph: dict[str, tuple[str, ...]]
+    steps: dict[str, StepSpec]
+
+
+class Specs:
+    """Parsed specs by (pipeline, version); a version's spec never changes once published."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, int], VersionSpec] = {}
+
+    def of(self, record: VersionRecord) -> VersionSpec:
+        key = (record.pipeline, record.version)
+        found = self._specs.get(key)
+        if found is None:
+            spec = spec_from_json("Pipeline", record.spec)
+            assert isinstance(spec, PipelineSpec)
+            found = self._specs[key] = VersionSpec(
+                record.pipeline,
+                record.version,
+                spec,
+                record.source_digest,
+                step_graph(spec),
+                {step.name: step for step in spec.steps},
+            )
+        return found
+
+    async def load(self, db: Db, pipeline: str, version: int) -> VersionSpec:
+        found = self._specs.get((pipeline, version))
+        if found is not None:
+            return found
+        record = await get_version(db, pipeline, version)
+        if record is None:
+            raise NotFound(f"pipeline {pipeline} has no version {version}")
+        return self.of(record)
+
+
+class RunContexts:
+    """Rendering contexts of the runs that still have work, by run id."""
+
+    def __init__(self, specs: Specs) -> None:
+        self.specs = specs
+        self._runs: dict[UUID, tuple[RunContext, VersionSpec]] = {}
+
+    def put(self, run: RunRecord, version: VersionSpec) -> RunContext:
+        context = RunContext(
+            id=str(run.id),
+            pipeline=run.pipeline,
+            version=run.version,
+            params=run.params,
+            spec=version.spec,
+            source_digest=version.source_digest,
+        )
+        self._runs[run.id] = (context, version)
+        return context
+
+    def get(self, run_id: UUID) -> tuple[RunContext, VersionSpec] | None:
+        return self._runs.get(run_id)
+
+    async def load(
+        self, db: Db, run_id: UUID, run: RunRecord | None = None
+    ) -> tuple[RunContext, VersionSpec]:
+        """The run's context, read from the database when not cached.
+
+        Raises:
+            NotFound: the run (or its version) does not exist.
+        """
+        found = self._runs.get(run_id)
+        if found is not None:
+            return found
+        if run is None:
+            run = await get_run(db, run_id)
+            if run is None:
+                raise NotFound(f"run {run_id} does not exist")
+        version = await self.specs.load(db, run.pipeline, run.version)
+        self.put(run, version)
+        return self._runs[run_id]
+
+    def drop(self, run_id: UUID) -> None:
+        self._runs.pop(run_id, None)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+class Datastores:
+    """Datastore name -> path as the daemon sees it (``local`` datastores)."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, str] = {}
+
+    async def refresh(self, db: Db) -> None:
+        rows = await db.fetch("SELECT name, type, spec, created_at, updated_at FROM datastores")
+        records = [DatastoreRecord.from_row(row) for row in rows]
+        self.paths = {record.name: str(record.spec.get("path", "")) for record in records}
+
+    def for_agent(self, overrides: dict[str, str]) -> dict[str, str]:
+        """The paths an agent sees: its own announced ones over the daemon's."""
+        return self.paths | overrides if overrides else self.paths

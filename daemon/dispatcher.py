@@ -1,0 +1,427 @@
+"""The dispatcher: ready steps → agents, with no polling on the hot path.
+
+Ready steps live in memory (rebuilt from the database at start; a slow sweep re-reads them in case a
+hint was missed). Whoever makes a step ready hands it over with :meth:`Dispatcher.add`, which wakes
+the loop at once. One pass places every ready step it can *in memory* (reserving capacity on the
+chosen agent, so passes can never oversubscribe), records the whole batch in one transaction (attempt
+rows, steps → dispatched, first dispatch → run running), then sends the assignments concurrently
+(bounded). An assignment that is refused or unanswered marks its attempt ``lost`` (it does not count
+as a retry) and the step is ready again, kept off that agent for a moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+
+from daemon.announce import Announcer
+from daemon.config import DispatchSettings
+from daemon.contexts import Datastores, RunContexts
+from daemon.documents.specs import StepSpec
+from daemon.documents.template import TemplateError
+from daemon.errors import NotFound
+from daemon.placement import Need, Placed, Waiting, place
+from daemon.registry import Registry
+from daemon.rendering import RenderedStep, RunContext, assignment, render_step
+from daemon.store import runs as run_store
+from daemon.tasks import TaskSet
+from runners.protocol import AssignReply, assign_subject
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH = 512
+MAX_CONCURRENT_ASSIGNMENTS = 256
+REFUSED_AGENT_PAUSE_S = 2.0
+"""How long a step stays off an agent that refused it or did not answer."""
+
+
+def need_of(step: StepSpec) -> Need:
+    resources = step.resources
+    return Need(
+        cpu=resources.cpu,
+        memory=resources.memory,
+        gpu=resources.gpu,
+        gpu_memory=resources.gpu_memory,
+        selector=step.selector,
+        executor="docker" if step.image else "process",
+    )
+
+
+@dataclass(slots=True)
+class ReadyStep:
+    """A step waiting for an agent. ``due`` (monotonic) delays a retry; ``excluded`` keeps the step
+    off agents (id -> until, monotonic) that just refused it."""
+
+    step_run_id: int
+    run_id: UUID
+    name: str
+    due: float = 0.0
+    excluded: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    stored_reason: str | None = None
+    need: Need | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    step: ReadyStep
+    context: RunContext
+    spec: StepSpec
+    agent_id: str
+    gpus: tuple[int, ...]
+    rendered: RenderedStep
+    datastores: dict[str, str]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        nc: NATS,
+        registry: Registry,
+        contexts: RunContexts,
+        datastores: Datastores,
+        announcer: Announcer,
+        settings: DispatchSettings,
+    ) -> None:
+        self._pool = pool
+        self._nc = nc
+        self._registry = registry
+        self._contexts = contexts
+        self._datastores = datastores
+        self._announcer = announcer
+        self._settings = settings
+        self._ready: dict[int, ReadyStep] = {}
+        self._delayed: list[tuple[float, int]] = []
+        self._delayed_steps: dict[int, ReadyStep] = {}
+        self._in_flight: set[int] = set()
+        self._wake = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._sends = TaskSet("assignments")
+        self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_ASSIGNMENTS)
+        self.assigned = 0  # attempts accepted by agents since start (for benchmarks and metrics)
+        self.on_unrenderable: Callable[[UUID, str, str], Awaitable[None]] | None = None
+
+    # --- hand-over ------------------------------------------------------------------------------
+
+    def add(self, steps: Iterable[ReadyStep]) -> None:
+        """Steps that are ready in the database (now, or from ``due`` on); wakes the loop."""
+        now = time.monotonic()
+        for step in steps:
+            if step.step_run_id in self._in_flight:
+                continue
+            if step.due > now:
+                self._delayed_steps[step.step_run_id] = step
+                heapq.heappush(self._delayed, (step.due, step.step_run_id))
+            else:
+                self._ready.setdefault(step.step_run_id, step)
+        self._wake.set()
+
+    def discard(self, step_run_ids: Iterable[int]) -> None:
+        """Steps no longer ready (their run was cancelled)."""
+        for step_run_id in step_run_ids:
+            self._ready.pop(step_run_id, None)
+            self._delayed_steps.pop(step_run_id, None)
+
+    def wake(self) -> None:
+        """Something may fit now that did not (an agent joined, capacity was freed)."""
+        self._wake.set()
+
+    def waiting(self) -> dict[int, str | None]:
+        """Ready steps (step run id) and why each waits, as last placed."""
+        return {step.step_run_id: step.reason for step in self._ready.values()}
+
+    def __len__(self) -> int:
+        return len(self._ready) + len(self._delayed_steps)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Places ready steps whenever woken, or when a delayed retry falls due."""
+        while True:
+            timeout = self._settings.sweep_interval_s
+            if self._delayed:
+                timeout = min(timeout, max(self._delayed[0][0] - time.monotonic(), 0.0))
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.run_iteration()
+
+    async def run_iteration(self) -> int:
+        """One pass: place what fits, record it, send the assignments. Returns the number dispatched."""
+        now = time.monotonic()
+        self._promote(now)
+        if not self._ready:
+            return 0
+        batch, missing, broken = self._plan(now)
+        for step, error in broken:
+            await self._fail_unrenderable(step, error)
+        if missing:
+            await self._load_contexts(missing)
+        if not batch:
+            return 0
+        return await self._commit(batch)
+
+    def _promote(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, step_run_id = heapq.heappop(self._delayed)
+            step = self._delayed_steps.pop(step_run_id, None)
+            if step is not None:
+                self._ready.setdefault(step_run_id, step)
+
+    def _plan(self, now: float) -> tuple[list[_Planned], set[UUID], list[tuple[ReadyStep, str]]]:
+        """Places ready steps in memory, reserving capacity for each one placed."""
+        rooms = dict(self._registry.rooms())
+        batch: list[_Planned] = []
+        missing: set[UUID] = set()
+        broken: list[tuple[ReadyStep, str]] = []
+        failed_shapes: dict[tuple, Waiting] = {}
+        for step in list(self._ready.values()):
+            if len(batch) >= MAX_BATCH:
+                self._wake.set()  # the rest in the next pass, after this batch is recorded
+                break
+            entry = self._contexts.get(step.run_id)
+            if entry is None:
+                missing.add(step.run_id)
+                continue
+            context, version = entry
+            spec = version.steps.get(step.name)
+            if spec is None:
+                broken.append((step, f"step {step.name} is not in version {version.version}"))
+                continue
+            need = step.need or need_of(spec)
+            step.need = need
+            excluded = {agent for agent, until in step.excluded.items() if until > now}
+            if not excluded and (known := failed_shapes.get(need.shape)) is not None:
+                self._set_reason(step, known.reason)
+                continue
+            candidates = (
+                rooms.values() if not excluded else [r for r in rooms.values() if r.id not in excluded]
+            )
+            result = place(need, candidates)
+            if isinstance(result, Waiting):
+                if not excluded:
+                    failed_shapes[need.shape] = result
+                self._set_reason(step, result.reason)
+                continue
+            planned = self._render(step, context, spec, result, broken)
+            if planned is None:
+                continue
+            self._registry.reserve(result.agent_id, -step.step_run_id, need, result.gpus, now)
+            rooms[result.agent_id] = self._registry.agents[result.agent_id].room()
+            del self._ready[step.step_run_id]
+            self._in_flight.add(step.step_run_id)
+            batch.append(planned)
+        return batch, missing, broken
+
+    def _render(
+        self,
+        step: ReadyStep,
+        context: RunContext,
+        spec: StepSpec,
+        placed: Placed,
+        broken: list[tuple[ReadyStep, str]],
+    ) -> _Planned | None:
+        agent = self._registry.agents[placed.agent_id]
+        datastores = self._datastores.for_agent(agent.datastores)
+        try:
+            rendered = render_step(context, spec, datastores)
+        except TemplateError as exc:
+            broken.append((step, f"cannot render step {step.name} for agent {agent.name}: {exc.message}"))
+            return None
+        return _Planned(step, context, spec, placed.agent_id, placed.gpus, rendered, datastores)
+
+    def _set_reason(self, step: ReadyStep, reason: str) -> None:
+        if step.reason != reason:
+            step.reason = reason
+            self._announcer.step_changed(step.run_id, step.name, "ready", waiting_reason=reason)
+
+    async def _commit(self, batch: list[_Planned]) -> int:
+        items = [
+            run_store.Dispatch(
+                planned.step.step_run_id,
+                planned.agent_id,
+                msgspec.to_builtins(planned.spec.resources),
+                planned.gpus,
+            )
+            for planned in batch
+        ]
+        try:
+            conn = await self._connection()
+            dispatched, started = await run_store.dispatch(conn, items)
+        except BaseException:
+            # Nothing was recorded (one statement): the steps are still ready in the database.
+            for planned in batch:
+                self._registry.release(-planned.step.step_run_id)
+                self._in_flight.discard(planned.step.step_run_id)
+                self._ready.setdefault(planned.step.step_run_id, planned.step)
+            raise
+        by_step = {item.step_run_id: item for item in dispatched}
+        for planned in batch:
+            step = planned.step
+            self._in_flight.discard(step.step_run_id)
+            record = by_step.get(step.step_run_id)
+            if record is None:  # no longer ready (its run was cancelled, or another pass took it)
+                self._registry.release(-step.step_run_id)
+                continue
+            self._registry.rekey(-step.step_run_id, record.attempt_id)
+            message = assignment(
+                planned.context,
+                planned.spec,
+                planned.rendered,
+                planned.datastores,
+                attempt_id=record.attempt_id,
+                number=record.number,
+                gpus=planned.gpus,
+            )
+            self._sends.spawn(self._send(planned, record, message), name=f"assign-{record.attempt_id}")
+            self._announcer.step_changed(
+                step.run_id, step.name, "dispatched", attempt=record.number, agent=planned.agent_id
+            )
+        if started:
+            for run in await run_store.get_runs(conn, started):
+                await self._announcer.run_changed(run)
+        return len(dispatched)
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The dispatcher's own connection: dispatch is one statement at a time, so holding one
+        spares the hot path a pool acquire and release per pass."""
+        if self._conn is not None and self._conn.is_closed():
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._conn)
+            self._conn = None
+        if self._conn is None:
+            conn = await self._pool.acquire()
+            # The dispatch statement's plan does not depend on its arrays: plan it once, not per pass.
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            self._conn = conn
+        return self._conn
+
+    async def _send(self, planned: _Planned, record: run_store.Dispatched, message) -> None:
+        agent_id = planned.agent_id
+        timeout = self._settings.assign_timeout_s
+        async with self._send_slots:
+            try:
+                reply = AssignReply.decode(
+                    (await self._nc.request(assign_subject(agent_id), message.encode(), timeout=timeout)).data
+                )
+                reason = (
+                    None if reply.accepted else f"refused by agent {agent_id}: {reply.reason or 'no reason'}"
+                )
+            except nats.errors.NoRespondersError:
+                reason = f"agent {agent_id} is not listening for assignments"
+            except (TimeoutError, nats.errors.TimeoutError):
+                reason = f"agent {agent_id} did not answer the assignment within {timeout:g} s"
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                reason = f"agent {agent_id} answered the assignment with a bad reply: {exc}"
+        if reason is None:
+            self.assigned += 1
+            log.debug(
+                "attempt_assigned",
+                run_id=planned.context.id,
+                step=planned.spec.name,
+                attempt=record.attempt_id,
+                agent=agent_id,
+            )
+            return
+        log.info(
+            "assignment_failed",
+            run_id=planned.context.id,
+            step=planned.spec.name,
+            attempt=record.attempt_id,
+            agent=agent_id,
+            reason=reason,
+        )
+        await asyncio.shield(self._unassign(planned, record, reason))
+
+    async def _unassign(self, planned: _Planned, record: run_store.Dispatched, reason: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            requeued = await run_store.lose_attempts(conn, {record.attempt_id: reason})
+        self._registry.release(record.attempt_id)
+        until = time.monotonic() + REFUSED_AGENT_PAUSE_S
+        self.requeue(requeued, exclude={planned.agent_id: until})
+
+    def requeue(
+        self, requeued: Iterable[run_store.Requeued], exclude: dict[str, float] | None = None
+    ) -> None:
+        """Steps whose attempt was lost: ready again (announced), or cancelled in a cancelled run."""
+        ready = []
+        for item in requeued:
+            self._announcer.step_changed(item.run_id, item.name, item.status)
+            if item.status == "ready":
+                ready.append(
+                    ReadyStep(item.step_run_id, item.run_id, item.name, excluded=dict(exclude or {}))
+                )
+        self.add(ready)
+
+    async def _fail_unrenderable(self, step: ReadyStep, error: str) -> None:
+        """A step that cannot be rendered fails for good (retrying would render it the same way)."""
+        self._ready.pop(step.step_run_id, None)
+        log.warning("step_unrenderable", run_id=str(step.run_id), step=step.name, error=error)
+        if self.on_unrenderable is not None:
+            await self.on_unrenderable(step.run_id, step.name, error)
+
+    async def _load_contexts(self, run_ids: set[UUID]) -> None:
+        for run_id in run_ids:
+            try:
+                await self._contexts.load(self._pool, run_id)
+            except NotFound:
+                log.warning("ready_step_without_run", run_id=str(run_id))
+                self.discard([s.step_run_id for s in self._ready.values() if s.run_id == run_id])
+        self._wake.set()
+
+    # --- the safety sweep -----------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Re-reads ready steps from the database (hints may be lost; the database is the truth) and
+        stores changed waiting reasons."""
+        rows = await run_store.ready_steps(self._pool)
+        known = set(self._ready) | set(self._delayed_steps) | self._in_flight
+        now_wall, now = time.time(), time.monotonic()
+        found = [
+            ReadyStep(
+                row.step_run_id,
+                row.run_id,
+                row.name,
+                due=now + max((row.ready_at.timestamp() - now_wall) if row.ready_at else 0.0, 0.0),
+                reason=row.waiting_reason,
+                stored_reason=row.waiting_reason,
+            )
+            for row in rows
+            if row.step_run_id not in known
+        ]
+        if found:
+            log.info("ready_steps_found", count=len(found))
+            self.add(found)
+        changed = {
+            step.step_run_id: step.reason
+            for step in self._ready.values()
+            if step.reason != step.stored_reason and step.reason is not None
+        }
+        if changed:
+            await run_store.set_waiting_reasons(self._pool, changed)
+            for step_run_id, reason in changed.items():
+                if (step := self._ready.get(step_run_id)) is not None:
+                    step.stored_reason = reason
+
+    async def aclose(self) -> None:
+        await self._sends.aclose()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._conn)
+            self._conn = None

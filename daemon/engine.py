@@ -1,0 +1,27 @@
+"""What the scheduling components share: the connections, the caches and the live registries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from nats.aio.client import Client as NATS
+
+from daemon.announce import Announcer
+from daemon.config import DispatchSettings
+from daemon.contexts import Datastores, RunContexts, Specs
+from daemon.dispatcher import Dispatcher
+from daemon.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    pool: asyncpg.Pool
+    nc: NATS
+    settings: DispatchSettings
+    specs: Specs
+    contexts: RunContexts
+    datastores: Datastores
+    registry: Registry
+    announcer: Announcer
+    dispatcher: Dispatcher

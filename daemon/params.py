@@ -1,0 +1,60 @@
+"""Run parameters checked against a pipeline version's schema (pure; no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from daemon.documents.specs import ParamSpec, Scalar
+from daemon.errors import Invalid
+
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean"}
+
+
+def validate_params(
+    schema: Mapping[str, ParamSpec], given: Mapping[str, Any], *, what: str
+) -> dict[str, Scalar]:
+    """``given`` with defaults filled in, every value of its param's type (integers given for a
+    ``number`` become floats).
+
+    ``what`` names the target in the message (``pipeline scoring version 3``).
+
+    Raises:
+        Invalid: an unknown param, a missing required one or a value of the wrong type; ``details``
+            holds one ``{"path": "params.X", "message": …}`` per problem.
+    """
+    problems: list[dict[str, str]] = []
+    for name in given:
+        if name not in schema:
+            known = ", ".join(sorted(schema)) or "none"
+            problems.append({"path": f"params.{name}", "message": f"unknown param (known: {known})"})
+    values: dict[str, Scalar] = {}
+    for name, spec in schema.items():
+        if name in given:
+            value = given[name]
+            if not spec.accepts(value):
+                problems.append(
+                    {"path": f"params.{name}", "message": f"must be {_TYPE_WORDS[spec.type]}, not {value!r}"}
+                )
+                continue
+            values[name] = float(value) if spec.type == "number" else value
+        elif spec.required:
+            problems.append({"path": f"params.{name}", "message": f"required ({spec.type}) but not given"})
+        else:
+            values[name] = spec.default
+    if problems:
+        first = problems[0]
+        message = f"{first['path']}: {first['message']}"
+        if len(problems) > 1:
+            message = f"{len(problems)} problems with the params of {what}; first: {message}"
+        else:
+            message = f"params of {what}: {message}"
+        raise Invalid(message, details=problems)
+    return values
+
+
+def param_text(value: Scalar) -> str:
+    """How a param value reads inside argv and env: booleans as ``true``/``false``, like JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,141 @@
+"""The scheduling side of the daemon, started and stopped as one: dispatcher, step events, agent
+supervision and the safety sweep, over state rebuilt from the database at start.
+
+``Scheduler.start(exit_stack, …)`` registers its own teardown on the stack: loops stop, subscriptions
+end and assignments in flight are cancelled (their attempts stay ``dispatched`` in the database and are
+re-adopted, or lost, by the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import structlog
+from nats.aio.client import Client as NATS
+
+from daemon import runs
+from daemon.agents import AgentMonitor
+from daemon.announce import Announcer
+from daemon.config import DispatchSettings
+from daemon.contexts import Datastores, RunContexts, Specs
+from daemon.dispatcher import Dispatcher
+from daemon.engine import Engine
+from daemon.placement import Need
+from daemon.registry import AgentState, Registry
+from daemon.step_events import StepEvents
+from daemon.store import runs as run_store
+from daemon.tasks import Supervisor
+from daemon.transitions import Effects, admit_next, fail_step
+
+log = structlog.get_logger(__name__)
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, monitor: AgentMonitor, step_events: StepEvents) -> None:
+        self.engine = engine
+        self.monitor = monitor
+        self.step_events = step_events
+        self.supervisor = Supervisor()
+
+    @classmethod
+    async def start(
+        cls,
+        stack: contextlib.AsyncExitStack,
+        *,
+        pool: asyncpg.Pool,
+        nc: NATS,
+        settings: DispatchSettings,
+    ) -> Scheduler:
+        """Rebuilds memory from the database, binds the subscriptions and starts the loops."""
+        started = time.monotonic()
+        specs = Specs()
+        contexts = RunContexts(specs)
+        datastores = Datastores()
+        announcer = Announcer(nc)
+        registry = Registry()
+        dispatcher = Dispatcher(
+            pool=pool,
+            nc=nc,
+            registry=registry,
+            contexts=contexts,
+            datastores=datastores,
+            announcer=announcer,
+            settings=settings,
+        )
+        engine = Engine(pool, nc, settings, specs, contexts, datastores, registry, announcer, dispatcher)
+
+        async def on_unrenderable(run_id: UUID, step: str, error: str) -> None:
+            await fail_step(engine, run_id, step, error)
+
+        dispatcher.on_unrenderable = on_unrenderable
+        scheduler = cls(engine, AgentMonitor(engine), StepEvents(engine))
+        stack.push_async_callback(scheduler._stop)
+        await datastores.refresh(pool)
+        await scheduler.monitor.load(started)
+        await scheduler._adopt_attempts(started)
+        await dispatcher.sweep()
+        await scheduler.step_events.start()
+        await scheduler.monitor.start()
+        scheduler.supervisor.start("dispatcher", dispatcher.run)
+        scheduler.supervisor.start("step-events", scheduler.step_events.run)
+        scheduler.supervisor.start("agent-monitor", scheduler.monitor.run)
+        scheduler.supervisor.start("sweep", scheduler._sweep_loop)
+        log.info("scheduler_started", ready=len(dispatcher), agents=len(registry.agents))
+        return scheduler
+
+    async def _adopt_attempts(self, started: float) -> None:
+        """Active attempts hold their agent's capacity again; their agents have until the heartbeat
+        timeout (from now) to show up and list them."""
+        registry = self.engine.registry
+        for attempt in await run_store.active_attempts(self.engine.pool):
+            if attempt.agent_id is None:
+                continue
+            if attempt.agent_id not in registry.agents:
+                registry.known(AgentState(id=attempt.agent_id, name=attempt.agent_id, last_seen=started))
+            need = need_of_resources(attempt.resources or {})
+            registry.reserve(attempt.agent_id, attempt.id, need, attempt.gpus, started)
+
+    async def _stop(self) -> None:
+        await self.monitor.stop()
+        await self.step_events.stop()
+        await self.supervisor.aclose()
+        await self.engine.dispatcher.aclose()
+        log.info("scheduler_stopped")
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.engine.settings.sweep_interval_s)
+            # Datastores change rarely (apply); re-reading them here keeps rendering current.
+            await self.engine.datastores.refresh(self.engine.pool)
+            await self.engine.dispatcher.sweep()
+            await self._admit_held()
+
+    async def _admit_held(self) -> None:
+        pipelines = await self.engine.pool.fetch("SELECT DISTINCT pipeline FROM runs WHERE held")
+        for row in pipelines:
+            effects = Effects()
+            async with self.engine.pool.acquire() as conn, conn.transaction():
+                await admit_next(self.engine, conn, row["pipeline"], None, effects)
+            await effects.apply(self.engine)
+
+    # --- operations the API offers ------------------------------------------------------------------
+
+    async def create_run(self, pipeline: str, **options: Any) -> runs.Created:
+        return await runs.create_run(self.engine, pipeline, **options)
+
+    async def cancel_run(self, run_id: UUID) -> run_store.RunRecord:
+        return await runs.cancel_run(self.engine, run_id)
+
+    def waiting_reasons(self) -> dict[int, str | None]:
+        return self.engine.dispatcher.waiting()
+
+
+def need_of_resources(resources: Mapping[str, Any]) -> Need:
+    """A stored attempt's resources as a placement need (only the amounts matter for accounting)."""
+    return Need(cpu=float(resources.get("cpu", 0.0)), memory=int(resources.get("memory", 0)))

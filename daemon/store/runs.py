@@ -1,0 +1,756 @@
+"""Runs, their step runs and the attempts of each step: typed records and every transition in SQL.
+
+Transitions are guarded in SQL (``UPDATE … WHERE status = ANY(expected)``) and return the rows they
+changed, so a replayed or late event changes nothing. Functions that change several rows expect to
+run inside the caller's transaction (they take a connection); lock order, to keep transactions from
+deadlocking each other: an attempt row, then the run's step rows (by id), then the run row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from daemon.store.db import Db
+
+ACTIVE_RUN = ("queued", "running")
+ACTIVE_ATTEMPT = ("dispatched", "running")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    id: int
+    step_run_id: int
+    number: int
+    agent_id: str | None
+    status: str
+    exit_code: int | None
+    error: str | None
+    dispatched_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    gpus: list[int]
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> AttemptRecord:
+        return cls(
+            id=row["id"],
+            step_run_id=row["step_run_id"],
+            number=row["number"],
+            agent_id=row["agent_id"],
+            status=row["status"],
+            exit_code=row["exit_code"],
+            error=row["error"],
+            dispatched_at=row["dispatched_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            gpus=list(row["gpus"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's attempt shape, with ``id``, ``dispatched_at`` and ``gpus``."""
+        return {
+            "id": self.id,
+            "number": self.number,
+            "agent": self.agent_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "error": self.error,
+            "dispatched_at": self.dispatched_at.isoformat(),
+            "gpus": self.gpus,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepRunRecord:
+    id: int
+    run_id: UUID
+    name: str
+    status: str
+    fingerprint: str | None
+    reused_from: int | None
+    outputs: dict[str, str]
+    metrics: list[dict[str, Any]]
+    attempts_made: int
+    waiting_reason: str | None
+    ready_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record, attempts: list[AttemptRecord] | None = None) -> StepRunRecord:
+        return cls(
+            id=row["id"],
+            run_id=row["run_id"],
+            name=row["name"],
+            status=row["status"],
+            fingerprint=row["fingerprint"],
+            reused_from=row["reused_from"],
+            outputs=row["outputs"],
+            metrics=row["metrics"],
+            attempts_made=row["attempts_made"],
+            waiting_reason=row["waiting_reason"],
+            ready_at=row["ready_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            attempts=attempts or [],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's step shape; ``waiting_reason`` says why a ready step is not placed yet."""
+        latest = self.attempts[-1] if self.attempts else None
+        return {
+            "name": self.name,
+            "status": self.status,
+            "reused": self.status == "reused",
+            "fingerprint": self.fingerprint,
+            "outputs": self.outputs,
+            "metrics": self.metrics,
+            "attempts": [attempt.to_json() for attempt in self.attempts],
+            "agent": latest.agent_id if latest else None,
+            "waiting_reason": self.waiting_reason if self.status == "ready" else None,
+            # A step failed without an attempt (it could not be rendered) keeps why in the same column.
+            "error": self.waiting_reason if self.status == "failed" else None,
+            "ready_at": _iso(self.ready_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: UUID
+    pipeline: str
+    version: int
+    status: str
+    params: dict[str, Any]
+    reuse: bool
+    trigger: str | None
+    event_id: int | None
+    idempotency_key: str | None
+    resolution: str
+    reason: str | None
+    held: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> RunRecord:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+    def summary(self) -> dict[str, Any]:
+        """What a state change announces (``sluice.runs.<pipeline>.<status>``, ``event: run``)."""
+        return {
+            "id": str(self.id),
+            "pipeline": self.pipeline,
+            "version": self.version,
+            "status": self.status,
+            "params": self.params,
+            "trigger": self.trigger,
+            "created_at": self.created_at.isoformat(),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's run shape without ``steps``."""
+        return self.summary() | {
+            "event_id": self.event_id,
+            "reuse": self.reuse,
+            "idempotency_key": self.idempotency_key,
+            "resolution": self.resolution,
+            "reason": self.reason,
+            "held": self.held,
+        }
+
+
+_RUN_COLUMNS = (
+    "id, pipeline, version, status, params, reuse, trigger, event_id, idempotency_key, resolution, reason, "
+    "held, created_at, started_at, finished_at"
+)
+_STEP_COLUMNS = (
+    "id, run_id, name, status, fingerprint, reused_from, outputs, metrics, attempts_made, waiting_reason, "
+    "ready_at, started_at, finished_at"
+)
+_ATTEMPT_COLUMNS = (
+    "id, step_run_id, number, agent_id, status, exit_code, error, dispatched_at, started_at, finished_at, "
+    "gpus"
+)
+
+
+# --- creating and reading runs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewStep:
+    id: int
+    name: str
+    status: str
+
+
+async def insert_run(
+    db: Db,
+    *,
+    pipeline: str,
+    version: int,
+    params: Mapping[str, Any],
+    reuse: bool,
+    steps: Mapping[str, str],
+    held: bool = False,
+    trigger: str | None = None,
+    event_id: int | None = None,
+    idempotency_key: str | None = None,
+    resolution: str = "default",
+) -> tuple[RunRecord, list[NewStep]] | None:
+    """Inserts a queued run and its step runs (``steps``: name -> initial status) in one statement.
+
+    Returns None, inserting nothing, when ``idempotency_key`` is already taken for ``pipeline`` or
+    the version is disabled (or gone) by the time the statement runs.
+    """
+    row = await db.fetchrow(
+        f"""
+        WITH run AS (
+            INSERT INTO runs (pipeline, version, params, reuse, trigger, event_id, idempotency_key,
+                              resolution, held)
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+            WHERE EXISTS (
+                SELECT 1 FROM versions WHERE pipeline = $1 AND version = $2 AND status <> 'disabled'
+            )
+            ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING {_RUN_COLUMNS}
+        ), steps AS (
+            INSERT INTO step_runs (run_id, name, status, ready_at)
+            SELECT run.id, x.name, x.status, CASE WHEN x.status = 'ready' THEN now() END
+            FROM run, unnest($10::text[], $11::text[]) WITH ORDINALITY AS x(name, status, position)
+            ORDER BY x.position
+            RETURNING id, name, status
+        )
+        SELECT run.*, (SELECT array_agg(id ORDER BY id) FROM steps) AS step_ids,
+               (SELECT array_agg(name ORDER BY id) FROM steps) AS step_names,
+               (SELECT array_agg(status ORDER BY id) FROM steps) AS step_statuses
+        FROM run
+        """,
+        pipeline,
+        version,
+        dict(params),
+        reuse,
+        trigger,
+        event_id,
+        idempotency_key,
+        resolution,
+        held,
+        list(steps),
+        list(steps.values()),
+    )
+    if row is None:
+        return None
+    new = [
+        NewStep(*item) for item in zip(row["step_ids"], row["step_names"], row["step_statuses"], strict=True)
+    ]
+    return RunRecord.from_row(row), new
+
+
+async def find_run_by_key(db: Db, pipeline: str, idempotency_key: str) -> RunRecord | None:
+    row = await db.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE pipeline = $1 AND idempotency_key = $2",
+        pipeline,
+        idempotency_key,
+    )
+    return None if row is None else RunRecord.from_row(row)
+
+
+async def get_run(db: Db, run_id: UUID) -> RunRecord | None:
+    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+    return None if row is None else RunRecord.from_row(row)
+
+
+async def get_runs(db: Db, run_ids: Sequence[UUID]) -> list[RunRecord]:
+    rows = await db.fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ANY($1::uuid[])", list(run_ids))
+    return [RunRecord.from_row(row) for row in rows]
+
+
+async def get_steps(db: Db, run_id: UUID) -> list[StepRunRecord]:
+    """The run's steps in pipeline order (insertion order), each with its attempts by number."""
+    steps = await db.fetch(f"SELECT {_STEP_COLUMNS} FROM step_runs WHERE run_id = $1 ORDER BY id", run_id)
+    attempts = await db.fetch(
+        f"""
+        SELECT {", ".join("a." + column.strip() for column in _ATTEMPT_COLUMNS.split(","))}
+        FROM attempts a JOIN step_runs s ON s.id = a.step_run_id
+        WHERE s.run_id = $1 ORDER BY a.step_run_id, a.number
+        """,
+        run_id,
+    )
+    by_step: dict[int, list[AttemptRecord]] = {}
+    for row in attempts:
+        by_step.setdefault(row["step_run_id"], []).append(AttemptRecord.from_row(row))
+    return [StepRunRecord.from_row(row, by_step.get(row["id"], [])) for row in steps]
+
+
+async def get_step(db: Db, run_id: UUID, name: str) -> StepRunRecord | None:
+    row = await db.fetchrow(
+        f"SELECT {_STEP_COLUMNS} FROM step_runs WHERE run_id = $1 AND name = $2", run_id, name
+    )
+    if row is None:
+        return None
+    attempts = await db.fetch(
+        f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE step_run_id = $1 ORDER BY number", row["id"]
+    )
+    return StepRunRecord.from_row(row, [AttemptRecord.from_row(attempt) for attempt in attempts])
+
+
+async def list_runs(
+    db: Db,
+    *,
+    limit: int,
+    pipeline: str | None = None,
+    status: str | None = None,
+    before: tuple[datetime, UUID] | None = None,
+) -> list[RunRecord]:
+    """Up to ``limit`` runs, newest first, optionally of one pipeline and/or status, strictly older
+    than the (created_at, id) key ``before``."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_RUN_COLUMNS} FROM runs
+        WHERE ($1::text IS NULL OR pipeline = $1) AND ($2::text IS NULL OR status = $2)
+          AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+        ORDER BY created_at DESC, id DESC LIMIT $5
+        """,
+        pipeline,
+        status,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+    return [RunRecord.from_row(row) for row in rows]
+
+
+async def count_active_runs(conn: asyncpg.Connection, pipeline: str) -> int:
+    """Runs of ``pipeline`` that hold a concurrency slot: queued or running, and not held back."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM runs WHERE pipeline = $1 AND status IN ('queued', 'running') AND NOT held",
+        pipeline,
+    )
+
+
+async def oldest_held_run(conn: asyncpg.Connection, pipeline: str) -> RunRecord | None:
+    """The held run of ``pipeline`` that is next in line, locked until the transaction ends."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {_RUN_COLUMNS} FROM runs WHERE pipeline = $1 AND held AND status = 'queued'
+        ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED
+        """,
+        pipeline,
+    )
+    return None if row is None else RunRecord.from_row(row)
+
+
+async def admit_run(conn: asyncpg.Connection, run_id: UUID, ready: Sequence[str]) -> list[NewStep]:
+    """Releases a held run: it takes a slot and the steps ``ready`` become ready."""
+    await conn.execute("UPDATE runs SET held = false WHERE id = $1", run_id)
+    return await set_step_statuses(conn, run_id, {name: "ready" for name in ready})
+
+
+# --- locking a run for a transition --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    id: int
+    name: str
+    status: str
+    attempts_made: int
+
+
+async def lock_run(conn: asyncpg.Connection, run_id: UUID) -> tuple[RunRecord, list[StepState]] | None:
+    """The run and its steps' states, their rows locked (steps first, by id) until the transaction ends."""
+    steps = await conn.fetch(
+        "SELECT id, name, status, attempts_made FROM step_runs WHERE run_id = $1 ORDER BY id FOR UPDATE",
+        run_id,
+    )
+    row = await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE", run_id)
+    if row is None:
+        return None
+    return RunRecord.from_row(row), [
+        StepState(step["id"], step["name"], step["status"], step["attempts_made"]) for step in steps
+    ]
+
+
+async def set_step_statuses(
+    conn: asyncpg.Connection, run_id: UUID, changes: Mapping[str, str], *, error: str | None = None
+) -> list[NewStep]:
+    """Moves steps by name to new statuses (ready, skipped, cancelled …); final ones get finished_at."""
+    if not changes:
+        return []
+    rows = await conn.fetch(
+        """
+        UPDATE step_runs s SET status = x.status,
+            ready_at = CASE WHEN x.status = 'ready' THEN now() ELSE s.ready_at END,
+            finished_at = CASE WHEN x.status IN ('succeeded', 'failed', 'reused', 'skipped', 'cancelled')
+                               THEN now() ELSE s.finished_at END,
+            waiting_reason = CASE WHEN x.status = 'failed' THEN $4 ELSE NULL END
+        FROM unnest($2::text[], $3::text[]) AS x(name, status)
+        WHERE s.run_id = $1 AND s.name = x.name AND s.status <> x.status
+        RETURNING s.id, s.name, s.status
+        """,
+        run_id,
+        list(changes),
+        list(changes.values()),
+        error,
+    )
+    return [NewStep(row["id"], row["name"], row["status"]) for row in rows]
+
+
+async def finish_run(
+    conn: asyncpg.Connection, run_id: UUID, status: str, reason: str | None = None
+) -> RunRecord | None:
+    """Ends an active run with ``status``; None when it had already ended."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE runs SET status = $2, finished_at = now(), held = false, reason = coalesce($3, reason)
+        WHERE id = $1 AND status IN ('queued', 'running')
+        RETURNING {_RUN_COLUMNS}
+        """,
+        run_id,
+        status,
+        reason,
+    )
+    return None if row is None else RunRecord.from_row(row)
+
+
+# --- dispatching --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    step_run_id: int
+    agent_id: str
+    resources: dict[str, Any]
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    step_run_id: int
+    attempt_id: int
+    number: int
+    run_id: UUID
+
+
+async def dispatch(db: Db, items: Sequence[Dispatch]) -> tuple[list[Dispatched], list[UUID]]:
+    """Records one attempt per item whose step is still ready in an active run (step → dispatched)
+    and moves queued runs that dispatched their first step to running, in one statement (atomic,
+    one round trip: this is the hot path). Step rows are locked before run rows.
+
+    Returns the attempts created (items whose step was no longer ready are left out) and the ids of
+    the runs that started.
+    """
+    rows = await db.fetch(
+        """
+        WITH steps AS (
+            UPDATE step_runs s SET status = 'dispatched', waiting_reason = NULL
+            WHERE s.id = ANY($1::bigint[]) AND s.status = 'ready'
+              AND EXISTS (
+                  SELECT 1 FROM runs r
+                  WHERE r.id = s.run_id AND r.status IN ('queued', 'running') AND NOT r.held
+              )
+            RETURNING s.id, s.run_id
+        ), created AS (
+            INSERT INTO attempts (step_run_id, number, agent_id, resources, gpus)
+            SELECT s.id,
+                   coalesce((SELECT max(a.number) FROM attempts a WHERE a.step_run_id = s.id), 0) + 1,
+                   x.agent_id, x.resources::jsonb, x.gpus::int[]
+            FROM steps s
+            JOIN unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+                AS x(step_run_id, agent_id, resources, gpus) ON x.step_run_id = s.id
+            RETURNING id, step_run_id, number
+        ), started AS (
+            UPDATE runs SET status = 'running', started_at = now()
+            WHERE id = ANY(ARRAY(SELECT run_id FROM steps)) AND status = 'queued'
+            RETURNING id
+        )
+        SELECT c.id, c.step_run_id, c.number, s.run_id,
+               s.run_id = ANY(ARRAY(SELECT id FROM started)) AS run_started
+        FROM created c JOIN steps s ON s.id = c.step_run_id
+        """,
+        [item.step_run_id for item in items],
+        [item.agent_id for item in items],
+        [msgspec.json.encode(item.resources).decode() for item in items],
+        ["{" + ",".join(map(str, item.gpus)) + "}" for item in items],
+    )
+    dispatched = [Dispatched(row["step_run_id"], row["id"], row["number"], row["run_id"]) for row in rows]
+    started = list(dict.fromkeys(row["run_id"] for row in rows if row["run_started"]))
+    return dispatched, started
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """A step whose attempt was lost: back to ready (or cancelled, in a cancelled run)."""
+
+    attempt_id: int
+    step_run_id: int
+    run_id: UUID
+    name: str
+    status: str
+
+
+async def lose_attempts(conn: asyncpg.Connection, attempts: Mapping[int, str]) -> list[Requeued]:
+    """Marks active attempts (id -> error) ``lost`` and puts their steps back to ready — a lost
+    attempt does not count against the step's retries. In the caller's transaction."""
+    if not attempts:
+        return []
+    lost = await conn.fetch(
+        """
+        UPDATE attempts a
+        SET status = 'lost', error = ($2::text[])[array_position($1::bigint[], a.id)], finished_at = now()
+        WHERE a.id = ANY($1::bigint[]) AND a.status IN ('dispatched', 'running')
+        RETURNING a.id, a.step_run_id
+        """,
+        list(attempts),
+        list(attempts.values()),
+    )
+    if not lost:
+        return []
+    step_of = {row["step_run_id"]: row["id"] for row in lost}
+    rows = await conn.fetch(
+        """
+        UPDATE step_runs s
+        SET status = CASE WHEN r.status = 'cancelled' THEN 'cancelled' ELSE 'ready' END,
+            ready_at = now(),
+            finished_at = CASE WHEN r.status = 'cancelled' THEN now() END
+        FROM runs r
+        WHERE s.id = ANY($1::bigint[]) AND r.id = s.run_id AND s.status IN ('dispatched', 'running')
+        RETURNING s.id, s.run_id, s.name, s.status
+        """,
+        list(step_of),
+    )
+    return [
+        Requeued(step_of[row["id"]], row["id"], row["run_id"], row["name"], row["status"]) for row in rows
+    ]
+
+
+async def active_attempt_ids(conn: asyncpg.Connection, agent_id: str) -> list[int]:
+    rows = await conn.fetch(
+        "SELECT id FROM attempts WHERE agent_id = $1 AND status IN ('dispatched', 'running')", agent_id
+    )
+    return [row["id"] for row in rows]
+
+
+# --- step events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    run_id: UUID
+    step: str
+    number: int
+    run: RunRecord | None  # set when the run moved to running with this event
+    run_status: str
+
+
+async def start_attempt(db: Db, attempt_id: int, agent_id: str, started_at: float) -> Started | None:
+    """attempt dispatched → running, its step → running, a queued run → running; None when the
+    attempt was not dispatched on that agent any more (a duplicate or late event)."""
+    row = await db.fetchrow(
+        """
+        WITH a AS (
+            UPDATE attempts SET status = 'running', started_at = to_timestamp($3)
+            WHERE id = $1 AND agent_id = $2 AND status = 'dispatched'
+            RETURNING step_run_id, number
+        ), s AS (
+            UPDATE step_runs s SET status = 'running', started_at = coalesce(s.started_at, to_timestamp($3))
+            FROM a WHERE s.id = a.step_run_id AND s.status = 'dispatched'
+            RETURNING s.run_id, s.name, a.number
+        ), r AS (
+            UPDATE runs r SET status = 'running', started_at = coalesce(r.started_at, now())
+            FROM s WHERE r.id = s.run_id AND r.status = 'queued'
+            RETURNING r.id
+        )
+        SELECT s.run_id, s.name, s.number, (SELECT count(*) FROM r) > 0 AS run_started,
+               (SELECT status FROM runs WHERE id = s.run_id) AS run_status
+        FROM s
+        """,
+        attempt_id,
+        agent_id,
+        started_at,
+    )
+    if row is None:
+        return None
+    run = await get_run(db, row["run_id"]) if row["run_started"] else None
+    return Started(row["run_id"], row["name"], row["number"], run, run.status if run else row["run_status"])
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    step_run_id: int
+    run_id: UUID
+    step: str
+    number: int
+
+
+async def finish_attempt(
+    conn: asyncpg.Connection,
+    attempt_id: int,
+    agent_id: str,
+    *,
+    status: str,
+    exit_code: int | None,
+    error: str | None,
+    started_at: float | None,
+    finished_at: float,
+) -> Finished | None:
+    """Ends an active attempt on ``agent_id``; None for a duplicate or late event."""
+    row = await conn.fetchrow(
+        """
+        UPDATE attempts a SET status = $3, exit_code = $4, error = $5,
+            started_at = coalesce(a.started_at, to_timestamp($6)), finished_at = to_timestamp($7)
+        FROM step_runs s
+        WHERE a.id = $1 AND a.agent_id = $2 AND a.status IN ('dispatched', 'running') AND s.id = a.step_run_id
+        RETURNING a.step_run_id, s.run_id, s.name, a.number
+        """,
+        attempt_id,
+        agent_id,
+        status,
+        exit_code,
+        error,
+        started_at,
+        finished_at,
+    )
+    return None if row is None else Finished(row["step_run_id"], row["run_id"], row["name"], row["number"])
+
+
+async def record_step_result(
+    conn: asyncpg.Connection,
+    step_run_id: int,
+    *,
+    status: str,
+    outputs: Mapping[str, str],
+    metrics: Sequence[Mapping[str, Any]],
+    counts_as_failure: bool,
+    retry_in_s: float | None,
+    error: str | None,
+) -> None:
+    """What an attempt's end did to its step (from :func:`daemon.planner.after_attempt`)."""
+    await conn.execute(
+        """
+        UPDATE step_runs SET status = $2, outputs = $3, metrics = $4,
+            attempts_made = attempts_made + CASE WHEN $5 THEN 1 ELSE 0 END,
+            ready_at = CASE WHEN $2 = 'ready' THEN now() + make_interval(secs => $6) ELSE ready_at END,
+            finished_at = CASE WHEN $2 = 'ready' THEN NULL ELSE now() END,
+            waiting_reason = CASE WHEN $2 = 'failed' THEN $7 ELSE NULL END
+        WHERE id = $1
+        """,
+        step_run_id,
+        status,
+        dict(outputs),
+        list(metrics),
+        counts_as_failure,
+        retry_in_s or 0.0,
+        error,
+    )
+
+
+async def cancellable_attempts(conn: asyncpg.Connection, run_id: UUID) -> list[tuple[int, str]]:
+    """(attempt id, agent id) of the run's active attempts."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id, a.agent_id FROM attempts a JOIN step_runs s ON s.id = a.step_run_id
+        WHERE s.run_id = $1 AND a.status IN ('dispatched', 'running') AND a.agent_id IS NOT NULL
+        """,
+        run_id,
+    )
+    return [(row["id"], row["agent_id"]) for row in rows]
+
+
+# --- rebuilding memory at start -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyRow:
+    step_run_id: int
+    run_id: UUID
+    name: str
+    ready_at: datetime | None
+    waiting_reason: str | None
+
+
+async def ready_steps(db: Db) -> list[ReadyRow]:
+    """Every ready step of an active, admitted run, by the time it became (or becomes) ready."""
+    rows = await db.fetch(
+        """
+        SELECT s.id, s.run_id, s.name, s.ready_at, s.waiting_reason FROM step_runs s
+        JOIN runs r ON r.id = s.run_id
+        WHERE s.status = 'ready' AND r.status IN ('queued', 'running') AND NOT r.held
+        ORDER BY s.ready_at NULLS FIRST, s.id
+        """
+    )
+    return [
+        ReadyRow(row["id"], row["run_id"], row["name"], row["ready_at"], row["waiting_reason"])
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveAttempt:
+    id: int
+    agent_id: str | None
+    status: str
+    resources: dict[str, Any]
+    gpus: tuple[int, ...]
+    run_id: UUID
+    step: str
+
+
+async def active_attempts(db: Db) -> list[ActiveAttempt]:
+    rows = await db.fetch(
+        """
+        SELECT a.id, a.agent_id, a.status, a.resources, a.gpus, s.run_id, s.name
+        FROM attempts a JOIN step_runs s ON s.id = a.step_run_id
+        WHERE a.status IN ('dispatched', 'running')
+        """
+    )
+    return [
+        ActiveAttempt(
+            row["id"],
+            row["agent_id"],
+            row["status"],
+            row["resources"],
+            tuple(row["gpus"]),
+            row["run_id"],
+            row["name"],
+        )
+        for row in rows
+    ]
+
+
+async def attempt_statuses(db: Db, attempt_ids: Sequence[int]) -> dict[int, str]:
+    rows = await db.fetch("SELECT id, status FROM attempts WHERE id = ANY($1::bigint[])", list(attempt_ids))
+    return {row["id"]: row["status"] for row in rows}
+
+
+async def set_waiting_reasons(db: Db, reasons: Mapping[int, str | None]) -> None:
+    """Stores why ready steps wait (step run id -> reason); steps no longer ready are left alone."""
+    if not reasons:
+        return
+    await db.execute(
+        """
+        UPDATE step_runs s SET waiting_reason = ($2::text[])[array_position($1::bigint[], s.id)]
+        WHERE s.id = ANY($1::bigint[]) AND s.status = 'ready'
+          AND s.waiting_reason IS DISTINCT FROM ($2::text[])[array_position($1::bigint[], s.id)]
+        """,
+        list(reasons),
+        list(reasons.values()),
+    )
