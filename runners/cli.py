@@ -28,6 +28,7 @@ from runners.executors.process import ProcessExecutor
 from runners.logsetup import configure_logging
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+PARENT_CHECK_INTERVAL_S = 1.0
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +114,7 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
     show_default=True,
     help="Seconds to let running steps finish after SIGINT/SIGTERM before stopping them.",
 )
+@click.option("--exit-with-parent", is_flag=True, hidden=True, help="Stop when the parent process is gone.")
 def agent(
     name: str | None,
     labels: dict[str, str],
@@ -124,6 +126,7 @@ def agent(
     cache_dir: Path | None,
     docker_network: str | None,
     drain_timeout: float,
+    exit_with_parent: bool,
 ) -> None:
     """Run a runner agent: execute the steps the daemon assigns, as processes or in containers.
 
@@ -160,7 +163,12 @@ def agent(
             loop.add_signal_handler(signum, on_signal)
         capacity = await asyncio.to_thread(detect_capacity, cpus=cpus, memory=memory, gpus=gpus)
         executors = await available_executors(executor, docker_network)
-        await Agent(config, capacity, executors).run(stop)
+        async with asyncio.TaskGroup() as tasks:
+            if exit_with_parent:
+                watcher = tasks.create_task(_stop_when_orphaned(stop), name="parent-watch")
+            await Agent(config, capacity, executors).run(stop)
+            if exit_with_parent:
+                watcher.cancel()
 
     try:
         asyncio.run(main())
@@ -170,6 +178,15 @@ def agent(
         _fail(str(exc), 1)
     except asyncio.CancelledError:
         _fail("agent stopped without waiting for its running steps", 1)
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """Set ``stop`` once the parent process has gone (`sluice up` killed with SIGKILL, say), so that
+    local agents never outlive the `up` that started them and meet their successors."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event says the parent died: poll
+        await asyncio.sleep(PARENT_CHECK_INTERVAL_S)
+    stop.set()
 
 
 class NoExecutor(Exception):

@@ -44,25 +44,39 @@ def _daemon_options(command):
 
 @click.command()
 @_daemon_options
-def up(data_dir: Path | None, port: int, host: str) -> None:
-    """Run everything on this machine: embedded PostgreSQL and NATS, and the daemon.
+@click.option(
+    "--agents",
+    type=click.IntRange(0, 64),
+    default=1,
+    show_default=True,
+    help="Local agents to run beside the daemon; they share this machine's CPUs and memory.",
+)
+def up(data_dir: Path | None, port: int, host: str, agents: int) -> None:
+    """Run everything on this machine: embedded PostgreSQL and NATS, the daemon and local agents.
 
     PostgreSQL and NATS are embedded under the data dir unless SLUICE_DATABASE_URL / SLUICE_NATS_URL
     are set. Runs until SIGINT or SIGTERM; state survives restarts with the same data dir.
     """
-    settings = Settings.from_env().with_data_dir(data_dir)
-    _serve(settings, host, port, announce=True)
+    _serve(_settings(data_dir), host, port, announce=True, agents=agents)
 
 
 @click.command()
 @_daemon_options
 def daemon(data_dir: Path | None, port: int, host: str) -> None:
     """Run the control plane alone: the API, triggers and dispatch, without agents."""
-    settings = Settings.from_env().with_data_dir(data_dir)
-    _serve(settings, host, port, announce=False)
+    _serve(_settings(data_dir), host, port, announce=False, agents=0)
 
 
-def _serve(settings: Settings, host: str, port: int, *, announce: bool) -> None:
+def _settings(data_dir: Path | None) -> Settings:
+    from daemon.cli.output import fail
+
+    try:
+        return Settings.from_env().with_data_dir(data_dir)
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+
+def _serve(settings: Settings, host: str, port: int, *, announce: bool, agents: int) -> None:
     from daemon.cli.output import fail
     from daemon.service import ConfigurationError, Endpoints, run_daemon
 
@@ -83,11 +97,29 @@ def _serve(settings: Settings, host: str, port: int, *, announce: bool) -> None:
             )
 
     async def main() -> None:
+        from daemon.local_agents import local_agents
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await run_daemon(settings, host=host, port=port, stop=stop, on_ready=on_ready)
+        ready: asyncio.Future[Endpoints] = loop.create_future()
+        # The agents stop before the daemon, so that their last step events are still consumed.
+        daemon_stop = asyncio.Event()
+        daemon = asyncio.create_task(
+            run_daemon(settings, host=host, port=port, stop=daemon_stop, on_ready=ready.set_result)
+        )
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({daemon, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if ready.done():
+                on_ready(ready.result())
+                async with local_agents(agents, ready.result().nats_url, settings.data_dir):
+                    await asyncio.wait({daemon, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            daemon_stop.set()
+            await daemon
 
     try:
         asyncio.run(main())
