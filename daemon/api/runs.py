@@ -43,12 +43,29 @@ def _scheduler(request: web.Request) -> Scheduler:
     return scheduler
 
 
-def run_id_arg(request: web.Request) -> UUID:
+MIN_RUN_ID_PREFIX = 8
+_HEX = frozenset("0123456789abcdef")
+
+
+async def run_id_arg(request: web.Request) -> UUID:
+    """The run the path names: a whole id, or (like git) a unique prefix of at least
+    ``MIN_RUN_ID_PREFIX`` hex digits, as `sluice runs` shows them."""
     raw = request.match_info["id"]
     try:
         return UUID(raw)
     except ValueError:
-        raise NotFound(f"run {raw} does not exist (run ids are UUIDs)") from None
+        pass
+    digits = raw.lower().replace("-", "")
+    if len(digits) < MIN_RUN_ID_PREFIX or len(digits) > 32 or not set(digits) <= _HEX:
+        raise NotFound(f"run {raw} does not exist (give a run id, or at least its first 8 characters)")
+    matches = await run_store.run_ids_between(
+        request.app[POOL], UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f")), limit=2
+    )
+    if not matches:
+        raise NotFound(f"no run id starts with {raw}")
+    if len(matches) > 1:
+        raise BadRequest(f"{raw} is the start of several run ids; give more of it")
+    return matches[0]
 
 
 async def _body(request: web.Request) -> RunBody:
@@ -106,7 +123,7 @@ async def list_runs(request: web.Request) -> web.Response:
 @routes.get("/api/v1/runs/{id}")
 async def get_run(request: web.Request) -> web.Response:
     """One run with its steps, their attempts, outputs, metrics and why a ready step waits."""
-    run_id = run_id_arg(request)
+    run_id = await run_id_arg(request)
     async with request.app[POOL].acquire() as conn:
         run = await run_store.get_run(conn, run_id)
         if run is None:
@@ -127,7 +144,7 @@ async def get_run(request: web.Request) -> web.Response:
 @routes.post("/api/v1/runs/{id}/cancel")
 async def cancel_run(request: web.Request) -> web.Response:
     """Cancel a queued or running run; its running steps are stopped."""
-    run = await _scheduler(request).cancel_run(run_id_arg(request))
+    run = await _scheduler(request).cancel_run(await run_id_arg(request))
     return json_response(run.to_json())
 
 
@@ -135,7 +152,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def step_logs(request: web.Request) -> web.StreamResponse:
     """A step's log: the latest attempt's (or ?attempt=n), as text; ?follow=true streams it as
     server-sent events (`event: line`, then `event: end` once the step finished)."""
-    run_id, name = run_id_arg(request), request.match_info["step"]
+    run_id, name = await run_id_arg(request), request.match_info["step"]
     wanted = _attempt_arg(request)
     pool = request.app[POOL]
     step = await run_store.get_step(pool, run_id, name)

@@ -278,6 +278,14 @@ async def get_run(db: Db, run_id: UUID) -> RunRecord | None:
     return None if row is None else RunRecord.from_row(row)
 
 
+async def run_ids_between(db: Db, low: UUID, high: UUID, *, limit: int) -> list[UUID]:
+    """Up to ``limit`` run ids from ``low`` to ``high`` inclusive: those starting with a prefix."""
+    rows = await db.fetch(
+        "SELECT id FROM runs WHERE id BETWEEN $1 AND $2 ORDER BY id LIMIT $3", low, high, limit
+    )
+    return [row["id"] for row in rows]
+
+
 async def get_runs(db: Db, run_ids: Sequence[UUID]) -> list[RunRecord]:
     rows = await db.fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ANY($1::uuid[])", list(run_ids))
     return [RunRecord.from_row(row) for row in rows]

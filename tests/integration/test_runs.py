@@ -70,6 +70,24 @@ async def test_unknown_disabled_and_bad_requests(system: Harness) -> None:
     assert (await client.post("/api/v1/runs/00000000-0000-0000-0000-000000000000/cancel")).status == 404
 
 
+async def test_a_run_is_found_by_a_unique_prefix_of_its_id(system: Harness, pool) -> None:
+    run_id = (await system.start_run("hello", params={"who": "a"}))["run_id"]
+    for prefix in (run_id[:8], run_id[:13], run_id[:8].upper()):
+        response = await system.client.get(f"/api/v1/runs/{prefix}")
+        assert response.status == 200, prefix
+        assert (await response.json())["id"] == run_id
+    assert (await system.client.get(f"/api/v1/runs/{run_id[:7]}")).status == 404
+    twin = run_id[:8] + "-0000-4000-8000-000000000000"
+    if twin != run_id:
+        copy = "INSERT INTO runs (id, pipeline, version) SELECT $1, pipeline, version FROM runs WHERE id = $2"
+        await pool.execute(copy, twin, run_id)
+        ambiguous = await system.client.get(f"/api/v1/runs/{run_id[:8]}")
+        assert ambiguous.status == 400
+        assert "several run ids" in (await ambiguous.json())["error"]["message"]
+    unknown = "0" * 8 if not run_id.startswith("0" * 8) else "f" * 8
+    assert (await system.client.get(f"/api/v1/runs/{unknown}")).status == 404
+
+
 async def test_list_filters_and_pages(system: Harness) -> None:
     ids = [(await system.start_run("hello", params={"who": str(n)}))["run_id"] for n in range(3)]
     response = await system.client.get("/api/v1/runs?pipeline=hello&limit=2")
