@@ -11,6 +11,18 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from triggers.specs import (  # noqa: F401 - the trigger sources' own specs, part of TriggerSpec
+    CronCatchup,
+    CronSource,
+    EventSource,
+    FileEvent,
+    FilesSource,
+    NatsSource,
+    RunSource,
+    RunStatus,
+    Scalar,
+)
+
 ParamType = Literal["string", "integer", "number", "boolean"]
 # How messages name a value of each param type: "must be an integer".
 PARAM_TYPE_WORDS = {
@@ -19,7 +31,6 @@ PARAM_TYPE_WORDS = {
     "number": "a number",
     "boolean": "a boolean",
 }
-Scalar = str | int | float | bool
 
 
 class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -113,43 +124,6 @@ class PipelineSpec(_Spec, kw_only=True):
     source: str | None = None
     concurrency: Concurrency | None = None
     steps: list[StepSpec]
-
-
-CronCatchup = Literal["none", "latest", "all"]
-FileEvent = Literal["created", "modified", "deleted", "moved"]
-RunStatus = Literal["succeeded", "failed", "cancelled"]
-
-
-class CronSource(_Spec, kw_only=True, tag="cron", tag_field="source"):
-    cron: str
-    timezone: str = "UTC"
-    catchup: CronCatchup = "latest"
-
-
-class FilesSource(_Spec, kw_only=True, tag="files", tag_field="source"):
-    datastore: str
-    pattern: str
-    events: list[FileEvent] = msgspec.field(default_factory=lambda: ["created", "modified"])
-    settle: float = 2.0
-    batch: float = 0.0
-    watch: Literal["auto", "inotify", "poll"] = "auto"
-    poll_interval: float = 10.0
-
-
-class NatsSource(_Spec, kw_only=True, tag="nats", tag_field="source"):
-    """``match`` maps dotted JSON field paths of the message to the values they must equal."""
-
-    subject: str
-    stream: str | None = None
-    match: dict[str, Scalar | None] = msgspec.field(default_factory=dict)
-
-
-class RunSource(_Spec, kw_only=True, tag="run", tag_field="source"):
-    pipeline: str
-    status: list[RunStatus] = msgspec.field(default_factory=lambda: ["succeeded"])
-
-
-EventSource = CronSource | FilesSource | NatsSource | RunSource
 
 
 class TriggerSpec(_Spec, kw_only=True):

@@ -7,12 +7,12 @@ from pathlib import PurePosixPath
 from msgspec import UNSET
 
 from daemon.documents import names, units
-from daemon.documents.cron import cron_trigger, zone
 from daemon.documents.paths import child
 from daemon.documents.problems import Reporter
 from daemon.documents.raw import RawFiles, RawOn, RawTrigger
 from daemon.documents.specs import CronSource, EventSource, FilesSource, NatsSource, RunSource, TriggerSpec
 from daemon.documents.template import TemplateError, references
+from triggers.crontab import cron_trigger, zone
 
 _SOURCES = ("cron", "files", "nats", "run")
 _CRON_ONLY = ("timezone", "catchup")

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from daemon.documents import TriggerSpec
-from daemon.documents.cron import cron_trigger
 from daemon.documents.specs import CronSource, FilesSource, NatsSource, RunSource
 from tests.unit.documents_helpers import parse, problems
+from triggers.crontab import cron_trigger
 
 HEAD = "kind: Trigger\nname: t\npipeline: p\n"
 SUBJECT_RULE = "(tokens separated by '.', no spaces, '*' as a whole token, '>' only as the last token)"
