@@ -29,6 +29,8 @@ from runners.protocol import HEARTBEAT_SUBJECT, Capacity, Heartbeat
 log = structlog.get_logger(__name__)
 
 STRAY_CHECK_INTERVAL_S = 10.0
+SILENCE_MARGIN_S = 0.002
+"""How long past an agent's timeout the monitor wakes (silence must *exceed* the timeout)."""
 
 
 class AgentMonitor:
@@ -136,10 +138,15 @@ class AgentMonitor:
             await send_cancels(self._engine, written_off, "attempt is no longer assigned to this agent")
 
     async def run(self) -> None:
-        """Checks for silent agents and unlisted attempts several times per heartbeat timeout."""
-        interval = min(0.5, self._engine.settings.heartbeat_timeout_s / 5)
+        """Checks for unlisted attempts several times per heartbeat timeout, and for a silent agent
+        as soon as its timeout runs out (not at the next tick: a lost agent's steps move on sooner)."""
+        timeout = self._engine.settings.heartbeat_timeout_s
+        interval = min(0.5, timeout / 5)
         while True:
-            await asyncio.sleep(interval)
+            delay = interval
+            if (due := self._engine.registry.next_silence(timeout)) is not None:
+                delay = min(delay, max(due - time.monotonic(), 0.0) + SILENCE_MARGIN_S)
+            await asyncio.sleep(delay)
             await self.run_iteration()
 
     async def run_iteration(self) -> None:

@@ -28,10 +28,26 @@ class VersionSpec:
 
 
 class Specs:
-    """Parsed specs by (pipeline, version); a version's spec never changes once published."""
+    """Parsed specs by (pipeline, version); a version's spec never changes once published.
+
+    Also a *hint* of each pipeline's default version, as last read: the default can change (from any
+    daemon), so a run created from the hint must check it in the statement that creates the run.
+    """
 
     def __init__(self) -> None:
         self._specs: dict[tuple[str, int], VersionSpec] = {}
+        self._defaults: dict[str, int] = {}
+
+    def cached(self, pipeline: str, version: int | None) -> VersionSpec | None:
+        """The spec of ``version`` (None: the default version as last seen), when already parsed."""
+        if version is None:
+            version = self._defaults.get(pipeline)
+            if version is None:
+                return None
+        return self._specs.get((pipeline, version))
+
+    def seen_default(self, pipeline: str, version: int) -> None:
+        self._defaults[pipeline] = version
 
     def of(self, record: VersionRecord) -> VersionSpec:
         key = (record.pipeline, record.version)

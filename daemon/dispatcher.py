@@ -293,9 +293,8 @@ class Dispatcher:
             self._announcer.step_changed(
                 step.run_id, step.name, "dispatched", attempt=record.number, agent=planned.agent_id
             )
-        if started:
-            for run in await run_store.get_runs(conn, started):
-                await self._announcer.run_changed(run)
+        for run in started:
+            await self._announcer.run_changed(run)
         return len(dispatched)
 
     async def _connection(self) -> asyncpg.Connection:
@@ -422,6 +421,8 @@ class Dispatcher:
     async def aclose(self) -> None:
         await self._sends.aclose()
         if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.execute("RESET plan_cache_mode")  # the pool does not reset sessions
             with contextlib.suppress(Exception):
                 await self._pool.release(self._conn)
             self._conn = None

@@ -176,6 +176,14 @@ class Registry:
             if agent.status != "lost" and now - agent.last_seen > timeout
         ]
 
+    def next_silence(self, timeout: float) -> float | None:
+        """When (monotonic) the first agent not lost yet will have been silent for ``timeout``, if
+        it stays silent; None without such agents."""
+        return min(
+            (agent.last_seen + timeout for agent in self.agents.values() if agent.status != "lost"),
+            default=None,
+        )
+
     def mark_lost(self, agent_id: str) -> None:
         agent = self.agents.get(agent_id)
         if agent is not None:

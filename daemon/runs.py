@@ -9,16 +9,19 @@ why (a trigger records that as a skipped event).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import structlog
 
+from daemon.contexts import VersionSpec
 from daemon.dispatcher import ReadyStep
 from daemon.engine import Engine
-from daemon.errors import Conflict, NotFound
+from daemon.errors import Conflict, Invalid, NotFound
 from daemon.params import validate_params
 from daemon.planner import FINAL_RUN, initial_statuses
 from daemon.store import runs as run_store
@@ -50,80 +53,162 @@ async def create_run(
     (queued) and all its step runs (ready when they wait for nothing, else pending); then hands the
     ready steps to the dispatcher.
 
+    The version's spec comes from the cache when it is there (versions never change), so the hot path
+    reads nothing before the insert; the insert itself checks that the version is enabled and, when
+    it was taken as the default, still is. A stale cache costs a re-read, never a run of the wrong
+    version.
+
     Raises:
         NotFound: no such pipeline or version.
         Conflict: the version is disabled, or the pipeline is at its ``max_active_runs`` with
             ``on_limit: skip``.
         Invalid: the params do not match the version's schema (details name ``params.X``).
     """
+    options = {
+        "reuse": reuse,
+        "trigger": trigger,
+        "event_id": event_id,
+        "idempotency_key": idempotency_key,
+        "resolution": resolution or ("manual" if version is not None else "default"),
+    }
     async with engine.pool.acquire() as conn:
         if idempotency_key is not None:
             existing = await run_store.find_run_by_key(conn, pipeline, idempotency_key)
             if existing is not None:
                 return Created(existing, False)
-        record = await get_version(conn, pipeline, version)
-        if record is None:
-            if version is not None and await conn.fetchval(
-                "SELECT 1 FROM pipelines WHERE name = $1", pipeline
-            ):
-                raise NotFound(f"pipeline {pipeline} has no version {version}")
-            raise NotFound(f"pipeline {pipeline} does not exist")
-        if record.status == "disabled":
-            raise _disabled(pipeline, record.version)
-        spec = engine.specs.of(record)
-        values = validate_params(
-            spec.spec.params, params, what=f"pipeline {pipeline} version {record.version}"
-        )
-        options = {
-            "pipeline": pipeline,
-            "version": record.version,
-            "params": values,
-            "reuse": reuse,
-            "trigger": trigger,
-            "event_id": event_id,
-            "idempotency_key": idempotency_key,
-            "resolution": resolution or ("manual" if version is not None else "default"),
-        }
-        statuses: dict[str, str] = dict(initial_statuses(spec.graph))
-        if (limit := spec.spec.concurrency) is None:
-            # One statement, no explicit transaction: the hot path of a manual run.
-            inserted = await run_store.insert_run(conn, steps=statuses, **options)
-            held = False
-        else:
-            async with conn.transaction():
-                # Serialises run creation per limited pipeline: two requests cannot take the last slot.
-                await conn.execute("SELECT 1 FROM pipelines WHERE name = $1 FOR UPDATE", pipeline)
-                active = await run_store.count_active_runs(conn, pipeline)
-                held = active >= limit.max_active_runs
-                if held and limit.on_limit == "skip":
-                    raise Conflict(
-                        f"pipeline {pipeline} already has {active} active run{'s' if active != 1 else ''} "
-                        f"(concurrency.max_active_runs {limit.max_active_runs}, on_limit skip): "
-                        "no run created"
-                    )
-                if held:
-                    statuses = dict.fromkeys(statuses, "pending")
-                inserted = await run_store.insert_run(conn, steps=statuses, held=held, **options)
+        inserted = None
+        if (cached := engine.specs.cached(pipeline, version)) is not None:
+            try:
+                inserted = await _insert(conn, cached, params, only_if_default=version is None, **options)
+            except Invalid:
+                if version is not None:  # an explicit version's schema never changes
+                    raise
+                # The default may have moved to a version with other params: decided below.
         if inserted is None:
-            existing = None
-            if idempotency_key is not None:  # a concurrent request with the same key won
-                existing = await run_store.find_run_by_key(conn, pipeline, idempotency_key)
-            if existing is None:  # disabled between the read and the insert
+            record = await get_version(conn, pipeline, version)
+            if record is None:
+                if version is not None and await conn.fetchval(
+                    "SELECT 1 FROM pipelines WHERE name = $1", pipeline
+                ):
+                    raise NotFound(f"pipeline {pipeline} has no version {version}")
+                raise NotFound(f"pipeline {pipeline} does not exist")
+            if version is None:
+                engine.specs.seen_default(pipeline, record.version)
+            if record.status == "disabled":
                 raise _disabled(pipeline, record.version)
-            return Created(existing, False)
-        # Handed over before the connection goes back to the pool (a round trip): the hot path.
-        run, steps = inserted
+            inserted = await _insert(conn, engine.specs.of(record), params, only_if_default=False, **options)
+            if inserted is None:
+                existing = None
+                if idempotency_key is not None:  # a concurrent request with the same key won
+                    existing = await run_store.find_run_by_key(conn, pipeline, idempotency_key)
+                if existing is None:  # disabled between the read and the insert
+                    raise _disabled(pipeline, record.version)
+                return Created(existing, False)
+        run, steps, spec, held = inserted
+        # Handed over before the connection goes back to the pool: the hot path.
         engine.contexts.put(run, spec)
-        engine.dispatcher.add(
-            ReadyStep(step.id, run.id, step.name) for step in steps if step.status == "ready"
-        )
-    log.info("run_created", run_id=str(run.id), pipeline=pipeline, version=run.version, held=held)
+        ready = [ReadyStep(step.id, run.id, step.name) for step in steps if step.status == "ready"]
+        engine.dispatcher.add(ready)
+    if ready:
+        # Lets the dispatcher start placing and recording the step before this request spends its
+        # time on the log line, the announcement and the response.
+        await asyncio.sleep(0)
+    log.debug("run_created", run_id=str(run.id), pipeline=pipeline, version=run.version, held=held)
     await engine.announcer.run_changed(run)
     return Created(run, True)
 
 
+async def _insert(
+    conn: asyncpg.Connection,
+    spec: VersionSpec,
+    params: Mapping[str, Any],
+    *,
+    only_if_default: bool,
+    **options: Any,
+) -> tuple[run_store.RunRecord, list[run_store.NewStep], VersionSpec, bool] | None:
+    """Validates ``params`` against ``spec`` and inserts the run, held when the pipeline is at its
+    concurrency limit (``on_limit: queue``); None when nothing was inserted (see
+    :func:`run_store.insert_run`).
+
+    Raises:
+        Invalid: the params do not match the version's schema.
+        Conflict: at the concurrency limit with ``on_limit: skip``.
+    """
+    pipeline = spec.pipeline
+    values = validate_params(spec.spec.params, params, what=f"pipeline {pipeline} version {spec.version}")
+    statuses: dict[str, str] = dict(initial_statuses(spec.graph))
+    if (limit := spec.spec.concurrency) is None:
+        # One statement, no explicit transaction: the hot path of a manual run.
+        inserted = await run_store.insert_run(
+            conn,
+            pipeline=pipeline,
+            version=spec.version,
+            params=values,
+            steps=statuses,
+            only_if_default=only_if_default,
+            **options,
+        )
+        return None if inserted is None else (*inserted, spec, False)
+    async with conn.transaction():
+        # Serialises run creation per limited pipeline: two requests cannot take the last slot.
+        default = await conn.fetchval(
+            "SELECT default_version FROM pipelines WHERE name = $1 FOR UPDATE", pipeline
+        )
+        if only_if_default and default != spec.version:
+            return None  # the default moved: the caller reads it again
+        active = await run_store.count_active_runs(conn, pipeline)
+        held = active >= limit.max_active_runs
+        if held and limit.on_limit == "skip":
+            raise Conflict(
+                f"pipeline {pipeline} already has {active} active run{'s' if active != 1 else ''} "
+                f"(concurrency.max_active_runs {limit.max_active_runs}, on_limit skip): "
+                "no run created"
+            )
+        if held:
+            statuses = dict.fromkeys(statuses, "pending")
+        inserted = await run_store.insert_run(
+            conn,
+            pipeline=pipeline,
+            version=spec.version,
+            params=values,
+            steps=statuses,
+            held=held,
+            only_if_default=only_if_default,
+            **options,
+        )
+    return None if inserted is None else (*inserted, spec, held)
+
+
 def _disabled(pipeline: str, version: int) -> Conflict:
     return Conflict(f"version {version} of {pipeline} is disabled and takes no new runs")
+
+
+async def insert_in_transaction(
+    conn: asyncpg.Connection, spec: VersionSpec, params: Mapping[str, Any], **options: Any
+) -> tuple[run_store.RunRecord, list[run_store.NewStep], VersionSpec, bool] | None:
+    """What :func:`create_run` does in the database, inside the caller's open transaction on ``conn``
+    (a trigger's event and its run commit together): params validated, concurrency applied, the run
+    and its steps inserted. Returns (run, new steps, spec, held), or None when the version is disabled
+    by now. After the commit, the caller hands the run over with :func:`hand_over`.
+
+    Raises:
+        Invalid: the params do not match the version's schema.
+        Conflict: at the concurrency limit with ``on_limit: skip``.
+    """
+    return await _insert(conn, spec, params, only_if_default=False, **options)
+
+
+async def hand_over(
+    engine: Engine, run: run_store.RunRecord, steps: list[run_store.NewStep], spec: VersionSpec
+) -> None:
+    """After the commit of a run created by :func:`insert_in_transaction`: its ready steps go to the
+    dispatcher and its creation is announced."""
+    engine.contexts.put(run, spec)
+    ready = [ReadyStep(step.id, run.id, step.name) for step in steps if step.status == "ready"]
+    engine.dispatcher.add(ready)
+    if ready:
+        await asyncio.sleep(0)  # as in create_run: placing the step goes first
+    await engine.announcer.run_changed(run)
 
 
 async def cancel_run(

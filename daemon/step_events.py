@@ -1,10 +1,13 @@
 """Step events from agents: the JetStream stream that keeps them while no daemon runs, and the
-durable consumer that applies each one.
+durable consumer that applies them.
 
-Each event is applied in one transaction and acknowledged only after it committed; a failure leaves
-it unacknowledged (redelivered after a short delay). Events of one attempt are applied in order;
-events of different attempts concurrently (bounded by ``WORKERS``). Duplicates and late events
-change nothing and are acknowledged.
+The consumer applies events in batches: whatever has arrived while the previous batch was being
+applied (up to ``MAX_BATCH``), in one transaction, in arrival order (so events of one attempt apply
+in order). Under load a batch costs a handful of round trips for hundreds of events; when idle a
+batch is one event and nothing waits. Each message is acknowledged only after its batch committed.
+When a batch fails, its events are applied one by one, so that one event that cannot be applied
+(nak'd: redelivered after a short delay) does not hold back the others. Duplicates and late events
+change nothing and are acknowledged; an undecodable event is terminated.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from nats.js.client import JetStreamContext
 
 from daemon.engine import Engine
 from daemon.tasks import TaskSet
-from daemon.transitions import apply_finished, apply_started
+from daemon.transitions import StepEvent, apply_events, send_cancels
 from runners.protocol import STEPS_STREAM, StepFinished, StepStarted
 
 log = structlog.get_logger(__name__)
@@ -32,8 +35,8 @@ CONSUMER = "sluice-daemon"
 DUPLICATE_WINDOW_S = 120.0
 ACK_WAIT_S = 30.0
 RETRY_DELAY_S = 1.0
-WORKERS = 16
-WORKER_QUEUE = 4096
+MAX_BATCH = 256
+MAX_ACK_PENDING = 65536
 
 
 async def ensure_stream(js: JetStreamContext) -> None:
@@ -52,14 +55,15 @@ async def ensure_stream(js: JetStreamContext) -> None:
 
 
 class StepEvents:
-    """The consumer. :meth:`start` binds it; :meth:`run` (a supervised loop) feeds the workers."""
+    """The consumer. :meth:`start` binds it; :meth:`run` (a supervised loop) applies what arrives."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._js = engine.nc.jetstream()
         self._sub = None
-        self._queues = [asyncio.Queue[Msg](WORKER_QUEUE) for _ in range(WORKERS)]
-        self._workers = TaskSet("step-event-workers")
+        # Bounded by the consumer's max_ack_pending: messages stay unacked until applied.
+        self._inbox: asyncio.Queue[Msg] = asyncio.Queue()
+        self._followups = TaskSet("step-event-followups")
 
     async def start(self) -> None:
         await ensure_stream(self._js)
@@ -68,16 +72,15 @@ class StepEvents:
             queue=CONSUMER,
             durable=CONSUMER,
             stream=STEPS_STREAM,
+            cb=self._receive,
             manual_ack=True,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=ACK_WAIT_S,
-                max_ack_pending=WORKERS * WORKER_QUEUE,
+                max_ack_pending=MAX_ACK_PENDING,
                 deliver_policy=DeliverPolicy.ALL,
             ),
         )
-        for index, queue in enumerate(self._queues):
-            self._workers.spawn(self._work(queue), name=f"step-events-{index}")
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -85,55 +88,65 @@ class StepEvents:
                 await self._sub.unsubscribe()
             except nats.errors.Error as exc:
                 log.warning("step_events_unsubscribe_failed", error=repr(exc))
-        await self._workers.aclose()
+        await self._followups.aclose()
+
+    async def _receive(self, msg: Msg) -> None:
+        self._inbox.put_nowait(msg)
 
     async def run(self) -> None:
         assert self._sub is not None, "start() first"
         while True:
+            batch = [await self._inbox.get()]
+            while len(batch) < MAX_BATCH and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            await self.handle(batch)
+
+    async def handle(self, messages: list[Msg]) -> None:
+        """Applies a batch of messages: acks each after its transaction committed, terminates the
+        undecodable, and leaves the ones that could not be applied for redelivery."""
+        decoded: list[tuple[Msg, StepEvent]] = []
+        for msg in messages:
             try:
-                msg = await self._sub.next_msg(timeout=5.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            await self._queues[_attempt_of(msg.subject) % WORKERS].put(msg)
-
-    async def _work(self, queue: asyncio.Queue[Msg]) -> None:
-        while True:
-            msg = await queue.get()
-            await self.handle(msg)
-
-    async def handle(self, msg: Msg) -> None:
-        """Applies one event; acks after commit, or leaves it for redelivery when it could not be applied."""
-        kind = msg.subject.rsplit(".", 1)[-1]
-        try:
-            if kind == "started":
-                event = StepStarted.decode(msg.data)
-                applied = await apply_started(self._engine, event)
-            elif kind == "finished":
-                event = StepFinished.decode(msg.data)
-                applied = await apply_finished(self._engine, event)
-            else:
-                raise ValueError(f"unknown step event kind {kind!r}")
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-            log.warning("step_event_rejected", subject=msg.subject, error=str(exc))
-            await _ack(msg, term=True)
+                decoded.append((msg, _decode(msg)))
+            except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+                log.warning("step_event_rejected", subject=msg.subject, error=str(exc))
+                await _ack(msg, term=True)
+        if not decoded:
             return
+        try:
+            await self._apply(decoded)
         except asyncio.CancelledError:
             raise  # not acked: redelivered to whichever daemon consumes next
         except Exception:
-            log.exception("step_event_failed", subject=msg.subject)
-            with contextlib.suppress(nats.errors.Error):  # redelivered after ack_wait anyway
-                await msg.nak(delay=RETRY_DELAY_S)
-            return
-        if not applied:
-            log.debug("step_event_ignored", subject=msg.subject, attempt=event.attempt_id)
-        await _ack(msg)
+            if len(decoded) == 1:
+                msg = decoded[0][0]
+                log.exception("step_event_failed", subject=msg.subject)
+                with contextlib.suppress(nats.errors.Error):  # redelivered after ack_wait anyway
+                    await msg.nak(delay=RETRY_DELAY_S)
+                return
+            log.warning("step_event_batch_failed", events=len(decoded), exc_info=True)
+            for msg, _ in decoded:
+                await self.handle([msg])
+
+    async def _apply(self, decoded: list[tuple[Msg, StepEvent]]) -> None:
+        applied = await apply_events(self._engine, [event for _, event in decoded])
+        for (msg, event), changed in zip(decoded, applied.changed, strict=True):
+            if not changed:
+                log.debug("step_event_ignored", subject=msg.subject, attempt=event.attempt_id)
+            await _ack(msg)
+        if applied.cancels:
+            self._followups.spawn(
+                send_cancels(self._engine, applied.cancels, "run cancelled"), name="cancel-late-starts"
+            )
 
 
-def _attempt_of(subject: str) -> int:
-    try:
-        return int(subject.split(".")[2])
-    except (IndexError, ValueError):
-        return 0
+def _decode(msg: Msg) -> StepEvent:
+    kind = msg.subject.rsplit(".", 1)[-1]
+    if kind == "started":
+        return StepStarted.decode(msg.data)
+    if kind == "finished":
+        return StepFinished.decode(msg.data)
+    raise ValueError(f"unknown step event kind {kind!r}")
 
 
 async def _ack(msg: Msg, *, term: bool = False) -> None:

@@ -2,7 +2,8 @@
 whose in-memory effects (capacity released, steps handed to the dispatcher, announcements) follow
 only after it committed.
 
-Step events are idempotent: an event for an attempt that is no longer active changes nothing.
+Step events are idempotent: an event for an attempt that is no longer active changes nothing. They
+are applied in batches (whatever the consumer has received), one transaction per batch.
 """
 
 from __future__ import annotations
@@ -56,97 +57,194 @@ class Effects:
             engine.dispatcher.add(self.ready)
 
 
-async def apply_started(engine: Engine, event: StepStarted) -> bool:
-    """attempt → running (and its step and run); False for a duplicate or late event."""
-    started = await run_store.start_attempt(engine.pool, event.attempt_id, event.agent_id, event.started_at)
-    if started is None:
-        return False
-    engine.announcer.step_changed(
-        started.run_id, started.step, "running", attempt=started.number, agent=event.agent_id
-    )
-    if started.run is not None:
-        await engine.announcer.run_changed(started.run)
-    if started.run_status == "cancelled":
-        # Cancelled while its assignment was in flight: the agent learnt of it too late.
-        await send_cancels(engine, [(event.attempt_id, event.agent_id)], "run cancelled")
-    return True
+StepEvent = StepStarted | StepFinished
 
 
-async def apply_finished(engine: Engine, event: StepFinished) -> bool:
-    """Ends the attempt, decides the step's fate (succeeded, retry later, failed for good), settles
-    the rest of the run and maybe ends it, in one transaction; False for a duplicate or late event."""
+@dataclass(slots=True)
+class Applied:
+    """What a batch of step events did: for each event (in order) whether it changed anything, and
+    the attempts (id, agent) whose agents must be told to stop (they started in a cancelled run)."""
+
+    changed: list[bool]
+    cancels: list[tuple[int, str]] = field(default_factory=list)
+
+
+async def apply_events(engine: Engine, events: Sequence[StepEvent]) -> Applied:
+    """Applies a batch of step events in one transaction, then their effects in memory.
+
+    Per attempt, a started event applies before a finished one; an event repeated in the batch, or
+    for an attempt that is unknown or no longer active on that agent, changes nothing. A finished
+    attempt decides its step's fate (succeeded, retry later, failed for good); the planner then
+    settles each run touched once (readies, skips, ends it). Locks follow the store's order across
+    the whole batch: its attempts (by id), their runs' steps (by id), the runs (by id). A batch of
+    starts only is one statement without an explicit transaction (the common case after dispatch).
+
+    Raises what the database raises, having applied nothing; the caller may retry the events one by
+    one so that one that cannot be applied does not hold back the others.
+    """
+    applied = Applied([False] * len(events))
+    # The first start of each attempt from each agent: only the attempt's own agent can start it.
+    starts: dict[tuple[int, str], int] = {}
+    ends: list[tuple[int, StepEvent]] = []
+    for index, event in enumerate(events):
+        if isinstance(event, StepStarted):
+            starts.setdefault((event.attempt_id, event.agent_id), index)
+        else:
+            ends.append((index, event))
+    start_rows = [(events[i].attempt_id, events[i].agent_id, events[i].started_at) for i in starts.values()]
     effects = Effects()
-    error = event.error
-    if error is None and event.status == "failed":
-        error = f"exit code {event.exit_code}"
-    async with engine.pool.acquire() as conn, conn.transaction():
-        finished = await run_store.finish_attempt(
-            conn,
-            event.attempt_id,
-            event.agent_id,
-            status=event.status,
-            exit_code=event.exit_code,
-            error=error,
-            started_at=event.started_at,
-            finished_at=event.finished_at,
+    if not ends:
+        started = await run_store.start_attempts(engine.pool, start_rows)
+        _note_started(started, events, starts, effects, applied)
+    else:
+        async with engine.pool.acquire() as conn, conn.transaction():
+            attempts = await run_store.lock_attempts(conn, {event.attempt_id for event in events})
+            runs = await run_store.lock_runs(conn, {attempt.run_id for attempt in attempts.values()})
+            started = await run_store.start_attempts(conn, start_rows)
+            _note_started(started, events, starts, effects, applied)
+            running = {item.attempt_id for item in started}
+            await _finish(engine, conn, ends, attempts, runs, running, effects, applied)
+    await effects.apply(engine)
+    return applied
+
+
+def _note_started(
+    started: list[run_store.Started],
+    events: Sequence[StepEvent],
+    starts: Mapping[tuple[int, str], int],
+    effects: Effects,
+    applied: Applied,
+) -> None:
+    for item in started:
+        index = starts[(item.attempt_id, item.agent_id)]
+        agent_id = item.agent_id
+        applied.changed[index] = True
+        effects.steps.append((item.run_id, item.step, "running", {"attempt": item.number, "agent": agent_id}))
+        if item.run is not None:
+            effects.runs.append(item.run)
+        if item.run_status == "cancelled":
+            # Cancelled while its assignment was in flight: the agent learnt of it too late.
+            applied.cancels.append((item.attempt_id, agent_id))
+
+
+async def _finish(
+    engine: Engine,
+    conn: asyncpg.Connection,
+    ends: Sequence[tuple[int, StepEvent]],
+    attempts: Mapping[int, run_store.LockedAttempt],
+    runs: Mapping[UUID, tuple[run_store.RunRecord, list[run_store.StepState]]],
+    running: set[int],
+    effects: Effects,
+    applied: Applied,
+) -> None:
+    """Ends the attempts (locked by the caller) that are still active on the agent that reports them,
+    records each step's fate and settles their runs."""
+    by_run: dict[UUID, list[tuple[int, StepFinished, run_store.LockedAttempt, str | None]]] = {}
+    attempt_ends: list[run_store.AttemptEnd] = []
+    ended: set[int] = set()  # an attempt ends once; a repeat of its event in the batch changes nothing
+    for index, event in ends:
+        assert isinstance(event, StepFinished)
+        attempt = attempts.get(event.attempt_id)
+        if attempt is None or attempt.agent_id != event.agent_id or attempt.id in ended:
+            continue
+        if attempt.id not in running and attempt.status not in run_store.ACTIVE_ATTEMPT:
+            continue
+        ended.add(attempt.id)
+        error = event.error
+        if error is None and event.status == "failed":
+            error = f"exit code {event.exit_code}"
+        attempt_ends.append(
+            run_store.AttemptEnd(
+                attempt.id, event.status, event.exit_code, error, event.started_at, event.finished_at
+            )
         )
-        if finished is None:
-            return False
-        run, steps = await _lock(conn, finished.run_id)
+        by_run.setdefault(attempt.run_id, []).append((index, event, attempt, error))
+    await run_store.finish_attempts(conn, attempt_ends)
+    results: list[run_store.StepResult] = []
+    changes: dict[int, str] = {}
+    outcomes: dict[UUID, str] = {}
+    run_of_step: dict[int, UUID] = {}
+    versions: dict[UUID, VersionSpec] = {}
+    for run_id, items in by_run.items():
+        if run_id not in runs:
+            raise LookupError(f"run {run_id} vanished")  # runs are never deleted while they have attempts
+        run, steps = runs[run_id]
         _, version = await engine.contexts.load(conn, run.id, run)
-        spec = version.steps[finished.step]
-        state = next(step for step in steps if step.name == finished.step)
-        decision = after_attempt(
-            event.status,
-            failures_before=state.attempts_made,
-            retries=spec.retries,
-            run_cancelled=run.status == "cancelled",
-            backoff_base_s=engine.settings.retry_backoff_s,
-        )
-        outputs = {}
-        if decision.status == "succeeded":
-            outputs = {
-                name: in_datastore(
-                    engine.datastores.paths, DEFAULT_DATASTORE, output_path(str(run.id), finished.step, name)
-                )
-                for name in spec.outputs
-            }
-        await run_store.record_step_result(
-            conn,
-            finished.step_run_id,
-            status=decision.status,
-            outputs=outputs,
-            metrics=[{"name": m.name, "value": m.value, **m.extra} for m in event.metrics],
-            counts_as_failure=decision.counts_as_failure,
-            retry_in_s=decision.retry_in_s,
-            error=error,
-        )
-        effects.released.append(event.attempt_id)
-        effects.steps.append(
-            (run.id, finished.step, decision.status, {"attempt": finished.number, "agent": event.agent_id})
-        )
-        if decision.status == "ready":
-            effects.ready.append(
-                ReadyStep(
-                    finished.step_run_id,
-                    run.id,
-                    finished.step,
-                    due=time.monotonic() + (decision.retry_in_s or 0.0),
+        versions[run.id] = version
+        # A step started in this batch is still ``dispatched`` here: the planner treats both alike.
+        statuses = {step.name: step.status for step in steps}
+        states = {step.name: step for step in steps}
+        for index, event, attempt, error in items:
+            spec = version.steps[attempt.step]
+            decision = after_attempt(
+                event.status,
+                failures_before=states[attempt.step].attempts_made,
+                retries=spec.retries,
+                run_cancelled=run.status == "cancelled",
+                backoff_base_s=engine.settings.retry_backoff_s,
+            )
+            outputs = {}
+            if decision.status == "succeeded":
+                outputs = {
+                    name: in_datastore(
+                        engine.datastores.paths,
+                        DEFAULT_DATASTORE,
+                        output_path(str(run.id), attempt.step, name),
+                    )
+                    for name in spec.outputs
+                }
+            results.append(
+                run_store.StepResult(
+                    attempt.step_run_id,
+                    decision.status,
+                    outputs,
+                    [{"name": m.name, "value": m.value, **m.extra} for m in event.metrics],
+                    decision.counts_as_failure,
+                    decision.retry_in_s,
+                    error,
                 )
             )
-        statuses = {step.name: step.status for step in steps} | {finished.step: decision.status}
-        await _settle(engine, conn, run, version, statuses, effects)
-    log.info(
-        "attempt_finished",
-        run_id=str(finished.run_id),
-        step=finished.step,
-        attempt=event.attempt_id,
-        agent=event.agent_id,
-        outcome=event.status,
-        step_status=decision.status,
-    )
-    await effects.apply(engine)
-    return True
+            statuses[attempt.step] = decision.status
+            applied.changed[index] = True
+            effects.released.append(attempt.id)
+            effects.steps.append(
+                (run.id, attempt.step, decision.status, {"attempt": attempt.number, "agent": event.agent_id})
+            )
+            if decision.status == "ready":
+                due = time.monotonic() + (decision.retry_in_s or 0.0)
+                effects.ready.append(ReadyStep(attempt.step_run_id, run.id, attempt.step, due=due))
+            (log.debug if event.status == "succeeded" else log.info)(
+                "attempt_finished",
+                run_id=str(run.id),
+                step=attempt.step,
+                attempt=attempt.id,
+                agent=event.agent_id,
+                outcome=event.status,
+                step_status=decision.status,
+            )
+        plan = advance(statuses, version.graph, run_status=run.status)
+        ids = {step.name: step.id for step in steps}
+        for name, status in plan.changes.items():
+            changes[ids[name]] = status
+            run_of_step[ids[name]] = run.id
+        if plan.outcome is not None:
+            outcomes[run.id] = plan.outcome
+        if set({**statuses, **plan.changes}.values()) <= FINAL_STEP:
+            effects.finished_runs.append(run.id)
+    await run_store.record_step_results(conn, results)
+    for step in await run_store.set_statuses_by_id(conn, changes):
+        run_id = run_of_step[step.id]
+        effects.steps.append((run_id, step.name, step.status, {}))
+        if step.status == "ready":
+            effects.ready.append(ReadyStep(step.id, run_id, step.name))
+        else:
+            effects.discarded.append(step.id)
+    finished_runs = await run_store.finish_runs(conn, outcomes)
+    effects.runs.extend(finished_runs)
+    # A run that ended frees a concurrency slot of its pipeline (only limited pipelines are checked).
+    limited = sorted({run.pipeline for run in finished_runs if versions[run.id].spec.concurrency is not None})
+    for pipeline in limited:
+        await admit_next(engine, conn, pipeline, None, effects)
 
 
 async def fail_step(engine: Engine, run_id: UUID, name: str, error: str) -> None:

@@ -39,6 +39,16 @@ def describe_dsn(dsn: str) -> str:
     return f"{host}:{port}/{database}"
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Resets nothing more than asyncpg always does (roll back an open transaction, drop listeners).
+
+    The default reset sends ``RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()`` on every
+    release: a server round trip on every pool use, the hot path included. The daemon keeps no such
+    session state on pooled connections (its advisory locks and ``SET LOCAL`` are transaction-scoped),
+    so there is nothing for it to undo. Code that sets session state must undo it itself.
+    """
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
 ) -> asyncpg.Pool:
@@ -52,7 +62,12 @@ async def create_pool(
     """
     try:
         return await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout, init=init_connection
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=connect_timeout,
+            init=init_connection,
+            reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = str(exc) or type(exc).__name__

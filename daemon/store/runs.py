@@ -8,7 +8,7 @@ deadlocking each other: an attempt row, then the run's step rows (by id), then t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -215,11 +215,13 @@ async def insert_run(
     event_id: int | None = None,
     idempotency_key: str | None = None,
     resolution: str = "default",
+    only_if_default: bool = False,
 ) -> tuple[RunRecord, list[NewStep]] | None:
     """Inserts a queued run and its step runs (``steps``: name -> initial status) in one statement.
 
-    Returns None, inserting nothing, when ``idempotency_key`` is already taken for ``pipeline`` or
-    the version is disabled (or gone) by the time the statement runs.
+    Returns None, inserting nothing, when ``idempotency_key`` is already taken for ``pipeline``, the
+    version is disabled (or gone) by the time the statement runs, or (``only_if_default``) it is no
+    longer the pipeline's default version: the caller may have picked it from a stale cache.
     """
     row = await db.fetchrow(
         f"""
@@ -229,7 +231,7 @@ async def insert_run(
             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
             WHERE EXISTS (
                 SELECT 1 FROM versions WHERE pipeline = $1 AND version = $2 AND status <> 'disabled'
-            )
+            ) AND (NOT $12 OR EXISTS (SELECT 1 FROM pipelines WHERE name = $1 AND default_version = $2))
             ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING {_RUN_COLUMNS}
         ), steps AS (
@@ -255,6 +257,7 @@ async def insert_run(
         held,
         list(steps),
         list(steps.values()),
+        only_if_default,
     )
     if row is None:
         return None
@@ -458,23 +461,21 @@ class Dispatched:
     run_id: UUID
 
 
-async def dispatch(db: Db, items: Sequence[Dispatch]) -> tuple[list[Dispatched], list[UUID]]:
+async def dispatch(db: Db, items: Sequence[Dispatch]) -> tuple[list[Dispatched], list[RunRecord]]:
     """Records one attempt per item whose step is still ready in an active run (step → dispatched)
     and moves queued runs that dispatched their first step to running, in one statement (atomic,
     one round trip: this is the hot path). Step rows are locked before run rows.
 
-    Returns the attempts created (items whose step was no longer ready are left out) and the ids of
-    the runs that started.
+    Returns the attempts created (items whose step was no longer ready are left out) and the runs
+    that started, as they are now.
     """
     rows = await db.fetch(
-        """
+        f"""
         WITH steps AS (
             UPDATE step_runs s SET status = 'dispatched', waiting_reason = NULL
-            WHERE s.id = ANY($1::bigint[]) AND s.status = 'ready'
-              AND EXISTS (
-                  SELECT 1 FROM runs r
-                  WHERE r.id = s.run_id AND r.status IN ('queued', 'running') AND NOT r.held
-              )
+            FROM unnest($1::bigint[]) AS x(step_run_id), runs r
+            WHERE s.id = x.step_run_id AND s.status = 'ready'
+              AND r.id = s.run_id AND r.status IN ('queued', 'running') AND NOT r.held
             RETURNING s.id, s.run_id
         ), created AS (
             INSERT INTO attempts (step_run_id, number, agent_id, resources, gpus)
@@ -486,22 +487,25 @@ async def dispatch(db: Db, items: Sequence[Dispatch]) -> tuple[list[Dispatched],
                 AS x(step_run_id, agent_id, resources, gpus) ON x.step_run_id = s.id
             RETURNING id, step_run_id, number
         ), started AS (
-            UPDATE runs SET status = 'running', started_at = now()
-            WHERE id = ANY(ARRAY(SELECT run_id FROM steps)) AND status = 'queued'
-            RETURNING id
+            UPDATE runs r SET status = 'running', started_at = now()
+            FROM (SELECT DISTINCT run_id FROM steps) t
+            WHERE r.id = t.run_id AND r.status = 'queued'
+            RETURNING {", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))}
         )
-        SELECT c.id, c.step_run_id, c.number, s.run_id,
-               s.run_id = ANY(ARRAY(SELECT id FROM started)) AS run_started
-        FROM created c JOIN steps s ON s.id = c.step_run_id
+        SELECT c.id AS attempt_id, c.step_run_id, c.number, s.run_id, started.*
+        FROM created c JOIN steps s ON s.id = c.step_run_id LEFT JOIN started ON started.id = s.run_id
         """,
         [item.step_run_id for item in items],
         [item.agent_id for item in items],
         [msgspec.json.encode(item.resources).decode() for item in items],
         ["{" + ",".join(map(str, item.gpus)) + "}" for item in items],
     )
-    dispatched = [Dispatched(row["step_run_id"], row["id"], row["number"], row["run_id"]) for row in rows]
-    started = list(dict.fromkeys(row["run_id"] for row in rows if row["run_started"]))
-    return dispatched, started
+    dispatched = [
+        Dispatched(row["step_run_id"], row["attempt_id"], row["number"], row["run_id"]) for row in rows
+    ]
+    # Runs that started with this dispatch come along (``id`` is NULL for the others): no read after.
+    started = {row["id"]: RunRecord.from_row(row) for row in rows if row["id"] is not None}
+    return dispatched, list(started.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,11 +561,61 @@ async def active_attempt_ids(conn: asyncpg.Connection, agent_id: str) -> list[in
     return [row["id"] for row in rows]
 
 
-# --- step events ---------------------------------------------------------------------------------
+# --- step events (applied in batches) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LockedAttempt:
+    id: int
+    step_run_id: int
+    run_id: UUID
+    step: str
+    number: int
+    agent_id: str | None
+    status: str
+
+
+async def lock_attempts(conn: asyncpg.Connection, attempt_ids: Collection[int]) -> dict[int, LockedAttempt]:
+    """The attempts among ``attempt_ids`` that exist, their rows locked in id order until the
+    transaction ends (the first of the locks a batch of step events takes; see the module's order)."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id, a.step_run_id, s.run_id, s.name, a.number, a.agent_id, a.status
+        FROM attempts a JOIN step_runs s ON s.id = a.step_run_id
+        WHERE a.id = ANY($1::bigint[]) ORDER BY a.id FOR UPDATE OF a
+        """,
+        sorted(attempt_ids),
+    )
+    return {row["id"]: LockedAttempt(*row.values()) for row in rows}
+
+
+async def lock_runs(
+    conn: asyncpg.Connection, run_ids: Collection[UUID]
+) -> dict[UUID, tuple[RunRecord, list[StepState]]]:
+    """:func:`lock_run` for several runs: every step row (by id), then every run row (by id)."""
+    ordered = sorted(set(run_ids))
+    steps = await conn.fetch(
+        """
+        SELECT id, run_id, name, status, attempts_made FROM step_runs
+        WHERE run_id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+        """,
+        ordered,
+    )
+    runs = await conn.fetch(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ordered
+    )
+    by_run: dict[UUID, list[StepState]] = {}
+    for step in steps:
+        by_run.setdefault(step["run_id"], []).append(
+            StepState(step["id"], step["name"], step["status"], step["attempts_made"])
+        )
+    return {row["id"]: (RunRecord.from_row(row), by_run.get(row["id"], [])) for row in runs}
 
 
 @dataclass(frozen=True, slots=True)
 class Started:
+    attempt_id: int
+    agent_id: str
     run_id: UUID
     step: str
     number: int
@@ -569,106 +623,159 @@ class Started:
     run_status: str
 
 
-async def start_attempt(db: Db, attempt_id: int, agent_id: str, started_at: float) -> Started | None:
-    """attempt dispatched → running, its step → running, a queued run → running; None when the
-    attempt was not dispatched on that agent any more (a duplicate or late event)."""
-    row = await db.fetchrow(
-        """
+async def start_attempts(db: Db, starts: Sequence[tuple[int, str, float]]) -> list[Started]:
+    """Attempts (id, agent id, unix start time) dispatched → running, their steps → running, queued
+    runs → running, in one statement. An attempt not dispatched on that agent any more (a duplicate
+    or late event) is left out of the result, as is one whose step is no longer dispatched."""
+    if not starts:
+        return []
+    run_columns = ", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))
+    rows = await db.fetch(
+        f"""
         WITH a AS (
-            UPDATE attempts SET status = 'running', started_at = to_timestamp($3)
-            WHERE id = $1 AND agent_id = $2 AND status = 'dispatched'
-            RETURNING step_run_id, number
+            UPDATE attempts a SET status = 'running', started_at = to_timestamp(x.at)
+            FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS x(attempt_id, agent, at)
+            WHERE a.id = x.attempt_id AND a.agent_id = x.agent AND a.status = 'dispatched'
+            RETURNING a.id, a.agent_id, a.step_run_id, a.number, a.started_at
         ), s AS (
-            UPDATE step_runs s SET status = 'running', started_at = coalesce(s.started_at, to_timestamp($3))
+            UPDATE step_runs s SET status = 'running', started_at = coalesce(s.started_at, a.started_at)
             FROM a WHERE s.id = a.step_run_id AND s.status = 'dispatched'
-            RETURNING s.run_id, s.name, a.number
+            RETURNING s.run_id, s.name, a.id AS attempt_id, a.agent_id AS agent, a.number
         ), r AS (
             UPDATE runs r SET status = 'running', started_at = coalesce(r.started_at, now())
-            FROM s WHERE r.id = s.run_id AND r.status = 'queued'
-            RETURNING r.id
+            WHERE r.id IN (SELECT run_id FROM s) AND r.status = 'queued'
+            RETURNING {run_columns}
         )
-        SELECT s.run_id, s.name, s.number, (SELECT count(*) FROM r) > 0 AS run_started,
-               (SELECT status FROM runs WHERE id = s.run_id) AS run_status
-        FROM s
+        SELECT s.attempt_id, s.agent, s.run_id, s.name AS step, s.number,
+               coalesce(r.status, (SELECT status FROM runs WHERE runs.id = s.run_id)) AS run_status, r.*
+        FROM s LEFT JOIN r ON r.id = s.run_id
         """,
-        attempt_id,
-        agent_id,
-        started_at,
+        [start[0] for start in starts],
+        [start[1] for start in starts],
+        [start[2] for start in starts],
     )
-    if row is None:
-        return None
-    run = await get_run(db, row["run_id"]) if row["run_started"] else None
-    return Started(row["run_id"], row["name"], row["number"], run, run.status if run else row["run_status"])
+    # ``id`` (the run's, from ``r``) is NULL unless this statement started the run.
+    return [
+        Started(
+            row["attempt_id"],
+            row["agent"],
+            row["run_id"],
+            row["step"],
+            row["number"],
+            RunRecord.from_row(row) if row["id"] is not None else None,
+            row["run_status"],
+        )
+        for row in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)
-class Finished:
-    step_run_id: int
-    run_id: UUID
-    step: str
-    number: int
+class AttemptEnd:
+    attempt_id: int
+    status: str
+    exit_code: int | None
+    error: str | None
+    started_at: float | None  # unix time
+    finished_at: float
 
 
-async def finish_attempt(
-    conn: asyncpg.Connection,
-    attempt_id: int,
-    agent_id: str,
-    *,
-    status: str,
-    exit_code: int | None,
-    error: str | None,
-    started_at: float | None,
-    finished_at: float,
-) -> Finished | None:
-    """Ends an active attempt on ``agent_id``; None for a duplicate or late event."""
-    row = await conn.fetchrow(
-        """
-        UPDATE attempts a SET status = $3, exit_code = $4, error = $5,
-            started_at = coalesce(a.started_at, to_timestamp($6)), finished_at = to_timestamp($7)
-        FROM step_runs s
-        WHERE a.id = $1 AND a.agent_id = $2 AND a.status IN ('dispatched', 'running') AND s.id = a.step_run_id
-        RETURNING a.step_run_id, s.run_id, s.name, a.number
-        """,
-        attempt_id,
-        agent_id,
-        status,
-        exit_code,
-        error,
-        started_at,
-        finished_at,
-    )
-    return None if row is None else Finished(row["step_run_id"], row["run_id"], row["name"], row["number"])
-
-
-async def record_step_result(
-    conn: asyncpg.Connection,
-    step_run_id: int,
-    *,
-    status: str,
-    outputs: Mapping[str, str],
-    metrics: Sequence[Mapping[str, Any]],
-    counts_as_failure: bool,
-    retry_in_s: float | None,
-    error: str | None,
-) -> None:
-    """What an attempt's end did to its step (from :func:`daemon.planner.after_attempt`)."""
+async def finish_attempts(conn: asyncpg.Connection, ends: Sequence[AttemptEnd]) -> None:
+    """Ends attempts that the caller locked (:func:`lock_attempts`) and found active."""
+    if not ends:
+        return
     await conn.execute(
         """
-        UPDATE step_runs SET status = $2, outputs = $3, metrics = $4,
-            attempts_made = attempts_made + CASE WHEN $5 THEN 1 ELSE 0 END,
-            ready_at = CASE WHEN $2 = 'ready' THEN now() + make_interval(secs => $6) ELSE ready_at END,
-            finished_at = CASE WHEN $2 = 'ready' THEN NULL ELSE now() END,
-            waiting_reason = CASE WHEN $2 = 'failed' THEN $7 ELSE NULL END
-        WHERE id = $1
+        UPDATE attempts a SET status = x.outcome, exit_code = x.code, error = x.message,
+            started_at = coalesce(a.started_at, to_timestamp(x.began)), finished_at = to_timestamp(x.ended)
+        FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::float8[], $6::float8[])
+            AS x(attempt_id, outcome, code, message, began, ended)
+        WHERE a.id = x.attempt_id AND a.status IN ('dispatched', 'running')
         """,
-        step_run_id,
-        status,
-        dict(outputs),
-        list(metrics),
-        counts_as_failure,
-        retry_in_s or 0.0,
-        error,
+        [end.attempt_id for end in ends],
+        [end.status for end in ends],
+        [end.exit_code for end in ends],
+        [end.error for end in ends],
+        [end.started_at for end in ends],
+        [end.finished_at for end in ends],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What an attempt's end did to its step (from :func:`daemon.planner.after_attempt`)."""
+
+    step_run_id: int
+    status: str
+    outputs: Mapping[str, str]
+    metrics: Sequence[Mapping[str, Any]]
+    counts_as_failure: bool
+    retry_in_s: float | None
+    error: str | None
+
+
+async def record_step_results(conn: asyncpg.Connection, results: Sequence[StepResult]) -> None:
+    if not results:
+        return
+    encode = msgspec.json.encode
+    await conn.execute(
+        """
+        UPDATE step_runs s SET status = x.outcome, outputs = x.outs::jsonb, metrics = x.measured::jsonb,
+            attempts_made = s.attempts_made + CASE WHEN x.counts THEN 1 ELSE 0 END,
+            ready_at = CASE WHEN x.outcome = 'ready' THEN now() + make_interval(secs => x.retry_in)
+                       ELSE s.ready_at END,
+            finished_at = CASE WHEN x.outcome = 'ready' THEN NULL ELSE now() END,
+            waiting_reason = CASE WHEN x.outcome = 'failed' THEN x.message ELSE NULL END
+        FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::float8[], $7::text[])
+            AS x(step_id, outcome, outs, measured, counts, retry_in, message)
+        WHERE s.id = x.step_id
+        """,
+        [result.step_run_id for result in results],
+        [result.status for result in results],
+        [encode(dict(result.outputs)).decode() for result in results],
+        [encode(list(result.metrics)).decode() for result in results],
+        [result.counts_as_failure for result in results],
+        [result.retry_in_s or 0.0 for result in results],
+        [result.error for result in results],
+    )
+
+
+async def set_statuses_by_id(conn: asyncpg.Connection, changes: Mapping[int, str]) -> list[NewStep]:
+    """:func:`set_step_statuses` for steps of any runs, by step run id (the planner's follow-ups)."""
+    if not changes:
+        return []
+    rows = await conn.fetch(
+        """
+        UPDATE step_runs s SET status = x.outcome,
+            ready_at = CASE WHEN x.outcome = 'ready' THEN now() ELSE s.ready_at END,
+            finished_at = CASE WHEN x.outcome IN ('succeeded', 'failed', 'reused', 'skipped', 'cancelled')
+                               THEN now() ELSE s.finished_at END,
+            waiting_reason = NULL
+        FROM unnest($1::bigint[], $2::text[]) AS x(step_id, outcome)
+        WHERE s.id = x.step_id AND s.status <> x.outcome
+        RETURNING s.id, s.name, s.status
+        """,
+        list(changes),
+        list(changes.values()),
+    )
+    return [NewStep(row["id"], row["name"], row["status"]) for row in rows]
+
+
+async def finish_runs(conn: asyncpg.Connection, outcomes: Mapping[UUID, str]) -> list[RunRecord]:
+    """:func:`finish_run` for several runs (run id -> final status); runs already ended are left out."""
+    if not outcomes:
+        return []
+    run_columns = ", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))
+    rows = await conn.fetch(
+        f"""
+        UPDATE runs r SET status = x.outcome, finished_at = now(), held = false
+        FROM unnest($1::uuid[], $2::text[]) AS x(run_id, outcome)
+        WHERE r.id = x.run_id AND r.status IN ('queued', 'running')
+        RETURNING {run_columns}
+        """,
+        list(outcomes),
+        list(outcomes.values()),
+    )
+    return [RunRecord.from_row(row) for row in rows]
 
 
 async def cancellable_attempts(conn: asyncpg.Connection, run_id: UUID) -> list[tuple[int, str]]:

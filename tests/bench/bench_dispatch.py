@@ -105,14 +105,15 @@ class System:
     async def __aexit__(self, *exc) -> None:
         await self.stack.aclose()
 
-    async def agents(self, count: int, cpus: float, behaviour) -> list[FakeAgent]:
+    async def agents(self, count: int, cpus: float, behaviour, prefix: str | None = None) -> list[FakeAgent]:
         agents = []
         for index in range(count):
-            agent_nc = await bus.connect(self.nats_url, name=f"{self.name}-{index}")
+            name = f"{prefix or self.name}-{index}"
+            agent_nc = await bus.connect(self.nats_url, name=name)
             self.stack.push_async_callback(agent_nc.drain)
             agent = FakeAgent(
                 agent_nc,
-                f"{self.name}-{index}",
+                name,
                 cpu=cpus,
                 memory=1024 * GiB,
                 behaviour=behaviour,
