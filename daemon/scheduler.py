@@ -30,8 +30,10 @@ from daemon.placement import Need
 from daemon.registry import AgentState, Registry
 from daemon.step_events import StepEvents
 from daemon.store import runs as run_store
+from daemon.submit import Submissions
 from daemon.tasks import Supervisor
 from daemon.transitions import Effects, admit_next, fail_step
+from daemon.triggering import Triggering
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +44,8 @@ class Scheduler:
         self.monitor = monitor
         self.step_events = step_events
         self.supervisor = Supervisor()
+        self.triggering: Triggering | None = None
+        self.submissions: Submissions | None = None
 
     @classmethod
     async def start(
@@ -86,6 +90,9 @@ class Scheduler:
         scheduler.supervisor.start("step-events", scheduler.step_events.run)
         scheduler.supervisor.start("agent-monitor", scheduler.monitor.run)
         scheduler.supervisor.start("sweep", scheduler._sweep_loop)
+        # After the dispatcher, on the same stack: triggers and submissions stop before it does.
+        scheduler.triggering = await Triggering.start(stack, engine)
+        scheduler.submissions = await Submissions.start(stack, engine)
         log.info("scheduler_started", ready=len(dispatcher), agents=len(registry.agents))
         return scheduler
 

@@ -101,6 +101,11 @@ class Source(abc.ABC):
         """Stop watching for trigger ``name`` (deleted or paused); no event of it reaches the sink after
         this returns. Unknown names are ignored."""
 
+    async def forget(self, name: str, on: EventSource) -> None:
+        """Trigger ``name`` (which watched ``on``) was deleted: stop watching, and release what a pause
+        keeps (a durable consumer, say). By default the same as ``remove``."""
+        await self.remove(name)
+
     @abc.abstractmethod
     def status(self, name: str) -> Mapping[str, Any]:
         """What an operator wants to know about trigger ``name`` now, as JSON-able values (cron:

@@ -307,6 +307,13 @@ class NatsSource(Source):
             if runner is not None:
                 await runner.stop()
 
+    async def forget(self, name: str, on: specs.EventSource) -> None:
+        """A deleted trigger: its durable consumer goes too (a paused one keeps it)."""
+        if isinstance(on, specs.NatsSource) and on.stream:
+            await self.delete_consumer(name, on.stream)
+        else:
+            await self.remove(name)
+
     async def delete_consumer(self, name: str, stream: str) -> None:
         """Forget a deleted trigger: stop it, and delete its durable consumer on ``stream`` (its
         position and unacked messages); a consumer that is not there is fine. Raises

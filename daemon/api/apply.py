@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 from aiohttp import web
 
-from daemon.api.context import POOL, SOURCES
+from daemon.api.context import POOL, SCHEDULER, SOURCES
 from daemon.api.http import json_response, read_json
 from daemon.catalog import SOURCE_DIGEST, SourceRef, apply_documents
 from daemon.documents import SourceText
@@ -54,6 +54,9 @@ async def apply(request: web.Request) -> web.Response:
     applied = await apply_documents(
         request.app[POOL], request.app[SOURCES], body.documents, body.sources, make_default=body.make_default
     )
+    scheduler = request.app.get(SCHEDULER)
+    if scheduler is not None and scheduler.triggering is not None:
+        await scheduler.triggering.applied(applied)
     return json_response({"items": applied})
 
 

@@ -5,11 +5,29 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon import store
-from daemon.api.context import POOL
+from daemon.api.context import POOL, SCHEDULER
 from daemon.api.http import decode_cursor, json_response, limit_arg, page
 from daemon.errors import NotFound
+from daemon.triggering import Triggering
 
 routes = web.RouteTableDef()
+
+
+def _triggering(request: web.Request) -> Triggering | None:
+    scheduler = request.app.get(SCHEDULER)
+    return None if scheduler is None else scheduler.triggering
+
+
+def _with_status(request: web.Request, record: store.TriggerRecord) -> dict:
+    """The contract's trigger shape plus ``status``: what its source says about it now."""
+    triggering = _triggering(request)
+    return record.to_json() | {"status": {} if triggering is None else triggering.status(record.name)}
+
+
+async def _sync(request: web.Request, name: str) -> None:
+    """Tells the sources about a committed change of trigger ``name``."""
+    if (triggering := _triggering(request)) is not None:
+        await triggering.sync([name])
 
 
 @routes.get("/api/v1/triggers")
@@ -17,7 +35,9 @@ async def list_triggers(request: web.Request) -> web.Response:
     limit = limit_arg(request)
     async with request.app[POOL].acquire() as conn:
         records = await store.list_triggers(conn, limit=limit + 1, after=decode_cursor(request, str))
-    return json_response(page(records, limit, key=lambda record: record.name))
+    body = page(records, limit, key=lambda record: record.name)
+    body["items"] = [_with_status(request, record) for record in records[:limit]]
+    return json_response(body)
 
 
 @routes.get("/api/v1/triggers/{name}")
@@ -27,7 +47,7 @@ async def get_trigger(request: web.Request) -> web.Response:
         record = await store.get_trigger(conn, name)
     if record is None:
         raise NotFound(f"trigger {name} does not exist")
-    return json_response(record.to_json())
+    return json_response(_with_status(request, record))
 
 
 @routes.get("/api/v1/triggers/{name}/events")
@@ -44,7 +64,8 @@ async def list_trigger_events(request: web.Request) -> web.Response:
 async def _set_paused(request: web.Request, paused: bool) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         record = await store.set_trigger_paused(conn, request.match_info["name"], paused)
-    return json_response(record.to_json())
+    await _sync(request, record.name)
+    return json_response(_with_status(request, record))
 
 
 @routes.post("/api/v1/triggers/{name}/pause")
@@ -63,6 +84,7 @@ async def delete_trigger(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         if not await store.delete_trigger(conn, name):
             raise NotFound(f"trigger {name} does not exist")
+    await _sync(request, name)
     return json_response({"name": name, "deleted": True})
 
 

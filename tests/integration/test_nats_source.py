@@ -496,6 +496,20 @@ async def test_delete_consumer_forgets_a_deleted_trigger(nc: NATS, uid: str) -> 
         await source.delete_consumer(name, stream)  # already gone: fine
 
 
+async def test_forget_deletes_the_consumer_while_remove_keeps_it(nc: NATS, uid: str) -> None:
+    stream, paused, deleted = f"FGT_{uid}", f"paused-{uid}", f"deleted-{uid}"
+    await make_stream(nc, stream, [f"fgt.{uid}.*"])
+    js = nc.jetstream()
+    async with running(nc, Sink()) as source:
+        for name in (paused, deleted):
+            await source.put(trigger(name, subject=f"fgt.{uid}.{name}", stream=stream))
+        await source.remove(paused)
+        await source.forget(deleted, trigger(deleted, subject=f"fgt.{uid}.{deleted}", stream=stream).on)
+        await js.consumer_info(stream, durable_name(paused))
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.consumer_info(stream, durable_name(deleted))
+
+
 async def test_a_stream_deleted_under_a_running_trigger_shows_and_recovers(nc: NATS, uid: str) -> None:
     stream, name = f"GONE_{uid}", f"gone-{uid}"
     await make_stream(nc, stream, [f"gone.{uid}"])

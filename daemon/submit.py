@@ -1,0 +1,155 @@
+"""``sluice.submit.<pipeline>``: the NATS request/reply trigger (contract §5).
+
+A request ``{"params": {…}, "version": n?, "idempotency_key": "…"?, "reuse": bool?}`` creates a run
+exactly as ``POST /pipelines/{name}/runs`` does (the same checks, the same code: ``daemon.runs``) and
+is answered ``{"run_id": …, "created": bool, …}``, or ``{"error": {"code", "message", "details"}}``
+for anything wrong — bad JSON included. No request can end the subscription.
+
+Requests are handled concurrently, at most ``MAX_IN_FLIGHT`` at a time; beyond that the subscription
+waits (NATS holds the rest in the subscription's pending buffer). Daemons subscribe in one queue
+group, so each request is handled once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+
+from daemon import runs
+from daemon.engine import Engine
+from daemon.errors import BadRequest, SluiceError
+from daemon.tasks import TaskSet
+
+log = structlog.get_logger(__name__)
+
+SUBJECT = "sluice.submit.*"
+QUEUE_GROUP = "sluice-submit"
+MAX_IN_FLIGHT = 64
+MAX_IDEMPOTENCY_KEY = 255  # as the REST trigger's Idempotency-Key
+STOP_TIMEOUT_S = 5.0
+_encoder = msgspec.json.Encoder()
+
+
+class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    version: int | None = None
+    idempotency_key: str | None = None
+    reuse: bool = True
+
+
+def parse_request(subject: str, data: bytes) -> tuple[str, SubmitBody]:
+    """The pipeline a submit subject names and the request body.
+
+    Raises:
+        BadRequest: a subject without a pipeline, a body that is not the JSON above, a version
+            below 1, an idempotency key too long.
+    """
+    pipeline = subject.removeprefix("sluice.submit.")
+    if not pipeline or "." in pipeline or pipeline == subject:
+        raise BadRequest(f"submit to sluice.submit.<pipeline>, not {subject}")
+    try:
+        body = msgspec.json.decode(data, type=SubmitBody) if data.strip() else SubmitBody()
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request is not valid JSON: {exc}") from None
+    if body.version is not None and body.version < 1:
+        raise BadRequest(f"version must be at least 1, not {body.version}")
+    if body.idempotency_key is not None and not 0 < len(body.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise BadRequest(f"idempotency_key must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    return pipeline, body
+
+
+def error_reply(exc: SluiceError) -> bytes:
+    return _encoder.encode(exc.to_json())
+
+
+class Submissions:
+    """The subscription and the requests in flight; :meth:`start` registers their end on a stack."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks = TaskSet("submit")
+        self._subscription: Any = None
+
+    @classmethod
+    async def start(cls, stack: contextlib.AsyncExitStack, engine: Engine) -> Submissions:
+        submissions = cls(engine)
+        nc: NATS = engine.nc
+        submissions._subscription = await nc.subscribe(SUBJECT, queue=QUEUE_GROUP, cb=submissions._receive)
+        stack.push_async_callback(submissions._stop)
+        log.info("submit_listening", subject=SUBJECT)
+        return submissions
+
+    async def _stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._subscription.unsubscribe()
+        # Requests in flight get a bounded moment to answer, then are cancelled.
+        for _ in range(int(STOP_TIMEOUT_S / 0.05)):
+            if not len(self._tasks):
+                break
+            await asyncio.sleep(0.05)
+        await self._tasks.aclose()
+
+    async def _receive(self, msg: Any) -> None:
+        await self._slots.acquire()
+        try:
+            self._tasks.spawn(self._handle(msg), name=f"submit:{msg.subject}")
+        except RuntimeError:  # stopping
+            self._slots.release()
+
+    async def _handle(self, msg: Any) -> None:
+        try:
+            reply = await self.handle(msg.subject, msg.data)
+            if msg.reply:
+                await msg.respond(reply)
+        except Exception as exc:
+            log.warning("submit_reply_failed", subject=msg.subject, error=repr(exc))
+        finally:
+            self._slots.release()
+
+    async def handle(self, subject: str, data: bytes) -> bytes:
+        """The reply to one request; never raises for a bad request (the reply says what was wrong)."""
+        try:
+            pipeline, body = parse_request(subject, data)
+            created = await runs.create_run(
+                self.engine,
+                pipeline,
+                params=body.params,
+                version=body.version,
+                reuse=body.reuse,
+                idempotency_key=body.idempotency_key,
+            )
+        except SluiceError as exc:
+            log.info("submit_refused", subject=subject, code=exc.code, error=exc.message)
+            return error_reply(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("submit_failed", subject=subject)
+            return _encoder.encode(
+                {
+                    "error": {
+                        "code": "internal",
+                        "message": "internal error; the daemon log has details",
+                        "details": [],
+                    }
+                }
+            )
+        run = created.run
+        log.info("run_submitted", run_id=str(run.id), pipeline=run.pipeline, created=created.created)
+        return _encoder.encode(
+            {
+                "run_id": str(run.id),
+                "created": created.created,
+                "pipeline": run.pipeline,
+                "version": run.version,
+                "status": run.status,
+            }
+        )

@@ -1,0 +1,222 @@
+"""Trigger event benchmarks: events turned into committed runs, and a NATS message to its run's first
+attempt accepted by an agent.
+
+Everything runs in this process against embedded PostgreSQL and NATS: the scheduler (with the trigger
+manager and its sources) and the HTTP API as the daemon runs them, and fake agents (real NATS peers,
+``tests/integration/fake_agent.py``) that accept at once and finish at once.
+
+1. sink: ``--events`` events handed straight to the daemon's sink (``daemon.ingest.Ingest``), 32 at a
+   time: committed runs per second; then 1,000 one after the other: latency of one commit.
+2. jetstream: ``--events`` messages stored on a stream while their trigger is paused, then the trigger
+   is resumed: committed runs per second through the nats source (pull consumer, acked after commit).
+3. latency: 1,000 messages published one after the other on a core NATS subject (and on a JetStream
+   stream) that a ``nats`` trigger watches; from publishing to the agent having accepted the run's
+   first step.
+
+Run: .venv/bin/python tests/bench/bench_ingest.py [--events 5000] [--messages 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
+
+import msgspec
+from nats.js.api import StreamConfig
+
+from daemon import bus
+from daemon.embedded import EmbeddedNats, EmbeddedPostgres
+from runners.logsetup import configure_logging
+from tests.bench.bench_dispatch import System, percentile
+from tests.bench.harness import report, temp_dir
+from tests.integration.fake_agent import Outcome
+from triggers.base import TriggerEvent
+
+WARM_UP = 50
+
+DIRECT = """
+kind: Trigger
+name: direct
+pipeline: bench
+on:
+  run: {pipeline: bench, status: [cancelled]}
+params:
+  n: "${event.data.n}"
+"""
+
+NATS_TRIGGER = """
+kind: Trigger
+name: {name}
+pipeline: bench
+on:
+  nats: {{subject: "{subject}"{stream}}}
+params:
+  n: "${{event.data.n}}"
+"""
+
+
+def summary(samples: list[float]) -> dict:
+    return {
+        "n": len(samples),
+        "p50": round(statistics.median(samples), 2),
+        "p99": round(percentile(samples, 0.99), 2),
+        "max": round(max(samples), 2),
+        "mean": round(statistics.fmean(samples), 2),
+    }
+
+
+async def apply(system: System, text: str) -> None:
+    documents = {"documents": [{"file": "t.yaml", "text": text}]}
+    async with system.session.post(f"{system.api}/apply", json=documents) as response:
+        assert response.status == 200, await response.text()
+
+
+async def post(system: System, path: str) -> None:
+    async with system.session.post(f"{system.api}{path}") as response:
+        assert response.status == 200, await response.text()
+
+
+async def committed(system: System, trigger: str) -> int:
+    return await system.pool.fetchval("SELECT count(*) FROM events WHERE trigger = $1", trigger)
+
+
+async def sink_phase(system: System, events: int) -> dict:
+    # Agents that finish at once keep the ready queue short: with none, every new run's step waits
+    # in the dispatcher, whose planning pass over all waiting steps then dominates (its benchmark).
+    await system.agents(4, 512.0, lambda assignment: Outcome())
+    await apply(system, DIRECT)
+    sink = system.scheduler.triggering.sink
+    semaphore = asyncio.Semaphore(32)
+
+    async def send(index: int) -> str:
+        async with semaphore:
+            result = await sink(
+                TriggerEvent(trigger="direct", dedupe_key=f"e{index}", fields={"data": {"n": index}})
+            )
+            assert result.outcome == "run", result
+            return result.outcome
+
+    started = time.perf_counter()
+    await asyncio.gather(*(send(index) for index in range(events)))
+    elapsed = time.perf_counter() - started
+    samples = []
+    for index in range(events, events + 1000 + WARM_UP):
+        began = time.perf_counter()
+        await send(index)
+        if index >= events + WARM_UP:
+            samples.append((time.perf_counter() - began) * 1000)
+    duplicates_started = time.perf_counter()
+    await asyncio.gather(*(send_duplicate(sink, index) for index in range(1000)))
+    duplicates_s = time.perf_counter() - duplicates_started
+    return {
+        "events": events,
+        "concurrency": 32,
+        "runs_per_s": round(events / elapsed, 1),
+        "sequential_commit_ms": summary(samples),
+        "duplicates_per_s": round(1000 / duplicates_s, 1),
+    }
+
+
+async def send_duplicate(sink, index: int) -> None:
+    result = await sink(TriggerEvent(trigger="direct", dedupe_key=f"e{index}", fields={"data": {"n": index}}))
+    assert result.outcome == "duplicate", result
+
+
+async def jetstream_phase(system: System, events: int) -> dict:
+    js = system.nc.jetstream()
+    with contextlib.suppress(Exception):
+        await js.delete_stream("BENCHIN")
+    await js.add_stream(StreamConfig(name="BENCHIN", subjects=["benchin.>"]))
+    await system.agents(4, 512.0, lambda assignment: Outcome())
+    await apply(system, NATS_TRIGGER.format(name="stream", subject="benchin.>", stream=", stream: BENCHIN"))
+    await post(system, "/triggers/stream/pause")
+    acks = [js.publish("benchin.x", msgspec.json.encode({"n": index})) for index in range(events)]
+    for start in range(0, events, 500):
+        await asyncio.gather(*acks[start : start + 500])
+    started = time.perf_counter()
+    await post(system, "/triggers/stream/resume")
+    while await committed(system, "stream") < events:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    runs = await system.pool.fetchval("SELECT count(*) FROM runs WHERE trigger = 'stream'")
+    return {"messages": events, "runs": runs, "runs_per_s": round(events / elapsed, 1)}
+
+
+async def latency_phase(system: System, messages: int) -> dict:
+    loop = asyncio.get_running_loop()
+    accepted: dict[int, asyncio.Future] = {}
+
+    def behaviour(assignment):
+        n = int(assignment.argv[1])
+        future = accepted.setdefault(n, loop.create_future())
+        if not future.done():
+            future.set_result(time.perf_counter())
+        return Outcome()
+
+    await system.agents(4, 512.0, behaviour)
+    js = system.nc.jetstream()
+    with contextlib.suppress(Exception):
+        await js.delete_stream("BENCHLAT")
+    await js.add_stream(StreamConfig(name="BENCHLAT", subjects=["benchlat.>"]))
+    await apply(system, NATS_TRIGGER.format(name="core", subject="benchcore.in", stream=""))
+    await apply(
+        system, NATS_TRIGGER.format(name="durable", subject="benchlat.in", stream=", stream: BENCHLAT")
+    )
+    publisher = await bus.connect(system.nats_url, name="bench-publisher")
+    results = {}
+    try:
+        offset = 0
+        for name, publish in (
+            ("core", lambda data: publisher.publish("benchcore.in", data)),
+            ("jetstream", lambda data: publisher.jetstream().publish("benchlat.in", data)),
+        ):
+            samples = []
+            for index in range(messages + WARM_UP):
+                n = offset + index
+                started = time.perf_counter()
+                await publish(msgspec.json.encode({"n": n}))
+                if name == "core":
+                    await publisher.flush()
+                at = await asyncio.wait_for(accepted.setdefault(n, loop.create_future()), 10)
+                if index >= WARM_UP:
+                    samples.append((at - started) * 1000)
+            results[name] = summary(samples)
+            offset += messages + WARM_UP
+    finally:
+        await publisher.drain()
+    return results
+
+
+async def main(args: argparse.Namespace) -> dict:
+    root = temp_dir()
+    postgres, nats_server = EmbeddedPostgres(root / "pg"), EmbeddedNats(root / "nats")
+    await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(nats_server.start))
+    try:
+        nats_url = nats_server.url
+        results: dict = {}
+        async with System(postgres, nats_url, root, "ingest_sink") as system:
+            results["sink"] = await sink_phase(system, args.events)
+        async with System(postgres, nats_url, root, "ingest_jetstream") as system:
+            results["jetstream"] = await jetstream_phase(system, args.events)
+        async with System(postgres, nats_url, root, "ingest_latency") as system:
+            results["nats_to_accepted_ms"] = await latency_phase(system, args.messages)
+        return results
+    finally:
+        await asyncio.to_thread(nats_server.stop)
+        await asyncio.to_thread(postgres.stop)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--messages", type=int, default=1000)
+    configure_logging("json", level=logging.WARNING)
+    report("bench_ingest", asyncio.run(main(parser.parse_args())))

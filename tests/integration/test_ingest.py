@@ -1,0 +1,211 @@
+"""The daemon's event sink against real PostgreSQL and NATS: each event of a trigger creates at most
+one run, with params templated from its fields, or is recorded with why not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.errors import NotFound
+from tests.integration.fake_agent import Harness, harness
+from triggers.base import EventResult, TriggerEvent
+
+PIPELINES = """
+kind: Pipeline
+name: upstream
+steps:
+  - name: only
+    command: ["true"]
+---
+kind: Pipeline
+name: scoring
+params:
+  date: {type: string}
+  rows: {type: integer, default: 10}
+steps:
+  - name: score
+    command: [score, "${params.date}", "${params.rows}"]
+"""
+
+TRIGGER = """
+kind: Trigger
+name: {name}
+pipeline: scoring
+{pin}
+on:
+  run: {{pipeline: upstream, status: [succeeded]}}
+params:
+  date: "${{event.data.date}}"
+  rows: "${{event.data.rows}}"
+"""
+
+
+@pytest.fixture
+async def system(pool, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(pool, nats_url, tmp_path) as system:
+        await system.apply(PIPELINES)
+        yield system
+
+
+async def add_trigger(system: Harness, name: str = "t1", pin: str = "") -> None:
+    await system.apply(TRIGGER.format(name=name, pin=pin))
+
+
+async def send(system: Harness, key: str, trigger: str = "t1", **data: Any) -> EventResult:
+    assert system.scheduler is not None
+    assert system.scheduler.triggering is not None
+    data.setdefault("rows", 5)
+    return await system.scheduler.triggering.sink(
+        TriggerEvent(trigger=trigger, dedupe_key=key, fields={"data": data})
+    )
+
+
+async def events_of(system: Harness, trigger: str) -> list[dict]:
+    assert system.client is not None
+    response = await system.client.get(f"/api/v1/triggers/{trigger}/events")
+    assert response.status == 200, await response.text()
+    return (await response.json())["items"]
+
+
+async def count_runs(system: Harness) -> int:
+    return await system.pool.fetchval("SELECT count(*) FROM runs WHERE pipeline = 'scoring'")
+
+
+async def test_one_event_makes_one_run_with_params_from_its_fields(system: Harness) -> None:
+    agent = await system.agent("a1")
+    await add_trigger(system)
+    result = await send(system, "k1", date="2024-05-01", rows="42")
+    assert result.outcome == "run"
+    assert result.run_id is not None
+    assert result.reason is None
+
+    run = await system.wait_run(result.run_id, "succeeded")
+    assert run["params"] == {"date": "2024-05-01", "rows": 42}
+    assert run["trigger"] == "t1"
+    assert run["event_id"] == result.event_id
+    assert run["resolution"] == "default"
+    assert agent.assignments[0].argv == ["score", "2024-05-01", "42"]
+
+    [event] = await events_of(system, "t1")
+    assert event["id"] == result.event_id
+    assert event["outcome"] == "run"
+    assert event["run_id"] == result.run_id
+    assert event["reason"] is None
+    assert event["dedupe_key"] == "k1"
+    fields = event["fields"]
+    assert fields["id"] == result.event_id
+    assert fields["trigger"] == "t1"
+    assert fields["time"]
+    assert fields["data"] == {"date": "2024-05-01", "rows": "42"}
+    trigger = await (await system.client.get("/api/v1/triggers/t1")).json()
+    assert trigger["last_event_at"] is not None
+    assert trigger["status"]["active"] is True
+
+
+async def test_same_dedupe_key_twice_gives_one_run(system: Harness) -> None:
+    await add_trigger(system)
+    first = await send(system, "k1", date="2024-05-01")
+    second = await send(system, "k1", date="2024-05-02")
+    assert first.outcome == "run"
+    assert second.outcome == "duplicate"
+    assert second.run_id == first.run_id
+    assert second.event_id == first.event_id
+    assert await count_runs(system) == 1
+    assert len(await events_of(system, "t1")) == 1
+
+
+async def test_concurrent_duplicates_race_to_exactly_one_run(system: Harness) -> None:
+    await add_trigger(system)
+    results = await asyncio.gather(*(send(system, "same", date="2024-05-01") for _ in range(20)))
+    outcomes = sorted(result.outcome for result in results)
+    assert outcomes == ["duplicate"] * 19 + ["run"]
+    assert len({result.run_id for result in results}) == 1
+    assert await count_runs(system) == 1
+
+
+async def test_paused_trigger_records_skipped(system: Harness) -> None:
+    await add_trigger(system)
+    response = await system.client.post("/api/v1/triggers/t1/pause")
+    assert response.status == 200
+    result = await send(system, "k1", date="2024-05-01")
+    assert result.outcome == "skipped"
+    assert result.run_id is None
+    assert "paused" in result.reason
+    assert await count_runs(system) == 0
+
+
+async def test_bad_params_are_rejected_with_the_reason_visible(system: Harness) -> None:
+    await add_trigger(system)
+    bad = await send(system, "k1", date="2024-05-01", rows="many")
+    missing = await send(system, "k2", rows="3")
+    assert bad.outcome == "rejected"
+    assert bad.run_id is None
+    assert "params.rows" in bad.reason
+    assert "'many'" in bad.reason
+    assert missing.outcome == "rejected"
+    assert "event.data.date" in missing.reason
+    assert await count_runs(system) == 0
+    by_key = {event["dedupe_key"]: event for event in await events_of(system, "t1")}
+    assert by_key["k1"]["outcome"] == "rejected"
+    assert by_key["k1"]["reason"] == bad.reason
+    assert by_key["k2"]["reason"] == missing.reason
+    assert by_key["k2"]["run_id"] is None
+    # A rejected event is still the event: offering it again is a duplicate, not a second try.
+    again = await send(system, "k1", date="2024-05-01", rows="5")
+    assert again.outcome == "duplicate"
+    assert again.run_id is None
+
+
+async def publish_v2(system: Harness) -> None:
+    await system.apply(PIPELINES.replace("command: [score,", "command: [score2,"))
+
+
+async def test_pinned_version_and_default_at_the_time_of_the_event(system: Harness) -> None:
+    await add_trigger(system, "pinned", pin="version: 1")
+    await add_trigger(system, "floating")
+    before = await send(system, "k1", trigger="floating", date="d")
+    await publish_v2(system)
+    after = await send(system, "k2", trigger="floating", date="d")
+    pinned = await send(system, "k1", trigger="pinned", date="d")
+    runs = {run_id: await system.get_run(run_id) for run_id in (before.run_id, after.run_id, pinned.run_id)}
+    assert runs[before.run_id]["version"] == 1
+    assert runs[after.run_id]["version"] == 2
+    assert runs[after.run_id]["resolution"] == "default"
+    assert runs[pinned.run_id]["version"] == 1
+    assert runs[pinned.run_id]["resolution"] == "pinned"
+
+
+async def test_disabled_version_is_rejected_with_the_reason(system: Harness) -> None:
+    await add_trigger(system, pin="version: 1")
+    await publish_v2(system)
+    response = await system.client.patch("/api/v1/pipelines/scoring/versions/1", json={"status": "disabled"})
+    assert response.status == 200, await response.text()
+    result = await send(system, "k1", date="2024-05-01")
+    assert result.outcome == "rejected"
+    assert result.reason == "version 1 of scoring is disabled and takes no new runs"
+    assert await count_runs(system) == 0
+
+
+async def test_concurrency_skip_records_skipped(system: Harness) -> None:
+    await system.apply(
+        PIPELINES.replace("  - name: score\n", "  - name: score\n", 1).replace(
+            "name: scoring\n", "name: scoring\nconcurrency: {max_active_runs: 1, on_limit: skip}\n"
+        )
+    )
+    await add_trigger(system)
+    first = await send(system, "k1", date="a")  # no agent: it stays queued and holds the slot
+    second = await send(system, "k2", date="b")
+    assert first.outcome == "run"
+    assert second.outcome == "skipped"
+    assert second.run_id is None
+    assert "max_active_runs 1" in second.reason
+    assert await count_runs(system) == 1
+
+
+async def test_event_of_an_unknown_trigger_raises(system: Harness) -> None:
+    with pytest.raises(NotFound):
+        await send(system, "k1", trigger="nope", date="x")
