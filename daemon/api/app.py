@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 
 from daemon.api import agents, apply, events, ops, pipelines, runs, triggers
 from daemon.api.context import API_TOKEN, NATS_CLIENT, POOL, SCHEDULER, SOURCES
-from daemon.api.http import json_response
+from daemon.api.http import OPEN_STREAMS, end_streams, json_response
 from daemon.bus import SourceStore
 from daemon.errors import SluiceError, Unauthorized
 from daemon.metrics import HTTP_REQUESTS, HTTP_SECONDS
@@ -51,6 +51,8 @@ def make_app(
     app[NATS_CLIENT] = nc
     app[SOURCES] = sources
     app[API_TOKEN] = api_token or ""
+    app[OPEN_STREAMS] = set()
+    app.on_shutdown.append(end_streams)
     if scheduler is not None:
         app[SCHEDULER] = scheduler
     for module in (ops, apply, pipelines, triggers, runs, agents, events):

@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from daemon.api.context import SCHEDULER
+from daemon.api.http import open_stream
 from daemon.errors import Unavailable
 
 routes = web.RouteTableDef()
@@ -25,25 +26,26 @@ async def events(request: web.Request) -> web.StreamResponse:
     announcer = scheduler.engine.announcer
     listener = announcer.listen(request.query.get("run") or None)
     try:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
-        while not listener.overflowed:
-            try:
-                change = await asyncio.wait_for(listener.queue.get(), KEEPALIVE_S)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            await response.write(
-                b"event: " + change.kind.encode() + b"\ndata: " + _encoder.encode(change.data) + b"\n\n"
+        with open_stream(request):
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                }
             )
-        # Too slow to keep up: end the stream, the client reconnects and reads current state.
-        await response.write_eof()
-        return response
+            await response.prepare(request)
+            while not listener.overflowed:
+                try:
+                    change = await asyncio.wait_for(listener.queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(
+                    b"event: " + change.kind.encode() + b"\ndata: " + _encoder.encode(change.data) + b"\n\n"
+                )
+            # Too slow to keep up: end the stream, the client reconnects and reads current state.
+            await response.write_eof()
+            return response
     finally:
         announcer.unlisten(listener)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -16,6 +19,29 @@ MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
 
 _encoder = msgspec.json.Encoder()
+
+OPEN_STREAMS = web.AppKey("open_streams", set)
+"""The handler tasks of long-lived responses (server-sent events) now open."""
+
+
+@contextlib.contextmanager
+def open_stream(request: web.Request) -> Iterator[None]:
+    """Marks the running handler as a long-lived stream, which :func:`end_streams` ends."""
+    streams: set[asyncio.Task] = request.app[OPEN_STREAMS]
+    task = asyncio.current_task()
+    streams.add(task)
+    try:
+        yield
+    finally:
+        streams.discard(task)
+
+
+async def end_streams(app: web.Application) -> None:
+    """``on_shutdown``: end the open streams (their clients see the stream close) instead of letting
+    the server's shutdown wait its full timeout for them; also those whose client left already, which
+    a stream only notices at its next write."""
+    for task in list(app[OPEN_STREAMS]):
+        task.cancel()
 
 
 def json_response(body: Any, *, status: int = 200) -> web.Response:

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from daemon.api.context import POOL, SCHEDULER
-from daemon.api.http import decode_cursor, json_response, limit_arg, page
+from daemon.api.http import decode_cursor, json_response, limit_arg, open_stream, page
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.errors import BadRequest, NotFound, Unavailable
 from daemon.planner import FINAL_STEP
@@ -164,7 +164,8 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"step {name} of run {run_id} has no attempt {wanted}")
     root = await _default_root(pool)
     if request.query.get("follow", "").lower() in ("1", "true", "yes"):
-        return await _follow(request, run_id, name, wanted, root)
+        with open_stream(request):
+            return await _follow(request, run_id, name, wanted, root)
     if not step.attempts:
         raise NotFound(f"step {name} of run {run_id} has not started yet: no log")
     number = wanted or step.attempts[-1].number
