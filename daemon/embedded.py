@@ -216,7 +216,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """True when a server could listen on ``port`` now. Connections that a stopped server closed linger
+    in TIME_WAIT; they do not stop a new listener (servers, nats-server too, set SO_REUSEADDR), so they
+    must not make the port look taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
