@@ -143,9 +143,14 @@ class Agent:
         finally:
             try:
                 await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S + 1)
-            except (*NatsErrors, asyncio.CancelledError):
-                await nc.close()
+            except asyncio.CancelledError:
+                with contextlib.suppress(*NatsErrors):
+                    await nc.close()
                 raise
+            except NatsErrors as exc:  # NATS is away (reconnecting): nothing can be flushed to it
+                self._log.warning("nats_drain_failed", error=str(exc) or type(exc).__name__)
+                with contextlib.suppress(*NatsErrors):
+                    await nc.close()
             self._log.info("agent_stopped")
 
     async def _serve(self, nc: NATS, stop: asyncio.Event) -> None:

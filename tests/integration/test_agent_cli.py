@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nats
@@ -102,3 +103,40 @@ def test_bad_options_exit_2_naming_the_option(args: list[str], option: str, tmp_
 
     assert result.returncode == 2
     assert f"'{option}'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_sluice_agent_stops_cleanly_while_nats_is_away(tmp_path: Path) -> None:
+    from daemon.embedded import EmbeddedNats
+
+    server = EmbeddedNats(tmp_path / "nats")
+    url = server.start()
+    log_path = tmp_path / "agent.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [SLUICE, "agent", "--name", "orphan", "--executor", "process", "--cache-dir", str(tmp_path)],
+            env=agent_env(url, tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "agent_started" not in log_path.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        server.stop()  # the agent is now reconnecting, in vain
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        server.stop()
+
+    log = log_path.read_text()
+    assert status == 0, log
+    assert "Traceback" not in log
+    assert [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")][-1] == (
+        "agent_stopped"
+    )
