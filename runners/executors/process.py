@@ -2,10 +2,11 @@
 
 Never through a shell: ``argv[0]`` is looked up on PATH and the other items reach the program as
 they are. The environment is a small base (PATH, HOME, locale, temp dir) plus the step's own, so
-nothing of the agent's environment (credentials, NATS settings) leaks into a step. The process leads
-a new session, so a timeout or a cancel reaches everything it started: SIGTERM to the group, then
-SIGKILL after the grace period; the group is also killed when the leader exits, so nothing the step
-left behind keeps running or holds its output open.
+nothing of the agent's environment (credentials, NATS settings) leaks into a step; a step given GPUs
+sees only those (``CUDA_VISIBLE_DEVICES``). The process leads a new session, so a timeout or a cancel
+reaches everything it started: SIGTERM to the group, then SIGKILL after the grace period; the group is
+also killed when the leader exits, so nothing the step left behind keeps running or holds its output
+open.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def step_environment(env: dict[str, str], base: dict[str, str] | None = None) ->
     return BASE_ENV_DEFAULTS | chosen | env
 
 
+def _gpu_environment(gpus: list[int]) -> dict[str, str]:
+    """A step given GPUs sees those alone, as CUDA numbers them (the agent's indices are NVML's, the
+    PCI bus order that CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA use too)."""
+    if not gpus:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
 class ProcessExecutor(Executor):
     name = "process"
 
@@ -71,7 +80,7 @@ class ProcessExecutor(Executor):
                 lambda: _StepProtocol(sink),
                 *job.argv,
                 cwd=job.work_dir,
-                env=step_environment(job.env),
+                env=step_environment(job.env) | _gpu_environment(job.gpus),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

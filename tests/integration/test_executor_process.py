@@ -66,6 +66,17 @@ async def test_the_environment_is_a_small_base_plus_the_steps(
     assert {"PATH", "STEP_VAR", "PYTHONUNBUFFERED"} <= names
 
 
+async def test_a_step_sees_only_the_gpus_it_was_given(tmp_path: Path) -> None:
+    code = "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES', 'all'))"
+
+    given, given_sink, _ = await run(tmp_path, [PYTHON, "-c", code], gpus=[1, 3])
+    none, none_sink, _ = await run(tmp_path, [PYTHON, "-c", code])
+
+    assert (given.status, none.status) == ("succeeded", "succeeded")
+    assert given_sink.of("stdout") == ["1,3"]
+    assert none_sink.of("stdout") == ["all"]  # a CPU step's environment is left as it was
+
+
 def test_step_environment_takes_only_the_base_keys() -> None:
     env = step_environment(
         {"A": "1", "PYTHONUNBUFFERED": "0"}, base={"PATH": "/x", "HOME": "/h", "SECRET": "s"}
