@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import psutil
 import pytest
 
 from daemon.embedded import free_port
-from tests.e2e.sluice import SluiceUp
+from tests.e2e.sluice import FAST_TIMINGS, Background, SluiceAgent, SluiceUp
 
 
 @pytest.fixture
@@ -31,11 +33,68 @@ def sluice_up(tmp_path: Path, base_env: dict[str, str]) -> Iterator[Callable[...
         return process.start()
 
     yield start
-    for process in started:
-        if process.process.poll() is None:
-            process.stop()
+    for number, process in enumerate(started, 1):
+        try:
+            if process.process.poll() is None:
+                process.stop()
+        except subprocess.TimeoutExpired:
+            process.kill()
+        finally:
+            (tmp_path / f"up-{number}.log").write_text("".join(process.output))  # for the post-mortem
     data_dirs = {str(process.data_dir) for process in started}
     for leftover in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(leftover.info["cmdline"] or [])
         if any(data_dir in cmdline for data_dir in data_dirs):
             leftover.kill()
+
+
+@pytest.fixture
+def sluice_daemon(sluice_up, base_env: dict[str, str]) -> SluiceUp:
+    """A control plane with no local agent (`sluice up --agents 0`) and fast timings: agents join it."""
+    return sluice_up("--agents", "0", env=base_env | FAST_TIMINGS)
+
+
+@pytest.fixture
+def sluice_agent(sluice_up, tmp_path: Path, base_env: dict[str, str]) -> Iterator[Callable[..., SluiceAgent]]:
+    """Start `sluice agent` processes joined to a daemon; at the end stop them (before the daemons:
+    hence the dependency on ``sluice_up``), and kill whatever their steps left running (a step
+    outlives an agent killed with -9)."""
+    started: list[SluiceAgent] = []
+
+    def start(daemon: SluiceUp, name: str, *extra: str, wait: bool = True) -> SluiceAgent:
+        """Start agent ``name`` joined to ``daemon``; with ``wait`` (default) until the daemon lists it."""
+        agent = SluiceAgent(
+            name,
+            base_env | {"SLUICE_NATS_URL": daemon.nats_url},
+            tmp_path / "agents" / name,
+            tmp_path / f"agent-{name}.log",
+            "--drain-timeout",
+            "1",
+            *extra,
+        )
+        started.append(agent)
+        return agent.start(daemon.client_env, wait=wait)
+
+    yield start
+    for agent in started:
+        agent.stop()
+    cache_dirs = [agent.cache_dir for agent in started]
+    for leftover in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if any(Path(leftover.cwd()).is_relative_to(cache_dir) for cache_dir in cache_dirs):
+                leftover.kill()
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[..., Background]]:
+    """Start `sluice` commands that keep running (``run --wait``, ``runs logs --follow``); killed at
+    the end if still running."""
+    started: list[Background] = []
+
+    def start(*args: str, env: dict[str, str]) -> Background:
+        started.append(Background(*args, env=env))
+        return started[-1]
+
+    yield start
+    for command in started:
+        command.kill()

@@ -9,11 +9,22 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
+
+import psutil
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
+
+FAST_TIMINGS = {
+    "SLUICE_HEARTBEAT_TIMEOUT": "3",
+    "SLUICE_UNLISTED_GRACE": "3",
+    "SLUICE_RETRY_BACKOFF": "0.2",
+    "SLUICE_SWEEP_INTERVAL": "0.5",
+}
+"""Daemon timings for tests: a silent agent is lost after 3 s, a retry follows 0.2 s after a failure."""
 
 
 def cli(
@@ -94,3 +105,176 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+class SluiceAgent:
+    """A `sluice agent` process joined to a daemon's NATS, with the capacity its arguments declare.
+
+    Its output goes to ``log_path`` (read it when something went wrong: :meth:`log_tail`)."""
+
+    def __init__(self, name: str, env: dict[str, str], cache_dir: Path, log_path: Path, *extra: str) -> None:
+        self.name = name
+        self.env = env
+        self.cache_dir = cache_dir
+        self.log_path = log_path
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, client_env: dict[str, str], *, wait: bool = True) -> SluiceAgent:
+        """Start the agent and (unless not ``wait``) :meth:`wait_listed`."""
+        argv = [SLUICE, "agent", "--name", self.name, "--cache-dir", str(self.cache_dir), *self.extra]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self.wait_listed(client_env) if wait else self
+
+    def wait_listed(self, client_env: dict[str, str]) -> SluiceAgent:
+        """Wait until the daemon lists the agent as ready (``client_env`` reaches the API)."""
+
+        def listed() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"sluice agent {self.name} exited:\n{self.log_tail()}")
+            agents = api_get("/agents", client_env)["items"]
+            return any(agent["name"] == self.name and agent["status"] == "ready" for agent in agents)
+
+        try:
+            wait_for(listed, timeout=START_TIMEOUT_S, interval=0.2)
+        except AssertionError:
+            self.kill()
+            raise
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def kill(self) -> None:
+        """kill -9: the agent vanishes without a word, as when its machine dies."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT_S)
+
+    def stop(self) -> int | None:
+        """SIGTERM (the agent drains for its --drain-timeout), then a bounded wait; kill -9 past it."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "".join(self.log_path.read_text(errors="replace").splitlines(True)[-lines:])
+        except OSError:
+            return ""
+
+
+def apply(text: str, env: dict[str, str]) -> None:
+    """`sluice apply -f -` with ``text`` on stdin; it must succeed."""
+    result = cli("apply", "-f", "-", stdin=text, env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def start_run(pipeline: str, env: dict[str, str], *params: str) -> str:
+    """`sluice run PIPELINE -p K=V …` (no wait); returns the run id."""
+    result = cli("run", pipeline, *(arg for param in params for arg in ("-p", param)), env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def api_get(path: str, env: dict[str, str]) -> dict:
+    """GET ``/api/v1{path}`` from the daemon that ``env``'s SLUICE_API_URL names. Polls use this: a
+    `sluice` command costs a second of interpreter start."""
+    with urllib.request.urlopen(f"{env['SLUICE_API_URL']}/api/v1{path}", timeout=10) as response:
+        return json.load(response)
+
+
+def api_text(path: str, env: dict[str, str]) -> str:
+    """GET ``/api/v1{path}`` as text (a step's log)."""
+    with urllib.request.urlopen(f"{env['SLUICE_API_URL']}/api/v1{path}", timeout=10) as response:
+        return response.read().decode()
+
+
+def show_run(run_id: str, env: dict[str, str]) -> dict:
+    """`sluice runs show RUN_ID --json`."""
+    return cli_json("runs", "show", run_id, env=env)
+
+
+def get_run(run_id: str, env: dict[str, str]) -> dict:
+    """The run as `GET /runs/{id}` has it (the same document as `runs show --json`)."""
+    return api_get(f"/runs/{run_id}", env)
+
+
+def steps_of(run: dict) -> dict[str, dict]:
+    """A run's steps by name."""
+    return {step["name"]: step for step in run["steps"]}
+
+
+def wait_run(run_id: str, env: dict[str, str], statuses: tuple[str, ...], timeout: float = 30.0) -> dict:
+    """Poll `sluice runs show` until the run reaches one of ``statuses``; returns the run."""
+
+    def reached() -> dict | None:
+        run = get_run(run_id, env)
+        return run if run["status"] in statuses else None
+
+    return wait_for(reached, timeout=timeout, interval=0.2)
+
+
+def wait_step(run_id: str, step: str, env: dict[str, str], status: str, timeout: float = 30.0) -> dict:
+    """Poll until ``step`` of the run has ``status``; returns the step."""
+
+    def reached() -> dict | None:
+        found = steps_of(get_run(run_id, env)).get(step)
+        return found if found and found["status"] == status else None
+
+    return wait_for(reached, timeout=timeout, interval=0.2)
+
+
+def pid_gone(pid: int) -> bool:
+    """True once ``pid`` no longer runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class Background:
+    """One `sluice` command left running (``run --wait``, ``runs logs --follow``), its output read
+    line by line as it comes."""
+
+    def __init__(self, *args: str, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [SLUICE, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; AssertionError (with the output so far) when it runs past ``timeout``."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout} s:\n{self.output}") from None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT_S)
