@@ -37,11 +37,11 @@ from aiohttp import web
 from daemon import bus, store
 from daemon.api import make_app
 from daemon.config import DispatchSettings
-from daemon.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from daemon.embedded import EmbeddedPostgres, free_port
 from daemon.scheduler import Scheduler
 from runners.logsetup import configure_logging
 from runners.protocol import STEPS_STREAM
-from tests.bench.harness import report, temp_dir
+from tests.bench.harness import embedded_servers, report, temp_dir
 from tests.integration.fake_agent import FakeAgent, GiB, Outcome
 
 PIPELINE = """
@@ -214,10 +214,7 @@ async def throughput(system: System, ready: int, cpus: float) -> dict:
 
 async def main(args: argparse.Namespace) -> dict:
     root = temp_dir()
-    postgres, nats_server = EmbeddedPostgres(root / "pg"), EmbeddedNats(root / "nats")
-    await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(nats_server.start))
-    try:
-        nats_url = nats_server.url
+    async with embedded_servers(root) as (postgres, nats_url):
         results: dict = {}
         async with System(postgres, nats_url, root, "latency_idle") as system:
             results["latency_ms_idle"] = await latency(system, args.runs, finish=False)
@@ -226,9 +223,6 @@ async def main(args: argparse.Namespace) -> dict:
         async with System(postgres, nats_url, root, "throughput") as system:
             results["throughput"] = await throughput(system, args.ready, args.agent_cpus)
         return results
-    finally:
-        await asyncio.to_thread(nats_server.stop)
-        await asyncio.to_thread(postgres.stop)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,9 @@ import msgspec
 from nats.js.api import StreamConfig
 
 from daemon import bus
-from daemon.embedded import EmbeddedNats, EmbeddedPostgres
 from runners.logsetup import configure_logging
 from tests.bench.bench_dispatch import System, percentile
-from tests.bench.harness import report, temp_dir
+from tests.bench.harness import embedded_servers, report, temp_dir
 from tests.integration.fake_agent import Outcome
 from triggers.base import TriggerEvent
 
@@ -197,10 +196,7 @@ async def latency_phase(system: System, messages: int) -> dict:
 
 async def main(args: argparse.Namespace) -> dict:
     root = temp_dir()
-    postgres, nats_server = EmbeddedPostgres(root / "pg"), EmbeddedNats(root / "nats")
-    await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(nats_server.start))
-    try:
-        nats_url = nats_server.url
+    async with embedded_servers(root) as (postgres, nats_url):
         results: dict = {}
         async with System(postgres, nats_url, root, "ingest_sink") as system:
             results["sink"] = await sink_phase(system, args.events)
@@ -209,9 +205,6 @@ async def main(args: argparse.Namespace) -> dict:
         async with System(postgres, nats_url, root, "ingest_latency") as system:
             results["nats_to_accepted_ms"] = await latency_phase(system, args.messages)
         return results
-    finally:
-        await asyncio.to_thread(nats_server.stop)
-        await asyncio.to_thread(postgres.stop)
 
 
 if __name__ == "__main__":

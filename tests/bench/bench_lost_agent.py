@@ -22,11 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from daemon.config import DispatchSettings
-from daemon.embedded import EmbeddedNats, EmbeddedPostgres
+from daemon.embedded import EmbeddedPostgres
 from runners.logsetup import configure_logging
 from runners.protocol import HEARTBEAT_INTERVAL_S
 from tests.bench.bench_dispatch import System
-from tests.bench.harness import report, temp_dir
+from tests.bench.harness import embedded_servers, report, temp_dir
 from tests.integration.fake_agent import Outcome
 
 
@@ -60,13 +60,8 @@ async def one_round(postgres: EmbeddedPostgres, nats_url: str, root: Path, index
 
 async def main(args: argparse.Namespace) -> dict:
     root = temp_dir()
-    postgres, nats_server = EmbeddedPostgres(root / "pg"), EmbeddedNats(root / "nats")
-    await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(nats_server.start))
-    try:
-        samples = [await one_round(postgres, nats_server.url, root, index) for index in range(args.rounds)]
-    finally:
-        await asyncio.to_thread(nats_server.stop)
-        await asyncio.to_thread(postgres.stop)
+    async with embedded_servers(root) as (postgres, nats_url):
+        samples = [await one_round(postgres, nats_url, root, index) for index in range(args.rounds)]
     timeout = DispatchSettings().heartbeat_timeout_s
     return {
         "heartbeat_timeout_s": timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -10,12 +11,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from daemon.embedded import free_port
+from daemon.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 
@@ -74,3 +76,16 @@ def report(name: str, figures: dict) -> None:
 
 def temp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+
+
+@asynccontextmanager
+async def embedded_servers(root: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    """PostgreSQL and NATS under ``root``, started at once, for benchmarks that run the daemon's parts
+    in-process: yields the PostgreSQL server and the NATS URL; both stop on the way out."""
+    postgres, nats_server = EmbeddedPostgres(root / "pg"), EmbeddedNats(root / "nats")
+    await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(nats_server.start))
+    try:
+        yield postgres, nats_server.url
+    finally:
+        await asyncio.to_thread(nats_server.stop)
+        await asyncio.to_thread(postgres.stop)
