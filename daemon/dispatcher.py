@@ -71,6 +71,8 @@ class ReadyStep:
     reason: str | None = None
     stored_reason: str | None = None
     need: Need | None = None
+    waited_at: int | None = None
+    """The registry's epoch when no agent could take the step (None: not placed yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +189,14 @@ class Dispatcher:
     def _plan(self, now: float) -> tuple[list[_Planned], set[UUID], list[tuple[ReadyStep, str]]]:
         """Places ready steps in memory, reserving capacity for each one placed."""
         rooms = dict(self._registry.rooms())
+        epoch = self._registry.epoch
         batch: list[_Planned] = []
         missing: set[UUID] = set()
         broken: list[tuple[ReadyStep, str]] = []
         failed_shapes: dict[tuple, Waiting] = {}
         for step in list(self._ready.values()):
+            if step.waited_at == epoch and not step.excluded:
+                continue  # no agent can take more than when this step last found none
             if len(batch) >= MAX_BATCH:
                 self._wake.set()  # the rest in the next pass, after this batch is recorded
                 break
@@ -208,6 +213,7 @@ class Dispatcher:
             step.need = need
             excluded = {agent for agent, until in step.excluded.items() if until > now}
             if not excluded and (known := failed_shapes.get(need.shape)) is not None:
+                step.waited_at = epoch
                 self._set_reason(step, known.reason)
                 continue
             candidates = (
@@ -217,6 +223,7 @@ class Dispatcher:
             if isinstance(result, Waiting):
                 if not excluded:
                     failed_shapes[need.shape] = result
+                    step.waited_at = epoch
                 self._set_reason(step, result.reason)
                 continue
             planned = self._render(step, context, spec, result, broken)

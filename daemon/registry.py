@@ -136,6 +136,9 @@ class Registry:
         self.agents: dict[str, AgentState] = {}
         self._holder: dict[int, str] = {}
         self._rooms: dict[str, AgentRoom] | None = None
+        self.epoch = 0
+        """Moves whenever some agent may take a step it could not before (joined, changed what it
+        offers, freed capacity): a step that found no agent needs placing again only after it moves."""
 
     # --- heartbeats ---------------------------------------------------------------------------
 
@@ -161,12 +164,16 @@ class Registry:
         agent.reported = frozenset(beat.running)
         after = (agent.accepts_work, agent.capacity, tuple(agent.executors), tuple(agent.labels.items()))
         self._rooms = None
-        return agent, agent.accepts_work and after != before
+        offers_more = agent.accepts_work and after != before
+        if offers_more:
+            self.epoch += 1
+        return agent, offers_more
 
     def known(self, agent: AgentState) -> None:
         """An agent read from the database at start: known, not yet heard from."""
         self.agents[agent.id] = agent
         self._rooms = None
+        self.epoch += 1
 
     def silent(self, now: float, timeout: float) -> list[AgentState]:
         """Agents not lost yet that have been silent for longer than ``timeout``."""
@@ -223,6 +230,7 @@ class Registry:
             agent.unlisted_since.pop(key, None)
             if self._rooms is not None and agent_id in self._rooms:
                 self._rooms[agent_id] = agent.room()
+            self.epoch += 1
         return agent_id
 
     def holder(self, attempt_id: int) -> str | None:

@@ -1,14 +1,15 @@
-"""The registry's view of agent silence (pure, no servers)."""
+"""The registry's view of agent silence and capacity changes (pure, no servers)."""
 
 from __future__ import annotations
 
+from daemon.placement import Need
 from daemon.registry import Registry
 from runners.protocol import Capacity, Heartbeat
 
 
-def beat(agent_id: str) -> Heartbeat:
+def beat(agent_id: str, cpu: float = 1) -> Heartbeat:
     return Heartbeat(
-        agent_id=agent_id, name=agent_id, executors=["process"], capacity=Capacity(cpu=1, memory=0), sent_at=0
+        agent_id=agent_id, name=agent_id, executors=["process"], capacity=Capacity(cpu=cpu, memory=0), sent_at=0
     )
 
 
@@ -22,3 +23,21 @@ def test_next_silence_is_the_earliest_deadline_of_agents_not_lost() -> None:
     assert [agent.id for agent in registry.silent(105.001, 5.0)] == ["a"]
     registry.mark_lost("a")
     assert registry.next_silence(5.0) == 107.0
+
+
+def test_the_epoch_moves_only_when_an_agent_may_take_more() -> None:
+    """Waiting steps are placed again only after the epoch moves: it must move on every gain."""
+    registry = Registry()
+    start = registry.epoch
+    registry.beat(beat("a"), 100.0)
+    joined = registry.epoch
+    assert joined > start
+    registry.beat(beat("a"), 101.0)  # the same offer again
+    assert registry.epoch == joined
+    registry.reserve("a", 7, Need(cpu=1.0, memory=0), (), 101.0)
+    assert registry.epoch == joined  # taking capacity helps no waiting step
+    assert registry.release(7) == "a"
+    assert registry.epoch > joined
+    freed = registry.epoch
+    registry.beat(beat("a", cpu=4), 102.0)
+    assert registry.epoch > freed
