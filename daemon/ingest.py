@@ -1,25 +1,38 @@
-"""The daemon's ``EventSink``: one trigger event in, its event row and outcome (and run) committed
-in one transaction, then the run handed to the dispatcher and announced.
+"""The daemon's ``EventSink``: trigger events in, each event row and its outcome (and run) committed
+exactly once, then the run handed to the dispatcher and announced.
 
-The transaction, in order (contract §3: each event creates at most one run per trigger):
+Events that arrive together are committed together (a group commit): a sink call queues its event,
+and up to ``COMMITTERS`` tasks each take up to ``MAX_BATCH`` queued events into one transaction. An
+event alone waits for nobody; under a burst, one transaction's BEGIN, settle and COMMIT serve many
+events. A batch the database refuses is retried one event per transaction, so one bad event fails
+alone and the others commit.
+
+Per event, in the batch's transaction (contract §3: each event creates at most one run per trigger):
 
 1. insert the event, unique on (trigger, dedupe key), reading the trigger, its version (the pin, or
-   the pipeline's default *now*) and the version's status in the same statement; a repeat inserts
-   nothing and is answered ``duplicate`` with the first event's run;
+   the pipeline's default *now*) and the version's status in the same statement; the row says it
+   became the run about to be inserted (id made here). A repeat inserts nothing and is answered
+   ``duplicate`` with the first event's run;
 2. decide: a paused trigger → ``skipped``; a disabled version → ``rejected``; params templated from
    the event's fields that do not validate → ``rejected``; a pipeline at its concurrency limit with
-   ``on_limit: skip`` → ``skipped``; else the run, created as a manual run is (``daemon.runs``);
-3. write the outcome on the event row; commit. After the commit the trigger's ``last_event_at`` moves
-   (at most once a second per trigger: it is a status field, and writing the trigger row inside the
-   transaction would serialise all events of a trigger on its row lock).
+   ``on_limit: skip`` → ``skipped``; else the run, created as a manual run is (``daemon.runs``).
 
-Round trips on the hot path: BEGIN, the event, the run (one statement with its steps), the outcome,
-COMMIT. Version specs come from the daemon's cache (versions never change).
+Then the events that did not become runs are settled in one statement, and the batch commits. After
+the commit each trigger's ``last_event_at`` moves (at most once a second per trigger: it is a status
+field, and writing the trigger row inside the transaction would serialise all events of a trigger on
+its row lock).
+
+Round trips per event on the hot path: the event and the run; BEGIN, settle and COMMIT are shared by
+the batch. Version specs come from the daemon's cache (versions never change).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -37,6 +50,28 @@ from triggers.base import EventResult, TriggerEvent
 log = structlog.get_logger(__name__)
 
 TOUCH_INTERVAL_S = 1.0
+MAX_BATCH = 64
+"""Events per transaction, at most: enough to amortise a commit, few enough to keep one short."""
+COMMITTERS = 2
+"""Transactions committing events at once: one commits while the next batch gathers."""
+
+_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+Handover = tuple[Any, ...]
+"""(run, new steps, spec) of a run to hand to the dispatcher after the commit."""
+
+
+@dataclass(slots=True)
+class _Queued:
+    event: TriggerEvent
+    received: datetime
+    done: asyncio.Future[EventResult] = field(repr=False)
+
+
+@dataclass(slots=True)
+class _Decided:
+    result: EventResult | Exception
+    handover: Handover | None = None
 
 
 class Ingest:
@@ -45,18 +80,8 @@ class Ingest:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._touched: dict[str, float] = {}
-
-    async def _touch(self, trigger: str, received: datetime) -> None:
-        """``last_event_at``, written at most every ``TOUCH_INTERVAL_S`` per trigger: a status field,
-        kept off the hot path's transaction (its row lock would serialise the trigger's events)."""
-        now = time.monotonic()
-        if now - self._touched.get(trigger, -TOUCH_INTERVAL_S) < TOUCH_INTERVAL_S:
-            return
-        self._touched[trigger] = now
-        try:
-            await trigger_store.touch_trigger(self.engine.pool, trigger, received)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("trigger_touch_failed", trigger=trigger, error=str(exc))
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._committers: set[asyncio.Task] = set()
 
     async def __call__(self, event: TriggerEvent) -> EventResult:
         """Commits ``event`` and what became of it.
@@ -66,17 +91,15 @@ class Ingest:
             Unavailable: the database failed; nothing was committed, the source offers it again.
         """
         started = time.perf_counter()
-        received = datetime.now(UTC)
-        try:
-            result, handover = await self._commit(event, received)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise Unavailable(
-                f"event {event.dedupe_key!r} of trigger {event.trigger} was not recorded: {exc}"
-            ) from exc
-        if handover is not None:
-            await runs.hand_over(self.engine, *handover)
-        if result.outcome != "duplicate":
-            await self._touch(event.trigger, received)
+        queued = _Queued(event, datetime.now(UTC), asyncio.get_running_loop().create_future())
+        self._queue.append(queued)
+        if len(self._committers) < COMMITTERS:
+            task = asyncio.create_task(self._commit_queued(), name="ingest-commit")
+            self._committers.add(task)
+            task.add_done_callback(self._committers.discard)
+        # Shielded: a caller that gives up (its source stopping) does not take the commit with it;
+        # its event is committed or not, and offered again either way.
+        result = await asyncio.shield(queued.done)
         # Runs are logged by the run's own lines; what did not become a run is worth an info line.
         emit = log.debug if result.outcome in ("run", "duplicate") else log.info
         emit(
@@ -91,41 +114,112 @@ class Ingest:
         )
         return result
 
-    async def _commit(self, event: TriggerEvent, received: datetime) -> tuple[EventResult, tuple | None]:
-        name = event.trigger
-        fields = {**event.fields, "time": received.isoformat(), "trigger": name}
+    async def _commit_queued(self) -> None:
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+            try:
+                decided: list[_Decided | None] = list(await self._commit(batch))
+            except Exception as exc:
+                if len(batch) == 1:
+                    self._fail(batch[0], exc)
+                    continue
+                log.warning("trigger_event_batch_failed", events=len(batch), error=str(exc))
+                decided = []
+                for queued in batch:  # alone, so that one bad event does not sink the others
+                    try:
+                        decided.extend(await self._commit([queued]))
+                    except Exception as single:
+                        self._fail(queued, single)
+                        decided.append(None)
+            await self._deliver(batch, decided)
+
+    async def _deliver(self, batch: list[_Queued], decided: list[_Decided | None]) -> None:
+        """After the commit: runs to the dispatcher, triggers touched, callers answered."""
+        for queued, outcome in zip(batch, decided, strict=True):
+            if outcome is None:
+                continue
+            if outcome.handover is not None:
+                await runs.hand_over(self.engine, *outcome.handover)
+            if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
+                await self._touch(queued.event.trigger, queued.received)
+            if not queued.done.done():
+                if isinstance(outcome.result, Exception):
+                    queued.done.set_exception(outcome.result)
+                else:
+                    queued.done.set_result(outcome.result)
+
+    def _fail(self, queued: _Queued, exc: Exception) -> None:
+        """Nothing of the event was committed: the source offers it again."""
+        event = queued.event
+        if not isinstance(exc, _DATABASE_ERRORS):
+            log.error("trigger_event_failed", trigger=event.trigger, key=event.dedupe_key, exc_info=exc)
+        if not queued.done.done():
+            queued.done.set_exception(
+                Unavailable(f"event {event.dedupe_key!r} of trigger {event.trigger} was not recorded: {exc}")
+            )
+
+    async def _touch(self, trigger: str, received: datetime) -> None:
+        """``last_event_at``, written at most every ``TOUCH_INTERVAL_S`` per trigger: a status field,
+        kept off the hot path's transaction (its row lock would serialise the trigger's events)."""
+        now = time.monotonic()
+        if now - self._touched.get(trigger, -TOUCH_INTERVAL_S) < TOUCH_INTERVAL_S:
+            return
+        self._touched[trigger] = now
+        try:
+            await trigger_store.touch_trigger(self.engine.pool, trigger, received)
+        except _DATABASE_ERRORS as exc:
+            log.warning("trigger_touch_failed", trigger=trigger, error=str(exc))
+
+    async def _commit(self, batch: list[_Queued]) -> list[_Decided]:
+        decided: list[_Decided] = []
+        settled: list[trigger_store.Settled] = []
         async with self.engine.pool.acquire() as conn, conn.transaction():
-            recorded = await trigger_store.record_event(conn, name, event.dedupe_key, received, fields)
-            if recorded is None:
-                raise NotFound(f"trigger {name} does not exist")
-            if recorded.event_id is None:
-                found = await trigger_store.find_event(conn, name, event.dedupe_key)
-                if found is None:  # cannot be: the insert collided with a committed row
-                    raise Unavailable(f"event {event.dedupe_key!r} of trigger {name} collided but is gone")
-                event_id, run_id = found
-                return EventResult(event_id=event_id, outcome="duplicate", run_id=_str(run_id)), None
-            event_id = recorded.event_id
-            fields["id"] = event_id
-            outcome, reason, inserted = await self._decide(conn, name, recorded, event_id, fields)
-            run_id = inserted[0].id if inserted is not None else None
-            await trigger_store.settle_event(conn, event_id, outcome=outcome, run_id=run_id, reason=reason)
-        result = EventResult(event_id=event_id, outcome=outcome, run_id=_str(run_id), reason=reason)
-        return result, inserted
+            for queued in batch:
+                decided.append(await self._record(conn, queued, settled))
+            await trigger_store.settle_events(conn, settled)
+        return decided
+
+    async def _record(
+        self, conn: asyncpg.Connection, queued: _Queued, settled: list[trigger_store.Settled]
+    ) -> _Decided:
+        event, name = queued.event, queued.event.trigger
+        fields = {**event.fields, "time": queued.received.isoformat(), "trigger": name}
+        run_id = uuid.uuid4()
+        recorded = await trigger_store.record_event(
+            conn, name, event.dedupe_key, queued.received, fields, run_id
+        )
+        if recorded is None:
+            return _Decided(NotFound(f"trigger {name} does not exist"))
+        if recorded.event_id is None:
+            found = await trigger_store.find_event(conn, name, event.dedupe_key)
+            if found is None:  # cannot be: the insert collided with a committed row
+                raise RuntimeError(f"event {event.dedupe_key!r} of trigger {name} collided but is gone")
+            event_id, first_run = found
+            return _Decided(EventResult(event_id=event_id, outcome="duplicate", run_id=_str(first_run)))
+        event_id = recorded.event_id
+        fields["id"] = event_id
+        outcome, reason, handover = await self._decide(conn, recorded, event_id, fields, run_id)
+        if handover is None:
+            settled.append(trigger_store.Settled(event_id, outcome, reason))
+            return _Decided(EventResult(event_id=event_id, outcome=outcome, reason=reason))
+        return _Decided(EventResult(event_id=event_id, outcome="run", run_id=str(run_id)), handover)
 
     async def _decide(
         self,
         conn: asyncpg.Connection,
-        name: str,
         recorded: trigger_store.Recorded,
         event_id: int,
         fields: dict,
-    ) -> tuple[str, str | None, Any]:
-        """(outcome, reason, (run, steps, spec) when a run was inserted)."""
+        run_id: UUID,
+    ) -> tuple[str, str, Handover | None]:
+        """(outcome, reason, None) for an event that does not become a run; ("run", "", the run to
+        hand over) for one that became run ``run_id``."""
         pipeline, version = recorded.pipeline, recorded.version
         if recorded.paused:
-            return "skipped", f"trigger {name} is paused", None
+            return "skipped", f"trigger {fields['trigger']} is paused", None
+        disabled = f"version {version} of {pipeline} is disabled and takes no new runs"
         if recorded.version_status == "disabled":
-            return "rejected", f"version {version} of {pipeline} is disabled and takes no new runs", None
+            return "rejected", disabled, None
         spec = self.engine.specs.cached(pipeline, version) or await self.engine.specs.load(
             conn, pipeline, version
         )
@@ -137,19 +231,20 @@ class Ingest:
                 spec,
                 params,
                 reuse=True,
-                trigger=name,
+                trigger=fields["trigger"],
                 event_id=event_id,
                 idempotency_key=None,
                 resolution="pinned" if recorded.pinned else "default",
+                run_id=run_id,
             )
         except Invalid as exc:
             return "rejected", exc.message, None
         except Conflict as exc:
             return "skipped", exc.message, None
         if inserted is None:
-            return "rejected", f"version {version} of {pipeline} is disabled and takes no new runs", None
+            return "rejected", disabled, None
         run, steps, spec, _held = inserted
-        return "run", None, (run, steps, spec)
+        return "run", "", (run, steps, spec)
 
 
 def _str(run_id: UUID | None) -> str | None:

@@ -216,8 +216,10 @@ async def insert_run(
     idempotency_key: str | None = None,
     resolution: str = "default",
     only_if_default: bool = False,
+    run_id: UUID | None = None,
 ) -> tuple[RunRecord, list[NewStep]] | None:
-    """Inserts a queued run and its step runs (``steps``: name -> initial status) in one statement.
+    """Inserts a queued run (with id ``run_id``, else a new one) and its step runs (``steps``: name ->
+    initial status) in one statement.
 
     Returns None, inserting nothing, when ``idempotency_key`` is already taken for ``pipeline``, the
     version is disabled (or gone) by the time the statement runs, or (``only_if_default``) it is no
@@ -226,9 +228,9 @@ async def insert_run(
     row = await db.fetchrow(
         f"""
         WITH run AS (
-            INSERT INTO runs (pipeline, version, params, reuse, trigger, event_id, idempotency_key,
+            INSERT INTO runs (id, pipeline, version, params, reuse, trigger, event_id, idempotency_key,
                               resolution, held)
-            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+            SELECT coalesce($13::uuid, gen_random_uuid()), $1, $2, $3, $4, $5, $6, $7, $8, $9
             WHERE EXISTS (
                 SELECT 1 FROM versions WHERE pipeline = $1 AND version = $2 AND status <> 'disabled'
             ) AND (NOT $12 OR EXISTS (SELECT 1 FROM pipelines WHERE name = $1 AND default_version = $2))
@@ -258,6 +260,7 @@ async def insert_run(
         list(steps),
         list(steps.values()),
         only_if_default,
+        run_id,
     )
     if row is None:
         return None

@@ -2,8 +2,10 @@
 statement), each trigger's source state, and the finished runs a ``run`` trigger catches up on.
 
 Recording runs in the caller's transaction: :func:`record_event` inserts the event row first
-(unique on trigger + dedupe key, so a repeat collides here and inserts nothing), the caller creates
-the run in the same transaction, and :func:`settle_event` writes the outcome before the commit.
+(unique on trigger + dedupe key, so a repeat collides here and inserts nothing) with the outcome
+``run`` and the id the caller will give its run (the common case costs no second write; the run id's
+foreign key is deferred to the commit); the caller creates the run in the same transaction, and
+:func:`settle_events` rewrites the outcome of the events that did not become a run, before the commit.
 The trigger row is not written in that transaction: :func:`touch_trigger` moves ``last_event_at``
 after it, so that concurrent events of one trigger do not queue on its row lock.
 """
@@ -20,10 +22,6 @@ import asyncpg
 
 from daemon.store.db import Db
 from daemon.store.runs import RunRecord
-
-# The outcome a recorded event holds until settle_event writes the real one, in the same transaction:
-# no other transaction ever sees it.
-_UNSETTLED = "skipped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +45,8 @@ WITH t AS (
     FROM triggers t JOIN pipelines p ON p.name = t.pipeline
     WHERE t.name = $1
 ), e AS (
-    INSERT INTO events (id, trigger, dedupe_key, received_at, fields, outcome)
-    SELECT n.id, $1, $2, $3, $4::jsonb || jsonb_build_object('id', n.id), $5
+    INSERT INTO events (id, trigger, dedupe_key, received_at, fields, outcome, run_id)
+    SELECT n.id, $1, $2, $3, $4::jsonb || jsonb_build_object('id', n.id), 'run', $5
     FROM t, LATERAL (SELECT nextval('events_id_seq') AS id) n
     ON CONFLICT (trigger, dedupe_key) DO NOTHING
     RETURNING id
@@ -59,12 +57,18 @@ FROM t JOIN versions v ON v.pipeline = t.pipeline AND v.version = t.version
 
 
 async def record_event(
-    conn: asyncpg.Connection, trigger: str, dedupe_key: str, received_at: datetime, fields: dict[str, Any]
+    conn: asyncpg.Connection,
+    trigger: str,
+    dedupe_key: str,
+    received_at: datetime,
+    fields: dict[str, Any],
+    run_id: UUID,
 ) -> Recorded | None:
     """Inserts the event (its ``id`` added to ``fields``) unless the trigger already has one with
     ``dedupe_key``, and reads the trigger, in one statement; None when the trigger does not exist.
-    The event's outcome is not settled yet: call :func:`settle_event` in the same transaction."""
-    row = await conn.fetchrow(_RECORD, trigger, dedupe_key, received_at, fields, _UNSETTLED)
+    The event is recorded as having become run ``run_id``: the caller inserts that run in the same
+    transaction, or settles the event otherwise (:func:`settle_events`)."""
+    row = await conn.fetchrow(_RECORD, trigger, dedupe_key, received_at, fields, run_id)
     if row is None:
         return None
     return Recorded(
@@ -78,16 +82,28 @@ async def record_event(
     )
 
 
-async def settle_event(
-    conn: asyncpg.Connection, event_id: int, *, outcome: str, run_id: UUID | None, reason: str | None
-) -> None:
-    """Writes what became of the event (in the transaction that recorded it)."""
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """An event that did not become a run: its outcome (``rejected`` or ``skipped``) and why."""
+
+    event_id: int
+    outcome: str
+    reason: str
+
+
+async def settle_events(conn: asyncpg.Connection, settled: Sequence[Settled]) -> None:
+    """Writes what became of events that did not become a run, in the transaction that recorded them."""
+    if not settled:
+        return
     await conn.execute(
-        "UPDATE events SET outcome = $2, run_id = $3, reason = $4 WHERE id = $1",
-        event_id,
-        outcome,
-        run_id,
-        reason,
+        """
+        UPDATE events e SET outcome = x.outcome, run_id = NULL, reason = x.reason
+        FROM unnest($1::bigint[], $2::text[], $3::text[]) AS x(id, outcome, reason)
+        WHERE e.id = x.id
+        """,
+        [item.event_id for item in settled],
+        [item.outcome for item in settled],
+        [item.reason for item in settled],
     )
 
 

@@ -8,7 +8,9 @@ manager and its sources) and the HTTP API as the daemon runs them, and fake agen
 1. sink: ``--events`` events handed straight to the daemon's sink (``daemon.ingest.Ingest``), 32 at a
    time: committed runs per second; then 1,000 one after the other: latency of one commit.
 2. jetstream: ``--events`` messages stored on a stream while their trigger is paused, then the trigger
-   is resumed: committed runs per second through the nats source (pull consumer, acked after commit).
+   is resumed: committed runs per second through the nats source (pull consumer, acked after commit),
+   with agents running every run at once in this process; then the same for ingestion alone: no agent
+   is connected, so every run is committed and its step waits.
 3. latency: 1,000 messages published one after the other on a core NATS subject (and on a JetStream
    stream) that a ``nats`` trigger watches; from publishing to the agent having accepted the run's
    first step.
@@ -51,15 +53,31 @@ params:
   n: "${event.data.n}"
 """
 
+HELD = """
+kind: Pipeline
+name: waiting
+params:
+  n: {type: integer, default: 0}
+steps:
+  - name: only
+    command: ["true", "${params.n}"]
+"""
+
 NATS_TRIGGER = """
 kind: Trigger
 name: {name}
-pipeline: bench
+pipeline: {pipeline}
 on:
   nats: {{subject: "{subject}"{stream}}}
 params:
   n: "${{event.data.n}}"
 """
+
+
+def nats_trigger(name: str, pipeline: str, subject: str, stream: str | None = None) -> str:
+    return NATS_TRIGGER.format(
+        name=name, pipeline=pipeline, subject=subject, stream=f", stream: {stream}" if stream else ""
+    )
 
 
 def summary(samples: list[float]) -> dict:
@@ -129,13 +147,16 @@ async def send_duplicate(sink, index: int) -> None:
     assert result.outcome == "duplicate", result
 
 
-async def jetstream_phase(system: System, events: int) -> dict:
+async def jetstream_phase(system: System, events: int, *, execute: bool) -> dict:
     js = system.nc.jetstream()
     with contextlib.suppress(Exception):
         await js.delete_stream("BENCHIN")
     await js.add_stream(StreamConfig(name="BENCHIN", subjects=["benchin.>"]))
-    await system.agents(4, 512.0, lambda assignment: Outcome())
-    await apply(system, NATS_TRIGGER.format(name="stream", subject="benchin.>", stream=", stream: BENCHIN"))
+    if execute:
+        await system.agents(4, 512.0, lambda assignment: Outcome())
+    else:
+        await apply(system, HELD)
+    await apply(system, nats_trigger("stream", "bench" if execute else "waiting", "benchin.>", "BENCHIN"))
     await post(system, "/triggers/stream/pause")
     acks = [js.publish("benchin.x", msgspec.json.encode({"n": index})) for index in range(events)]
     for start in range(0, events, 500):
@@ -165,10 +186,8 @@ async def latency_phase(system: System, messages: int) -> dict:
     with contextlib.suppress(Exception):
         await js.delete_stream("BENCHLAT")
     await js.add_stream(StreamConfig(name="BENCHLAT", subjects=["benchlat.>"]))
-    await apply(system, NATS_TRIGGER.format(name="core", subject="benchcore.in", stream=""))
-    await apply(
-        system, NATS_TRIGGER.format(name="durable", subject="benchlat.in", stream=", stream: BENCHLAT")
-    )
+    await apply(system, nats_trigger("core", "bench", "benchcore.in"))
+    await apply(system, nats_trigger("durable", "bench", "benchlat.in", "BENCHLAT"))
     publisher = await bus.connect(system.nats_url, name="bench-publisher")
     results = {}
     try:
@@ -201,7 +220,9 @@ async def main(args: argparse.Namespace) -> dict:
         async with System(postgres, nats_url, root, "ingest_sink") as system:
             results["sink"] = await sink_phase(system, args.events)
         async with System(postgres, nats_url, root, "ingest_jetstream") as system:
-            results["jetstream"] = await jetstream_phase(system, args.events)
+            results["jetstream"] = await jetstream_phase(system, args.events, execute=True)
+        async with System(postgres, nats_url, root, "ingest_waiting") as system:
+            results["jetstream_ingest_only"] = await jetstream_phase(system, args.events, execute=False)
         async with System(postgres, nats_url, root, "ingest_latency") as system:
             results["nats_to_accepted_ms"] = await latency_phase(system, args.messages)
         return results

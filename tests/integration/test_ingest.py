@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.errors import NotFound
+from daemon.errors import NotFound, Unavailable
 from tests.integration.fake_agent import Harness, harness
 from triggers.base import EventResult, TriggerEvent
 
@@ -209,3 +209,40 @@ async def test_concurrency_skip_records_skipped(system: Harness) -> None:
 async def test_event_of_an_unknown_trigger_raises(system: Harness) -> None:
     with pytest.raises(NotFound):
         await send(system, "k1", trigger="nope", date="x")
+
+
+async def test_a_burst_mixing_outcomes_commits_each_event_with_its_own(system: Harness) -> None:
+    """Events arriving together share transactions: each still gets its own outcome and run."""
+    await add_trigger(system)
+    results = await asyncio.gather(
+        *(send(system, f"k{index}", date=f"d{index}") for index in range(150)),
+        *(send(system, f"bad{index}", date="d", rows="many") for index in range(10)),
+        *(send(system, f"k{index}", date=f"d{index}") for index in range(20)),
+    )
+    made, rejected, repeats = results[:150], results[150:160], results[160:]
+    assert {result.outcome for result in made} == {"run"}
+    assert len({result.run_id for result in made}) == 150
+    assert {result.outcome for result in rejected} == {"rejected"}
+    assert all(result.run_id is None and "rows" in (result.reason or "") for result in rejected)
+    assert {result.outcome for result in repeats} == {"duplicate"}
+    assert [result.run_id for result in repeats] == [result.run_id for result in made[:20]]
+    assert await count_runs(system) == 150
+    rows = await system.pool.fetch("SELECT dedupe_key, outcome, run_id::text FROM events")
+    stored = {row["dedupe_key"]: row for row in rows}
+    assert len(stored) == 160
+    assert all(stored[f"k{i}"]["run_id"] == made[i].run_id for i in range(150))
+    assert all(stored[f"bad{i}"]["outcome"] == "rejected" for i in range(10))
+
+
+async def test_an_event_the_database_refuses_fails_alone(system: Harness) -> None:
+    """A NUL character cannot be stored in jsonb: that event's batch is retried event by event."""
+    await add_trigger(system)
+    results = await asyncio.gather(
+        *(send(system, f"k{index}", date=f"d{index}") for index in range(30)),
+        send(system, "poison", date="nul\u0000"),
+        return_exceptions=True,
+    )
+    assert all(isinstance(result, EventResult) and result.outcome == "run" for result in results[:30])
+    assert isinstance(results[30], Unavailable)
+    assert "poison" in str(results[30])
+    assert await count_runs(system) == 30
