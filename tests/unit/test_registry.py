@@ -8,9 +8,8 @@ from runners.protocol import Capacity, Heartbeat
 
 
 def beat(agent_id: str, cpu: float = 1) -> Heartbeat:
-    return Heartbeat(
-        agent_id=agent_id, name=agent_id, executors=["process"], capacity=Capacity(cpu=cpu, memory=0), sent_at=0
-    )
+    capacity = Capacity(cpu=cpu, memory=0)
+    return Heartbeat(agent_id=agent_id, name=agent_id, executors=["process"], capacity=capacity, sent_at=0)
 
 
 def test_next_silence_is_the_earliest_deadline_of_agents_not_lost() -> None:
