@@ -4,6 +4,7 @@ them. All are caches of the database, filled on demand and safe to drop."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -14,7 +15,7 @@ from daemon.rendering import RunContext
 from daemon.store.catalog import DatastoreRecord
 from daemon.store.db import Db
 from daemon.store.pipelines import VersionRecord, get_version
-from daemon.store.runs import RunRecord, get_run
+from daemon.store.runs import RunRecord, get_run, reused_steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,10 @@ class RunContexts:
         self.specs = specs
         self._runs: dict[UUID, tuple[RunContext, VersionSpec]] = {}
 
-    def put(self, run: RunRecord, version: VersionSpec) -> RunContext:
+    def put(
+        self, run: RunRecord, version: VersionSpec, reused: Mapping[str, tuple[str, str]] | None = None
+    ) -> RunContext:
+        """Caches the run's context; ``reused``: reused step -> (run id, step) whose outputs it links."""
         context = RunContext(
             id=str(run.id),
             pipeline=run.pipeline,
@@ -90,6 +94,7 @@ class RunContexts:
             params=run.params,
             spec=version.spec,
             source_digest=version.source_digest,
+            reused=dict(reused or {}),
         )
         self._runs[run.id] = (context, version)
         return context
@@ -113,7 +118,7 @@ class RunContexts:
             if run is None:
                 raise NotFound(f"run {run_id} does not exist")
         version = await self.specs.load(db, run.pipeline, run.version)
-        self.put(run, version)
+        self.put(run, version, await reused_steps(db, run_id))
         return self._runs[run_id]
 
     def drop(self, run_id: UUID) -> None:

@@ -12,6 +12,7 @@ from daemon.config import DispatchSettings
 from daemon.contexts import Datastores, RunContexts, Specs
 from daemon.dispatcher import Dispatcher
 from daemon.registry import Registry
+from daemon.reuse import ReusePlanner
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +26,4 @@ class Engine:
     registry: Registry
     announcer: Announcer
     dispatcher: Dispatcher
+    reuse: ReusePlanner

@@ -34,7 +34,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -57,9 +56,6 @@ COMMITTERS = 2
 
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
-Handover = tuple[Any, ...]
-"""(run, new steps, spec) of a run to hand to the dispatcher after the commit."""
-
 
 @dataclass(slots=True)
 class _Queued:
@@ -71,7 +67,7 @@ class _Queued:
 @dataclass(slots=True)
 class _Decided:
     result: EventResult | Exception
-    handover: Handover | None = None
+    handover: runs.Inserted | None = None
 
 
 class Ingest:
@@ -139,7 +135,7 @@ class Ingest:
             if outcome is None:
                 continue
             if outcome.handover is not None:
-                await runs.hand_over(self.engine, *outcome.handover)
+                await runs.hand_over(self.engine, outcome.handover)
             if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
                 await self._touch(queued.event.trigger, queued.received)
             if not queued.done.done():
@@ -211,7 +207,7 @@ class Ingest:
         event_id: int,
         fields: dict,
         run_id: UUID,
-    ) -> tuple[str, str, Handover | None]:
+    ) -> tuple[str, str, runs.Inserted | None]:
         """(outcome, reason, None) for an event that does not become a run; ("run", "", the run to
         hand over) for one that became run ``run_id``."""
         pipeline, version = recorded.pipeline, recorded.version
@@ -227,6 +223,7 @@ class Ingest:
         try:
             params = resolve_params(spec.spec.params, recorded.bindings, fields, what=what)
             inserted = await runs.insert_in_transaction(
+                self.engine,
                 conn,
                 spec,
                 params,
@@ -243,8 +240,7 @@ class Ingest:
             return "skipped", exc.message, None
         if inserted is None:
             return "rejected", disabled, None
-        run, steps, spec, _held = inserted
-        return "run", "", (run, steps, spec)
+        return "run", "", inserted
 
 
 def _str(run_id: UUID | None) -> str | None:

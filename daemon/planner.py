@@ -42,11 +42,6 @@ def step_graph(spec: PipelineSpec) -> dict[str, tuple[str, ...]]:
     return {name: tuple(upstream) for name, upstream in dependencies(spec.steps).items()}
 
 
-def initial_statuses(graph: Graph) -> dict[str, StepStatus]:
-    """A new run's statuses: steps that wait for nothing are ready, the others pending."""
-    return {name: "pending" if upstream else "ready" for name, upstream in graph.items()}
-
-
 def downstream(graph: Graph, step: str) -> list[str]:
     """Every step that waits for ``step``, directly or not, in graph order."""
     found: set[str] = {step}

@@ -2,14 +2,15 @@
 
 Paths are as the *chosen agent* sees its datastores (its heartbeat's paths override the Datastore
 documents'). Each output of step S is the directory ``runs/<run_id>/<S>/<output>`` in the ``default``
-datastore; an input from a datastore is ``path`` (templated with params and run) under it.
+datastore — for a reused step, that of the run and step it reuses; an input from a datastore is
+``path`` (templated with params and run) under it.
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.documents.references import DEFAULT_DATASTORE
@@ -29,12 +30,19 @@ class RunContext:
     params: Mapping[str, Any]
     spec: PipelineSpec
     source_digest: str | None
+    reused: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Reused step -> (run id, step) whose outputs it links."""
 
     def step(self, name: str) -> StepSpec:
         for step in self.spec.steps:
             if step.name == name:
                 return step
         raise KeyError(name)
+
+    def output(self, step: str, output: str) -> str:
+        """Where ``step``'s ``output`` lives, relative to the default datastore."""
+        run_id, origin = self.reused.get(step, (self.id, step))
+        return output_path(run_id, origin, output)
 
 
 def output_path(run_id: str, step: str, output: str) -> str:
@@ -84,9 +92,7 @@ def render_step(run: RunContext, step: StepSpec, datastores: Mapping[str, str]) 
     inputs: dict[str, str] = {}
     for name, source in step.inputs.items():
         if isinstance(source, FromStep):
-            inputs[name] = in_datastore(
-                datastores, DEFAULT_DATASTORE, output_path(run.id, source.step, source.output)
-            )
+            inputs[name] = in_datastore(datastores, DEFAULT_DATASTORE, run.output(source.step, source.output))
         elif isinstance(source, FromDatastore):
             inputs[name] = in_datastore(datastores, source.datastore, render(source.path, values))
             used.add(source.datastore)
@@ -99,7 +105,7 @@ def render_step(run: RunContext, step: StepSpec, datastores: Mapping[str, str]) 
     for other in run.spec.steps:
         for output in other.outputs:
             values[f"steps.{other.name}.outputs.{output}"] = in_datastore(
-                datastores, DEFAULT_DATASTORE, output_path(run.id, other.name, output)
+                datastores, DEFAULT_DATASTORE, run.output(other.name, output)
             )
     env = {key: render(value, values) for key, value in step.env.items()}
     env |= {

@@ -1,5 +1,8 @@
-"""Manual runs: creating one for a pipeline version (params checked, concurrency applied, exactly once
-per idempotency key) and cancelling one.
+"""Manual runs: creating one for a pipeline version (params checked, reuse planned, concurrency
+applied, exactly once per idempotency key) and cancelling one.
+
+Reuse is decided as the run is created (``daemon.reuse``): reused steps are inserted final, the steps
+they unblock ready; a run whose every step is reused is created ``succeeded``.
 
 ``concurrency.max_active_runs`` counts the pipeline's queued and running runs that are not held. With
 ``on_limit: queue`` a run beyond the limit is created *held*: queued, every step pending, until a run
@@ -10,6 +13,8 @@ why (a trigger records that as a skipped event).
 from __future__ import annotations
 
 import asyncio
+import functools
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +28,8 @@ from daemon.dispatcher import ReadyStep
 from daemon.engine import Engine
 from daemon.errors import Conflict, Invalid, NotFound
 from daemon.params import validate_params
-from daemon.planner import FINAL_RUN, initial_statuses
+from daemon.planner import FINAL_RUN, settle
+from daemon.reuse import Decision
 from daemon.store import runs as run_store
 from daemon.store.pipelines import get_version
 from daemon.transitions import Effects, admit_next, send_cancels
@@ -35,6 +41,18 @@ log = structlog.get_logger(__name__)
 class Created:
     run: run_store.RunRecord
     created: bool  # False: an earlier request with the same idempotency key created it
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """A run just inserted, to hand over after its transaction commits (:func:`hand_over`)."""
+
+    run: run_store.RunRecord
+    steps: list[run_store.NewStep]
+    spec: VersionSpec
+    held: bool
+    reused: dict[str, tuple[str, str]]
+    """Reused step -> (run id, step) whose outputs it links."""
 
 
 async def create_run(
@@ -79,7 +97,9 @@ async def create_run(
         inserted = None
         if (cached := engine.specs.cached(pipeline, version)) is not None:
             try:
-                inserted = await _insert(conn, cached, params, only_if_default=version is None, **options)
+                inserted = await _insert(
+                    engine, conn, cached, params, only_if_default=version is None, **options
+                )
             except Invalid:
                 if version is not None:  # an explicit version's schema never changes
                     raise
@@ -96,7 +116,9 @@ async def create_run(
                 engine.specs.seen_default(pipeline, record.version)
             if record.status == "disabled":
                 raise _disabled(pipeline, record.version)
-            inserted = await _insert(conn, engine.specs.of(record), params, only_if_default=False, **options)
+            inserted = await _insert(
+                engine, conn, engine.specs.of(record), params, only_if_default=False, **options
+            )
             if inserted is None:
                 existing = None
                 if idempotency_key is not None:  # a concurrent request with the same key won
@@ -104,30 +126,31 @@ async def create_run(
                 if existing is None:  # disabled between the read and the insert
                     raise _disabled(pipeline, record.version)
                 return Created(existing, False)
-        run, steps, spec, held = inserted
         # Handed over before the connection goes back to the pool: the hot path.
-        engine.contexts.put(run, spec)
-        ready = [ReadyStep(step.id, run.id, step.name) for step in steps if step.status == "ready"]
-        engine.dispatcher.add(ready)
-    if ready:
-        # Lets the dispatcher start placing and recording the step before this request spends its
-        # time on the log line, the announcement and the response.
-        await asyncio.sleep(0)
-    log.debug("run_created", run_id=str(run.id), pipeline=pipeline, version=run.version, held=held)
-    await engine.announcer.run_changed(run)
-    return Created(run, True)
+        await hand_over(engine, inserted)
+    log.debug(
+        "run_created",
+        run_id=str(inserted.run.id),
+        pipeline=pipeline,
+        version=inserted.run.version,
+        held=inserted.held,
+        reused=len(inserted.reused),
+    )
+    return Created(inserted.run, True)
 
 
 async def _insert(
+    engine: Engine,
     conn: asyncpg.Connection,
     spec: VersionSpec,
     params: Mapping[str, Any],
     *,
     only_if_default: bool,
+    run_id: UUID | None = None,
     **options: Any,
-) -> tuple[run_store.RunRecord, list[run_store.NewStep], VersionSpec, bool] | None:
-    """Validates ``params`` against ``spec`` and inserts the run, held when the pipeline is at its
-    concurrency limit (``on_limit: queue``); None when nothing was inserted (see
+) -> Inserted | None:
+    """Validates ``params`` against ``spec``, plans reuse and inserts the run, held when the pipeline
+    is at its concurrency limit (``on_limit: queue``); None when nothing was inserted (see
     :func:`run_store.insert_run`).
 
     Raises:
@@ -136,19 +159,26 @@ async def _insert(
     """
     pipeline = spec.pipeline
     values = validate_params(spec.spec.params, params, what=f"pipeline {pipeline} version {spec.version}")
-    statuses: dict[str, str] = dict(initial_statuses(spec.graph))
-    if (limit := spec.spec.concurrency) is None:
+    run_id = run_id or uuid.uuid4()
+    decisions = await engine.reuse.plan(conn, spec, values, run_id=run_id, reuse=options["reuse"])
+    reused = {name: decision.origin for name, decision in decisions.items() if decision.origin is not None}
+    finished = len(reused) == len(decisions)
+    insert = functools.partial(
+        run_store.insert_run,
+        conn,
+        pipeline=pipeline,
+        version=spec.version,
+        params=values,
+        only_if_default=only_if_default,
+        run_id=run_id,
+        finished=finished,
+        **options,
+    )
+    links = {name: (str(origin.run_id), origin.step) for name, origin in reused.items()}
+    if (limit := spec.spec.concurrency) is None or finished:
         # One statement, no explicit transaction: the hot path of a manual run.
-        inserted = await run_store.insert_run(
-            conn,
-            pipeline=pipeline,
-            version=spec.version,
-            params=values,
-            steps=statuses,
-            only_if_default=only_if_default,
-            **options,
-        )
-        return None if inserted is None else (*inserted, spec, False)
+        inserted = await insert(steps=_step_plans(spec, decisions, held=False))
+        return None if inserted is None else Inserted(*inserted, spec, False, links)
     async with conn.transaction():
         # Serialises run creation per limited pipeline: two requests cannot take the last slot.
         default = await conn.fetchval(
@@ -164,19 +194,29 @@ async def _insert(
                 f"(concurrency.max_active_runs {limit.max_active_runs}, on_limit skip): "
                 "no run created"
             )
-        if held:
-            statuses = dict.fromkeys(statuses, "pending")
-        inserted = await run_store.insert_run(
-            conn,
-            pipeline=pipeline,
-            version=spec.version,
-            params=values,
-            steps=statuses,
-            held=held,
-            only_if_default=only_if_default,
-            **options,
+        inserted = await insert(steps=_step_plans(spec, decisions, held=held), held=held)
+    return None if inserted is None else Inserted(*inserted, spec, held, links)
+
+
+def _step_plans(
+    spec: VersionSpec, decisions: Mapping[str, Decision], *, held: bool
+) -> dict[str, run_store.StepPlan]:
+    """Each step's first status: reused, or pending until the run is admitted (``held``), or as the
+    graph allows (ready when everything it waits for was reused)."""
+    statuses = {name: "reused" if decisions[name].origin else "pending" for name in spec.graph}
+    if not held:
+        statuses |= settle(statuses, spec.graph)
+    return {
+        name: run_store.StepPlan(
+            status=status,
+            fingerprint=(decision := decisions[name]).fingerprint,
+            components=decision.components,
+            reused_from=decision.origin.step_run_id if decision.origin else None,
+            outputs=decision.origin.outputs if decision.origin else {},
+            explanation=decision.explanation,
         )
-    return None if inserted is None else (*inserted, spec, held)
+        for name, status in statuses.items()
+    }
 
 
 def _disabled(pipeline: str, version: int) -> Conflict:
@@ -184,31 +224,36 @@ def _disabled(pipeline: str, version: int) -> Conflict:
 
 
 async def insert_in_transaction(
-    conn: asyncpg.Connection, spec: VersionSpec, params: Mapping[str, Any], **options: Any
-) -> tuple[run_store.RunRecord, list[run_store.NewStep], VersionSpec, bool] | None:
+    engine: Engine, conn: asyncpg.Connection, spec: VersionSpec, params: Mapping[str, Any], **options: Any
+) -> Inserted | None:
     """What :func:`create_run` does in the database, inside the caller's open transaction on ``conn``
-    (a trigger's event and its run commit together): params validated, concurrency applied, the run
-    and its steps inserted. Returns (run, new steps, spec, held), or None when the version is disabled
-    by now. After the commit, the caller hands the run over with :func:`hand_over`.
+    (a trigger's event and its run commit together): params validated, reuse planned, concurrency
+    applied, the run and its steps inserted. Returns None when the version is disabled by now. After
+    the commit, the caller hands the run over with :func:`hand_over`.
 
     Raises:
         Invalid: the params do not match the version's schema.
         Conflict: at the concurrency limit with ``on_limit: skip``.
     """
-    return await _insert(conn, spec, params, only_if_default=False, **options)
+    return await _insert(engine, conn, spec, params, only_if_default=False, **options)
 
 
-async def hand_over(
-    engine: Engine, run: run_store.RunRecord, steps: list[run_store.NewStep], spec: VersionSpec
-) -> None:
-    """After the commit of a run created by :func:`insert_in_transaction`: its ready steps go to the
-    dispatcher and its creation is announced."""
-    engine.contexts.put(run, spec)
-    ready = [ReadyStep(step.id, run.id, step.name) for step in steps if step.status == "ready"]
+async def hand_over(engine: Engine, inserted: Inserted) -> None:
+    """After the commit of a run: its ready steps go to the dispatcher and its creation is announced
+    (a run whose every step was reused is announced as succeeded)."""
+    run = inserted.run
+    engine.contexts.put(run, inserted.spec, inserted.reused)
+    for name in inserted.reused:
+        engine.announcer.step_changed(run.id, name, "reused")
+    ready = [ReadyStep(step.id, run.id, step.name) for step in inserted.steps if step.status == "ready"]
     engine.dispatcher.add(ready)
     if ready:
-        await asyncio.sleep(0)  # as in create_run: placing the step goes first
+        # Lets the dispatcher start placing and recording the step before the caller spends its
+        # time on the log line, the announcement and the response.
+        await asyncio.sleep(0)
     await engine.announcer.run_changed(run)
+    if run.status in FINAL_RUN:
+        engine.contexts.drop(run.id)
 
 
 async def cancel_run(

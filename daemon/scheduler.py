@@ -24,10 +24,12 @@ from daemon.agents import AgentMonitor
 from daemon.announce import Announcer
 from daemon.config import DispatchSettings
 from daemon.contexts import Datastores, RunContexts, Specs
+from daemon.datafingerprint import DataFingerprints
 from daemon.dispatcher import Dispatcher
 from daemon.engine import Engine
 from daemon.placement import Need
 from daemon.registry import AgentState, Registry
+from daemon.reuse import ReusePlanner
 from daemon.step_events import StepEvents
 from daemon.store import runs as run_store
 from daemon.submit import Submissions
@@ -72,7 +74,10 @@ class Scheduler:
             announcer=announcer,
             settings=settings,
         )
-        engine = Engine(pool, nc, settings, specs, contexts, datastores, registry, announcer, dispatcher)
+        reuse = ReusePlanner(datastores, DataFingerprints())
+        engine = Engine(
+            pool, nc, settings, specs, contexts, datastores, registry, announcer, dispatcher, reuse
+        )
 
         async def on_unrenderable(run_id: UUID, step: str, error: str) -> None:
             await fail_step(engine, run_id, step, error)

@@ -22,7 +22,7 @@ from daemon.contexts import VersionSpec
 from daemon.dispatcher import ReadyStep
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.engine import Engine
-from daemon.planner import FINAL_STEP, advance, after_attempt, initial_statuses
+from daemon.planner import FINAL_STEP, advance, after_attempt, settle
 from daemon.rendering import in_datastore, output_path
 from daemon.store import runs as run_store
 from runners.protocol import Cancel, CancelReply, StepFinished, StepStarted, cancel_subject
@@ -318,10 +318,12 @@ async def admit_next(
         limit = held_version.spec.concurrency
         if limit is not None and await run_store.count_active_runs(conn, pipeline) >= limit.max_active_runs:
             return
-        ready = [name for name, status in initial_statuses(held_version.graph).items() if status == "ready"]
+        # Steps reused when the run was created stay reused; what they unblock becomes ready.
+        statuses = await run_store.step_statuses(conn, held.id)
+        ready = [name for name, status in settle(statuses, held_version.graph).items() if status == "ready"]
         steps = await run_store.admit_run(conn, held.id, ready)
         log.info("run_admitted", run_id=str(held.id), pipeline=pipeline)
-        engine.contexts.put(held, held_version)
+        await engine.contexts.load(conn, held.id, held)
         for step in steps:
             effects.steps.append((held.id, step.name, step.status, {}))
             effects.ready.append(ReadyStep(step.id, held.id, step.name))

@@ -46,11 +46,20 @@ class Metric(msgspec.Struct):
     value: Any = None
 
 
+class Reuse(msgspec.Struct):
+    """Why a step was reused or executed (``outcome``: reused | executed | off)."""
+
+    outcome: str
+    reason: str = ""
+    changed: list[str] = []
+
+
 class Step(msgspec.Struct):
     name: str
     status: str
     reused: bool = False
     fingerprint: str | None = None
+    reuse: Reuse | None = None
     outputs: dict[str, str] = {}
     metrics: list[Metric] = []
     waiting_reason: str | None = None
@@ -72,6 +81,7 @@ class Run(Row):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     trigger: str | None = None
     event_id: int | str | None = None
+    resolution: str | None = None
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None

@@ -215,8 +215,9 @@ def _newest_runs(client: ApiClient, filters: dict[str, str], limit: int) -> list
 def show(run_id: str, as_json: bool) -> None:
     """Show run RUN_ID with its steps.
 
-    Prints the run's parameters and times, then each step's status, attempts, agent, exit code,
-    reuse and reason to wait, the attempts that failed, and the steps' outputs and metrics.
+    Prints why the run exists, its parameters and times, then each step's status, attempts, agent,
+    exit code, reuse and reason to wait, why each step was reused or executed, the attempts that
+    failed, and the steps' outputs and metrics.
     """
     answer = _client().request("GET", path("runs", run_id))
     if as_json:
@@ -227,6 +228,7 @@ def show(run_id: str, as_json: bool) -> None:
     steps = record.steps
     sections = (
         (STEP_COLUMNS, [_step_cells(step) for step in steps], "no steps yet"),
+        (("STEP", "REUSE", "WHY"), _reuse_rows(steps), None),
         (ATTEMPT_COLUMNS, _unsuccessful_attempts(steps), None),
         (("STEP", "OUTPUT", "PATH"), [(s.name, *item) for s in steps for item in s.outputs.items()], None),
         (("STEP", "METRIC", "VALUE"), _metric_rows(steps), None),
@@ -241,13 +243,20 @@ STEP_COLUMNS = ("STEP", "STATUS", "ATTEMPTS", "AGENT", "EXIT", "REUSED", "DURATI
 ATTEMPT_COLUMNS = ("STEP", "ATTEMPT", "AGENT", "STATUS", "EXIT", "ERROR")
 
 
+RESOLUTIONS = {
+    "default": " (the default version when the run was created)",
+    "pinned": " (pinned by the trigger)",
+    "manual": " (asked for by version)",
+}
+
+
 def _run_fields(record: Run) -> list[tuple[str, str]]:
     trigger = "manual" if record.trigger is None else record.trigger
     if record.event_id is not None:
         trigger += f" (event {record.event_id})"
     return [
         ("run", record.id),
-        ("pipeline", f"{record.pipeline} v{record.version}"),
+        ("pipeline", f"{record.pipeline} v{record.version}" + RESOLUTIONS.get(record.resolution or "", "")),
         ("status", record.status + (f": {record.reason}" if record.reason else "")),
         ("trigger", trigger),
         ("params", " ".join(f"{key}={_text(value)}" for key, value in record.params.items()) or "-"),
@@ -270,6 +279,10 @@ def _step_cells(step: Step) -> tuple[str, ...]:
         output.format_duration(output.elapsed(last.started_at, last.finished_at) if last else None),
         step.waiting_reason or "",
     )
+
+
+def _reuse_rows(steps: Sequence[Step]) -> list[tuple[str, ...]]:
+    return [(step.name, step.reuse.outcome, step.reuse.reason) for step in steps if step.reuse is not None]
 
 
 def _metric_rows(steps: Sequence[Step]) -> list[tuple[str, ...]]:

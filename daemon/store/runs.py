@@ -85,6 +85,7 @@ class StepRunRecord:
     metrics: list[dict[str, Any]]
     attempts_made: int
     waiting_reason: str | None
+    explanation: dict[str, Any] | None
     ready_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -103,6 +104,7 @@ class StepRunRecord:
             metrics=row["metrics"],
             attempts_made=row["attempts_made"],
             waiting_reason=row["waiting_reason"],
+            explanation=row["explanation"],
             ready_at=row["ready_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
@@ -117,6 +119,8 @@ class StepRunRecord:
             "status": self.status,
             "reused": self.status == "reused",
             "fingerprint": self.fingerprint,
+            # Why the step was reused or executed (``daemon.reuse``); None for runs from before reuse.
+            "reuse": self.explanation,
             "outputs": self.outputs,
             "metrics": self.metrics,
             "attempts": [attempt.to_json() for attempt in self.attempts],
@@ -184,7 +188,7 @@ _RUN_COLUMNS = (
 )
 _STEP_COLUMNS = (
     "id, run_id, name, status, fingerprint, reused_from, outputs, metrics, attempts_made, waiting_reason, "
-    "ready_at, started_at, finished_at"
+    "explanation, ready_at, started_at, finished_at"
 )
 _ATTEMPT_COLUMNS = (
     "id, step_run_id, number, agent_id, status, exit_code, error, dispatched_at, started_at, finished_at, "
@@ -202,6 +206,18 @@ class NewStep:
     status: str
 
 
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """A step of a run about to be inserted: its first status and what reuse decided for it."""
+
+    status: str
+    fingerprint: str | None = None
+    components: Mapping[str, str] | None = None
+    reused_from: int | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    explanation: Mapping[str, Any] | None = None
+
+
 async def insert_run(
     db: Db,
     *,
@@ -209,7 +225,7 @@ async def insert_run(
     version: int,
     params: Mapping[str, Any],
     reuse: bool,
-    steps: Mapping[str, str],
+    steps: Mapping[str, StepPlan],
     held: bool = False,
     trigger: str | None = None,
     event_id: int | None = None,
@@ -217,29 +233,39 @@ async def insert_run(
     resolution: str = "default",
     only_if_default: bool = False,
     run_id: UUID | None = None,
+    finished: bool = False,
 ) -> tuple[RunRecord, list[NewStep]] | None:
-    """Inserts a queued run (with id ``run_id``, else a new one) and its step runs (``steps``: name ->
-    initial status) in one statement.
+    """Inserts a run (with id ``run_id``, else a new one) and its step runs (in ``steps``' order) in
+    one statement: queued, or ``succeeded`` at once when ``finished`` (every step was reused).
 
     Returns None, inserting nothing, when ``idempotency_key`` is already taken for ``pipeline``, the
     version is disabled (or gone) by the time the statement runs, or (``only_if_default``) it is no
     longer the pipeline's default version: the caller may have picked it from a stale cache.
     """
+    plans = list(steps.values())
     row = await db.fetchrow(
         f"""
         WITH run AS (
             INSERT INTO runs (id, pipeline, version, params, reuse, trigger, event_id, idempotency_key,
-                              resolution, held)
-            SELECT coalesce($13::uuid, gen_random_uuid()), $1, $2, $3, $4, $5, $6, $7, $8, $9
+                              resolution, held, status, started_at, finished_at)
+            SELECT coalesce($13::uuid, gen_random_uuid()), $1, $2, $3, $4, $5, $6, $7, $8, $9,
+                   CASE WHEN $14 THEN 'succeeded' ELSE 'queued' END,
+                   CASE WHEN $14 THEN now() END, CASE WHEN $14 THEN now() END
             WHERE EXISTS (
                 SELECT 1 FROM versions WHERE pipeline = $1 AND version = $2 AND status <> 'disabled'
             ) AND (NOT $12 OR EXISTS (SELECT 1 FROM pipelines WHERE name = $1 AND default_version = $2))
             ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING {_RUN_COLUMNS}
         ), steps AS (
-            INSERT INTO step_runs (run_id, name, status, ready_at)
-            SELECT run.id, x.name, x.status, CASE WHEN x.status = 'ready' THEN now() END
-            FROM run, unnest($10::text[], $11::text[]) WITH ORDINALITY AS x(name, status, position)
+            INSERT INTO step_runs (run_id, name, status, ready_at, finished_at, fingerprint, components,
+                                   reused_from, outputs, explanation)
+            SELECT run.id, x.name, x.status, CASE WHEN x.status = 'ready' THEN now() END,
+                   CASE WHEN x.status = 'reused' THEN now() END, x.fingerprint, x.components::jsonb,
+                   x.reused_from, coalesce(x.outputs::jsonb, '{{}}'), x.explanation::jsonb
+            FROM run, unnest($10::text[], $11::text[], $15::text[], $16::text[], $17::bigint[],
+                             $18::text[], $19::text[])
+                      WITH ORDINALITY AS x(name, status, fingerprint, components, reused_from, outputs,
+                                           explanation, position)
             ORDER BY x.position
             RETURNING id, name, status
         )
@@ -258,9 +284,15 @@ async def insert_run(
         resolution,
         held,
         list(steps),
-        list(steps.values()),
+        [plan.status for plan in plans],
         only_if_default,
         run_id,
+        finished,
+        [plan.fingerprint for plan in plans],
+        [_json_or_none(plan.components) for plan in plans],
+        [plan.reused_from for plan in plans],
+        [_json_or_none(plan.outputs) for plan in plans],
+        [_json_or_none(plan.explanation) for plan in plans],
     )
     if row is None:
         return None
@@ -268,6 +300,23 @@ async def insert_run(
         NewStep(*item) for item in zip(row["step_ids"], row["step_names"], row["step_statuses"], strict=True)
     ]
     return RunRecord.from_row(row), new
+
+
+def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+async def reused_steps(db: Db, run_id: UUID) -> dict[str, tuple[str, str]]:
+    """The run's reused steps -> (run id, step) whose outputs each links."""
+    rows = await db.fetch(
+        """
+        SELECT name, explanation -> 'reused_from' ->> 'run_id' AS origin_run,
+               explanation -> 'reused_from' ->> 'step' AS origin_step
+        FROM step_runs WHERE run_id = $1 AND status = 'reused'
+        """,
+        run_id,
+    )
+    return {row["name"]: (row["origin_run"], row["origin_step"]) for row in rows}
 
 
 async def find_run_by_key(db: Db, pipeline: str, idempotency_key: str) -> RunRecord | None:
@@ -370,6 +419,12 @@ async def oldest_held_run(conn: asyncpg.Connection, pipeline: str) -> RunRecord 
         pipeline,
     )
     return None if row is None else RunRecord.from_row(row)
+
+
+async def step_statuses(db: Db, run_id: UUID) -> dict[str, str]:
+    """The run's step statuses by name, in pipeline order."""
+    rows = await db.fetch("SELECT name, status FROM step_runs WHERE run_id = $1 ORDER BY id", run_id)
+    return {row["name"]: row["status"] for row in rows}
 
 
 async def admit_run(conn: asyncpg.Connection, run_id: UUID, ready: Sequence[str]) -> list[NewStep]:

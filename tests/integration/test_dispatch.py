@@ -68,7 +68,8 @@ async def test_run_flows_through_agents_with_rendered_paths(system: Harness, tmp
     assert steps["prep"]["attempts"][0]["agent"] == "a1"
     assert steps["prep"]["attempts"][0]["status"] == "succeeded"
     assert steps["prep"]["reused"] is False
-    assert steps["prep"]["fingerprint"] is None
+    assert steps["prep"]["fingerprint"].startswith("sha256:")
+    assert steps["prep"]["reuse"]["outcome"] == "executed"
     assert run["started_at"] is not None
     assert run["finished_at"] is not None
 

@@ -608,3 +608,25 @@ def test_format_age() -> None:
             "2026-11-23T10:00:00": "3h ago", "2026-11-21T13:00:00Z": "2d ago",
             "2026-11-23T13:00:05Z": "0s ago", None: "-"}  # fmt: skip
     assert {value: output.format_age(value, now=now) for value in ages} == ages
+
+
+def test_runs_show_says_why_the_run_exists_and_why_each_step_was_reused_or_not(api: FakeApi) -> None:
+    reused = {"outcome": "reused", "reason": f"nothing changed: the outputs of step prep of run {OTHER_ID}"}
+    executed = {"outcome": "executed", "reason": f"changed since run {OTHER_ID}: parameter model",
+                "changed": ["parameter model"]}  # fmt: skip
+    steps = [step("prep", "reused", reused=True, reuse=reused), step("score", "succeeded", reuse=executed)]
+    body = run_object("succeeded", steps, trigger="nightly", event_id=7, resolution="default")
+    api.answer("GET", f"/runs/{RUN_ID}", body)
+
+    result = sluice(api, "runs", "show", RUN_ID)
+
+    assert result.exit_code == 0, result.output
+    blocks = [[line.split() for line in block.splitlines()] for block in result.stdout.split("\n\n")]
+    assert blocks[0][1] == ["pipeline", "batch-scoring", "v3", "(the", "default", "version", "when", "the",
+                            "run", "was", "created)"]  # fmt: skip
+    assert blocks[0][3] == ["trigger", "nightly", "(event", "7)"]
+    assert blocks[2] == [
+        ["STEP", "REUSE", "WHY"],
+        ["prep", "reused", *reused["reason"].split()],
+        ["score", "executed", *executed["reason"].split()],
+    ]

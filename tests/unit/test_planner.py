@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from daemon.planner import advance, after_attempt, backoff, downstream, initial_statuses, run_outcome, settle
+from daemon.planner import advance, after_attempt, backoff, downstream, run_outcome, settle
 
 # prep → left, prep → right, left + right → report
 GRAPH = {"prep": (), "left": ("prep",), "right": ("prep",), "report": ("left", "right")}
 
 
-def test_roots_are_ready_the_rest_pending() -> None:
-    assert initial_statuses(GRAPH) == {
-        "prep": "ready",
-        "left": "pending",
-        "right": "pending",
-        "report": "pending",
-    }
+def test_in_a_new_run_roots_are_ready_the_rest_pending() -> None:
+    assert settle(dict.fromkeys(GRAPH, "pending"), GRAPH) == {"prep": "ready"}
+
+
+def test_reused_steps_ready_what_waited_only_for_them() -> None:
+    statuses = {"prep": "reused", "left": "reused", "right": "pending", "report": "pending"}
+    assert settle(statuses, GRAPH) == {"right": "ready"}
 
 
 def test_success_readies_what_waited_only_for_it() -> None:

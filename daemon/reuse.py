@@ -1,0 +1,255 @@
+"""Reuse at planning time: every step of a new run gets its fingerprint, and a step whose fingerprint
+matches an earlier succeeded step run whose outputs still exist is ``reused`` — it links those
+outputs and never reaches an agent. Every decision says why (``Decision.explanation``).
+
+A whole run is planned at once, before it is inserted: a step's fingerprint stands for its outputs
+downstream (``daemon.fingerprints``), so a step below one that must run is still reused when its own
+fingerprint is unchanged (its upstream re-runs only because, say, its outputs were deleted). Datastore
+inputs are fingerprinted as they are when the run is created, concurrently and off the event loop.
+
+Database work: one query for the earlier step runs with the same fingerprints, one for the steps of
+the pipeline's previous run (what a miss is compared with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import graphlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from daemon.contexts import Datastores, VersionSpec
+from daemon.datafingerprint import DataFingerprints, DataUnreadable
+from daemon.documents.specs import FromDatastore, StepSpec
+from daemon.documents.template import TemplateError, render
+from daemon.fingerprints import changed, fingerprint, step_components, upstream_references
+from daemon.rendering import RunContext, in_datastore, run_values
+
+UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The earlier step run whose outputs a reused step links."""
+
+    step_run_id: int
+    run_id: UUID
+    step: str
+    outputs: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": str(self.run_id), "step": self.step, "step_run_id": self.step_run_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One step's fingerprint and whether it is reused (``origin``), with the explanation shown by
+    ``GET /runs/{id}`` and ``sluice runs show`` under ``reuse``."""
+
+    fingerprint: str
+    components: dict[str, str]
+    origin: Origin | None
+    explanation: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Earlier:
+    run_id: UUID
+    status: str
+    fingerprint: str | None
+    components: dict[str, str] | None
+
+
+class ReusePlanner:
+    def __init__(self, datastores: Datastores, data: DataFingerprints) -> None:
+        self._datastores = datastores
+        self._data = data
+
+    async def plan(
+        self,
+        conn: asyncpg.Connection,
+        version: VersionSpec,
+        params: Mapping[str, Any],
+        *,
+        run_id: UUID,
+        reuse: bool,
+    ) -> dict[str, Decision]:
+        """Each step's decision, by step name, for a run ``run_id`` of ``version`` with ``params``
+        (already validated); ``reuse`` False: every step runs (the run asked for it)."""
+        context = RunContext(
+            id=str(run_id),
+            pipeline=version.pipeline,
+            version=version.version,
+            params=params,
+            spec=version.spec,
+            source_digest=version.source_digest,
+        )
+        data, unreadable = await self._data_fingerprints(context)
+        components: dict[str, dict[str, str]] = {}
+        fingerprints: dict[str, str] = {}
+        run = {"pipeline": version.pipeline, "version": str(version.version), "id": str(run_id)}
+        for name in graphlib.TopologicalSorter(version.graph).static_order():
+            step = version.steps[name]
+            inputs = {key: fingerprints[up] for key, up in upstream_references(step).items()}
+            inputs |= {key: data[key_of(source)] for key, source in _datastore_inputs(step)}
+            components[name] = step_components(
+                step, source_digest=version.source_digest, params=params, run=run, inputs=inputs
+            )
+            fingerprints[name] = fingerprint(components[name])
+        wanted = [name for name, step in version.steps.items() if reuse and step.reuse]
+        candidates = await _succeeded(conn, [fingerprints[name] for name in wanted])
+        present = await asyncio.to_thread(_outputs_present, candidates.values())
+        earlier = await _previous_run(conn, version.pipeline, list(version.steps))
+        decisions = {}
+        for name in version.steps:
+            step = version.steps[name]
+            candidate = candidates.get(fingerprints[name]) if name in wanted else None
+            reused = candidate is not None and present[candidate.step_run_id]
+            explanation = _explain(
+                step,
+                run_reuse=reuse,
+                candidate=candidate,
+                reused=reused,
+                earlier=earlier.get(name),
+                components=components[name],
+                unreadable=[unreadable[key] for key in unreadable if key in _input_keys(step)],
+            )
+            decisions[name] = Decision(
+                fingerprints[name], components[name], candidate if reused else None, explanation
+            )
+        return decisions
+
+    async def _data_fingerprints(self, context: RunContext) -> tuple[dict[str, str], dict[str, str]]:
+        """Fingerprint of each datastore input path (by :func:`key_of`), and why the unreadable ones
+        could not be read."""
+        wanted: dict[str, tuple[str, bool]] = {}
+        unreadable: dict[str, str] = {}
+        for step in context.spec.steps:
+            for name, source in _datastore_inputs(step):
+                key = key_of(source)
+                try:
+                    path = in_datastore(
+                        self._datastores.paths, source.datastore, render(source.path, run_values(context))
+                    )
+                except TemplateError as exc:
+                    unreadable[key] = f"input {name} of step {step.name}: {exc.message}"
+                    continue
+                wanted[key] = (path, source.hash == "content")
+        keys = list(wanted)
+        results = await asyncio.gather(
+            *(self._data.of(path, content=content) for path, content in wanted.values()),
+            return_exceptions=True,
+        )
+        found: dict[str, str] = dict.fromkeys(unreadable, UNREADABLE)
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, DataUnreadable):
+                found[key], unreadable[key] = UNREADABLE, result.message
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                found[key] = result
+        return found, unreadable
+
+
+def key_of(source: FromDatastore) -> str:
+    """What identifies a datastore input's data: the datastore, the path as written, the mode (the
+    rendered path follows from it and the run's values, which are the same for every step)."""
+    return f"{source.datastore}\0{source.path}\0{source.hash}"
+
+
+def _datastore_inputs(step: StepSpec) -> list[tuple[str, FromDatastore]]:
+    return [(name, source) for name, source in step.inputs.items() if isinstance(source, FromDatastore)]
+
+
+def _input_keys(step: StepSpec) -> set[str]:
+    return {key_of(source) for _, source in _datastore_inputs(step)}
+
+
+async def _succeeded(conn: asyncpg.Connection, fingerprints: list[str]) -> dict[str, Origin]:
+    """The latest succeeded step run of each fingerprint."""
+    if not fingerprints:
+        return {}
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT ON (fingerprint) fingerprint, id, run_id, name, outputs FROM step_runs
+        WHERE fingerprint = ANY($1::text[]) AND status = 'succeeded'
+        ORDER BY fingerprint, finished_at DESC
+        """,
+        fingerprints,
+    )
+    return {row["fingerprint"]: Origin(row["id"], row["run_id"], row["name"], row["outputs"]) for row in rows}
+
+
+async def _previous_run(conn: asyncpg.Connection, pipeline: str, steps: list[str]) -> dict[str, _Earlier]:
+    """The steps of the pipeline's latest run: what each step's miss is compared with."""
+    rows = await conn.fetch(
+        """
+        SELECT s.name, s.run_id, s.status, s.fingerprint, s.components FROM step_runs s
+        WHERE s.run_id = (
+            SELECT id FROM runs WHERE pipeline = $1 ORDER BY created_at DESC, id DESC LIMIT 1
+        ) AND s.name = ANY($2::text[])
+        """,
+        pipeline,
+        steps,
+    )
+    return {
+        row["name"]: _Earlier(row["run_id"], row["status"], row["fingerprint"], row["components"])
+        for row in rows
+    }
+
+
+def _outputs_present(candidates: Any) -> dict[int, bool]:
+    """Whether every output directory of each candidate still exists (blocking: run in a thread)."""
+    return {
+        origin.step_run_id: all(os.path.isdir(path) for path in origin.outputs.values())
+        for origin in candidates
+    }
+
+
+def _explain(
+    step: StepSpec,
+    *,
+    run_reuse: bool,
+    candidate: Origin | None,
+    reused: bool,
+    earlier: _Earlier | None,
+    components: dict[str, str],
+    unreadable: list[str],
+) -> dict[str, Any]:
+    """The ``reuse`` object of a step: ``outcome`` (reused | executed | off), ``reused_from``,
+    ``changed`` (component names that differ from the pipeline's previous run of the step) and
+    ``reason``, one line for a person."""
+    differs = changed(earlier.components, components) if earlier is not None and earlier.components else []
+    explanation: dict[str, Any] = {"outcome": "executed", "reused_from": None, "changed": differs}
+    if reused:
+        assert candidate is not None
+        explanation |= {
+            "outcome": "reused",
+            "reused_from": candidate.to_json(),
+            "changed": [],
+            "reason": f"nothing changed: the outputs of step {candidate.step} of run {candidate.run_id}",
+        }
+    elif not run_reuse:
+        explanation |= {"outcome": "off", "reason": "the run asked for no reuse (--no-reuse)"}
+    elif not step.reuse:
+        explanation |= {"outcome": "off", "reason": "reuse: false on this step"}
+    elif unreadable:
+        explanation["reason"] = "an input could not be fingerprinted: " + "; ".join(unreadable)
+    elif candidate is not None:
+        explanation["reason"] = (
+            f"unchanged since run {candidate.run_id}, but the outputs of its step {candidate.step} are gone"
+        )
+    elif earlier is None or not earlier.components:
+        explanation["reason"] = "first run of this step"
+    elif differs:
+        explanation["reason"] = f"changed since run {earlier.run_id}: " + ", ".join(differs)
+    else:
+        explanation["reason"] = (
+            f"unchanged since run {earlier.run_id}, which has not succeeded (step {earlier.status})"
+        )
+    return explanation

@@ -1,0 +1,209 @@
+"""Reuse against real PostgreSQL and NATS, with fake agents that create their outputs: a step re-runs
+only when its code, parameters or inputs changed, and every decision says why."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from runners.protocol import Assignment
+from tests.integration.fake_agent import FakeAgent, Harness, Outcome, harness
+
+PIPELINE = """
+kind: Pipeline
+name: flow
+params:
+  day: {type: string}
+  model: {type: string, default: small}
+steps:
+  - name: prep
+    command: [prep, --day, "${params.day}", --in, "${inputs.raw}", --out, "${outputs.features}"]
+    inputs:
+      raw: {datastore: landing, path: "days/${params.day}"}
+    outputs: [features]
+  - name: score
+    command: [score, "${inputs.features}", --model, "${params.model}", --out, "${outputs.scores}"]
+    inputs:
+      features: ${steps.prep.outputs.features}
+    outputs: [scores]
+  - name: report
+    command: [report, "${inputs.scores}"]
+    inputs:
+      scores: ${steps.score.outputs.scores}
+    REPORT_REUSE
+"""
+
+LANDING = """
+kind: Datastore
+name: landing
+type: local
+path: {path}
+"""
+
+
+def pipeline(report_reuse: str = "") -> str:
+    return PIPELINE.replace("REPORT_REUSE", report_reuse)
+
+
+def creates_outputs(assignment: Assignment) -> Outcome:
+    for path in assignment.outputs.values():
+        os.makedirs(path, exist_ok=True)
+    return Outcome()
+
+
+@pytest.fixture
+async def system(pool, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    landing = tmp_path / "landing"
+    (landing / "days" / "mon").mkdir(parents=True)
+    (landing / "days" / "mon" / "a.csv").write_text("id\n1\n")
+    async with harness(pool, nats_url, tmp_path) as system:
+        await system.apply(LANDING.format(path=landing))
+        await system.apply(pipeline())
+        yield system
+
+
+@pytest.fixture
+async def agent(system: Harness) -> FakeAgent:
+    return await system.agent("a1", behaviour=creates_outputs)
+
+
+async def run(system: Harness, status: str = "succeeded", **body) -> dict:
+    body.setdefault("params", {"day": "mon"})
+    created = await system.start_run("flow", **body)
+    return await system.wait_run(created["run_id"], status)
+
+
+def steps_of(run: dict) -> dict[str, dict]:
+    return {step["name"]: step for step in run["steps"]}
+
+
+def dispatched(agent: FakeAgent, run: dict) -> list[str]:
+    return [assignment.step for assignment in agent.assignments if assignment.run_id == run["id"]]
+
+
+async def test_an_unchanged_rerun_reuses_every_step_and_dispatches_none(
+    system: Harness, agent: FakeAgent
+) -> None:
+    first = await run(system)
+    assert dispatched(agent, first) == ["prep", "score", "report"]
+    assert {step["reuse"]["reason"] for step in first["steps"]} == {"first run of this step"}
+
+    second = await run(system)
+    assert dispatched(agent, second) == []
+    steps = steps_of(second)
+    assert [step["status"] for step in second["steps"]] == ["reused"] * 3
+    assert all(step["reused"] for step in second["steps"])
+    old = steps_of(first)
+    for name, step in steps.items():
+        assert step["fingerprint"] == old[name]["fingerprint"]
+        assert step["outputs"] == old[name]["outputs"]
+        assert step["reuse"]["outcome"] == "reused"
+        assert step["reuse"]["reused_from"] == {
+            "run_id": first["id"],
+            "step": name,
+            "step_run_id": step["reuse"]["reused_from"]["step_run_id"],
+        }
+        assert first["id"] in step["reuse"]["reason"]
+    assert second["finished_at"] is not None
+
+
+async def test_a_parameter_used_by_one_step_reruns_it_and_what_follows(
+    system: Harness, agent: FakeAgent
+) -> None:
+    first = await run(system)
+    second = await run(system, params={"day": "mon", "model": "large"})
+    assert dispatched(agent, second) == ["score", "report"]
+    steps = steps_of(second)
+    assert steps["prep"]["status"] == "reused"
+    assert steps["score"]["reuse"]["changed"] == ["parameter model"]
+    assert steps["score"]["reuse"]["reason"] == f"changed since run {first['id']}: parameter model"
+    assert steps["report"]["reuse"]["changed"] == ["input scores"]
+    # The re-run step reads the reused step's outputs where the first run wrote them.
+    score = next(a for a in agent.assignments if a.run_id == second["id"] and a.step == "score")
+    assert score.argv[1] == steps_of(first)["prep"]["outputs"]["features"]
+    assert score.argv[1].endswith(f"runs/{first['id']}/prep/features")
+
+
+async def test_changed_data_in_a_datastore_input_reruns_the_steps_that_read_it(
+    system: Harness, agent: FakeAgent, tmp_path: Path
+) -> None:
+    await run(system)
+    (tmp_path / "landing" / "days" / "mon" / "b.csv").write_text("id\n2\n")
+    second = await run(system)
+    assert dispatched(agent, second) == ["prep", "score", "report"]
+    steps = steps_of(second)
+    assert steps["prep"]["reuse"]["changed"] == ["input raw"]
+    assert steps["score"]["reuse"]["changed"] == ["input features"]
+    third = await run(system)  # unchanged since the second
+    assert dispatched(agent, third) == []
+
+
+async def test_no_reuse_reruns_everything_and_says_so(system: Harness, agent: FakeAgent) -> None:
+    await run(system)
+    second = await run(system, reuse=False)
+    assert dispatched(agent, second) == ["prep", "score", "report"]
+    assert second["reuse"] is False
+    for step in second["steps"]:
+        assert step["reuse"]["outcome"] == "off"
+        assert step["reuse"]["reason"] == "the run asked for no reuse (--no-reuse)"
+
+
+async def test_a_deleted_output_means_the_step_runs_again(system: Harness, agent: FakeAgent) -> None:
+    first = await run(system)
+    shutil.rmtree(steps_of(first)["score"]["outputs"]["scores"])
+    second = await run(system)
+    assert dispatched(agent, second) == ["score"]
+    steps = steps_of(second)
+    assert steps["score"]["reuse"]["reason"] == (
+        f"unchanged since run {first['id']}, but the outputs of its step score are gone"
+    )
+    # report's fingerprint did not change (score's did not): it is reused, from the first run.
+    assert steps["report"]["status"] == "reused"
+    assert steps["score"]["outputs"]["scores"].endswith(f"runs/{second['id']}/score/scores")
+
+
+async def test_reuse_false_on_a_step_always_runs_it(system: Harness, agent: FakeAgent) -> None:
+    await system.apply(pipeline(report_reuse="reuse: false"))
+    await run(system)
+    second = await run(system)
+    assert dispatched(agent, second) == ["report"]
+    assert steps_of(second)["report"]["reuse"] == {
+        "outcome": "off",
+        "reused_from": None,
+        "changed": [],
+        "reason": "reuse: false on this step",
+    }
+
+
+async def test_a_failed_step_is_not_reused(system: Harness) -> None:
+    failing = await system.agent("a1", behaviour=lambda a: Outcome(status="failed", exit_code=1))
+    first = await run(system, status="failed")
+    await failing.stop()
+    agent = await system.agent("a2", behaviour=creates_outputs)
+    second = await run(system)
+    assert dispatched(agent, second) == ["prep", "score", "report"]
+    assert steps_of(second)["prep"]["reuse"]["reason"] == (
+        f"unchanged since run {first['id']}, which has not succeeded (step failed)"
+    )
+
+
+async def test_a_held_run_keeps_its_reused_steps_when_admitted(system: Harness, agent: FakeAgent) -> None:
+    await run(system)
+    limited = pipeline().replace(
+        "name: flow\n", "name: flow\nconcurrency: {max_active_runs: 1, on_limit: queue}\n"
+    )
+    await system.apply(limited)
+    agent.behaviour = lambda assignment: Outcome(hold=True)
+    blocker = await system.start_run("flow", params={"day": "tue"})
+    await system.wait_step(blocker["run_id"], "prep", lambda step: step["status"] == "running")
+    held = await system.start_run("flow", params={"day": "mon", "model": "large"})
+    assert (await system.get_run(held["run_id"]))["held"] is True
+    agent.behaviour = creates_outputs
+    for assignment in list(agent.running.values()):
+        await agent.finish(assignment.attempt_id, Outcome(status="failed", exit_code=1))
+    done = await system.wait_run(held["run_id"], "succeeded")
+    assert [step["status"] for step in done["steps"]] == ["reused", "succeeded", "succeeded"]
