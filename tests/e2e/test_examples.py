@@ -1,23 +1,125 @@
-"""The data-arrival and message-bus examples, applied and fired as their README sections say."""
+"""The three examples of examples/ (batch scoring, data arrival, the message bus), applied and fired
+end to end through the CLI, as the README's tour uses them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import msgspec
 import nats
 
-from tests.e2e.sluice import cli, cli_json, wait_for
+from tests.e2e.sluice import api_get, cli, cli_json, show_run, steps_of, wait_for
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
+FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def finished_runs(env: dict[str, str], pipeline: str) -> list[dict]:
     runs = cli_json("runs", "--pipeline", pipeline, env=env)["items"]
-    return [run for run in runs if run["status"] in ("succeeded", "failed", "cancelled")]
+    return [run for run in runs if run["status"] in FINISHED]
+
+
+def runs_of(env: dict[str, str], pipeline: str) -> list[dict]:
+    """The pipeline's runs, oldest first (through the API: polls would pay a CLI start each)."""
+    runs = api_get(f"/runs?pipeline={pipeline}&limit=100", env)["items"]
+    return sorted(runs, key=lambda run: run["created_at"])
+
+
+def all_finished(env: dict[str, str], pipeline: str) -> list[dict] | None:
+    runs = runs_of(env, pipeline)
+    return runs if runs and all(run["status"] in FINISHED for run in runs) else None
+
+
+def test_the_nightly_trigger_scores_on_the_gpu_agent_and_the_second_run_reuses_prep(
+    sluice_up, sluice_agent, tmp_path: Path
+) -> None:
+    example = Path(shutil.copytree(EXAMPLES / "batch-scoring", tmp_path / "batch-scoring"))
+    landing = tmp_path / "landing"
+    datastore = example / "datastore.yaml"
+    datastore.write_text(datastore.read_text().replace("/tmp/sluice-examples/landing", str(landing)))
+    # The trigger passes the fire's date in its time zone: the sample data is there for any day near now.
+    today = datetime.now(UTC).astimezone(ZoneInfo("Europe/Madrid")).date()
+    for day in (today - timedelta(days=1), today, today + timedelta(days=1)):
+        (landing / "customers" / day.isoformat()).mkdir(parents=True)
+        shutil.copy(example / "sample" / "customers.csv", landing / "customers" / day.isoformat())
+    trigger = example / "trigger.yaml"
+    nightly = trigger.read_text()
+    assert 'cron: "0 2 * * *"' in nightly
+    assert "catchup: latest" in nightly
+    trigger.write_text(
+        nightly.replace('"0 2 * * *"', '"* * * * * *"').replace("catchup: latest", "catchup: none")
+    )
+    sluice = sluice_up()  # its local agent has no labels and (on CI) no GPU: prep's agent
+    env = sluice.client_env
+    sluice_agent(
+        sluice, "gpu-1", "--labels", "accelerator=gpu", "--gpus", "1", "--cpus", "1", "--memory", "2Gi"
+    )
+    applied = cli("apply", "-f", str(example), env=env)
+    assert applied.returncode == 0, applied.stderr
+
+    # The first fire: pause, let every run so far finish, then one more fire, made after they ended.
+    wait_for(lambda: runs_of(env, "batch-scoring"), timeout=20, interval=0.1)
+    assert cli("triggers", "pause", "nightly-scoring", env=env).returncode == 0
+    earlier = wait_for(lambda: all_finished(env, "batch-scoring"), timeout=40, interval=0.2)
+    assert cli("triggers", "resume", "nightly-scoring", env=env).returncode == 0
+    wait_for(lambda: len(runs_of(env, "batch-scoring")) > len(earlier), timeout=20, interval=0.1)
+    assert cli("triggers", "pause", "nightly-scoring", env=env).returncode == 0
+    runs = wait_for(lambda: all_finished(env, "batch-scoring"), timeout=40, interval=0.2)
+
+    assert [run["status"] for run in runs] == ["succeeded"] * len(runs)
+    assert {run["trigger"] for run in runs} == {"nightly-scoring"}
+    assert {run["params"]["date"] for run in runs} <= {
+        (today + timedelta(days=d)).isoformat() for d in (-1, 0, 1)
+    }
+    first, second = show_run(runs[0]["id"], env), show_run(runs[-1]["id"], env)
+    assert second["created_at"] > max(run["finished_at"] for run in earlier)
+    assert first["event_id"] is not None
+    assert first["resolution"] == "default"
+    ran = steps_of(first)
+    assert [attempt["agent"] for attempt in ran["prep"]["attempts"]] == ["local"]
+    assert [attempt["agent"] for attempt in ran["score"]["attempts"]] == ["gpu-1"]
+    assert (
+        "scored 3 customers with model prod on GPU 0"
+        in cli("runs", "logs", first["id"], "score", env=env).stdout
+    )
+    shown = cli("runs", "show", second["id"], env=env)  # the text view of the same, for people
+    print(shown.stdout)
+    assert shown.returncode == 0, shown.stderr
+    assert "nightly-scoring" in shown.stdout
+
+    # Waits for the reuse engine (issue 6) from here on.
+    assert ran["prep"]["reuse"]["outcome"] == "executed"
+    # Nothing changed since: same source, params and landing files, so prep (and score after it) are reused.
+    again = steps_of(second)
+    earlier_ids = {run["id"] for run in runs[:-1]}
+    for name in ("prep", "score"):
+        assert again[name]["status"] == "reused", again[name]
+        assert again[name]["reused"] is True
+        assert again[name]["attempts"] == []
+        assert again[name]["fingerprint"] == ran[name]["fingerprint"]
+        assert again[name]["reuse"]["outcome"] == "reused"
+        assert again[name]["reuse"]["reused_from"]["run_id"] in earlier_ids
+        assert again[name]["reuse"]["reused_from"]["step"] == name
+    assert "reused" in shown.stdout
+
+    # --no-reuse executes every step again, each on its agent.
+    forced = cli(
+        "run", "batch-scoring", "-p", f"date={second['params']['date']}", "--no-reuse", "--wait", env=env
+    )
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    rerun = steps_of(show_run(forced.stdout.splitlines()[0].strip(), env))
+    for name, agent in (("prep", "local"), ("score", "gpu-1")):
+        assert rerun[name]["status"] == "succeeded"
+        assert rerun[name]["reused"] is False
+        assert rerun[name]["reuse"]["outcome"] == "off"
+        assert [attempt["agent"] for attempt in rerun[name]["attempts"]] == [agent]
 
 
 def test_files_arriving_in_the_inbox_each_start_one_run(sluice_up, tmp_path: Path) -> None:
@@ -76,3 +178,36 @@ def test_a_service_message_starts_a_run_and_the_service_sees_its_outcome(sluice_
     assert subject == "sluice.runs.score-customer.succeeded"
     assert run["params"] == {"customer": "c-042", "priority": 2}
     assert [item["params"]["customer"] for item in finished_runs(env, "score-customer")] == ["c-042"]
+
+
+def test_the_message_bus_service_starts_two_runs_and_reports_both_outcomes(sluice_up) -> None:
+    sluice = sluice_up()
+    env = sluice.client_env
+    assert cli("apply", "-f", str(EXAMPLES / "message-bus"), env=env).returncode == 0
+
+    service = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "message-bus" / "service.py"),
+            "--nats-url",
+            sluice.nats_url,
+            "--customer",
+            "c-077",
+            "--timeout",
+            "45",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert service.returncode == 0, service.stdout + service.stderr
+    print(service.stdout)
+    runs = cli_json("runs", "--pipeline", "score-customer", env=env)["items"]
+    assert sorted((run["trigger"] or "submit", run["status"]) for run in runs) == [
+        ("scoring-requests", "succeeded"),
+        ("submit", "succeeded"),
+    ]
+    assert {run["params"]["customer"] for run in runs} == {"c-077"}
+    for run in runs:
+        assert f"run {run['id']}: succeeded" in service.stdout

@@ -43,7 +43,7 @@ def test_up_with_its_local_agent_runs_a_pipeline(sluice_up) -> None:
     assert steps_of(show_run(run_id, env))["greet"]["attempts"][0]["agent"] == "local"
 
 
-def test_the_batch_scoring_example_runs_to_success(sluice_up, tmp_path: Path) -> None:
+def test_the_batch_scoring_example_runs_to_success(sluice_up, sluice_agent, tmp_path: Path) -> None:
     example = Path(shutil.copytree(EXAMPLE, tmp_path / "batch-scoring"))
     landing = tmp_path / "landing"
     datastore = example / "datastore.yaml"
@@ -52,6 +52,8 @@ def test_the_batch_scoring_example_runs_to_success(sluice_up, tmp_path: Path) ->
     shutil.copy(example / "sample" / "customers.csv", landing / "customers" / "2026-11-23")
     sluice = sluice_up()
     env = sluice.client_env
+    # The tour's GPU agent: score runs only on an agent labelled accelerator=gpu with a free GPU.
+    sluice_agent(sluice, "gpu-1", "--labels", "accelerator=gpu", "--gpus", "1")
     applied = cli("apply", "-f", str(example), env=env)
     assert applied.returncode == 0, applied.stderr
 
@@ -69,6 +71,10 @@ def test_the_batch_scoring_example_runs_to_success(sluice_up, tmp_path: Path) ->
     assert [(m["name"], m["value"]) for m in steps["score"]["metrics"]] == [("customers_scored", 3)]
     prep_log = cli("runs", "logs", run["id"], "prep", env=env).stdout
     assert "prepared 3 customers for 2026-11-23" in prep_log
+    assert [attempt["agent"] for attempt in steps["prep"]["attempts"]] == ["local"]
+    assert [attempt["agent"] for attempt in steps["score"]["attempts"]] == ["gpu-1"]
+    score_log = cli("runs", "logs", run["id"], "score", env=env).stdout
+    assert "scored 3 customers with model prod on GPU 0" in score_log
 
 
 def test_up_stops_promptly_while_a_client_waits_on_a_run(sluice_up, background) -> None:

@@ -20,4 +20,5 @@ out.mkdir(parents=True, exist_ok=True)
 (out / "scores.json").write_text(json.dumps(scores))
 with open(os.environ["SLUICE_METRICS"], "a") as metrics:
     metrics.write(json.dumps({"name": "customers_scored", "value": len(scores)}) + "\n")
-print(f"scored {len(scores)} customers with model {args.model}")
+device = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by the agent to the GPUs reserved for the step
+print(f"scored {len(scores)} customers with model {args.model} on {f'GPU {device}' if device else 'CPU'}")
