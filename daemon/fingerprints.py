@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -50,33 +51,50 @@ def templates(step: StepSpec) -> Iterable[str]:
             yield source.path
 
 
-def used_references(step: StepSpec) -> set[str]:
-    return {expression for text in templates(step) for expression in references(text)}
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """What of a step's components depends on the step alone: computed once per version's step."""
+
+    written: dict[str, str]
+    """``command``, ``env``, ``image``, ``outputs`` digests."""
+    references: frozenset[str]
+    upstream: dict[str, str]
+    """Input name or ``steps.S.outputs.O`` expression -> the upstream step whose fingerprint stands
+    for it."""
+
+
+def shape_of(step: StepSpec) -> StepShape:
+    used = frozenset(expression for text in templates(step) for expression in references(text))
+    upstream = {name: source.step for name, source in step.inputs.items() if isinstance(source, FromStep)}
+    for expression in used:
+        parts = expression.split(".")
+        if len(parts) == 4 and parts[0] == "steps" and parts[2] == "outputs":
+            upstream[expression] = parts[1]
+    written = {
+        "command": digest(step.command),
+        "env": digest(step.env),
+        "image": digest(step.image),
+        "outputs": digest(step.outputs),
+    }
+    return StepShape(written, used, upstream)
 
 
 def step_components(
     step: StepSpec,
+    shape: StepShape,
     *,
     source_digest: str | None,
     params: Mapping[str, Any],
     run: Mapping[str, str],
     inputs: Mapping[str, str],
 ) -> dict[str, str]:
-    """The components of ``step``'s fingerprint.
+    """The components of ``step`` (whose shape is ``shape``) in one run.
 
-    ``run`` holds the ``run.*`` values (``id`` may be absent before the run exists: a step that uses
-    it then gets a component no other run can have); ``inputs`` holds each input's fingerprint by
-    name, and each ``steps.S.outputs.O`` reference's upstream fingerprint under that expression.
+    ``run`` holds the ``run.*`` values; ``inputs`` holds each input's fingerprint by name, and each
+    ``steps.S.outputs.O`` reference's upstream fingerprint under that expression.
     """
-    used = used_references(step)
-    components = {
-        "command": digest(step.command),
-        "env": digest(step.env),
-        "image": digest(step.image),
-        "outputs": digest(step.outputs),
-        "source": source_digest or "none",
-    }
-    for expression in sorted(used):
+    components = shape.written | {"source": source_digest or "none"}
+    for expression in sorted(shape.references):
         kind, _, name = expression.partition(".")
         if kind == "params" and name in params:
             components[f"parameter {name}"] = digest(param_text(params[name]))
@@ -99,13 +117,3 @@ def changed(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
     as "parameter date, input raw changed"."""
     names = set(before) | set(after)
     return sorted(name for name in names if before.get(name) != after.get(name))
-
-
-def upstream_references(step: StepSpec) -> dict[str, str]:
-    """Expression or input name -> the upstream step whose fingerprint stands for it."""
-    found = {name: source.step for name, source in step.inputs.items() if isinstance(source, FromStep)}
-    for expression in used_references(step):
-        parts = expression.split(".")
-        if len(parts) == 4 and parts[0] == "steps" and parts[2] == "outputs":
-            found[expression] = parts[1]
-    return found

@@ -27,7 +27,7 @@ from daemon.contexts import Datastores, VersionSpec
 from daemon.datafingerprint import DataFingerprints, DataUnreadable
 from daemon.documents.specs import FromDatastore, StepSpec
 from daemon.documents.template import TemplateError, render
-from daemon.fingerprints import changed, fingerprint, step_components, upstream_references
+from daemon.fingerprints import StepShape, changed, fingerprint, shape_of, step_components
 from daemon.rendering import RunContext, in_datastore, run_values
 
 UNREADABLE = "unreadable"
@@ -69,6 +69,7 @@ class ReusePlanner:
     def __init__(self, datastores: Datastores, data: DataFingerprints) -> None:
         self._datastores = datastores
         self._data = data
+        self._shapes: dict[tuple[str, int], dict[str, StepShape]] = {}
 
     async def plan(
         self,
@@ -93,12 +94,13 @@ class ReusePlanner:
         components: dict[str, dict[str, str]] = {}
         fingerprints: dict[str, str] = {}
         run = {"pipeline": version.pipeline, "version": str(version.version), "id": str(run_id)}
+        shapes = self._shapes_of(version)
         for name in graphlib.TopologicalSorter(version.graph).static_order():
-            step = version.steps[name]
-            inputs = {key: fingerprints[up] for key, up in upstream_references(step).items()}
+            step, shape = version.steps[name], shapes[name]
+            inputs = {key: fingerprints[up] for key, up in shape.upstream.items()}
             inputs |= {key: data[key_of(source)] for key, source in _datastore_inputs(step)}
             components[name] = step_components(
-                step, source_digest=version.source_digest, params=params, run=run, inputs=inputs
+                step, shape, source_digest=version.source_digest, params=params, run=run, inputs=inputs
             )
             fingerprints[name] = fingerprint(components[name])
         wanted = [name for name, step in version.steps.items() if reuse and step.reuse]
@@ -123,6 +125,14 @@ class ReusePlanner:
                 fingerprints[name], components[name], candidate if reused else None, explanation
             )
         return decisions
+
+    def _shapes_of(self, version: VersionSpec) -> dict[str, StepShape]:
+        """The steps' shapes, computed once per version (versions never change)."""
+        key = (version.pipeline, version.version)
+        shapes = self._shapes.get(key)
+        if shapes is None:
+            shapes = self._shapes[key] = {name: shape_of(step) for name, step in version.steps.items()}
+        return shapes
 
     async def _data_fingerprints(self, context: RunContext) -> tuple[dict[str, str], dict[str, str]]:
         """Fingerprint of each datastore input path (by :func:`key_of`), and why the unreadable ones

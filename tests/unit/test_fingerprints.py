@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from daemon.documents.specs import FromDatastore, FromStep, StepSpec
-from daemon.fingerprints import changed, fingerprint, step_components, upstream_references
+from daemon.fingerprints import changed, fingerprint, shape_of, step_components
 
 STEP = StepSpec(
     name="score",
@@ -24,7 +24,7 @@ INPUTS = {"features": "sha256:prep", "raw": "sha256:data"}
 def components(step: StepSpec = STEP, **overrides) -> dict[str, str]:
     arguments = {"source_digest": "sha256:src", "params": {"model": "m", "day": "mon", "other": 1},
                  "run": RUN, "inputs": INPUTS} | overrides  # fmt: skip
-    return step_components(step, **arguments)
+    return step_components(step, shape_of(step), **arguments)
 
 
 def test_components_name_the_parts_and_only_the_parameters_the_step_uses() -> None:
@@ -62,7 +62,7 @@ def test_a_step_using_the_run_id_differs_in_every_run() -> None:
 
 def test_upstream_references_cover_inputs_and_direct_output_references() -> None:
     direct = StepSpec(name="right", command=["right", "${steps.prep.outputs.features}"], after=["prep"])
-    assert upstream_references(STEP) == {"features": "prep"}
-    assert upstream_references(direct) == {"steps.prep.outputs.features": "prep"}
+    assert shape_of(STEP).upstream == {"features": "prep"}
+    assert shape_of(direct).upstream == {"steps.prep.outputs.features": "prep"}
     with_input = components(direct, inputs={"steps.prep.outputs.features": "sha256:prep"})
     assert with_input["input steps.prep.outputs.features"] == "sha256:prep"
