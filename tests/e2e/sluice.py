@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -96,6 +97,21 @@ class SluiceUp:
     @property
     def client_env(self) -> dict[str, str]:
         return self.env | {"SLUICE_API_URL": self.api_url}
+
+    def log_lines(self, event: str | None = None) -> list[dict]:
+        """The JSON log lines it wrote so far (``SLUICE_LOG_FORMAT=json``), in order; only those
+        whose ``event`` is ``event`` when given."""
+        found = []
+        for line in list(self.output):
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if event is None or record.get("event") == event:
+                found.append(record)
+        return found
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
@@ -192,6 +208,20 @@ def api_get(path: str, env: dict[str, str]) -> dict:
     `sluice` command costs a second of interpreter start."""
     with urllib.request.urlopen(f"{env['SLUICE_API_URL']}/api/v1{path}", timeout=10) as response:
         return json.load(response)
+
+
+def api_all(path: str, env: dict[str, str], limit: int = 500) -> list[dict]:
+    """Every item of the paged list at ``/api/v1{path}``, following ``next_cursor``."""
+    items: list[dict] = []
+    cursor = None
+    separator = "&" if "?" in path else "?"
+    while True:
+        query = f"{separator}limit={limit}" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+        page = api_get(path + query, env)
+        items.extend(page["items"])
+        if not page["next_cursor"]:
+            return items
+        cursor = page["next_cursor"]
 
 
 def api_text(path: str, env: dict[str, str]) -> str:
