@@ -7,7 +7,7 @@ downstream (``daemon.fingerprints``), so a step below one that must run is still
 fingerprint is unchanged (its upstream re-runs only because, say, its outputs were deleted). Datastore
 inputs are fingerprinted as they are when the run is created, concurrently and off the event loop.
 
-Database work: one query for the earlier step runs with the same fingerprints, one for the steps of
+Database work: one round trip for the earlier step runs with the same fingerprints and the steps of
 the pipeline's previous run (what a miss is compared with).
 """
 
@@ -104,9 +104,10 @@ class ReusePlanner:
             )
             fingerprints[name] = fingerprint(components[name])
         wanted = [name for name, step in version.steps.items() if reuse and step.reuse]
-        candidates = await _succeeded(conn, [fingerprints[name] for name in wanted])
-        present = await asyncio.to_thread(_outputs_present, candidates.values())
-        earlier = await _previous_run(conn, version.pipeline, list(version.steps))
+        candidates, earlier = await _look_up(
+            conn, version.pipeline, list(version.steps), [fingerprints[name] for name in wanted]
+        )
+        present = await asyncio.to_thread(_outputs_present, candidates.values()) if candidates else {}
         decisions = {}
         for name in version.steps:
             step = version.steps[name]
@@ -180,37 +181,34 @@ def _input_keys(step: StepSpec) -> set[str]:
     return {key_of(source) for _, source in _datastore_inputs(step)}
 
 
-async def _succeeded(conn: asyncpg.Connection, fingerprints: list[str]) -> dict[str, Origin]:
-    """The latest succeeded step run of each fingerprint."""
-    if not fingerprints:
-        return {}
-    rows = await conn.fetch(
-        """
-        SELECT DISTINCT ON (fingerprint) fingerprint, id, run_id, name, outputs FROM step_runs
-        WHERE fingerprint = ANY($1::text[]) AND status = 'succeeded'
-        ORDER BY fingerprint, finished_at DESC
-        """,
-        fingerprints,
-    )
-    return {row["fingerprint"]: Origin(row["id"], row["run_id"], row["name"], row["outputs"]) for row in rows}
+_LOOK_UP = """
+SELECT 'match' AS kind, * FROM (
+    SELECT DISTINCT ON (fingerprint) fingerprint, id, run_id, name, outputs, status, NULL::jsonb AS components
+    FROM step_runs WHERE fingerprint = ANY($3::text[]) AND status = 'succeeded'
+    ORDER BY fingerprint, finished_at DESC
+) matches
+UNION ALL
+SELECT 'previous', fingerprint, id, run_id, name, NULL, status, components FROM step_runs
+WHERE run_id = (SELECT id FROM runs WHERE pipeline = $1 ORDER BY created_at DESC, id DESC LIMIT 1)
+  AND name = ANY($2::text[])
+"""
 
 
-async def _previous_run(conn: asyncpg.Connection, pipeline: str, steps: list[str]) -> dict[str, _Earlier]:
-    """The steps of the pipeline's latest run: what each step's miss is compared with."""
-    rows = await conn.fetch(
-        """
-        SELECT s.name, s.run_id, s.status, s.fingerprint, s.components FROM step_runs s
-        WHERE s.run_id = (
-            SELECT id FROM runs WHERE pipeline = $1 ORDER BY created_at DESC, id DESC LIMIT 1
-        ) AND s.name = ANY($2::text[])
-        """,
-        pipeline,
-        steps,
-    )
-    return {
-        row["name"]: _Earlier(row["run_id"], row["status"], row["fingerprint"], row["components"])
-        for row in rows
-    }
+async def _look_up(
+    conn: asyncpg.Connection, pipeline: str, steps: list[str], fingerprints: list[str]
+) -> tuple[dict[str, Origin], dict[str, _Earlier]]:
+    """In one round trip: the latest succeeded step run of each of ``fingerprints``, and the steps
+    of the pipeline's latest run (what a miss is compared with), by name."""
+    matches: dict[str, Origin] = {}
+    previous: dict[str, _Earlier] = {}
+    for row in await conn.fetch(_LOOK_UP, pipeline, steps, fingerprints):
+        if row["kind"] == "match":
+            matches[row["fingerprint"]] = Origin(row["id"], row["run_id"], row["name"], row["outputs"])
+        else:
+            previous[row["name"]] = _Earlier(
+                row["run_id"], row["status"], row["fingerprint"], row["components"]
+            )
+    return matches, previous
 
 
 def _outputs_present(candidates: Any) -> dict[int, bool]:
