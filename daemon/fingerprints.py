@@ -10,9 +10,11 @@ A step's *components* are named parts, each a short digest or value:
 - ``parameter <name>``: each parameter the step uses (in its command, env or input paths);
 - ``run <field>``: ``${run.pipeline}``/``${run.version}``/``${run.id}`` where used (a step using the
   run id is different in every run: it is never reused);
-- ``input <name>``: each input's fingerprint — an upstream step's fingerprint (its outputs are a
-  function of it), or a datastore path's data fingerprint. A step's own fingerprint stands for its
-  outputs downstream, so a whole run's fingerprints are known before any step runs.
+- ``input <name>``: each input's fingerprint — an upstream step's fingerprint with the output's name
+  (its outputs are a function of it), or a datastore path's data fingerprint; ``after <step>``:
+  the fingerprint of a step waited for without data (its effect may be what this step reads). A
+  step's own fingerprint stands for its outputs downstream, so a whole run's fingerprints are known
+  before any step runs.
 
 Resources, selectors, retries and timeouts are left out: they change where and how a step runs, not
 what it computes. The fingerprint is the sha256 of the sorted components.
@@ -58,52 +60,62 @@ class StepShape:
     written: dict[str, str]
     """``command``, ``env``, ``image``, ``outputs`` digests."""
     references: frozenset[str]
-    upstream: dict[str, str]
-    """Input name or ``steps.S.outputs.O`` expression -> the upstream step whose fingerprint stands
-    for it."""
+    upstream: dict[str, tuple[str, str | None]]
+    """Component (``input features``, ``input steps.S.outputs.O``, ``after S``) -> the upstream step
+    and output it stands for (no output for an ``after`` edge: the step's whole effect)."""
+    data: dict[str, FromDatastore]
+    """Component (``input raw``) -> the datastore input it stands for."""
 
 
 def shape_of(step: StepSpec) -> StepShape:
     used = frozenset(expression for text in templates(step) for expression in references(text))
-    upstream = {name: source.step for name, source in step.inputs.items() if isinstance(source, FromStep)}
+    upstream: dict[str, tuple[str, str | None]] = {}
+    data: dict[str, FromDatastore] = {}
+    for name, source in step.inputs.items():
+        if isinstance(source, FromStep):
+            upstream[f"input {name}"] = (source.step, source.output)
+        else:
+            data[f"input {name}"] = source
     for expression in used:
         parts = expression.split(".")
         if len(parts) == 4 and parts[0] == "steps" and parts[2] == "outputs":
-            upstream[expression] = parts[1]
+            upstream[f"input {expression}"] = (parts[1], parts[3])
+    for name in step.after:
+        upstream[f"after {name}"] = (name, None)
     written = {
         "command": digest(step.command),
         "env": digest(step.env),
         "image": digest(step.image),
         "outputs": digest(step.outputs),
     }
-    return StepShape(written, used, upstream)
+    return StepShape(written, used, upstream, data)
 
 
 def step_components(
-    step: StepSpec,
     shape: StepShape,
     *,
     source_digest: str | None,
     params: Mapping[str, Any],
     run: Mapping[str, str],
-    inputs: Mapping[str, str],
+    upstream: Mapping[str, str],
+    data: Mapping[str, str],
 ) -> dict[str, str]:
-    """The components of ``step`` (whose shape is ``shape``) in one run.
+    """The components of a step (whose shape is ``shape``) in one run.
 
-    ``run`` holds the ``run.*`` values; ``inputs`` holds each input's fingerprint by name, and each
-    ``steps.S.outputs.O`` reference's upstream fingerprint under that expression.
+    ``run`` holds the ``run.*`` values; ``upstream`` each upstream step's fingerprint as the steps
+    below it see it; ``data`` each datastore input's data fingerprint, by component.
     """
     components = shape.written | {"source": source_digest or "none"}
-    for expression in sorted(shape.references):
+    for expression in shape.references:
         kind, _, name = expression.partition(".")
         if kind == "params" and name in params:
             components[f"parameter {name}"] = digest(param_text(params[name]))
         elif kind == "run" and name in RUN_FIELDS:
             components[f"run {name}"] = run.get(name) or "unknown"
-        elif kind == "steps" and expression in inputs:
-            components[f"input {expression}"] = inputs[expression]
-    for name in step.inputs:
-        components[f"input {name}"] = inputs[name]
+    for component, (step, output) in shape.upstream.items():
+        components[component] = upstream[step] if output is None else f"{upstream[step]} {output}"
+    for component in shape.data:
+        components[component] = data[component]
     return components
 
 

@@ -56,10 +56,17 @@ def log_path(run_id: str, step: str, number: int) -> str:
 
 
 def in_datastore(datastores: Mapping[str, str], name: str, relative: str) -> str:
-    """``relative`` under datastore ``name``; TemplateError when the datastore is unknown."""
+    """``relative`` under datastore ``name``.
+
+    Raises:
+        TemplateError: the datastore is unknown, or ``relative`` (templated from params, which may
+            come from an event's payload) would leave it: absolute, with ``..``, or with a NUL.
+    """
     root = datastores.get(name)
     if root is None:
         raise TemplateError(f"unknown datastore {name!r}")
+    if relative.startswith("/") or ".." in relative.split("/") or "\0" in relative:
+        raise TemplateError(f"path {relative!r} is not inside datastore {name!r}")
     return posixpath.join(root, relative) if relative else root
 
 

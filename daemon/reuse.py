@@ -24,7 +24,7 @@ from uuid import UUID
 import asyncpg
 
 from daemon.contexts import Datastores, VersionSpec
-from daemon.datafingerprint import DataFingerprints, DataUnreadable
+from daemon.datafingerprint import MISSING, DataFingerprints, DataUnreadable
 from daemon.documents.specs import FromDatastore, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.fingerprints import StepShape, changed, fingerprint, shape_of, step_components
@@ -61,7 +61,6 @@ class Decision:
 class _Earlier:
     run_id: UUID
     status: str
-    fingerprint: str | None
     components: dict[str, str] | None
 
 
@@ -90,27 +89,32 @@ class ReusePlanner:
             spec=version.spec,
             source_digest=version.source_digest,
         )
-        data, unreadable = await self._data_fingerprints(context)
+        data, blind = await self._data_fingerprints(context)
         components: dict[str, dict[str, str]] = {}
         fingerprints: dict[str, str] = {}
+        seen: dict[str, str] = {}  # each step's fingerprint as the steps below it see it
         run = {"pipeline": version.pipeline, "version": str(version.version), "id": str(run_id)}
+        unique = {"run id": str(run_id)}
         shapes = self._shapes_of(version)
         for name in graphlib.TopologicalSorter(version.graph).static_order():
             step, shape = version.steps[name], shapes[name]
-            inputs = {key: fingerprints[up] for key, up in shape.upstream.items()}
-            inputs |= {key: data[key_of(source)] for key, source in _datastore_inputs(step)}
-            components[name] = step_components(
-                step, shape, source_digest=version.source_digest, params=params, run=run, inputs=inputs
+            values = {component: data[key_of(source)] for component, source in shape.data.items()}
+            parts = step_components(
+                shape, source_digest=version.source_digest, params=params, run=run, upstream=seen, data=values
             )
-            fingerprints[name] = fingerprint(components[name])
+            if any(key in blind for key in map(key_of, shape.data.values())):
+                parts |= unique  # data the daemon cannot see may have changed: never reused
+            components[name] = parts
+            fingerprints[name] = fingerprint(parts)
+            # A step that always runs (side effects) may give its downstream steps new data each time.
+            seen[name] = fingerprints[name] if step.reuse else fingerprint(parts | unique)
         wanted = [name for name, step in version.steps.items() if reuse and step.reuse]
         candidates, earlier = await _look_up(
             conn, version.pipeline, list(version.steps), [fingerprints[name] for name in wanted]
         )
         present = await asyncio.to_thread(_outputs_present, candidates.values()) if candidates else {}
         decisions = {}
-        for name in version.steps:
-            step = version.steps[name]
+        for name, step in version.steps.items():
             candidate = candidates.get(fingerprints[name]) if name in wanted else None
             reused = candidate is not None and present[candidate.step_run_id]
             explanation = _explain(
@@ -120,7 +124,9 @@ class ReusePlanner:
                 reused=reused,
                 earlier=earlier.get(name),
                 components=components[name],
-                unreadable=[unreadable[key] for key in unreadable if key in _input_keys(step)],
+                blind=[
+                    blind[key_of(source)] for source in shapes[name].data.values() if key_of(source) in blind
+                ],
             )
             decisions[name] = Decision(
                 fingerprints[name], components[name], candidate if reused else None, explanation
@@ -136,49 +142,43 @@ class ReusePlanner:
         return shapes
 
     async def _data_fingerprints(self, context: RunContext) -> tuple[dict[str, str], dict[str, str]]:
-        """Fingerprint of each datastore input path (by :func:`key_of`), and why the unreadable ones
-        could not be read."""
+        """Fingerprint of each datastore input's data (by :func:`key_of`), and why the daemon cannot
+        see the data of some (unknown datastore, path outside it, unreadable, nothing there)."""
         wanted: dict[str, tuple[str, bool]] = {}
-        unreadable: dict[str, str] = {}
+        blind: dict[str, str] = {}
         for step in context.spec.steps:
-            for name, source in _datastore_inputs(step):
+            for name, source in step.inputs.items():
+                if not isinstance(source, FromDatastore):
+                    continue
                 key = key_of(source)
                 try:
                     path = in_datastore(
                         self._datastores.paths, source.datastore, render(source.path, run_values(context))
                     )
                 except TemplateError as exc:
-                    unreadable[key] = f"input {name} of step {step.name}: {exc.message}"
+                    blind[key] = f"input {name} of step {step.name}: {exc.message}"
                     continue
                 wanted[key] = (path, source.hash == "content")
-        keys = list(wanted)
         results = await asyncio.gather(
             *(self._data.of(path, content=content) for path, content in wanted.values()),
             return_exceptions=True,
         )
-        found: dict[str, str] = dict.fromkeys(unreadable, UNREADABLE)
-        for key, result in zip(keys, results, strict=True):
+        found: dict[str, str] = dict.fromkeys(blind, UNREADABLE)
+        for (key, (path, _)), result in zip(wanted.items(), results, strict=True):
             if isinstance(result, DataUnreadable):
-                found[key], unreadable[key] = UNREADABLE, result.message
+                blind[key] = result.message
             elif isinstance(result, BaseException):
                 raise result
-            else:
-                found[key] = result
-        return found, unreadable
+            elif result == MISSING:
+                blind[key] = f"nothing at {path} (the datastore as the daemon sees it)"
+            found[key] = result if isinstance(result, str) else UNREADABLE
+        return found, blind
 
 
 def key_of(source: FromDatastore) -> str:
     """What identifies a datastore input's data: the datastore, the path as written, the mode (the
     rendered path follows from it and the run's values, which are the same for every step)."""
     return f"{source.datastore}\0{source.path}\0{source.hash}"
-
-
-def _datastore_inputs(step: StepSpec) -> list[tuple[str, FromDatastore]]:
-    return [(name, source) for name, source in step.inputs.items() if isinstance(source, FromDatastore)]
-
-
-def _input_keys(step: StepSpec) -> set[str]:
-    return {key_of(source) for _, source in _datastore_inputs(step)}
 
 
 _LOOK_UP = """
@@ -205,9 +205,7 @@ async def _look_up(
         if row["kind"] == "match":
             matches[row["fingerprint"]] = Origin(row["id"], row["run_id"], row["name"], row["outputs"])
         else:
-            previous[row["name"]] = _Earlier(
-                row["run_id"], row["status"], row["fingerprint"], row["components"]
-            )
+            previous[row["name"]] = _Earlier(row["run_id"], row["status"], row["components"])
     return matches, previous
 
 
@@ -227,7 +225,7 @@ def _explain(
     reused: bool,
     earlier: _Earlier | None,
     components: dict[str, str],
-    unreadable: list[str],
+    blind: list[str],
 ) -> dict[str, Any]:
     """The ``reuse`` object of a step: ``outcome`` (reused | executed | off), ``reused_from``,
     ``changed`` (component names that differ from the pipeline's previous run of the step) and
@@ -246,8 +244,8 @@ def _explain(
         explanation |= {"outcome": "off", "reason": "the run asked for no reuse (--no-reuse)"}
     elif not step.reuse:
         explanation |= {"outcome": "off", "reason": "reuse: false on this step"}
-    elif unreadable:
-        explanation["reason"] = "an input could not be fingerprinted: " + "; ".join(unreadable)
+    elif blind:
+        explanation["reason"] = "the daemon cannot see an input's data: " + "; ".join(blind)
     elif candidate is not None:
         explanation["reason"] = (
             f"unchanged since run {candidate.run_id}, but the outputs of its step {candidate.step} are gone"

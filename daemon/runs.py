@@ -72,8 +72,8 @@ async def create_run(
     ready steps to the dispatcher.
 
     The version's spec comes from the cache when it is there (versions never change), so the hot path
-    reads nothing before the insert; the insert itself checks that the version is enabled and, when
-    it was taken as the default, still is. A stale cache costs a re-read, never a run of the wrong
+    reads only what reuse planning needs before the insert; the insert itself checks that the
+    version is enabled and, when it was taken as the default, still is. A stale cache costs a re-read, never a run of the wrong
     version.
 
     Raises:
@@ -176,7 +176,7 @@ async def _insert(
     )
     links = {name: (str(origin.run_id), origin.step) for name, origin in reused.items()}
     if (limit := spec.spec.concurrency) is None or finished:
-        # One statement, no explicit transaction: the hot path of a manual run.
+        # The insert is one statement, no explicit transaction: the hot path of a manual run.
         inserted = await insert(steps=_step_plans(spec, decisions, held=False))
         return None if inserted is None else Inserted(*inserted, spec, False, links)
     async with conn.transaction():

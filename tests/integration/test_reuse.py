@@ -207,3 +207,35 @@ async def test_a_held_run_keeps_its_reused_steps_when_admitted(system: Harness, 
         await agent.finish(assignment.attempt_id, Outcome(status="failed", exit_code=1))
     done = await system.wait_run(held["run_id"], "succeeded")
     assert [step["status"] for step in done["steps"]] == ["reused", "succeeded", "succeeded"]
+
+
+async def test_a_step_that_always_runs_makes_the_steps_below_it_run(
+    system: Harness, agent: FakeAgent
+) -> None:
+    """A ``reuse: false`` step has side effects (it may fetch new data): what reads it runs again."""
+    await system.apply(
+        pipeline().replace("    outputs: [features]\n", "    outputs: [features]\n    reuse: false\n")
+    )
+    await run(system)
+    second = await run(system)
+    assert dispatched(agent, second) == ["prep", "score", "report"]
+    assert steps_of(second)["score"]["reuse"]["changed"] == ["input features"]
+
+
+async def test_an_input_the_daemon_cannot_see_is_never_reused(system: Harness, agent: FakeAgent) -> None:
+    await run(system, params={"day": "sun"})  # no data for sunday: nothing at the path
+    second = await run(system, params={"day": "sun"})
+    assert dispatched(agent, second) == ["prep", "score", "report"]
+    reason = steps_of(second)["prep"]["reuse"]["reason"]
+    assert reason.startswith("the daemon cannot see an input's data: nothing at ")
+    assert reason.endswith("days/sun (the datastore as the daemon sees it)")
+
+
+async def test_a_parameter_cannot_lead_an_input_out_of_its_datastore(
+    system: Harness, agent: FakeAgent
+) -> None:
+    failed = await run(system, status="failed", params={"day": "../../etc"})
+    prep = steps_of(failed)["prep"]
+    assert "not inside datastore 'landing'" in prep["error"]
+    assert "not inside datastore 'landing'" in prep["reuse"]["reason"]
+    assert dispatched(agent, failed) == []

@@ -18,13 +18,14 @@ STEP = StepSpec(
     env={"MODE": "fast"},
 )
 RUN = {"pipeline": "flow", "version": "1", "id": "r1"}
-INPUTS = {"features": "sha256:prep", "raw": "sha256:data"}
+UPSTREAM = {"prep": "sha256:prep"}
+DATA = {"input raw": "sha256:data"}
 
 
 def components(step: StepSpec = STEP, **overrides) -> dict[str, str]:
     arguments = {"source_digest": "sha256:src", "params": {"model": "m", "day": "mon", "other": 1},
-                 "run": RUN, "inputs": INPUTS} | overrides  # fmt: skip
-    return step_components(step, shape_of(step), **arguments)
+                 "run": RUN, "upstream": UPSTREAM, "data": DATA} | overrides  # fmt: skip
+    return step_components(shape_of(step), **arguments)
 
 
 def test_components_name_the_parts_and_only_the_parameters_the_step_uses() -> None:
@@ -39,7 +40,7 @@ def test_components_name_the_parts_and_only_the_parameters_the_step_uses() -> No
 def test_what_differs_is_named() -> None:
     before = components()
     assert changed(before, components(params={"model": "x", "day": "mon"})) == ["parameter model"]
-    assert changed(before, components(inputs=INPUTS | {"raw": "sha256:new"})) == ["input raw"]
+    assert changed(before, components(data={"input raw": "sha256:new"})) == ["input raw"]
     assert changed(before, components(source_digest="sha256:other")) == ["source"]
     edited = msgspec.structs.replace(STEP, command=[*STEP.command, "--verbose"])
     assert changed(before, components(edited)) == ["command"]
@@ -60,9 +61,25 @@ def test_a_step_using_the_run_id_differs_in_every_run() -> None:
     assert changed(first, second) == ["run id"]
 
 
-def test_upstream_references_cover_inputs_and_direct_output_references() -> None:
-    direct = StepSpec(name="right", command=["right", "${steps.prep.outputs.features}"], after=["prep"])
-    assert shape_of(STEP).upstream == {"features": "prep"}
-    assert shape_of(direct).upstream == {"steps.prep.outputs.features": "prep"}
-    with_input = components(direct, inputs={"steps.prep.outputs.features": "sha256:prep"})
-    assert with_input["input steps.prep.outputs.features"] == "sha256:prep"
+def test_upstream_steps_count_with_the_output_read_and_after_edges_count_whole() -> None:
+    direct = StepSpec(name="right", command=["right", "${steps.prep.outputs.features}"], after=["check"])
+    assert shape_of(STEP).upstream == {"input features": ("prep", "features")}
+    assert shape_of(direct).upstream == {
+        "input steps.prep.outputs.features": ("prep", "features"),
+        "after check": ("check", None),
+    }
+    parts = components(direct, upstream={"prep": "sha256:prep", "check": "sha256:check"})
+    assert parts["input steps.prep.outputs.features"] == "sha256:prep features"
+    assert parts["after check"] == "sha256:check"
+    moved = components(direct, upstream={"prep": "sha256:prep", "check": "sha256:other"})
+    assert changed(parts, moved) == ["after check"]
+
+
+def test_reading_another_output_of_the_same_step_is_a_change() -> None:
+    def reads(first: str, second: str) -> StepSpec:
+        inputs = {"a": FromStep(step="prep", output=first), "b": FromStep(step="prep", output=second)}
+        return StepSpec(name="both", command=["both"], inputs=inputs)
+
+    straight = components(reads("x", "y"), data={})
+    swapped = components(reads("y", "x"), data={})
+    assert changed(straight, swapped) == ["input a", "input b"]
