@@ -22,8 +22,9 @@ the commit each trigger's ``last_event_at`` moves (at most once a second per tri
 field, and writing the trigger row inside the transaction would serialise all events of a trigger on
 its row lock).
 
-Round trips per event on the hot path: the event and the run; BEGIN, settle and COMMIT are shared by
-the batch. Version specs come from the daemon's cache (versions never change).
+Round trips per event on the hot path: the event, the reuse lookup and the run; BEGIN, settle and
+COMMIT are shared by the batch. Version specs come from the daemon's cache (versions never change).
+Reuse planning fingerprints datastore inputs inside the transaction (off the event loop).
 """
 
 from __future__ import annotations
@@ -92,7 +93,6 @@ class Ingest:
         if len(self._committers) < COMMITTERS:
             task = asyncio.create_task(self._commit_queued(), name="ingest-commit")
             self._committers.add(task)
-            task.add_done_callback(self._committers.discard)
         # Shielded: a caller that gives up (its source stopping) does not take the commit with it;
         # its event is committed or not, and offered again either way.
         result = await asyncio.shield(queued.done)
@@ -111,43 +111,63 @@ class Ingest:
         return result
 
     async def _commit_queued(self) -> None:
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+        batch: list[_Queued] = []
+        try:
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                await self._deliver(batch, await self._commit_or_isolate(batch))
+        except BaseException as exc:  # cancelled at shutdown: nobody may be left waiting
+            for queued in batch:
+                self._fail(queued, exc)
+            raise
+        finally:
+            # No await since the queue was last seen empty: a caller that queues after this sees
+            # one committer fewer and starts one.
+            self._committers.discard(asyncio.current_task())
+
+    async def _commit_or_isolate(self, batch: list[_Queued]) -> list[_Decided | None]:
+        """The batch in one transaction; if that fails, each event alone, so that one bad event does
+        not sink the others (None for an event whose own commit failed: its caller has the error)."""
+        try:
+            return list(await self._commit(batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return [None]
+            log.warning("trigger_event_batch_failed", events=len(batch), error=str(exc))
+        decided: list[_Decided | None] = []
+        for queued in batch:
             try:
-                decided: list[_Decided | None] = list(await self._commit(batch))
+                decided.extend(await self._commit([queued]))
             except Exception as exc:
-                if len(batch) == 1:
-                    self._fail(batch[0], exc)
-                    continue
-                log.warning("trigger_event_batch_failed", events=len(batch), error=str(exc))
-                decided = []
-                for queued in batch:  # alone, so that one bad event does not sink the others
-                    try:
-                        decided.extend(await self._commit([queued]))
-                    except Exception as single:
-                        self._fail(queued, single)
-                        decided.append(None)
-            await self._deliver(batch, decided)
+                self._fail(queued, exc)
+                decided.append(None)
+        return decided
 
     async def _deliver(self, batch: list[_Queued], decided: list[_Decided | None]) -> None:
         """After the commit: runs to the dispatcher, triggers touched, callers answered."""
         for queued, outcome in zip(batch, decided, strict=True):
             if outcome is None:
                 continue
-            if outcome.handover is not None:
-                await runs.hand_over(self.engine, outcome.handover)
-            if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
-                await self._touch(queued.event.trigger, queued.received)
-            if not queued.done.done():
-                if isinstance(outcome.result, Exception):
-                    queued.done.set_exception(outcome.result)
-                else:
-                    queued.done.set_result(outcome.result)
+            try:
+                if outcome.handover is not None:
+                    await runs.hand_over(self.engine, outcome.handover)
+                if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
+                    await self._touch(queued.event.trigger, queued.received)
+            except Exception:
+                # Committed all the same: the dispatcher's sweep finds the run's ready steps.
+                log.exception("trigger_event_handover_failed", trigger=queued.event.trigger)
+            finally:
+                if not queued.done.done():
+                    if isinstance(outcome.result, Exception):
+                        queued.done.set_exception(outcome.result)
+                    else:
+                        queued.done.set_result(outcome.result)
 
-    def _fail(self, queued: _Queued, exc: Exception) -> None:
+    def _fail(self, queued: _Queued, exc: BaseException) -> None:
         """Nothing of the event was committed: the source offers it again."""
         event = queued.event
-        if not isinstance(exc, _DATABASE_ERRORS):
+        if isinstance(exc, Exception) and not isinstance(exc, _DATABASE_ERRORS):
             log.error("trigger_event_failed", trigger=event.trigger, key=event.dedupe_key, exc_info=exc)
         if not queued.done.done():
             queued.done.set_exception(
