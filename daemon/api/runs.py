@@ -167,6 +167,11 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
         with open_stream(request):
             return await _follow(request, run_id, name, wanted, root)
     if not step.attempts:
+        if step.status == "reused" and step.explanation and (origin := step.explanation.get("reused_from")):
+            raise NotFound(
+                f"step {name} of run {run_id} was reused, not run: its log is that of step "
+                f"{origin['step']} of run {origin['run_id']}"
+            )
         raise NotFound(f"step {name} of run {run_id} has not started yet: no log")
     number = wanted or step.attempts[-1].number
     path = Path(root) / log_path(str(run_id), name, number)

@@ -109,6 +109,11 @@ async def test_an_unchanged_rerun_reuses_every_step_and_dispatches_none(
         }
         assert first["id"] in step["reuse"]["reason"]
     assert second["finished_at"] is not None
+    assert system.client is not None
+    logs = await system.client.get(f"/api/v1/runs/{second['id']}/steps/score/logs")
+    assert logs.status == 404
+    message = (await logs.json())["error"]["message"]
+    assert message.endswith(f"was reused, not run: its log is that of step score of run {first['id']}")
 
 
 async def test_a_parameter_used_by_one_step_reruns_it_and_what_follows(
