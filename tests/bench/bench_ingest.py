@@ -36,7 +36,7 @@ from nats.js.api import StreamConfig
 
 from daemon import bus
 from runners.logsetup import configure_logging
-from tests.bench.bench_dispatch import System, percentile
+from tests.bench.bench_dispatch import PIPELINE, System, percentile
 from tests.bench.harness import embedded_servers, report, temp_dir
 from tests.integration.fake_agent import Outcome
 from triggers.base import TriggerEvent
@@ -53,15 +53,7 @@ params:
   n: "${event.data.n}"
 """
 
-HELD = """
-kind: Pipeline
-name: waiting
-params:
-  n: {type: integer, default: 0}
-steps:
-  - name: only
-    command: ["true", "${params.n}"]
-"""
+WAITING = PIPELINE.replace("name: bench", "name: waiting")
 
 NATS_TRIGGER = """
 kind: Trigger
@@ -155,7 +147,7 @@ async def jetstream_phase(system: System, events: int, *, execute: bool) -> dict
     if execute:
         await system.agents(4, 512.0, lambda assignment: Outcome())
     else:
-        await apply(system, HELD)
+        await apply(system, WAITING)
     await apply(system, nats_trigger("stream", "bench" if execute else "waiting", "benchin.>", "BENCHIN"))
     await post(system, "/triggers/stream/pause")
     acks = [js.publish("benchin.x", msgspec.json.encode({"n": index})) for index in range(events)]
