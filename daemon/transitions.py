@@ -73,11 +73,14 @@ async def apply_events(engine: Engine, events: Sequence[StepEvent]) -> Applied:
     """Applies a batch of step events in one transaction, then their effects in memory.
 
     Per attempt, a started event applies before a finished one; an event repeated in the batch, or
-    for an attempt that is unknown or no longer active on that agent, changes nothing. A finished
-    attempt decides its step's fate (succeeded, retry later, failed for good); the planner then
-    settles each run touched once (readies, skips, ends it). Locks follow the store's order across
-    the whole batch: its attempts (by id), their runs' steps (by id), the runs (by id). A batch of
-    starts only is one statement without an explicit transaction (the common case after dispatch).
+    for an attempt that is unknown or no longer active on that agent, changes nothing. A started
+    attempt keeps the image digest its agent reported, which also becomes the latest digest of the
+    step's image (:mod:`daemon.store.images`). A finished attempt decides its step's fate
+    (succeeded, retry later, failed for good); the planner then settles each run touched once
+    (readies, skips, ends it). Locks follow the store's order across the whole batch: its attempts
+    (by id), their runs' steps (by id), the runs (by id), then the images started attempts reported
+    (by reference). A batch of starts only is one statement without an explicit transaction (the
+    common case after dispatch).
 
     Raises what the database raises, having applied nothing; the caller may retry the events one by
     one so that one that cannot be applied does not hold back the others.
@@ -85,13 +88,16 @@ async def apply_events(engine: Engine, events: Sequence[StepEvent]) -> Applied:
     applied = Applied([False] * len(events))
     # The first start of each attempt from each agent: only the attempt's own agent can start it.
     starts: dict[tuple[int, str], int] = {}
+    start_rows: list[run_store.AttemptStart] = []
     ends: list[tuple[int, StepEvent]] = []
     for index, event in enumerate(events):
-        if isinstance(event, StepStarted):
-            starts.setdefault((event.attempt_id, event.agent_id), index)
-        else:
+        if not isinstance(event, StepStarted):
             ends.append((index, event))
-    start_rows = [(events[i].attempt_id, events[i].agent_id, events[i].started_at) for i in starts.values()]
+        elif (event.attempt_id, event.agent_id) not in starts:
+            starts[(event.attempt_id, event.agent_id)] = index
+            start_rows.append(
+                run_store.AttemptStart(event.attempt_id, event.agent_id, event.started_at, event.image_digest)
+            )
     effects = Effects()
     if not ends:
         started = await run_store.start_attempts(engine.pool, start_rows)

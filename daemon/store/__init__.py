@@ -4,7 +4,7 @@ Every function takes a pool or a connection first (:data:`Db`), so callers can c
 inside one transaction of their own. Errors a user can cause are :mod:`daemon.errors` types.
 """
 
-from daemon.store import agents, runs
+from daemon.store import agents, images, runs
 from daemon.store.agents import AgentRecord
 from daemon.store.catalog import (
     TRIGGER_SOURCES,
@@ -24,6 +24,7 @@ from daemon.store.catalog import (
 )
 from daemon.store.db import Db, create_pool, init_connection, transaction
 from daemon.store.events import EventOutcome, EventRecord, list_events
+from daemon.store.images import image_digests
 from daemon.store.pipelines import (
     VERSION_STATUSES,
     PipelineRecord,
@@ -65,6 +66,8 @@ __all__ = [
     "get_pipeline",
     "get_trigger",
     "get_version",
+    "image_digests",
+    "images",
     "init_connection",
     "list_datastores",
     "list_events",

@@ -3,7 +3,8 @@
 Transitions are guarded in SQL (``UPDATE … WHERE status = ANY(expected)``) and return the rows they
 changed, so a replayed or late event changes nothing. Functions that change several rows expect to
 run inside the caller's transaction (they take a connection); lock order, to keep transactions from
-deadlocking each other: an attempt row, then the run's step rows (by id), then the run row.
+deadlocking each other: an attempt row, then the run's step rows (by id), then the run row, then
+the ``images`` rows a start reports (by reference).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class AttemptRecord:
     started_at: datetime | None
     finished_at: datetime | None
     gpus: list[int]
+    image_digest: str | None  # what its agent reported the image to be (none for a process step)
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> AttemptRecord:
@@ -55,10 +57,11 @@ class AttemptRecord:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             gpus=list(row["gpus"]),
+            image_digest=row["image_digest"],
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The contract's attempt shape, with ``id``, ``dispatched_at`` and ``gpus``."""
+        """The contract's attempt shape, with ``id``, ``dispatched_at``, ``gpus`` and ``image_digest``."""
         return {
             "id": self.id,
             "number": self.number,
@@ -70,6 +73,7 @@ class AttemptRecord:
             "error": self.error,
             "dispatched_at": self.dispatched_at.isoformat(),
             "gpus": self.gpus,
+            "image_digest": self.image_digest,
         }
 
 
@@ -192,7 +196,7 @@ _STEP_COLUMNS = (
 )
 _ATTEMPT_COLUMNS = (
     "id, step_run_id, number, agent_id, status, exit_code, error, dispatched_at, started_at, finished_at, "
-    "gpus"
+    "gpus, image_digest"
 )
 
 
@@ -681,20 +685,37 @@ class Started:
     run_status: str
 
 
-async def start_attempts(db: Db, starts: Sequence[tuple[int, str, float]]) -> list[Started]:
-    """Attempts (id, agent id, unix start time) dispatched → running, their steps → running, queued
-    runs → running, in one statement. An attempt not dispatched on that agent any more (a duplicate
-    or late event) is left out of the result, as is one whose step is no longer dispatched."""
+@dataclass(frozen=True, slots=True)
+class AttemptStart:
+    """An agent's report that an attempt started (``StepStarted``)."""
+
+    attempt_id: int
+    agent_id: str
+    started_at: float  # unix time
+    image_digest: str | None = None
+
+
+async def start_attempts(db: Db, starts: Sequence[AttemptStart]) -> list[Started]:
+    """Attempts dispatched → running, their steps → running, queued runs → running, in one statement.
+    An attempt not dispatched on that agent any more (a duplicate or late event) is left out of the
+    result, as is one whose step is no longer dispatched.
+
+    Each attempt started keeps the image digest its agent reported, and ``images`` takes it as the
+    latest digest of the step's image reference (from the version's spec); within one call, the
+    attempt that started last wins for a reference.
+    """
     if not starts:
         return []
     run_columns = ", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))
     rows = await db.fetch(
         f"""
         WITH a AS (
-            UPDATE attempts a SET status = 'running', started_at = to_timestamp(x.at)
-            FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS x(attempt_id, agent, at)
+            UPDATE attempts a
+            SET status = 'running', started_at = to_timestamp(x.at), image_digest = x.digest
+            FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[])
+                AS x(attempt_id, agent, at, digest)
             WHERE a.id = x.attempt_id AND a.agent_id = x.agent AND a.status = 'dispatched'
-            RETURNING a.id, a.agent_id, a.step_run_id, a.number, a.started_at
+            RETURNING a.id, a.agent_id, a.step_run_id, a.number, a.started_at, a.image_digest
         ), s AS (
             UPDATE step_runs s SET status = 'running', started_at = coalesce(s.started_at, a.started_at)
             FROM a WHERE s.id = a.step_run_id AND s.status = 'dispatched'
@@ -703,14 +724,34 @@ async def start_attempts(db: Db, starts: Sequence[tuple[int, str, float]]) -> li
             UPDATE runs r SET status = 'running', started_at = coalesce(r.started_at, now())
             WHERE r.id IN (SELECT run_id FROM s) AND r.status = 'queued'
             RETURNING {run_columns}
+        ), reported AS (
+            -- The step's image as the version's spec writes it (step defaults already merged in).
+            SELECT DISTINCT ON (reference) reference, digest FROM (
+                SELECT (SELECT step ->> 'image' FROM jsonb_array_elements(v.spec -> 'steps') step
+                        WHERE step ->> 'name' = sr.name) AS reference,
+                       a.image_digest AS digest, a.started_at, a.id
+                FROM a
+                JOIN step_runs sr ON sr.id = a.step_run_id
+                JOIN runs ru ON ru.id = sr.run_id
+                JOIN versions v ON v.pipeline = ru.pipeline AND v.version = ru.version
+                WHERE a.image_digest IS NOT NULL
+            ) t
+            WHERE reference IS NOT NULL
+            ORDER BY reference, started_at DESC, id DESC
+        ), i AS (
+            -- Unread below: a data-modifying CTE runs all the same. Sorted by reference (lock order).
+            INSERT INTO images (reference, digest, seen_at)
+            SELECT reference, digest, now() FROM reported ORDER BY reference
+            ON CONFLICT (reference) DO UPDATE SET digest = excluded.digest, seen_at = excluded.seen_at
         )
         SELECT s.attempt_id, s.agent, s.run_id, s.name AS step, s.number,
                coalesce(r.status, (SELECT status FROM runs WHERE runs.id = s.run_id)) AS run_status, r.*
         FROM s LEFT JOIN r ON r.id = s.run_id
         """,
-        [start[0] for start in starts],
-        [start[1] for start in starts],
-        [start[2] for start in starts],
+        [start.attempt_id for start in starts],
+        [start.agent_id for start in starts],
+        [start.started_at for start in starts],
+        [start.image_digest for start in starts],
     )
     # ``id`` (the run's, from ``r``) is NULL unless this statement started the run.
     return [

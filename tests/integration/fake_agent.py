@@ -44,13 +44,15 @@ GiB = 1024**3
 
 @dataclass
 class Outcome:
-    """How a fake attempt ends; ``hold`` keeps it running until :meth:`FakeAgent.finish`."""
+    """How a fake attempt ends; ``hold`` keeps it running until :meth:`FakeAgent.finish`;
+    ``image_digest`` is what its start reports the step's image to be."""
 
     status: str = "succeeded"
     exit_code: int | None = 0
     error: str | None = None
     metrics: list[Metric] = field(default_factory=list)
     hold: bool = False
+    image_digest: str | None = None
 
 
 Behaviour = Callable[[Assignment], Outcome]
@@ -131,7 +133,12 @@ class FakeAgent:
         task.add_done_callback(self._tasks.discard)
 
     async def _execute(self, assignment: Assignment, outcome: Outcome) -> None:
-        started = StepStarted(attempt_id=assignment.attempt_id, agent_id=self.id, started_at=time.time())
+        started = StepStarted(
+            attempt_id=assignment.attempt_id,
+            agent_id=self.id,
+            started_at=time.time(),
+            image_digest=outcome.image_digest,
+        )
         await self.publish(started)
         if not outcome.hold:
             await self.finish(assignment.attempt_id, outcome)
