@@ -73,8 +73,8 @@ async def create_run(
 
     The version's spec comes from the cache when it is there (versions never change), so the hot path
     reads only what reuse planning needs before the insert; the insert itself checks that the
-    version is enabled and, when it was taken as the default, still is. A stale cache costs a re-read, never a run of the wrong
-    version.
+    version is enabled and, when it was taken as the default, still is. A stale cache costs a
+    re-read, never a run of the wrong version.
 
     Raises:
         NotFound: no such pipeline or version.
