@@ -4,8 +4,9 @@ A step's *components* are named parts, each a short digest or value:
 
 - ``command``, ``env``, ``image``, ``outputs``: the step as written — argv and env *templates* (the
   paths substituted into them differ per run; what lies behind a path is an input), the image
-  reference as written (a moved tag is not seen: pin images by digest where that matters), the
-  output names;
+  reference with the digest agents last reported running for it (a tag moved in the registry is
+  seen once an agent has run the new image: pin images by digest where that matters), the output
+  names;
 - ``source``: the version's source snapshot digest;
 - ``parameter <name>``: each parameter the step uses (in its command, env or input paths);
 - ``run <field>``: ``${run.pipeline}``/``${run.version}``/``${run.id}`` where used (a step using the
@@ -99,13 +100,17 @@ def step_components(
     run: Mapping[str, str],
     upstream: Mapping[str, str],
     data: Mapping[str, str],
+    image_digest: str | None = None,
 ) -> dict[str, str]:
     """The components of a step (whose shape is ``shape``) in one run.
 
     ``run`` holds the ``run.*`` values; ``upstream`` each upstream step's fingerprint as the steps
-    below it see it; ``data`` each datastore input's data fingerprint, by component.
+    below it see it; ``data`` each datastore input's data fingerprint, by component;
+    ``image_digest`` the digest last reported for the step's image, when one was.
     """
     components = shape.written | {"source": source_digest or "none"}
+    if image_digest is not None:
+        components["image"] = digest([shape.written["image"], image_digest])
     for expression in shape.references:
         kind, _, name = expression.partition(".")
         if kind == "params" and name in params:

@@ -8,7 +8,8 @@ fingerprint is unchanged (its upstream re-runs only because, say, its outputs we
 inputs are fingerprinted as they are when the run is created, concurrently and off the event loop.
 
 Database work: one round trip for the earlier step runs with the same fingerprints and the steps of
-the pipeline's previous run (what a miss is compared with).
+the pipeline's previous run (what a miss is compared with); one before it for the digests agents
+reported for the run's images, when its steps have images.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from daemon.documents.specs import FromDatastore, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.fingerprints import StepShape, changed, fingerprint, shape_of, step_components
 from daemon.rendering import RunContext, in_datastore, run_values
+from daemon.store.images import image_digests
 
 UNREADABLE = "unreadable"
 
@@ -90,6 +92,7 @@ class ReusePlanner:
             source_digest=version.source_digest,
         )
         data, blind = await self._data_fingerprints(context)
+        images = await image_digests(conn, [step.image for step in version.steps.values() if step.image])
         components: dict[str, dict[str, str]] = {}
         fingerprints: dict[str, str] = {}
         seen: dict[str, str] = {}  # each step's fingerprint as the steps below it see it
@@ -100,7 +103,13 @@ class ReusePlanner:
             step, shape = version.steps[name], shapes[name]
             values = {component: data[key_of(source)] for component, source in shape.data.items()}
             parts = step_components(
-                shape, source_digest=version.source_digest, params=params, run=run, upstream=seen, data=values
+                shape,
+                source_digest=version.source_digest,
+                params=params,
+                run=run,
+                upstream=seen,
+                data=values,
+                image_digest=images.get(step.image) if step.image else None,
             )
             if any(key in blind for key in map(key_of, shape.data.values())):
                 parts |= unique  # data the daemon cannot see may have changed: never reused

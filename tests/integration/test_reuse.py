@@ -244,3 +244,33 @@ async def test_a_parameter_cannot_lead_an_input_out_of_its_datastore(
     assert "not inside datastore 'landing'" in prep["error"]
     assert "not inside datastore 'landing'" in prep["reuse"]["reason"]
     assert dispatched(agent, failed) == []
+
+
+async def test_a_new_image_digest_reported_by_an_agent_is_a_change(system: Harness) -> None:
+    await system.apply(
+        "kind: Pipeline\nname: boxed\nsteps:\n  - name: only\n    image: example/img:1\n"
+        "    command: [run]\n    outputs: [out]\n"
+    )
+    digest = "sha256:aaa"
+
+    def reports_digest(assignment: Assignment) -> Outcome:
+        creates_outputs(assignment)
+        return Outcome(image_digest=digest)
+
+    await system.agent("d1", executors=["docker"], behaviour=reports_digest)
+
+    async def boxed(**body) -> dict:
+        created = await system.start_run("boxed", **body)
+        return steps_of(await system.wait_run(created["run_id"], "succeeded"))["only"]
+
+    assert (await boxed())["status"] == "succeeded"  # no digest known yet: the agent reports aaa
+    known = await boxed()
+    assert known["status"] == "succeeded"
+    assert known["reuse"]["changed"] == ["image"]  # the image now has a digest
+    assert (await boxed())["status"] == "reused"
+    digest = "sha256:bbb"  # the tag moved in the registry; an agent runs the new image
+    assert (await boxed(reuse=False))["attempts"][0]["image_digest"] == "sha256:bbb"
+    moved = await boxed()
+    assert moved["status"] == "succeeded"
+    assert moved["reuse"]["changed"] == ["image"]
+    assert (await boxed())["status"] == "reused"
