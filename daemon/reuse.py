@@ -29,8 +29,10 @@ from daemon.datafingerprint import MISSING, DataFingerprints, DataUnreadable
 from daemon.documents.specs import FromDatastore, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.fingerprints import StepShape, changed, fingerprint, shape_of, step_components
+from daemon.planner import settle
 from daemon.rendering import RunContext, in_datastore, run_values
 from daemon.store.images import image_digests
+from daemon.store.runs import StepPlan
 
 UNREADABLE = "unreadable"
 
@@ -182,6 +184,39 @@ class ReusePlanner:
                 blind[key] = f"nothing at {path} (the datastore as the daemon sees it)"
             found[key] = result if isinstance(result, str) else UNREADABLE
         return found, blind
+
+
+def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held: bool) -> dict[str, StepPlan]:
+    """Each step of a run as it is inserted (or admitted): reused, or as the graph allows (ready when
+    everything it waits for was reused). A held run's steps all wait: it is planned again when it is
+    admitted, and only then does reuse apply."""
+    statuses = {
+        name: "pending" if held or decisions[name].origin is None else "reused" for name in version.graph
+    }
+    if not held:
+        statuses |= settle(statuses, version.graph)
+    plans = {}
+    for name, status in statuses.items():
+        decision = decisions[name]
+        origin = decision.origin if status == "reused" else None
+        plans[name] = StepPlan(
+            status=status,
+            fingerprint=decision.fingerprint,
+            components=decision.components,
+            reused_from=origin.step_run_id if origin else None,
+            outputs=origin.outputs if origin else {},
+            explanation=decision.explanation,
+        )
+    return plans
+
+
+def reused_links(decisions: Mapping[str, Decision]) -> dict[str, tuple[str, str]]:
+    """Reused step -> (run id, step) whose outputs it links (``RunContext.reused``)."""
+    return {
+        name: (str(decision.origin.run_id), decision.origin.step)
+        for name, decision in decisions.items()
+        if decision.origin is not None
+    }
 
 
 def key_of(source: FromDatastore) -> str:

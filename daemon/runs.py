@@ -2,7 +2,9 @@
 applied, exactly once per idempotency key) and cancelling one.
 
 Reuse is decided as the run is created (``daemon.reuse``): reused steps are inserted final, the steps
-they unblock ready; a run whose every step is reused is created ``succeeded``.
+they unblock ready; a run whose every step is reused is created ``succeeded``. A held run is
+planned again when it is admitted (``daemon.transitions.admit_next``): its data may have changed,
+or the outputs it would reuse be gone, by then.
 
 ``concurrency.max_active_runs`` counts the pipeline's queued and running runs that are not held. With
 ``on_limit: queue`` a run beyond the limit is created *held*: queued, every step pending, until a run
@@ -28,8 +30,8 @@ from daemon.dispatcher import ReadyStep
 from daemon.engine import Engine
 from daemon.errors import Conflict, Invalid, NotFound
 from daemon.params import validate_params
-from daemon.planner import FINAL_RUN, settle
-from daemon.reuse import Decision
+from daemon.planner import FINAL_RUN
+from daemon.reuse import reused_links, step_plans
 from daemon.store import runs as run_store
 from daemon.store.pipelines import get_version
 from daemon.transitions import Effects, admit_next, send_cancels
@@ -174,11 +176,10 @@ async def _insert(
         finished=finished,
         **options,
     )
-    links = {name: (str(origin.run_id), origin.step) for name, origin in reused.items()}
     if (limit := spec.spec.concurrency) is None or finished:
         # The insert is one statement, no explicit transaction: the hot path of a manual run.
-        inserted = await insert(steps=_step_plans(spec, decisions, held=False))
-        return None if inserted is None else Inserted(*inserted, spec, False, links)
+        inserted = await insert(steps=step_plans(spec, decisions, held=False))
+        return None if inserted is None else Inserted(*inserted, spec, False, reused_links(decisions))
     async with conn.transaction():
         # Serialises run creation per limited pipeline: two requests cannot take the last slot.
         default = await conn.fetchval(
@@ -194,29 +195,9 @@ async def _insert(
                 f"(concurrency.max_active_runs {limit.max_active_runs}, on_limit skip): "
                 "no run created"
             )
-        inserted = await insert(steps=_step_plans(spec, decisions, held=held), held=held)
+        inserted = await insert(steps=step_plans(spec, decisions, held=held), held=held)
+    links = {} if held else reused_links(decisions)
     return None if inserted is None else Inserted(*inserted, spec, held, links)
-
-
-def _step_plans(
-    spec: VersionSpec, decisions: Mapping[str, Decision], *, held: bool
-) -> dict[str, run_store.StepPlan]:
-    """Each step's first status: reused, or pending until the run is admitted (``held``), or as the
-    graph allows (ready when everything it waits for was reused)."""
-    statuses = {name: "reused" if decisions[name].origin else "pending" for name in spec.graph}
-    if not held:
-        statuses |= settle(statuses, spec.graph)
-    return {
-        name: run_store.StepPlan(
-            status=status,
-            fingerprint=(decision := decisions[name]).fingerprint,
-            components=decision.components,
-            reused_from=decision.origin.step_run_id if decision.origin else None,
-            outputs=decision.origin.outputs if decision.origin else {},
-            explanation=decision.explanation,
-        )
-        for name, status in statuses.items()
-    }
 
 
 def _disabled(pipeline: str, version: int) -> Conflict:

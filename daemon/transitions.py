@@ -22,8 +22,9 @@ from daemon.contexts import VersionSpec
 from daemon.dispatcher import ReadyStep
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.engine import Engine
-from daemon.planner import FINAL_STEP, advance, after_attempt, settle
+from daemon.planner import FINAL_STEP, advance, after_attempt
 from daemon.rendering import in_datastore, output_path
+from daemon.reuse import reused_links, step_plans
 from daemon.store import runs as run_store
 from runners.protocol import Cancel, CancelReply, StepFinished, StepStarted, cancel_subject
 
@@ -324,15 +325,20 @@ async def admit_next(
         limit = held_version.spec.concurrency
         if limit is not None and await run_store.count_active_runs(conn, pipeline) >= limit.max_active_runs:
             return
-        # Steps reused when the run was created stay reused; what they unblock becomes ready.
-        statuses = await run_store.step_statuses(conn, held.id)
-        ready = [name for name, status in settle(statuses, held_version.graph).items() if status == "ready"]
-        steps = await run_store.admit_run(conn, held.id, ready)
+        # Planned again now: the data it reads may have changed, the outputs it would reuse be gone.
+        decisions = await engine.reuse.plan(conn, held_version, held.params, run_id=held.id, reuse=held.reuse)
+        steps = await run_store.admit_run(conn, held.id, step_plans(held_version, decisions, held=False))
         log.info("run_admitted", run_id=str(held.id), pipeline=pipeline)
-        await engine.contexts.load(conn, held.id, held)
+        engine.contexts.put(held, held_version, reused_links(decisions))
         for step in steps:
             effects.steps.append((held.id, step.name, step.status, {}))
-            effects.ready.append(ReadyStep(step.id, held.id, step.name))
+            if step.status == "ready":
+                effects.ready.append(ReadyStep(step.id, held.id, step.name))
+        if all(step.status == "reused" for step in steps):
+            ended = await run_store.finish_run(conn, held.id, "succeeded")
+            if ended is not None:
+                effects.runs.append(ended)
+                effects.finished_runs.append(held.id)
 
 
 async def send_cancels(engine: Engine, attempts: Sequence[tuple[int, str]], reason: str) -> None:

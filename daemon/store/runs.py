@@ -425,16 +425,33 @@ async def oldest_held_run(conn: asyncpg.Connection, pipeline: str) -> RunRecord 
     return None if row is None else RunRecord.from_row(row)
 
 
-async def step_statuses(db: Db, run_id: UUID) -> dict[str, str]:
-    """The run's step statuses by name, in pipeline order."""
-    rows = await db.fetch("SELECT name, status FROM step_runs WHERE run_id = $1 ORDER BY id", run_id)
-    return {row["name"]: row["status"] for row in rows}
-
-
-async def admit_run(conn: asyncpg.Connection, run_id: UUID, ready: Sequence[str]) -> list[NewStep]:
-    """Releases a held run: it takes a slot and the steps ``ready`` become ready."""
+async def admit_run(conn: asyncpg.Connection, run_id: UUID, steps: Mapping[str, StepPlan]) -> list[NewStep]:
+    """Releases a held run: it takes a slot, and each of its steps takes its plan as made now
+    (status, fingerprint, reuse). Returns the steps with their new status."""
     await conn.execute("UPDATE runs SET held = false WHERE id = $1", run_id)
-    return await set_step_statuses(conn, run_id, {name: "ready" for name in ready})
+    plans = list(steps.values())
+    rows = await conn.fetch(
+        """
+        UPDATE step_runs s SET status = x.status, fingerprint = x.fingerprint,
+               components = x.components::jsonb, reused_from = x.reused_from,
+               outputs = coalesce(x.outputs::jsonb, '{}'), explanation = x.explanation::jsonb,
+               ready_at = CASE WHEN x.status = 'ready' THEN now() END,
+               finished_at = CASE WHEN x.status = 'reused' THEN now() END
+        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::text[])
+             AS x(name, status, fingerprint, components, reused_from, outputs, explanation)
+        WHERE s.run_id = $1 AND s.name = x.name AND s.status = 'pending'
+        RETURNING s.id, s.name, s.status
+        """,
+        run_id,
+        list(steps),
+        [plan.status for plan in plans],
+        [plan.fingerprint for plan in plans],
+        [_json_or_none(plan.components) for plan in plans],
+        [plan.reused_from for plan in plans],
+        [_json_or_none(plan.outputs) for plan in plans],
+        [_json_or_none(plan.explanation) for plan in plans],
+    )
+    return [NewStep(row["id"], row["name"], row["status"]) for row in rows]
 
 
 # --- locking a run for a transition --------------------------------------------------------------

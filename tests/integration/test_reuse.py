@@ -196,8 +196,8 @@ async def test_a_failed_step_is_not_reused(system: Harness) -> None:
     )
 
 
-async def test_a_held_run_keeps_its_reused_steps_when_admitted(system: Harness, agent: FakeAgent) -> None:
-    await run(system)
+async def hold_one_run(system: Harness, agent: FakeAgent, **params: str) -> tuple[str, FakeAgent]:
+    """A run of ``params`` held behind a running one (``max_active_runs: 1``): (its id, the agent)."""
     limited = pipeline().replace(
         "name: flow\n", "name: flow\nconcurrency: {max_active_runs: 1, on_limit: queue}\n"
     )
@@ -205,13 +205,52 @@ async def test_a_held_run_keeps_its_reused_steps_when_admitted(system: Harness, 
     agent.behaviour = lambda assignment: Outcome(hold=True)
     blocker = await system.start_run("flow", params={"day": "tue"})
     await system.wait_step(blocker["run_id"], "prep", lambda step: step["status"] == "running")
-    held = await system.start_run("flow", params={"day": "mon", "model": "large"})
-    assert (await system.get_run(held["run_id"]))["held"] is True
+    held = await system.start_run("flow", params=params)
+    run = await system.get_run(held["run_id"])
+    assert run["held"] is True
+    assert {step["status"] for step in run["steps"]} == {"pending"}
+    return held["run_id"], agent
+
+
+async def release(agent: FakeAgent) -> None:
     agent.behaviour = creates_outputs
     for assignment in list(agent.running.values()):
         await agent.finish(assignment.attempt_id, Outcome(status="failed", exit_code=1))
-    done = await system.wait_run(held["run_id"], "succeeded")
+
+
+async def test_a_held_run_is_planned_when_admitted(system: Harness, agent: FakeAgent) -> None:
+    first = await run(system)
+    held, agent = await hold_one_run(system, agent, day="mon", model="large")
+    await release(agent)
+    done = await system.wait_run(held, "succeeded")
     assert [step["status"] for step in done["steps"]] == ["reused", "succeeded", "succeeded"]
+    assert steps_of(done)["prep"]["reuse"]["reused_from"]["run_id"] == first["id"]
+
+
+async def test_outputs_deleted_while_a_run_was_held_are_made_again(system: Harness, agent: FakeAgent) -> None:
+    first = await run(system)
+    held, agent = await hold_one_run(system, agent, day="mon", model="large")
+    shutil.rmtree(steps_of(first)["prep"]["outputs"]["features"])
+    await release(agent)
+    done = await system.wait_run(held, "succeeded")
+    steps = steps_of(done)
+    assert [step["status"] for step in done["steps"]] == ["succeeded"] * 3
+    assert steps["prep"]["reuse"]["reason"].endswith("but the outputs of its step prep are gone")
+
+
+async def test_a_held_run_with_nothing_left_to_do_ends_when_admitted(
+    system: Harness, agent: FakeAgent
+) -> None:
+    """A run of the same params as the held run before it: by its turn, everything is made."""
+    await run(system)
+    earlier, agent = await hold_one_run(system, agent, day="mon", model="large")
+    later = (await system.start_run("flow", params={"day": "mon", "model": "large"}))["run_id"]
+    await release(agent)
+    await system.wait_run(earlier, "succeeded")
+    done = await system.wait_run(later, "succeeded")
+    assert [step["status"] for step in done["steps"]] == ["reused"] * 3
+    assert dispatched(agent, done) == []
+    assert {step["reuse"]["reused_from"]["run_id"] for step in done["steps"][1:]} == {earlier}
 
 
 async def test_a_step_that_always_runs_makes_the_steps_below_it_run(
