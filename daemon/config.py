@@ -44,12 +44,14 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DispatchSettings:
-    """Timings of dispatch and agent supervision; the defaults are the protocol's.
+    """Timings of dispatch, agent supervision and leader election; the defaults are the protocol's.
 
     ``unlisted_grace_s``: how long an attempt may be missing from its live agent's heartbeats before
     it is lost (covers an assignment in flight and step events not yet consumed).
     ``retry_backoff_s``: the first retry's delay, doubling per failure up to 60 s.
     ``sweep_interval_s``: the safety sweep that re-reads ready steps from the database.
+    ``leader_retry_s``: how often a standby daemon tries to become the leader (and the leader checks
+    that it still is).
     """
 
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
@@ -58,11 +60,12 @@ class DispatchSettings:
     retry_backoff_s: float = 1.0
     sweep_interval_s: float = 3.0
     agent_write_interval_s: float = 5.0
+    leader_retry_s: float = 2.0
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> DispatchSettings:
         """Reads ``SLUICE_HEARTBEAT_TIMEOUT``, ``SLUICE_ASSIGN_TIMEOUT``, ``SLUICE_UNLISTED_GRACE``,
-        ``SLUICE_RETRY_BACKOFF`` and ``SLUICE_SWEEP_INTERVAL`` (seconds).
+        ``SLUICE_RETRY_BACKOFF``, ``SLUICE_SWEEP_INTERVAL`` and ``SLUICE_LEADER_RETRY`` (seconds).
 
         Raises:
             ValueError: a value that is not a positive number, naming the variable.
@@ -73,6 +76,7 @@ class DispatchSettings:
             "unlisted_grace_s": "SLUICE_UNLISTED_GRACE",
             "retry_backoff_s": "SLUICE_RETRY_BACKOFF",
             "sweep_interval_s": "SLUICE_SWEEP_INTERVAL",
+            "leader_retry_s": "SLUICE_LEADER_RETRY",
         }
         values = {}
         for field, variable in names.items():

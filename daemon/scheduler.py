@@ -1,5 +1,6 @@
 """The scheduling side of the daemon, started and stopped as one: dispatcher, step events, agent
-supervision and the safety sweep, over state rebuilt from the database at start.
+supervision and the safety sweep, over state rebuilt from the database at start; and, while this
+daemon leads (:mod:`daemon.leader`), the trigger sources.
 
 ``Scheduler.start(exit_stack, …)`` registers its own teardown on the stack: loops stop, subscriptions
 end and assignments in flight are cancelled (their attempts stay ``dispatched`` in the database and are
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -19,7 +20,7 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
-from daemon import runs
+from daemon import leader, runs
 from daemon.agents import AgentMonitor
 from daemon.announce import Announcer
 from daemon.config import DispatchSettings
@@ -27,11 +28,13 @@ from daemon.contexts import Datastores, RunContexts, Specs
 from daemon.datafingerprint import DataFingerprints
 from daemon.dispatcher import Dispatcher
 from daemon.engine import Engine
+from daemon.leader import Election
 from daemon.placement import Need
 from daemon.registry import AgentState, Registry
 from daemon.reuse import ReusePlanner
 from daemon.step_events import StepEvents
 from daemon.store import runs as run_store
+from daemon.store import triggering as trigger_store
 from daemon.submit import Submissions
 from daemon.tasks import Supervisor
 from daemon.transitions import Effects, admit_next, fail_step
@@ -47,6 +50,8 @@ class Scheduler:
         self.step_events = step_events
         self.supervisor = Supervisor()
         self.triggering: Triggering | None = None
+        """The trigger sources, while this daemon leads; None while it stands by."""
+        self.election: Election | None = None
         self.submissions: Submissions | None = None
 
     @classmethod
@@ -57,8 +62,14 @@ class Scheduler:
         pool: asyncpg.Pool,
         nc: NATS,
         settings: DispatchSettings,
+        database_url: str | None = None,
     ) -> Scheduler:
-        """Rebuilds memory from the database, binds the subscriptions and starts the loops."""
+        """Rebuilds memory from the database, binds the subscriptions and starts the loops.
+
+        With ``database_url`` the trigger sources run only while this scheduler wins the leader
+        election among the daemons on that database (a lone daemon wins before this returns);
+        without it, this scheduler is alone and runs them unconditionally.
+        """
         started = time.monotonic()
         specs = Specs()
         contexts = RunContexts(specs)
@@ -96,10 +107,37 @@ class Scheduler:
         scheduler.supervisor.start("agent-monitor", scheduler.monitor.run)
         scheduler.supervisor.start("sweep", scheduler._sweep_loop)
         # After the dispatcher, on the same stack: triggers and submissions stop before it does.
-        scheduler.triggering = await Triggering.start(stack, engine)
+        if database_url is None:
+            await scheduler._lead(stack, None)
+        else:
+            scheduler.election = await Election.start(
+                stack,
+                database_url,
+                name=leader.TRIGGERS,
+                interval=settings.leader_retry_s,
+                lead=scheduler._lead,
+            )
+        # Every daemon answers submissions: they share a queue group, so each request is answered once.
         scheduler.submissions = await Submissions.start(stack, engine)
         log.info("scheduler_started", ready=len(dispatcher), agents=len(registry.agents))
         return scheduler
+
+    async def _lead(self, term: contextlib.AsyncExitStack, session: asyncpg.Connection | None) -> None:
+        """One term as the leader: the trigger sources run until ``term`` closes. Standby daemons'
+        APIs NOTIFY on the election's ``session``, which lives exactly as long as the term."""
+        triggering = await Triggering.start(term, self.engine)
+        if session is not None:
+
+            def changed(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+                triggering.wake(datastores=payload == "datastores")
+
+            await session.add_listener(trigger_store.CHANGES_CHANNEL, changed)
+        self.triggering = triggering
+        # Closes first: the API stops handing changes to sources that are going down.
+        term.callback(self._stand_by)
+
+    def _stand_by(self) -> None:
+        self.triggering = None
 
     async def _adopt_attempts(self, started: float) -> None:
         """Active attempts hold their agent's capacity again; their agents have until the heartbeat
@@ -143,6 +181,37 @@ class Scheduler:
 
     async def cancel_run(self, run_id: UUID) -> run_store.RunRecord:
         return await runs.cancel_run(self.engine, run_id)
+
+    async def triggers_applied(self, items: Iterable[Any]) -> None:
+        """After an apply committed (``daemon.catalog.Applied`` items): the leader's sources follow it,
+        here at once, or, on a standby daemon, when the leader is told."""
+        if (triggering := self.triggering) is not None:
+            await triggering.applied(items)
+            return
+        changed = [item for item in items if item.action != "unchanged"]
+        if any(item.kind in ("Trigger", "Datastore") for item in changed):
+            await self._tell_leader(datastores=any(item.kind == "Datastore" for item in changed))
+
+    async def trigger_changed(self, name: str) -> None:
+        """After trigger ``name`` was paused, resumed or deleted (committed): as :meth:`triggers_applied`."""
+        if (triggering := self.triggering) is not None:
+            await triggering.sync([name])
+        else:
+            await self._tell_leader(datastores=False)
+
+    async def _tell_leader(self, *, datastores: bool) -> None:
+        # A hint: the change is committed, and the leader's reconcile finds it without being told.
+        try:
+            await trigger_store.notify_changed(self.engine.pool, datastores=datastores)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("leader_notify_failed", error=str(exc) or type(exc).__name__)
+
+    def trigger_status(self, name: str) -> dict[str, Any]:
+        """What the trigger's source says about it (on the leader), or that this daemon stands by and
+        which daemon leads (``host:pid``; None when not known yet)."""
+        if (triggering := self.triggering) is not None:
+            return triggering.status(name)
+        return {"standby": True, "leader": None if self.election is None else self.election.leader}
 
     def waiting_reasons(self) -> dict[int, str | None]:
         return self.engine.dispatcher.waiting()

@@ -76,7 +76,9 @@ async def run_daemon(
         nc = await bus.connect(nats_url, creds=settings.nats_creds)
         stack.push_async_callback(_drain, nc)
         sources = await bus.SourceStore.open(nc)
-        scheduler = await Scheduler.start(stack, pool=pool, nc=nc, settings=settings.dispatch)
+        scheduler = await Scheduler.start(
+            stack, pool=pool, nc=nc, settings=settings.dispatch, database_url=database_url
+        )
 
         runner = web.AppRunner(
             make_app(pool=pool, nc=nc, sources=sources, api_token=settings.api_token, scheduler=scheduler),

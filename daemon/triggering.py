@@ -9,15 +9,15 @@ the source) is logged and kept in its status; the others keep running.
 Changes reach the sources through :meth:`Triggering.sync`: the API calls it after its commit (apply,
 pause, resume, delete), and a reconcile loop calls it every ``RECONCILE_INTERVAL_S`` for whatever
 changed behind this daemon's back (another daemon's API, a hand edit) — the store is the truth — and
-to try again the triggers a source refused (a JetStream stream created since).
+to try again the triggers a source refused (a JetStream stream created since). :meth:`wake` runs the
+reconcile at once: another daemon's API said (a NOTIFY, a hint) that it changed something.
 
 Pause is ``remove`` (the source stops watching; an event already on its way is recorded ``skipped``);
 resume is ``put`` with the state the source saved, so a source's own catch-up rules decide what it
 does about the time it was paused. Delete is ``remove``; the trigger's events go with its row.
 
-One daemon runs the triggers. With several daemons on one database, each would run them all (the
-dedupe key still keeps each event to one run, but work is done twice): the leader election of
-DESIGN.md "High availability" belongs in front of :meth:`Triggering.start`.
+One daemon runs the triggers: with several daemons on one database, only the leader
+(:mod:`daemon.leader`) starts a ``Triggering``, and stops it when it loses the lead.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class Triggering:
         self._known: dict[str, _Known] = {}
         self._lock = asyncio.Lock()
         self._supervisor = Supervisor()
+        self._wake = asyncio.Event()
+        self._datastores_changed = False
 
     @classmethod
     async def start(cls, stack: contextlib.AsyncExitStack, engine: Engine) -> Triggering:
@@ -117,11 +119,20 @@ class Triggering:
         changed = [item for item in items if item.action != "unchanged"]
         names = [item.name for item in changed if item.kind == "Trigger"]
         if any(item.kind == "Datastore" for item in changed):
-            await self.engine.datastores.refresh(self.engine.pool)
-            files = [name for name, known in self._known.items() if known.kind == "files"]
-            await self.sync(files, force=True)
+            await self._refresh_files()
         if names:
             await self.sync(names)
+
+    async def _refresh_files(self) -> None:
+        await self.engine.datastores.refresh(self.engine.pool)
+        files = [name for name, known in self._known.items() if known.kind == "files"]
+        await self.sync(files, force=True)
+
+    def wake(self, *, datastores: bool = False) -> None:
+        """Reconcile now rather than at the next interval: triggers (and, with ``datastores``, the
+        datastores files triggers watch) changed behind this daemon's back."""
+        self._datastores_changed |= datastores
+        self._wake.set()
 
     async def _apply(self, row: trigger_store.TriggerRow, known: _Known | None) -> None:
         if known is not None and known.active and (row.paused or known.kind != row.source):
@@ -177,7 +188,13 @@ class Triggering:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(RECONCILE_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECONCILE_INTERVAL_S):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._datastores_changed:
+                self._datastores_changed = False
+                await self._refresh_files()
             await self.sync()
 
     def status(self, name: str) -> dict[str, Any]:

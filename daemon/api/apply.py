@@ -54,9 +54,8 @@ async def apply(request: web.Request) -> web.Response:
     applied = await apply_documents(
         request.app[POOL], request.app[SOURCES], body.documents, body.sources, make_default=body.make_default
     )
-    scheduler = request.app.get(SCHEDULER)
-    if scheduler is not None and scheduler.triggering is not None:
-        await scheduler.triggering.applied(applied)
+    if (scheduler := request.app.get(SCHEDULER)) is not None:
+        await scheduler.triggers_applied(applied)
     return json_response({"items": applied})
 
 

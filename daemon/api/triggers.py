@@ -8,26 +8,21 @@ from daemon import store
 from daemon.api.context import POOL, SCHEDULER
 from daemon.api.http import decode_cursor, json_response, limit_arg, page
 from daemon.errors import NotFound
-from daemon.triggering import Triggering
 
 routes = web.RouteTableDef()
 
 
-def _triggering(request: web.Request) -> Triggering | None:
-    scheduler = request.app.get(SCHEDULER)
-    return None if scheduler is None else scheduler.triggering
-
-
 def _with_status(request: web.Request, record: store.TriggerRecord) -> dict:
-    """The contract's trigger shape plus ``status``: what its source says about it now."""
-    triggering = _triggering(request)
-    return record.to_json() | {"status": {} if triggering is None else triggering.status(record.name)}
+    """The contract's trigger shape plus ``status``: what its source says about it now (on a standby
+    daemon: ``standby`` and which daemon leads, the one that runs the triggers)."""
+    scheduler = request.app.get(SCHEDULER)
+    return record.to_json() | {"status": {} if scheduler is None else scheduler.trigger_status(record.name)}
 
 
 async def _sync(request: web.Request, name: str) -> None:
-    """Tells the sources about a committed change of trigger ``name``."""
-    if (triggering := _triggering(request)) is not None:
-        await triggering.sync([name])
+    """Tells the sources (the leader's) about a committed change of trigger ``name``."""
+    if (scheduler := request.app.get(SCHEDULER)) is not None:
+        await scheduler.trigger_changed(name)
 
 
 @routes.get("/api/v1/triggers")

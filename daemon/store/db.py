@@ -70,10 +70,38 @@ async def create_pool(
             reset=_keep_session,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if password := urlsplit(dsn).password:
-            reason = reason.replace(password, "***")
-        raise Unavailable(f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {reason}") from exc
+        raise _unavailable(dsn, exc) from exc
+
+
+async def connect(
+    dsn: str, *, connect_timeout: float = 10.0, application_name: str | None = None
+) -> asyncpg.Connection:
+    """One connection of its own, outside the pool, with the JSON codecs: for session state that
+    must not be handed to the pool's next borrower (the leader election's advisory lock).
+
+    Raises:
+        Unavailable: as :func:`create_pool`.
+    """
+    settings = {} if application_name is None else {"application_name": application_name[:63]}
+    try:
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout, server_settings=settings)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise _unavailable(dsn, exc) from exc
+    try:
+        await init_connection(conn)
+    except BaseException as exc:
+        conn.terminate()
+        if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+            raise _unavailable(dsn, exc) from exc
+        raise
+    return conn
+
+
+def _unavailable(dsn: str, exc: BaseException) -> Unavailable:
+    reason = str(exc) or type(exc).__name__
+    if password := urlsplit(dsn).password:
+        reason = reason.replace(password, "***")
+    return Unavailable(f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {reason}")
 
 
 @asynccontextmanager

@@ -154,6 +154,16 @@ async def save_state(db: Db, trigger: str, state: dict[str, Any]) -> None:
     await db.execute("UPDATE triggers SET state = $2 WHERE name = $1", trigger, state)
 
 
+CHANGES_CHANNEL = "sluice_triggers"
+"""NOTIFY channel on which a standby daemon's API tells the leader that triggers changed; the payload
+is ``datastores`` when a datastore changed too (files triggers' roots may have moved)."""
+
+
+async def notify_changed(db: Db, *, datastores: bool = False) -> None:
+    """Wakes the leader's reconcile (a hint: it reads the store every few seconds anyway)."""
+    await db.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, "datastores" if datastores else "triggers")
+
+
 async def finished_runs(
     db: Db, trigger: str, pipeline: str, statuses: Sequence[str], after: datetime, *, limit: int
 ) -> list[RunRecord]:
