@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -56,6 +58,11 @@ COMMITTERS = 2
 """Transactions committing events at once: one commits while the next batch gathers."""
 
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+MAX_KEY_CHARS = 512
+UNSTORABLE = (
+    "the event holds text that cannot be stored (a NUL character or a lone surrogate), replaced by "
+    "U+FFFD or '?' here: no run"
+)
 
 
 @dataclass(slots=True)
@@ -199,22 +206,24 @@ class Ingest:
         self, conn: asyncpg.Connection, queued: _Queued, settled: list[trigger_store.Settled]
     ) -> _Decided:
         event, name = queued.event, queued.event.trigger
-        fields = {**event.fields, "time": queued.received.isoformat(), "trigger": name}
+        fields, unstorable = storable({**event.fields, "time": queued.received.isoformat(), "trigger": name})
+        key = storable_key(event.dedupe_key)
         run_id = uuid.uuid4()
-        recorded = await trigger_store.record_event(
-            conn, name, event.dedupe_key, queued.received, fields, run_id
-        )
+        recorded = await trigger_store.record_event(conn, name, key, queued.received, fields, run_id)
         if recorded is None:
             return _Decided(NotFound(f"trigger {name} does not exist"))
         if recorded.event_id is None:
-            found = await trigger_store.find_event(conn, name, event.dedupe_key)
+            found = await trigger_store.find_event(conn, name, key)
             if found is None:  # cannot be: the insert collided with a committed row
-                raise RuntimeError(f"event {event.dedupe_key!r} of trigger {name} collided but is gone")
+                raise RuntimeError(f"event {key!r} of trigger {name} collided but is gone")
             event_id, first_run = found
             return _Decided(EventResult(event_id=event_id, outcome="duplicate", run_id=_str(first_run)))
         event_id = recorded.event_id
         fields["id"] = event_id
-        outcome, reason, handover = await self._decide(conn, recorded, event_id, fields, run_id)
+        if unstorable:
+            outcome, reason, handover = "rejected", UNSTORABLE, None
+        else:
+            outcome, reason, handover = await self._decide(conn, recorded, event_id, fields, run_id)
         if handover is None:
             settled.append(trigger_store.Settled(event_id, outcome, reason))
             return _Decided(EventResult(event_id=event_id, outcome=outcome, reason=reason))
@@ -261,6 +270,36 @@ class Ingest:
         if inserted is None:
             return "rejected", disabled, None
         return "run", "", inserted
+
+
+def storable_key(key: str) -> str:
+    """A dedupe key PostgreSQL can store and index: text it cannot hold replaced (see
+    :func:`storable`), and a key longer than ``MAX_KEY_CHARS`` (a file path can be) cut and completed
+    with its digest, since an index entry is limited to about 2.7 kB."""
+    text, _ = storable(key)
+    if len(text) <= MAX_KEY_CHARS:
+        return text
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{text[: MAX_KEY_CHARS - 80]}…sha256:{digest}"
+
+
+def storable(value: Any) -> tuple[Any, bool]:
+    """``value`` (JSON-like) with the text PostgreSQL cannot store replaced — NUL characters, and
+    lone surrogates that JSON's ``\\ud800`` escapes let through — and whether there was any."""
+    if isinstance(value, str):
+        clean = value.replace("\0", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+        return clean, clean != value
+    if isinstance(value, dict):
+        clean_dict, changed = {}, False
+        for key, item in value.items():
+            (key, key_changed), (item, item_changed) = storable(key), storable(item)
+            clean_dict[key] = item
+            changed = changed or key_changed or item_changed
+        return clean_dict, changed
+    if isinstance(value, list):
+        items = [storable(item) for item in value]
+        return [item for item, _ in items], any(changed for _, changed in items)
+    return value, False
 
 
 def _str(run_id: UUID | None) -> str | None:

@@ -235,14 +235,57 @@ async def test_a_burst_mixing_outcomes_commits_each_event_with_its_own(system: H
 
 
 async def test_an_event_the_database_refuses_fails_alone(system: Harness) -> None:
-    """A NUL character cannot be stored in jsonb: that event's batch is retried event by event."""
+    """A batch the database refuses is retried event by event: only the refused one fails."""
     await add_trigger(system)
-    results = await asyncio.gather(
-        *(send(system, f"k{index}", date=f"d{index}") for index in range(30)),
-        send(system, "poison", date="nul\u0000"),
-        return_exceptions=True,
+    await system.pool.execute(
+        """
+        CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.dedupe_key = 'poison' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+        """
     )
+    try:
+        results = await asyncio.gather(
+            *(send(system, f"k{index}", date=f"d{index}") for index in range(30)),
+            send(system, "poison", date="d"),
+            return_exceptions=True,
+        )
+    finally:
+        await system.pool.execute("DROP TRIGGER refuse_poison ON events; DROP FUNCTION refuse_poison()")
     assert all(isinstance(result, EventResult) and result.outcome == "run" for result in results[:30])
     assert isinstance(results[30], Unavailable)
-    assert "poison" in str(results[30])
+    assert "refused by the test" in str(results[30])
     assert await count_runs(system) == 30
+
+
+async def test_text_the_database_cannot_store_is_rejected_with_the_reason(system: Harness) -> None:
+    """A NUL character (or a lone surrogate) in a payload would be refused by PostgreSQL every time
+    the source offered it again: the event is recorded, cleaned, as rejected instead."""
+    await add_trigger(system)
+    first = await send(system, "nul", date="a\u0000b")
+    again = await send(system, "nul", date="a\u0000b")
+    surrogate = await send(system, "surrogate", date="\ud800")
+    assert first.outcome == "rejected"
+    assert "NUL character" in (first.reason or "")
+    assert again.outcome == "duplicate"
+    assert surrogate.outcome == "rejected"
+    stored = {event["dedupe_key"]: event for event in await events_of(system, "t1")}
+    assert stored["nul"]["fields"]["data"]["date"] == "a\ufffdb"
+    assert stored["surrogate"]["fields"]["data"]["date"] == "?"
+    assert await count_runs(system) == 0
+
+
+async def test_a_very_long_dedupe_key_still_dedupes(system: Harness) -> None:
+    """An index entry holds about 2.7 kB: a longer key (a deep file path) is kept short by its digest."""
+    await add_trigger(system)
+    key = "incoming/" + "deep/" * 2000 + "file.csv"
+    first = await send(system, key, date="d1")
+    again = await send(system, key, date="d1")
+    other = await send(system, key.replace("file.csv", "other.csv"), date="d2")
+    assert (first.outcome, again.outcome, other.outcome) == ("run", "duplicate", "run")
+    assert again.run_id == first.run_id
+    stored = [event["dedupe_key"] for event in await events_of(system, "t1")]
+    assert all(len(stored_key) <= 512 and "…sha256:" in stored_key for stored_key in stored)
