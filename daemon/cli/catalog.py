@@ -89,13 +89,14 @@ class VersionRow(Row):
 
 
 class TriggerRow(Row):
-    COLUMNS = ("NAME", "PIPELINE", "VERSION", "SOURCE", "STATE", "LAST EVENT")
+    COLUMNS = ("NAME", "PIPELINE", "VERSION", "SOURCE", "STATE", "LAST EVENT", "DETAIL")
     name: str
     pipeline: str
     source: str
     paused: bool
     version: int | None = None
     last_event_at: str | None = None
+    status: dict[str, Any] = {}
 
     def cells(self) -> tuple[str, ...]:
         return (
@@ -105,7 +106,24 @@ class TriggerRow(Row):
             self.source,
             "paused" if self.paused else "active",
             output.format_time(self.last_event_at),
+            self.detail(),
         )
+
+    def detail(self) -> str:
+        """The one thing to know about the trigger's source now: an error first, else where it
+        stands (next cron fire, watch mode, consumer lag, or the daemon that runs it)."""
+        status = self.status
+        if status.get("error"):
+            return f"error: {status['error']}"
+        if status.get("standby"):
+            return f"runs on {status.get('leader') or 'the leading daemon'}"
+        if status.get("next_fire"):
+            return f"next {output.format_time(status['next_fire'])}"
+        if status.get("watch"):
+            return f"{status['watch']}, {status.get('pending') or 0} settling"
+        if status.get("consumer_lag") is not None:
+            return f"lag {status['consumer_lag']}"
+        return ""
 
 
 class EventRow(Row):

@@ -322,6 +322,32 @@ def test_triggers_lists_without_a_subcommand(api: FakeApi) -> None:
     assert row == ["nightly", "batch-scoring", "default", "cron", "paused", "-"]
 
 
+def test_triggers_say_where_each_source_stands(api: FakeApi, local_tz: None) -> None:
+    base = {"pipeline": "p", "version": None, "paused": False, "last_event_at": None, "spec": {}}
+    items = [
+        base
+        | {"name": "cron", "source": "cron", "status": {"active": True, "next_fire": "2026-11-24T01:00:00Z"}},
+        base
+        | {"name": "files", "source": "files", "status": {"active": True, "watch": "inotify", "pending": 2}},
+        base | {"name": "bus", "source": "nats", "status": {"active": True, "consumer_lag": 0}},
+        base | {"name": "broken", "source": "nats", "status": {"active": False, "error": "no stream JOBS"}},
+        base | {"name": "elsewhere", "source": "cron", "status": {"standby": True, "leader": "h1:42"}},
+    ]
+    api.answer("GET", "/triggers", {"items": items, "next_cursor": None})
+
+    result = sluice(api, "triggers")
+
+    assert result.exit_code == 0, result.output
+    details = [line.split("-", 1)[1].split() for line in result.stdout.splitlines()[1:]]
+    assert details == [
+        ["next", "2026-11-24", "02:00"],
+        ["inotify,", "2", "settling"],
+        ["lag", "0"],
+        ["error:", "no", "stream", "JOBS"],
+        ["runs", "on", "h1:42"],
+    ]
+
+
 def test_datastores_table(api: FakeApi) -> None:
     api.answer(
         "GET", "/datastores", {"items": [{"name": "landing", "type": "local", "path": "/data/landing"}]}
