@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import ObjectStoreConfig, StorageType
@@ -10,49 +9,23 @@ from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from daemon.errors import Unavailable
+from runners import bus as runners_bus
 from runners.protocol import SOURCES_BUCKET
 
 log = structlog.get_logger(__name__)
 
-CONNECT_TIMEOUT_S = 5.0
-DRAIN_TIMEOUT_S = 5
-
 
 async def connect(urls: str, *, creds: str | None = None, name: str = "sluice-daemon") -> NATS:
-    """Connect to NATS (``urls`` comma-separated) and keep reconnecting for as long as the daemon lives."""
+    """Connect to NATS (``urls`` comma-separated) as an agent does (``runners.bus.connect``: the first
+    connection within a bounded time, later losses reconnected for as long as the daemon lives).
 
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats_error", error=str(exc))
-
-    client: NATS | None = None
-
-    async def on_disconnected() -> None:
-        if client is not None and (client.is_closed or client.is_draining):
-            return  # our own shutdown, not a lost server
-        log.warning("nats_disconnected")
-
-    async def on_reconnected() -> None:
-        log.info("nats_reconnected")
-
-    servers = [url.strip() for url in urls.split(",") if url.strip()]
+    Raises:
+        Unavailable: no server answered.
+    """
     try:
-        client = await nats.connect(
-            servers=servers,
-            name=name,
-            user_credentials=creds,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            drain_timeout=DRAIN_TIMEOUT_S,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        )
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
-        raise Unavailable(
-            f"cannot connect to NATS at {', '.join(servers)}: {exc or type(exc).__name__}"
-        ) from exc
-    return client
+        return await runners_bus.connect(urls, creds=creds, name=name)
+    except runners_bus.BusError as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 class SourceStore:

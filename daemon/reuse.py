@@ -101,8 +101,8 @@ class ReusePlanner:
         run = {"pipeline": version.pipeline, "version": str(version.version), "id": str(run_id)}
         unique = {"run id": str(run_id)}
         shapes = self._shapes_of(version)
-        for name in graphlib.TopologicalSorter(version.graph).static_order():
-            step, shape = version.steps[name], shapes[name]
+        for name, shape in shapes.items():
+            step = version.steps[name]
             values = {component: data[key_of(source)] for component, source in shape.data.items()}
             parts = step_components(
                 shape,
@@ -145,11 +145,13 @@ class ReusePlanner:
         return decisions
 
     def _shapes_of(self, version: VersionSpec) -> dict[str, StepShape]:
-        """The steps' shapes, computed once per version (versions never change)."""
+        """The steps' shapes in run order (each after the steps it waits for), computed once per
+        version (versions never change)."""
         key = (version.pipeline, version.version)
         shapes = self._shapes.get(key)
         if shapes is None:
-            shapes = self._shapes[key] = {name: shape_of(step) for name, step in version.steps.items()}
+            order = graphlib.TopologicalSorter(version.graph).static_order()
+            shapes = self._shapes[key] = {name: shape_of(version.steps[name]) for name in order}
         return shapes
 
     async def _data_fingerprints(self, context: RunContext) -> tuple[dict[str, str], dict[str, str]]:
@@ -157,15 +159,14 @@ class ReusePlanner:
         see the data of some (unknown datastore, path outside it, unreadable, nothing there)."""
         wanted: dict[str, tuple[str, bool]] = {}
         blind: dict[str, str] = {}
+        values = run_values(context)
         for step in context.spec.steps:
             for name, source in step.inputs.items():
                 if not isinstance(source, FromDatastore):
                     continue
                 key = key_of(source)
                 try:
-                    path = in_datastore(
-                        self._datastores.paths, source.datastore, render(source.path, run_values(context))
-                    )
+                    path = in_datastore(self._datastores.paths, source.datastore, render(source.path, values))
                 except TemplateError as exc:
                     blind[key] = f"input {name} of step {step.name}: {exc.message}"
                     continue
