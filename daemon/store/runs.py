@@ -292,11 +292,7 @@ async def insert_run(
         only_if_default,
         run_id,
         finished,
-        [plan.fingerprint for plan in plans],
-        [_json_or_none(plan.components) for plan in plans],
-        [plan.reused_from for plan in plans],
-        [_json_or_none(plan.outputs) for plan in plans],
-        [_json_or_none(plan.explanation) for plan in plans],
+        *_reuse_columns(plans),
     )
     if row is None:
         return None
@@ -304,6 +300,18 @@ async def insert_run(
         NewStep(*item) for item in zip(row["step_ids"], row["step_names"], row["step_statuses"], strict=True)
     ]
     return RunRecord.from_row(row), new
+
+
+def _reuse_columns(plans: Sequence[StepPlan]) -> list[list[Any]]:
+    """What reuse decided for each step, one array per column: fingerprint, components, reused_from,
+    outputs, explanation (JSON as text)."""
+    return [
+        [plan.fingerprint for plan in plans],
+        [_json_or_none(plan.components) for plan in plans],
+        [plan.reused_from for plan in plans],
+        [_json_or_none(plan.outputs) for plan in plans],
+        [_json_or_none(plan.explanation) for plan in plans],
+    ]
 
 
 def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
@@ -445,11 +453,7 @@ async def admit_run(conn: asyncpg.Connection, run_id: UUID, steps: Mapping[str, 
         run_id,
         list(steps),
         [plan.status for plan in plans],
-        [plan.fingerprint for plan in plans],
-        [_json_or_none(plan.components) for plan in plans],
-        [plan.reused_from for plan in plans],
-        [_json_or_none(plan.outputs) for plan in plans],
-        [_json_or_none(plan.explanation) for plan in plans],
+        *_reuse_columns(plans),
     )
     return [NewStep(row["id"], row["name"], row["status"]) for row in rows]
 
