@@ -12,7 +12,6 @@ as a retry) and the step is ready again, kept off that agent for a moment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,6 +34,7 @@ from daemon.placement import Need, Placed, Waiting, place
 from daemon.registry import Registry
 from daemon.rendering import RenderedStep, RunContext, assignment, render_step
 from daemon.store import runs as run_store
+from daemon.store.db import HeldConnection
 from daemon.tasks import TaskSet
 from runners.protocol import AssignReply, assign_subject
 
@@ -110,7 +110,7 @@ class Dispatcher:
         self._delayed_steps: dict[int, ReadyStep] = {}
         self._in_flight: set[int] = set()
         self._wake = asyncio.Event()
-        self._conn: asyncpg.Connection | None = None
+        self._conn = HeldConnection(pool)
         self._sends = TaskSet("assignments")
         self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_ASSIGNMENTS)
         self.assigned = 0  # attempts accepted by agents since start (for benchmarks and metrics)
@@ -269,7 +269,7 @@ class Dispatcher:
             for planned in batch
         ]
         try:
-            conn = await self._connection()
+            conn = await self._conn.get()
             dispatched, started = await run_store.dispatch(conn, items)
         except BaseException:
             # Nothing was recorded (one statement): the steps are still ready in the database.
@@ -303,20 +303,6 @@ class Dispatcher:
         for run in started:
             await self._announcer.run_changed(run)
         return len(dispatched)
-
-    async def _connection(self) -> asyncpg.Connection:
-        """The dispatcher's own connection: dispatch is one statement at a time, so holding one
-        spares the hot path a pool acquire and release per pass."""
-        if self._conn is not None and self._conn.is_closed():
-            with contextlib.suppress(Exception):
-                await self._pool.release(self._conn)
-            self._conn = None
-        if self._conn is None:
-            conn = await self._pool.acquire()
-            # The dispatch statement's plan does not depend on its arrays: plan it once, not per pass.
-            await conn.execute("SET plan_cache_mode = force_generic_plan")
-            self._conn = conn
-        return self._conn
 
     async def _send(self, planned: _Planned, record: run_store.Dispatched, message) -> None:
         agent_id = planned.agent_id
@@ -427,9 +413,4 @@ class Dispatcher:
 
     async def aclose(self) -> None:
         await self._sends.aclose()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.execute("RESET plan_cache_mode")  # the pool does not reset sessions
-            with contextlib.suppress(Exception):
-                await self._pool.release(self._conn)
-            self._conn = None
+        await self._conn.release()
