@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from daemon.documents import PipelineSpec, StepSpec, spec_from_json
@@ -26,6 +27,25 @@ class VersionSpec:
     source_digest: str | None
     graph: dict[str, tuple[str, ...]]
     steps: dict[str, StepSpec]
+
+
+def run_context(
+    version: VersionSpec,
+    run_id: UUID,
+    params: Mapping[str, Any],
+    reused: Mapping[str, tuple[str, str]] | None = None,
+) -> RunContext:
+    """What templates of a run of ``version`` see; ``reused``: reused step -> (run id, step) whose
+    outputs it links."""
+    return RunContext(
+        id=str(run_id),
+        pipeline=version.pipeline,
+        version=version.version,
+        params=params,
+        spec=version.spec,
+        source_digest=version.source_digest,
+        reused=dict(reused or {}),
+    )
 
 
 class Specs:
@@ -87,15 +107,7 @@ class RunContexts:
         self, run: RunRecord, version: VersionSpec, reused: Mapping[str, tuple[str, str]] | None = None
     ) -> RunContext:
         """Caches the run's context; ``reused``: reused step -> (run id, step) whose outputs it links."""
-        context = RunContext(
-            id=str(run.id),
-            pipeline=run.pipeline,
-            version=run.version,
-            params=run.params,
-            spec=version.spec,
-            source_digest=version.source_digest,
-            reused=dict(reused or {}),
-        )
+        context = run_context(version, run.id, run.params, reused)
         self._runs[run.id] = (context, version)
         return context
 

@@ -2,29 +2,33 @@
 exactly once, then the run handed to the dispatcher and announced.
 
 Events that arrive together are committed together (a group commit): a sink call queues its event,
-and up to ``COMMITTERS`` tasks each take up to ``MAX_BATCH`` queued events into one transaction. An
-event alone waits for nobody; under a burst, one transaction's BEGIN, settle and COMMIT serve many
-events. A batch the database refuses is retried one event per transaction, so one bad event fails
-alone and the others commit.
+and up to ``COMMITTERS`` tasks each take up to ``MAX_BATCH`` queued events at a time. A batch costs
+the same round trips as one event, so a burst is written at the rate of Python's work per event. A
+batch the database refuses is retried one event at a time, so one bad event fails alone and the
+others commit.
 
-Per event, in the batch's transaction (contract §3: each event creates at most one run per trigger):
+A batch, in three round trips (contract §3: each event creates at most one run per trigger):
 
-1. insert the event, unique on (trigger, dedupe key), reading the trigger, its version (the pin, or
-   the pipeline's default *now*) and the version's status in the same statement; the row says it
-   became the run about to be inserted (id made here). A repeat inserts nothing and is answered
-   ``duplicate`` with the first event's run;
-2. decide: a paused trigger → ``skipped``; a disabled version → ``rejected``; params templated from
-   the event's fields that do not validate → ``rejected``; a pipeline at its concurrency limit with
-   ``on_limit: skip`` → ``skipped``; else the run, created as a manual run is (``daemon.runs``).
+1. read each trigger's target — its version (the pin, or the pipeline's default *now*), the
+   version's status, whether the trigger is paused — and take an id for each event;
+2. decide, per event: text PostgreSQL cannot store → ``rejected``; a paused trigger → ``skipped``; a
+   disabled version → ``rejected``; params templated from the event's fields that do not validate →
+   ``rejected``; else a run, whose reuse is planned for the whole batch in one look-up
+   (:meth:`daemon.reuse.ReusePlanner.plan_many`);
+3. write every event with its outcome and every run with its steps in one statement, unique on
+   (trigger, dedupe key): a repeat writes nothing and is answered ``duplicate`` with the first
+   event's run (one more round trip, only then). A version disabled (or a trigger deleted) between 1
+   and 3 makes the statement fail as a whole on a foreign key, and the batch is read and written
+   again.
 
-Then the events that did not become runs are settled in one statement, and the batch commits. After
-the commit each trigger's ``last_event_at`` moves (at most once a second per trigger: it is a status
-field, and writing the trigger row inside the transaction would serialise all events of a trigger on
-its row lock).
+A batch with runs of a pipeline that has ``concurrency`` writes in a transaction that first locks
+those pipelines and counts their active runs: a run past the limit is held (``on_limit: queue``) or
+its event ``skipped`` (``on_limit: skip``).
 
-Round trips per event on the hot path: the event, the reuse lookup and the run; BEGIN, settle and
-COMMIT are shared by the batch. Version specs come from the daemon's cache (versions never change).
-Reuse planning fingerprints datastore inputs inside the transaction (off the event loop).
+After the write each trigger's ``last_event_at`` moves (at most once a second per trigger: it is a
+status field, and writing the trigger row with the events would serialise all events of a trigger on
+its row lock). Version specs come from the daemon's cache (versions never change). Reuse planning
+fingerprints datastore inputs before the write (off the event loop).
 """
 
 from __future__ import annotations
@@ -44,9 +48,12 @@ import structlog
 
 from daemon import runs
 from daemon.engine import Engine
-from daemon.errors import Conflict, Invalid, NotFound, Unavailable
+from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.resolver import resolve_params
+from daemon.reuse import Decision, PlanRequest, reused_links, step_plans
+from daemon.store import runs as run_store
 from daemon.store import triggering as trigger_store
+from daemon.store.db import HeldConnection
 from triggers.base import EventResult, TriggerEvent
 
 log = structlog.get_logger(__name__)
@@ -73,6 +80,25 @@ class _Queued:
 
 
 @dataclass(slots=True)
+class _Draft:
+    """An event read against its trigger, before it is written: a run to plan (``request``, then
+    ``decisions``) or an outcome that is no run, with its reason."""
+
+    queued: _Queued
+    event_id: int
+    key: str
+    fields: dict[str, Any]
+    target: trigger_store.Target
+    outcome: str = "run"
+    reason: str | None = None
+    request: PlanRequest | None = None
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    links: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Reused step -> (run id, step) whose outputs it links."""
+    repeat: bool = False
+
+
+@dataclass(slots=True)
 class _Decided:
     result: EventResult | Exception
     handover: runs.Inserted | None = None
@@ -86,6 +112,14 @@ class Ingest:
         self._touched: dict[str, float] = {}
         self._queue: collections.deque[_Queued] = collections.deque()
         self._committers: set[asyncio.Task] = set()
+        self._connections: list[HeldConnection] = []
+        """Connections of committers that ended, kept for the next ones (at most ``COMMITTERS``)."""
+
+    async def aclose(self) -> None:
+        """Lets the committers finish, then gives their connections back (the sources stopped)."""
+        await asyncio.gather(*self._committers, return_exceptions=True)
+        while self._connections:
+            await self._connections.pop().release()
 
     async def __call__(self, event: TriggerEvent) -> EventResult:
         """Commits ``event`` and what became of it.
@@ -118,11 +152,12 @@ class Ingest:
         return result
 
     async def _commit_queued(self) -> None:
+        held = self._connections.pop() if self._connections else HeldConnection(self.engine.pool)
         batch: list[_Queued] = []
         try:
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
-                await self._deliver(batch, await self._commit_or_isolate(batch))
+                await self._deliver(batch, await self._commit_or_isolate(held, batch))
         except BaseException as exc:  # cancelled at shutdown: nobody may be left waiting
             for queued in batch:
                 self._fail(queued, exc)
@@ -130,13 +165,14 @@ class Ingest:
         finally:
             # No await since the queue was last seen empty: a caller that queues after this sees
             # one committer fewer and starts one.
+            self._connections.append(held)
             self._committers.discard(asyncio.current_task())
 
-    async def _commit_or_isolate(self, batch: list[_Queued]) -> list[_Decided | None]:
+    async def _commit_or_isolate(self, held: HeldConnection, batch: list[_Queued]) -> list[_Decided | None]:
         """The batch in one transaction; if that fails, each event alone, so that one bad event does
         not sink the others (None for an event whose own commit failed: its caller has the error)."""
         try:
-            return list(await self._commit(batch))
+            return list(await self._commit(await held.get(), batch))
         except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
@@ -145,7 +181,7 @@ class Ingest:
         decided: list[_Decided | None] = []
         for queued in batch:
             try:
-                decided.extend(await self._commit([queued]))
+                decided.extend(await self._commit(await held.get(), [queued]))
             except Exception as exc:
                 self._fail(queued, exc)
                 decided.append(None)
@@ -193,83 +229,179 @@ class Ingest:
         except _DATABASE_ERRORS as exc:
             log.warning("trigger_touch_failed", trigger=trigger, error=str(exc))
 
-    async def _commit(self, batch: list[_Queued]) -> list[_Decided]:
-        decided: list[_Decided] = []
-        settled: list[trigger_store.Settled] = []
-        async with self.engine.pool.acquire() as conn, conn.transaction():
-            for queued in batch:
-                decided.append(await self._record(conn, queued, settled))
-            await trigger_store.settle_events(conn, settled)
-        return decided
+    async def _commit(self, conn: asyncpg.Connection, batch: list[_Queued]) -> list[_Decided]:
+        try:
+            return await self._commit_once(conn, batch)
+        except asyncpg.ForeignKeyViolationError:
+            # Changed between the read and the write (a version disabled, a trigger deleted): the
+            # write took nothing; what the store says now decides.
+            return await self._commit_once(conn, batch)
 
-    async def _record(
-        self, conn: asyncpg.Connection, queued: _Queued, settled: list[trigger_store.Settled]
-    ) -> _Decided:
-        event, name = queued.event, queued.event.trigger
-        fields, unstorable = storable({**event.fields, "time": queued.received.isoformat(), "trigger": name})
-        key = storable_key(event.dedupe_key)
-        run_id = uuid.uuid4()
-        recorded = await trigger_store.record_event(conn, name, key, queued.received, fields, run_id)
-        if recorded is None:
-            return _Decided(NotFound(f"trigger {name} does not exist"))
-        if recorded.event_id is None:
-            found = await trigger_store.find_event(conn, name, key)
-            if found is None:  # cannot be: the insert collided with a committed row
-                raise RuntimeError(f"event {key!r} of trigger {name} collided but is gone")
-            event_id, first_run = found
-            return _Decided(EventResult(event_id=event_id, outcome="duplicate", run_id=_str(first_run)))
-        event_id = recorded.event_id
-        fields["id"] = event_id
-        if unstorable:
-            outcome, reason, handover = "rejected", UNSTORABLE, None
-        else:
-            outcome, reason, handover = await self._decide(conn, recorded, event_id, fields, run_id)
-        if handover is None:
-            settled.append(trigger_store.Settled(event_id, outcome, reason))
-            return _Decided(EventResult(event_id=event_id, outcome=outcome, reason=reason))
-        return _Decided(EventResult(event_id=event_id, outcome="run", run_id=str(run_id)), handover)
+    async def _commit_once(self, conn: asyncpg.Connection, batch: list[_Queued]) -> list[_Decided]:
+        names = {queued.event.trigger for queued in batch}
+        targets, ids = await trigger_store.read_targets(conn, names, len(batch))
+        drafts: list[_Draft | _Decided] = []
+        keys: set[tuple[str, str]] = set()
+        for queued, event_id in zip(batch, ids, strict=True):
+            draft = await self._draft(conn, queued, event_id, targets.get(queued.event.trigger))
+            if isinstance(draft, _Draft):
+                # The same event twice in one batch (a redelivery): the first is written, the
+                # second answered as its duplicate, and takes no concurrency slot meanwhile.
+                draft.repeat = (draft.queued.event.trigger, draft.key) in keys
+                keys.add((draft.queued.event.trigger, draft.key))
+            drafts.append(draft)
+        wanted = [
+            draft for draft in drafts if isinstance(draft, _Draft) and draft.request and not draft.repeat
+        ]
+        plans = await self.engine.reuse.plan_many(conn, [draft.request for draft in wanted])
+        for draft, decisions in zip(wanted, plans, strict=True):
+            draft.decisions = decisions
+        limited = {
+            draft.request.version.pipeline for draft in wanted if draft.request.version.spec.concurrency
+        }
+        if not limited:
+            return await self._write(conn, drafts, {})
+        async with conn.transaction():
+            return await self._write(conn, drafts, await run_store.lock_active_counts(conn, limited))
 
-    async def _decide(
+    async def _draft(
         self,
         conn: asyncpg.Connection,
-        recorded: trigger_store.Recorded,
+        queued: _Queued,
         event_id: int,
-        fields: dict,
-        run_id: UUID,
-    ) -> tuple[str, str, runs.Inserted | None]:
-        """(outcome, reason, None) for an event that does not become a run; ("run", "", the run to
-        hand over) for one that became run ``run_id``."""
-        pipeline, version = recorded.pipeline, recorded.version
-        if recorded.paused:
-            return "skipped", f"trigger {fields['trigger']} is paused", None
-        disabled = f"version {version} of {pipeline} is disabled and takes no new runs"
-        if recorded.version_status == "disabled":
-            return "rejected", disabled, None
-        spec = self.engine.specs.cached(pipeline, version) or await self.engine.specs.load(
-            conn, pipeline, version
-        )
-        what = f"pipeline {pipeline} version {version}"
-        try:
-            params = resolve_params(spec.spec.params, recorded.bindings, fields, what=what)
-            inserted = await runs.insert_in_transaction(
-                self.engine,
-                conn,
-                spec,
-                params,
-                reuse=True,
-                trigger=fields["trigger"],
-                event_id=event_id,
-                idempotency_key=None,
-                resolution="pinned" if recorded.pinned else "default",
-                run_id=run_id,
+        target: trigger_store.Target | None,
+    ) -> _Draft | _Decided:
+        """What becomes of the event, short of reuse and concurrency: a run to plan (``request``), or an
+        outcome and its reason; a ``_Decided`` NotFound when the trigger is gone (nothing is written)."""
+        event, name = queued.event, queued.event.trigger
+        if target is None:
+            return _Decided(NotFound(f"trigger {name} does not exist"))
+        fields, unstorable = storable({**event.fields, "time": queued.received.isoformat(), "trigger": name})
+        fields["id"] = event_id
+        draft = _Draft(queued, event_id, storable_key(event.dedupe_key), fields, target)
+        pipeline, version = target.pipeline, target.version
+        if unstorable:
+            draft.outcome, draft.reason = "rejected", UNSTORABLE
+        elif target.paused:
+            draft.outcome, draft.reason = "skipped", f"trigger {name} is paused"
+        elif target.version_status == "disabled":
+            draft.outcome, draft.reason = "rejected", runs.disabled(pipeline, version).message
+        else:
+            spec = self.engine.specs.cached(pipeline, version) or await self.engine.specs.load(
+                conn, pipeline, version
             )
-        except Invalid as exc:
-            return "rejected", exc.message, None
-        except Conflict as exc:
-            return "skipped", exc.message, None
-        if inserted is None:
-            return "rejected", disabled, None
-        return "run", "", inserted
+            try:
+                params = resolve_params(
+                    spec.spec.params, target.bindings, fields, what=f"pipeline {pipeline} version {version}"
+                )
+            except Invalid as exc:
+                draft.outcome, draft.reason = "rejected", exc.message
+            else:
+                draft.request = PlanRequest(spec, params, uuid.uuid4())
+        return draft
+
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        drafts: list[_Draft | _Decided],
+        active: dict[str, int],
+    ) -> list[_Decided]:
+        """Writes the events and their runs in one statement, then answers each: a run (to hand
+        over), an outcome, or a duplicate of the event the trigger already had. ``active``: the
+        slots taken in each concurrency-limited pipeline (locked by the caller's transaction)."""
+        events: list[trigger_store.NewEvent] = []
+        for draft in drafts:
+            if not isinstance(draft, _Draft) or draft.repeat:
+                continue
+            run = None if draft.request is None else self._new_run(draft, active)
+            events.append(
+                trigger_store.NewEvent(
+                    id=draft.event_id,
+                    trigger=draft.queued.event.trigger,
+                    dedupe_key=draft.key,
+                    received_at=draft.queued.received,
+                    fields=draft.fields,
+                    outcome=draft.outcome,
+                    reason=draft.reason,
+                    run=run,
+                )
+            )
+        written = await trigger_store.insert_events(conn, events)
+        # A repeat is answered with the event its trigger already had; one that collided with an
+        # event committed while the statement ran is looked up after it (rare: a race).
+        first: dict[tuple[str, str], tuple[int, UUID | None]] = {}
+        for event in events:
+            if (earlier := written.earlier.get(event.id)) is not None:
+                first[event.trigger, event.dedupe_key] = earlier
+            elif event.id in written.events:
+                first[event.trigger, event.dedupe_key] = (event.id, event.run.id if event.run else None)
+        raced = [
+            (event.trigger, event.dedupe_key)
+            for event in events
+            if (event.trigger, event.dedupe_key) not in first
+        ]
+        lost: Exception | None = None
+        if raced:
+            try:
+                first |= await trigger_store.find_events(conn, raced)
+            except _DATABASE_ERRORS as exc:  # the written runs stand: only the repeats go unanswered
+                lost = exc
+        return [self._answer(draft, written, first, lost) for draft in drafts]
+
+    def _answer(
+        self,
+        draft: _Draft | _Decided,
+        written: trigger_store.Written,
+        first: dict[tuple[str, str], tuple[int, UUID | None]],
+        lost: Exception | None,
+    ) -> _Decided:
+        if not isinstance(draft, _Draft):
+            return draft
+        trigger = draft.queued.event.trigger
+        if draft.repeat or draft.event_id not in written.events:
+            found = first.get((trigger, draft.key))
+            if found is None:
+                return _Decided(
+                    lost or RuntimeError(f"event {draft.key!r} of trigger {trigger} collided but is gone")
+                )
+            event_id, first_run = found
+            return _Decided(EventResult(event_id=event_id, outcome="duplicate", run_id=_str(first_run)))
+        if draft.request is None:
+            return _Decided(EventResult(event_id=draft.event_id, outcome=draft.outcome, reason=draft.reason))
+        run_id = draft.request.run_id
+        record, steps = written.runs[run_id]
+        inserted = runs.Inserted(record, steps, draft.request.version, record.held, draft.links)
+        return _Decided(EventResult(event_id=draft.event_id, outcome="run", run_id=str(run_id)), inserted)
+
+    def _new_run(self, draft: _Draft, active: dict[str, int]) -> trigger_store.NewRun | None:
+        """The run the event becomes, held when its pipeline is at its concurrency limit
+        (``on_limit: queue``); None (the event ``skipped``) at the limit with ``on_limit: skip``."""
+        request, decisions = draft.request, draft.decisions
+        assert request is not None
+        version = request.version
+        finished = all(decision.origin is not None for decision in decisions.values())
+        held = False
+        if (limit := version.spec.concurrency) is not None and not finished:
+            # A run that reused every step is over at once and takes no slot.
+            taken = active[version.pipeline]
+            held = taken >= limit.max_active_runs
+            if held and limit.on_limit == "skip":
+                draft.outcome, draft.reason = "skipped", runs.at_limit(version.pipeline, taken, limit).message
+                draft.request = None
+                return None
+            active[version.pipeline] = taken + (not held)
+        run = trigger_store.NewRun(
+            id=request.run_id,
+            pipeline=version.pipeline,
+            version=version.version,
+            params=request.params,
+            resolution="pinned" if draft.target.pinned else "default",
+            held=held,
+            finished=finished,
+            steps=step_plans(version, decisions, held=held),
+        )
+        draft.links = {} if held else reused_links(decisions)
+        return run
 
 
 def storable_key(key: str) -> str:

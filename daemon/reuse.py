@@ -9,7 +9,8 @@ inputs are fingerprinted as they are when the run is created, concurrently and o
 
 Database work: one round trip for the earlier step runs with the same fingerprints and the steps of
 the pipeline's previous run (what a miss is compared with); one before it for the digests agents
-reported for the run's images, when its steps have images.
+reported for the run's images, when its steps have images. Several runs planned together (a batch of
+trigger events, :meth:`ReusePlanner.plan_many`) share those round trips.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ from __future__ import annotations
 import asyncio
 import graphlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from daemon.contexts import Datastores, VersionSpec
+from daemon.contexts import Datastores, VersionSpec, run_context
 from daemon.datafingerprint import MISSING, DataFingerprints, DataUnreadable
 from daemon.documents.specs import FromDatastore, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.fingerprints import StepShape, changed, fingerprint, shape_of, step_components
 from daemon.planner import settle
-from daemon.rendering import RunContext, in_datastore, run_values
+from daemon.rendering import in_datastore, run_values
 from daemon.store.images import image_digests
 from daemon.store.runs import StepPlan
 
@@ -68,6 +69,25 @@ class _Earlier:
     components: dict[str, str] | None
 
 
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    """A run about to be created: ``params`` already validated; ``reuse`` False: every step runs
+    (the run asked for it)."""
+
+    version: VersionSpec
+    params: Mapping[str, Any]
+    run_id: UUID
+    reuse: bool = True
+
+
+@dataclass(slots=True)
+class _Fingerprinted:
+    components: dict[str, dict[str, str]]
+    fingerprints: dict[str, str]
+    wanted: list[str]
+    blind: dict[str, list[str]]
+
+
 class ReusePlanner:
     def __init__(self, datastores: Datastores, data: DataFingerprints) -> None:
         self._datastores = datastores
@@ -83,66 +103,96 @@ class ReusePlanner:
         run_id: UUID,
         reuse: bool,
     ) -> dict[str, Decision]:
-        """Each step's decision, by step name, for a run ``run_id`` of ``version`` with ``params``
-        (already validated); ``reuse`` False: every step runs (the run asked for it)."""
-        context = RunContext(
-            id=str(run_id),
-            pipeline=version.pipeline,
-            version=version.version,
-            params=params,
-            spec=version.spec,
-            source_digest=version.source_digest,
+        """Each step's decision, by step name, for a run ``run_id`` of ``version`` with ``params``."""
+        [decisions] = await self.plan_many(conn, [PlanRequest(version, params, run_id, reuse)])
+        return decisions
+
+    async def plan_many(
+        self, conn: asyncpg.Connection, requests: Sequence[PlanRequest]
+    ) -> list[dict[str, Decision]]:
+        """Each request's decisions (by step name), in order, with one look-up for them all. A later
+        run of a pipeline compares itself with an earlier one of ``requests`` (as if created after it)."""
+        if not requests:
+            return []
+        found = await asyncio.gather(*(self._data_fingerprints(request) for request in requests))
+        images = await image_digests(
+            conn,
+            sorted(
+                {step.image for request in requests for step in request.version.steps.values() if step.image}
+            ),
         )
-        data, blind = await self._data_fingerprints(context)
-        images = await image_digests(conn, [step.image for step in version.steps.values() if step.image])
-        components: dict[str, dict[str, str]] = {}
-        fingerprints: dict[str, str] = {}
+        prints = [
+            self._fingerprint(request, data, blind, images)
+            for request, (data, blind) in zip(requests, found, strict=True)
+        ]
+        candidates, earlier = await _look_up(
+            conn,
+            sorted({request.version.pipeline for request in requests}),
+            [printed.fingerprints[name] for printed in prints for name in printed.wanted],
+        )
+        present = await asyncio.to_thread(_outputs_present, candidates.values()) if candidates else {}
+        planned = []
+        for request, printed in zip(requests, prints, strict=True):
+            previous = earlier.get(request.version.pipeline, {})
+            decisions = {}
+            for name, step in request.version.steps.items():
+                candidate = candidates.get(printed.fingerprints[name]) if name in printed.wanted else None
+                reused = candidate is not None and present[candidate.step_run_id]
+                explanation = _explain(
+                    step,
+                    run_reuse=request.reuse,
+                    candidate=candidate,
+                    reused=reused,
+                    earlier=previous.get(name),
+                    components=printed.components[name],
+                    blind=printed.blind[name],
+                )
+                decisions[name] = Decision(
+                    printed.fingerprints[name],
+                    printed.components[name],
+                    candidate if reused else None,
+                    explanation,
+                )
+            planned.append(decisions)
+            earlier[request.version.pipeline] = {
+                name: _Earlier(
+                    request.run_id, "reused" if decision.origin else "pending", decision.components
+                )
+                for name, decision in decisions.items()
+            }
+        return planned
+
+    def _fingerprint(
+        self, request: PlanRequest, data: dict[str, str], blind: dict[str, str], images: Mapping[str, str]
+    ) -> _Fingerprinted:
+        """Every step's components and fingerprint, in run order, and the steps that may be reused."""
+        version, run_id = request.version, request.run_id
+        printed = _Fingerprinted({}, {}, [], {})
         seen: dict[str, str] = {}  # each step's fingerprint as the steps below it see it
         run = {"pipeline": version.pipeline, "version": str(version.version), "id": str(run_id)}
         unique = {"run id": str(run_id)}
-        shapes = self._shapes_of(version)
-        for name, shape in shapes.items():
+        for name, shape in self._shapes_of(version).items():
             step = version.steps[name]
-            values = {component: data[key_of(source)] for component, source in shape.data.items()}
+            keys = [key_of(source) for source in shape.data.values()]
             parts = step_components(
                 shape,
                 source_digest=version.source_digest,
-                params=params,
+                params=request.params,
                 run=run,
                 upstream=seen,
-                data=values,
+                data={component: data[key] for component, key in zip(shape.data, keys, strict=True)},
                 image_digest=images.get(step.image) if step.image else None,
             )
-            if any(key in blind for key in map(key_of, shape.data.values())):
+            printed.blind[name] = [blind[key] for key in keys if key in blind]
+            if printed.blind[name]:
                 parts |= unique  # data the daemon cannot see may have changed: never reused
-            components[name] = parts
-            fingerprints[name] = fingerprint(parts)
+            printed.components[name] = parts
+            printed.fingerprints[name] = fingerprint(parts)
             # A step that always runs (side effects) may give its downstream steps new data each time.
-            seen[name] = fingerprints[name] if step.reuse else fingerprint(parts | unique)
-        wanted = [name for name, step in version.steps.items() if reuse and step.reuse]
-        candidates, earlier = await _look_up(
-            conn, version.pipeline, list(version.steps), [fingerprints[name] for name in wanted]
-        )
-        present = await asyncio.to_thread(_outputs_present, candidates.values()) if candidates else {}
-        decisions = {}
-        for name, step in version.steps.items():
-            candidate = candidates.get(fingerprints[name]) if name in wanted else None
-            reused = candidate is not None and present[candidate.step_run_id]
-            explanation = _explain(
-                step,
-                run_reuse=reuse,
-                candidate=candidate,
-                reused=reused,
-                earlier=earlier.get(name),
-                components=components[name],
-                blind=[
-                    blind[key_of(source)] for source in shapes[name].data.values() if key_of(source) in blind
-                ],
-            )
-            decisions[name] = Decision(
-                fingerprints[name], components[name], candidate if reused else None, explanation
-            )
-        return decisions
+            seen[name] = printed.fingerprints[name] if step.reuse else fingerprint(parts | unique)
+            if request.reuse and step.reuse:
+                printed.wanted.append(name)
+        return printed
 
     def _shapes_of(self, version: VersionSpec) -> dict[str, StepShape]:
         """The steps' shapes in run order (each after the steps it waits for), computed once per
@@ -154,9 +204,10 @@ class ReusePlanner:
             shapes = self._shapes[key] = {name: shape_of(version.steps[name]) for name in order}
         return shapes
 
-    async def _data_fingerprints(self, context: RunContext) -> tuple[dict[str, str], dict[str, str]]:
+    async def _data_fingerprints(self, request: PlanRequest) -> tuple[dict[str, str], dict[str, str]]:
         """Fingerprint of each datastore input's data (by :func:`key_of`), and why the daemon cannot
         see the data of some (unknown datastore, path outside it, unreadable, nothing there)."""
+        context = run_context(request.version, request.run_id, request.params)
         wanted: dict[str, tuple[str, bool]] = {}
         blind: dict[str, str] = {}
         values = run_values(context)
@@ -227,30 +278,34 @@ def key_of(source: FromDatastore) -> str:
 
 
 _LOOK_UP = """
-SELECT 'match' AS kind, * FROM (
+SELECT 'match' AS kind, NULL AS pipeline, * FROM (
     SELECT DISTINCT ON (fingerprint) fingerprint, id, run_id, name, outputs, status, NULL::jsonb AS components
-    FROM step_runs WHERE fingerprint = ANY($3::text[]) AND status = 'succeeded'
+    FROM step_runs WHERE fingerprint = ANY($2::text[]) AND status = 'succeeded'
     ORDER BY fingerprint, finished_at DESC
 ) matches
 UNION ALL
-SELECT 'previous', fingerprint, id, run_id, name, NULL, status, components FROM step_runs
-WHERE run_id = (SELECT id FROM runs WHERE pipeline = $1 ORDER BY created_at DESC, id DESC LIMIT 1)
-  AND name = ANY($2::text[])
+SELECT 'previous', p.name, s.fingerprint, s.id, s.run_id, s.name, NULL, s.status, s.components
+FROM unnest($1::text[]) AS p(name)
+CROSS JOIN LATERAL (
+    SELECT id FROM runs WHERE pipeline = p.name ORDER BY created_at DESC, id DESC LIMIT 1
+) latest
+JOIN step_runs s ON s.run_id = latest.id
 """
 
 
 async def _look_up(
-    conn: asyncpg.Connection, pipeline: str, steps: list[str], fingerprints: list[str]
-) -> tuple[dict[str, Origin], dict[str, _Earlier]]:
+    conn: asyncpg.Connection, pipelines: list[str], fingerprints: list[str]
+) -> tuple[dict[str, Origin], dict[str, dict[str, _Earlier]]]:
     """In one round trip: the latest succeeded step run of each of ``fingerprints``, and the steps
-    of the pipeline's latest run (what a miss is compared with), by name."""
+    of each pipeline's latest run (what a miss is compared with), by pipeline and step name."""
     matches: dict[str, Origin] = {}
-    previous: dict[str, _Earlier] = {}
-    for row in await conn.fetch(_LOOK_UP, pipeline, steps, fingerprints):
+    previous: dict[str, dict[str, _Earlier]] = {}
+    for row in await conn.fetch(_LOOK_UP, pipelines, fingerprints):
         if row["kind"] == "match":
             matches[row["fingerprint"]] = Origin(row["id"], row["run_id"], row["name"], row["outputs"])
         else:
-            previous[row["name"]] = _Earlier(row["run_id"], row["status"], row["components"])
+            earlier = _Earlier(row["run_id"], row["status"], row["components"])
+            previous.setdefault(row["pipeline"], {})[row["name"]] = earlier
     return matches, previous
 
 

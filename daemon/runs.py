@@ -27,6 +27,7 @@ import structlog
 
 from daemon.contexts import VersionSpec
 from daemon.dispatcher import ReadyStep
+from daemon.documents.specs import Concurrency
 from daemon.engine import Engine
 from daemon.errors import Conflict, Invalid, NotFound
 from daemon.params import validate_params
@@ -117,7 +118,7 @@ async def create_run(
             if version is None:
                 engine.specs.seen_default(pipeline, record.version)
             if record.status == "disabled":
-                raise _disabled(pipeline, record.version)
+                raise disabled(pipeline, record.version)
             inserted = await _insert(
                 engine, conn, engine.specs.of(record), params, only_if_default=False, **options
             )
@@ -126,7 +127,7 @@ async def create_run(
                 if idempotency_key is not None:  # a concurrent request with the same key won
                     existing = await run_store.find_run_by_key(conn, pipeline, idempotency_key)
                 if existing is None:  # disabled between the read and the insert
-                    raise _disabled(pipeline, record.version)
+                    raise disabled(pipeline, record.version)
                 return Created(existing, False)
         # Handed over before the connection goes back to the pool: the hot path.
         await hand_over(engine, inserted)
@@ -190,33 +191,23 @@ async def _insert(
         active = await run_store.count_active_runs(conn, pipeline)
         held = active >= limit.max_active_runs
         if held and limit.on_limit == "skip":
-            raise Conflict(
-                f"pipeline {pipeline} already has {active} active run{'s' if active != 1 else ''} "
-                f"(concurrency.max_active_runs {limit.max_active_runs}, on_limit skip): "
-                "no run created"
-            )
+            raise at_limit(pipeline, active, limit)
         inserted = await insert(steps=step_plans(spec, decisions, held=held), held=held)
     links = {} if held else reused_links(decisions)
     return None if inserted is None else Inserted(*inserted, spec, held, links)
 
 
-def _disabled(pipeline: str, version: int) -> Conflict:
+def disabled(pipeline: str, version: int) -> Conflict:
+    """Why no run of a disabled version is created."""
     return Conflict(f"version {version} of {pipeline} is disabled and takes no new runs")
 
 
-async def insert_in_transaction(
-    engine: Engine, conn: asyncpg.Connection, spec: VersionSpec, params: Mapping[str, Any], **options: Any
-) -> Inserted | None:
-    """What :func:`create_run` does in the database, inside the caller's open transaction on ``conn``
-    (a trigger's event and its run commit together): params validated, reuse planned, concurrency
-    applied, the run and its steps inserted. Returns None when the version is disabled by now. After
-    the commit, the caller hands the run over with :func:`hand_over`.
-
-    Raises:
-        Invalid: the params do not match the version's schema.
-        Conflict: at the concurrency limit with ``on_limit: skip``.
-    """
-    return await _insert(engine, conn, spec, params, only_if_default=False, **options)
+def at_limit(pipeline: str, active: int, limit: Concurrency) -> Conflict:
+    """Why no run is created at the concurrency limit with ``on_limit: skip``."""
+    return Conflict(
+        f"pipeline {pipeline} already has {active} active run{'s' if active != 1 else ''} "
+        f"(concurrency.max_active_runs {limit.max_active_runs}, on_limit skip): no run created"
+    )
 
 
 async def hand_over(engine: Engine, inserted: Inserted) -> None:

@@ -73,6 +73,7 @@ class Triggering:
         """Starts every source kind and puts every active trigger; stops them all with ``stack``."""
         sources, unavailable = make_sources(engine)
         manager = cls(engine, sources, unavailable)
+        stack.push_async_callback(manager.sink.aclose)  # after the sources stopped
         for source in sources.values():
             await source.start(stack, manager.sink, manager._save_state)
         await manager.sync()

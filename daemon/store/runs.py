@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import msgspec
@@ -186,7 +186,7 @@ class RunRecord:
         }
 
 
-_RUN_COLUMNS = (
+RUN_COLUMNS = (
     "id, pipeline, version, status, params, reuse, trigger, event_id, idempotency_key, resolution, reason, "
     "held, created_at, started_at, finished_at"
 )
@@ -246,37 +246,20 @@ async def insert_run(
     version is disabled (or gone) by the time the statement runs, or (``only_if_default``) it is no
     longer the pipeline's default version: the caller may have picked it from a stale cache.
     """
-    plans = list(steps.values())
+    run_id = run_id or uuid4()
     row = await db.fetchrow(
         f"""
         WITH run AS (
             INSERT INTO runs (id, pipeline, version, params, reuse, trigger, event_id, idempotency_key,
                               resolution, held, status, started_at, finished_at)
-            SELECT coalesce($13::uuid, gen_random_uuid()), $1, $2, $3, $4, $5, $6, $7, $8, $9,
-                   CASE WHEN $14 THEN 'succeeded' ELSE 'queued' END,
-                   CASE WHEN $14 THEN now() END, CASE WHEN $14 THEN now() END
+            SELECT $11, $1, $2, $3, $4, $5, $6, $7, $8, $9, {FIRST_STATUS.format(finished="$12")}
             WHERE EXISTS (
                 SELECT 1 FROM versions WHERE pipeline = $1 AND version = $2 AND status <> 'disabled'
-            ) AND (NOT $12 OR EXISTS (SELECT 1 FROM pipelines WHERE name = $1 AND default_version = $2))
+            ) AND (NOT $10 OR EXISTS (SELECT 1 FROM pipelines WHERE name = $1 AND default_version = $2))
             ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING {_RUN_COLUMNS}
-        ), steps AS (
-            INSERT INTO step_runs (run_id, name, status, ready_at, finished_at, fingerprint, components,
-                                   reused_from, outputs, explanation)
-            SELECT run.id, x.name, x.status, CASE WHEN x.status = 'ready' THEN now() END,
-                   CASE WHEN x.status = 'reused' THEN now() END, x.fingerprint, x.components::jsonb,
-                   x.reused_from, coalesce(x.outputs::jsonb, '{{}}'), x.explanation::jsonb
-            FROM run, unnest($10::text[], $11::text[], $15::text[], $16::text[], $17::bigint[],
-                             $18::text[], $19::text[])
-                      WITH ORDINALITY AS x(name, status, fingerprint, components, reused_from, outputs,
-                                           explanation, position)
-            ORDER BY x.position
-            RETURNING id, name, status
-        )
-        SELECT run.*, (SELECT array_agg(id ORDER BY id) FROM steps) AS step_ids,
-               (SELECT array_agg(name ORDER BY id) FROM steps) AS step_names,
-               (SELECT array_agg(status ORDER BY id) FROM steps) AS step_statuses
-        FROM run
+            RETURNING {RUN_COLUMNS}
+        ), {steps_cte("run", 13)}
+        SELECT run.*, {STEP_ARRAYS} FROM run
         """,
         pipeline,
         version,
@@ -287,30 +270,83 @@ async def insert_run(
         idempotency_key,
         resolution,
         held,
-        list(steps),
-        [plan.status for plan in plans],
         only_if_default,
         run_id,
         finished,
-        *_reuse_columns(plans),
+        *step_arrays([(run_id, steps)]),
     )
     if row is None:
         return None
-    new = [
-        NewStep(*item) for item in zip(row["step_ids"], row["step_names"], row["step_statuses"], strict=True)
-    ]
-    return RunRecord.from_row(row), new
+    return RunRecord.from_row(row), new_steps(row)
 
 
-def _reuse_columns(plans: Sequence[StepPlan]) -> list[list[Any]]:
-    """What reuse decided for each step, one array per column: fingerprint, components, reused_from,
-    outputs, explanation (JSON as text)."""
+FIRST_STATUS = (
+    "CASE WHEN {finished} THEN 'succeeded' ELSE 'queued' END, "
+    "CASE WHEN {finished} THEN now() END, CASE WHEN {finished} THEN now() END"
+)
+"""status, started_at, finished_at of a new run: a run whose every step was reused is over at once."""
+
+STEP_ARRAYS = (
+    "(SELECT array_agg(id ORDER BY id) FROM steps WHERE steps.run_id = run.id) AS step_ids, "
+    "(SELECT array_agg(name ORDER BY id) FROM steps WHERE steps.run_id = run.id) AS step_names, "
+    "(SELECT array_agg(status ORDER BY id) FROM steps WHERE steps.run_id = run.id) AS step_statuses"
+)
+"""A run's new step runs, in ``steps`` order, as three arrays (see :func:`new_steps`)."""
+
+
+def steps_cte(runs: str, first: int) -> str:
+    """The CTE ``steps`` of a statement that inserts runs: the step runs of the runs that the CTE
+    ``runs`` inserted (others are left out), from the arrays of :func:`step_arrays`, bound from
+    parameter ``$first`` on."""
+    arrays = ", ".join(
+        f"${first + index}::{kind}[]"
+        for index, kind in enumerate(("uuid", "text", "text", "text", "text", "bigint", "text", "text"))
+    )
+    return f"""steps AS (
+            INSERT INTO step_runs (run_id, name, status, ready_at, finished_at, fingerprint, components,
+                                   reused_from, outputs, explanation)
+            SELECT x.run_id, x.name, x.status, CASE WHEN x.status = 'ready' THEN now() END,
+                   CASE WHEN x.status = 'reused' THEN now() END, x.fingerprint, x.components::jsonb,
+                   x.reused_from, coalesce(x.outputs::jsonb, '{{}}'), x.explanation::jsonb
+            FROM unnest({arrays})
+                 WITH ORDINALITY AS x(run_id, name, status, fingerprint, components, reused_from, outputs,
+                                      explanation, position)
+            WHERE x.run_id IN (SELECT id FROM {runs})
+            ORDER BY x.position
+            RETURNING id, run_id, name, status
+        )"""
+
+
+def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[list[Any]]:
+    """The step runs of new runs (run id, the run's steps by name), one array per column, for
+    :func:`steps_cte`: run id, name, status, then what reuse decided (fingerprint, components,
+    reused_from, outputs, explanation; JSON as text)."""
+    run_ids: list[UUID] = []
+    names: list[str] = []
+    plans: list[StepPlan] = []
+    for run_id, steps in runs:
+        run_ids.extend([run_id] * len(steps))
+        names.extend(steps)
+        plans.extend(steps.values())
     return [
+        run_ids,
+        names,
+        [plan.status for plan in plans],
         [plan.fingerprint for plan in plans],
         [_json_or_none(plan.components) for plan in plans],
         [plan.reused_from for plan in plans],
         [_json_or_none(plan.outputs) for plan in plans],
         [_json_or_none(plan.explanation) for plan in plans],
+    ]
+
+
+def new_steps(row: asyncpg.Record) -> list[NewStep]:
+    """The step runs a run was inserted with (the columns of ``STEP_ARRAYS``)."""
+    return [
+        NewStep(*item)
+        for item in zip(
+            row["step_ids"] or [], row["step_names"] or [], row["step_statuses"] or [], strict=True
+        )
     ]
 
 
@@ -333,7 +369,7 @@ async def reused_steps(db: Db, run_id: UUID) -> dict[str, tuple[str, str]]:
 
 async def find_run_by_key(db: Db, pipeline: str, idempotency_key: str) -> RunRecord | None:
     row = await db.fetchrow(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE pipeline = $1 AND idempotency_key = $2",
+        f"SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = $1 AND idempotency_key = $2",
         pipeline,
         idempotency_key,
     )
@@ -341,7 +377,7 @@ async def find_run_by_key(db: Db, pipeline: str, idempotency_key: str) -> RunRec
 
 
 async def get_run(db: Db, run_id: UUID) -> RunRecord | None:
-    row = await db.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
+    row = await db.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = $1", run_id)
     return None if row is None else RunRecord.from_row(row)
 
 
@@ -354,7 +390,7 @@ async def run_ids_between(db: Db, low: UUID, high: UUID, *, limit: int) -> list[
 
 
 async def get_runs(db: Db, run_ids: Sequence[UUID]) -> list[RunRecord]:
-    rows = await db.fetch(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ANY($1::uuid[])", list(run_ids))
+    rows = await db.fetch(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY($1::uuid[])", list(run_ids))
     return [RunRecord.from_row(row) for row in rows]
 
 
@@ -399,7 +435,7 @@ async def list_runs(
     than the (created_at, id) key ``before``."""
     rows = await db.fetch(
         f"""
-        SELECT {_RUN_COLUMNS} FROM runs
+        SELECT {RUN_COLUMNS} FROM runs
         WHERE ($1::text IS NULL OR pipeline = $1) AND ($2::text IS NULL OR status = $2)
           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
         ORDER BY created_at DESC, id DESC LIMIT $5
@@ -421,11 +457,29 @@ async def count_active_runs(conn: asyncpg.Connection, pipeline: str) -> int:
     )
 
 
+async def lock_active_counts(conn: asyncpg.Connection, pipelines: Collection[str]) -> dict[str, int]:
+    """Locks the rows of ``pipelines`` until the transaction ends (in name order, so that two
+    transactions taking the same pipelines never deadlock), then counts each one's runs that hold a
+    concurrency slot. Serialises run creation per limited pipeline: two creators cannot both take
+    the last slot."""
+    names = sorted(pipelines)
+    await conn.execute("SELECT 1 FROM pipelines WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE", names)
+    rows = await conn.fetch(
+        """
+        SELECT p.name, count(r.id) AS active FROM unnest($1::text[]) AS p(name)
+        LEFT JOIN runs r ON r.pipeline = p.name AND r.status IN ('queued', 'running') AND NOT r.held
+        GROUP BY p.name
+        """,
+        names,
+    )
+    return {row["name"]: row["active"] for row in rows}
+
+
 async def oldest_held_run(conn: asyncpg.Connection, pipeline: str) -> RunRecord | None:
     """The held run of ``pipeline`` that is next in line, locked until the transaction ends."""
     row = await conn.fetchrow(
         f"""
-        SELECT {_RUN_COLUMNS} FROM runs WHERE pipeline = $1 AND held AND status = 'queued'
+        SELECT {RUN_COLUMNS} FROM runs WHERE pipeline = $1 AND held AND status = 'queued'
         ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED
         """,
         pipeline,
@@ -437,7 +491,6 @@ async def admit_run(conn: asyncpg.Connection, run_id: UUID, steps: Mapping[str, 
     """Releases a held run: it takes a slot, and each of its steps takes its plan as made now
     (status, fingerprint, reuse). Returns the steps with their new status."""
     await conn.execute("UPDATE runs SET held = false WHERE id = $1", run_id)
-    plans = list(steps.values())
     rows = await conn.fetch(
         """
         UPDATE step_runs s SET status = x.status, fingerprint = x.fingerprint,
@@ -451,9 +504,7 @@ async def admit_run(conn: asyncpg.Connection, run_id: UUID, steps: Mapping[str, 
         RETURNING s.id, s.name, s.status
         """,
         run_id,
-        list(steps),
-        [plan.status for plan in plans],
-        *_reuse_columns(plans),
+        *step_arrays([(run_id, steps)])[1:],
     )
     return [NewStep(row["id"], row["name"], row["status"]) for row in rows]
 
@@ -475,7 +526,7 @@ async def lock_run(conn: asyncpg.Connection, run_id: UUID) -> tuple[RunRecord, l
         "SELECT id, name, status, attempts_made FROM step_runs WHERE run_id = $1 ORDER BY id FOR UPDATE",
         run_id,
     )
-    row = await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE", run_id)
+    row = await conn.fetchrow(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 FOR UPDATE", run_id)
     if row is None:
         return None
     return RunRecord.from_row(row), [
@@ -516,7 +567,7 @@ async def finish_run(
         f"""
         UPDATE runs SET status = $2, finished_at = now(), held = false, reason = coalesce($3, reason)
         WHERE id = $1 AND status IN ('queued', 'running')
-        RETURNING {_RUN_COLUMNS}
+        RETURNING {RUN_COLUMNS}
         """,
         run_id,
         status,
@@ -573,7 +624,7 @@ async def dispatch(db: Db, items: Sequence[Dispatch]) -> tuple[list[Dispatched],
             UPDATE runs r SET status = 'running', started_at = now()
             FROM (SELECT DISTINCT run_id FROM steps) t
             WHERE r.id = t.run_id AND r.status = 'queued'
-            RETURNING {", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))}
+            RETURNING {", ".join("r." + column.strip() for column in RUN_COLUMNS.split(","))}
         )
         SELECT c.id AS attempt_id, c.step_run_id, c.number, s.run_id, started.*
         FROM created c JOIN steps s ON s.id = c.step_run_id LEFT JOIN started ON started.id = s.run_id
@@ -685,7 +736,7 @@ async def lock_runs(
         ordered,
     )
     runs = await conn.fetch(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ordered
+        f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ordered
     )
     by_run: dict[UUID, list[StepState]] = {}
     for step in steps:
@@ -727,7 +778,7 @@ async def start_attempts(db: Db, starts: Sequence[AttemptStart]) -> list[Started
     """
     if not starts:
         return []
-    run_columns = ", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))
+    run_columns = ", ".join("r." + column.strip() for column in RUN_COLUMNS.split(","))
     rows = await db.fetch(
         f"""
         WITH a AS (
@@ -884,7 +935,7 @@ async def finish_runs(conn: asyncpg.Connection, outcomes: Mapping[UUID, str]) ->
     """:func:`finish_run` for several runs (run id -> final status); runs already ended are left out."""
     if not outcomes:
         return []
-    run_columns = ", ".join("r." + column.strip() for column in _RUN_COLUMNS.split(","))
+    run_columns = ", ".join("r." + column.strip() for column in RUN_COLUMNS.split(","))
     rows = await conn.fetch(
         f"""
         UPDATE runs r SET status = x.outcome, finished_at = now(), held = false

@@ -1,35 +1,44 @@
-"""What running triggers need from the store: recording an event and its outcome (the exactly-once
-statement), each trigger's source state, and the finished runs a ``run`` trigger catches up on.
+"""What running triggers need from the store: reading what a trigger's events run, writing events
+with their outcomes and runs (the exactly-once statement), each trigger's source state, and the
+finished runs a ``run`` trigger catches up on.
 
-Recording runs in the caller's transaction: :func:`record_event` inserts the event row first
-(unique on trigger + dedupe key, so a repeat collides here and inserts nothing) with the outcome
-``run`` and the id the caller will give its run (the common case costs no second write; the run id's
-foreign key is deferred to the commit); the caller creates the run in the same transaction, and
-:func:`settle_events` rewrites the outcome of the events that did not become a run, before the commit.
-The trigger row is not written in that transaction: :func:`touch_trigger` moves ``last_event_at``
-after it, so that concurrent events of one trigger do not queue on its row lock.
+:func:`insert_events` writes a batch of events (unique on trigger + dedupe key, so a repeat collides
+and writes nothing) together with the runs they became and those runs' steps, in one statement. An
+event's run id is made by the caller and its foreign key deferred, so an event whose run could not be
+written fails the statement rather than pointing nowhere. The trigger row is not written there:
+:func:`touch_trigger` moves ``last_event_at`` after it, so that concurrent events of one trigger do
+not queue on its row lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
+import msgspec
 
 from daemon.store.db import Db
-from daemon.store.runs import RunRecord
+from daemon.store.runs import (
+    FIRST_STATUS,
+    RUN_COLUMNS,
+    STEP_ARRAYS,
+    NewStep,
+    RunRecord,
+    StepPlan,
+    new_steps,
+    step_arrays,
+    steps_cte,
+)
 
 
 @dataclass(frozen=True, slots=True)
-class Recorded:
-    """An event just inserted (``event_id``), or a repeat (``event_id`` None), with its trigger as the
-    transaction sees it: ``version`` is the pin, else the pipeline's default version now."""
+class Target:
+    """What a trigger's events run, as the store has it now: ``version`` is the pin, else the
+    pipeline's default version now."""
 
-    event_id: int | None
     pipeline: str
     pinned: bool
     version: int
@@ -38,73 +47,166 @@ class Recorded:
     bindings: dict[str, Any]
 
 
-_RECORD = """
-WITH t AS (
-    SELECT t.pipeline, t.version IS NOT NULL AS pinned, t.paused, t.spec -> 'params' AS bindings,
-           coalesce(t.version, p.default_version) AS version
-    FROM triggers t JOIN pipelines p ON p.name = t.pipeline
-    WHERE t.name = $1
-), e AS (
-    INSERT INTO events (id, trigger, dedupe_key, received_at, fields, outcome, run_id)
-    SELECT n.id, $1, $2, $3, $4::jsonb || jsonb_build_object('id', n.id), 'run', $5
-    FROM t, LATERAL (SELECT nextval('events_id_seq') AS id) n
-    ON CONFLICT (trigger, dedupe_key) DO NOTHING
-    RETURNING id
-)
-SELECT t.*, v.status AS version_status, (SELECT id FROM e) AS event_id
-FROM t JOIN versions v ON v.pipeline = t.pipeline AND v.version = t.version
-"""
-
-
-async def record_event(
-    conn: asyncpg.Connection,
-    trigger: str,
-    dedupe_key: str,
-    received_at: datetime,
-    fields: dict[str, Any],
-    run_id: UUID,
-) -> Recorded | None:
-    """Inserts the event (its ``id`` added to ``fields``) unless the trigger already has one with
-    ``dedupe_key``, and reads the trigger, in one statement; None when the trigger does not exist.
-    The event is recorded as having become run ``run_id``: the caller inserts that run in the same
-    transaction, or settles the event otherwise (:func:`settle_events`)."""
-    row = await conn.fetchrow(_RECORD, trigger, dedupe_key, received_at, fields, run_id)
-    if row is None:
-        return None
-    return Recorded(
-        event_id=row["event_id"],
-        pipeline=row["pipeline"],
-        pinned=row["pinned"],
-        version=row["version"],
-        version_status=row["version_status"],
-        paused=row["paused"],
-        bindings=row["bindings"] or {},
+async def read_targets(db: Db, triggers: Collection[str], events: int) -> tuple[dict[str, Target], list[int]]:
+    """The targets of ``triggers`` (those that exist), and ``events`` new event ids, in one round
+    trip: an event's id is known before it is written, so its params may be templated from it."""
+    rows = await db.fetch(
+        """
+        SELECT ids.ids, t.*
+        FROM (SELECT array(SELECT nextval('events_id_seq') FROM generate_series(1, $2)) AS ids) ids
+        LEFT JOIN (
+            SELECT t.name, t.pipeline, t.version IS NOT NULL AS pinned, t.paused,
+                   t.spec -> 'params' AS bindings, v.version, v.status AS version_status
+            FROM triggers t JOIN pipelines p ON p.name = t.pipeline
+            JOIN versions v ON v.pipeline = t.pipeline AND v.version = coalesce(t.version, p.default_version)
+            WHERE t.name = ANY($1::text[])
+        ) t ON true
+        """,
+        list(triggers),
+        events,
     )
+    targets = {
+        row["name"]: Target(
+            pipeline=row["pipeline"],
+            pinned=row["pinned"],
+            version=row["version"],
+            version_status=row["version_status"],
+            paused=row["paused"],
+            bindings=row["bindings"] or {},
+        )
+        for row in rows
+        if row["name"] is not None
+    }
+    return targets, list(rows[0]["ids"])
 
 
 @dataclass(frozen=True, slots=True)
-class Settled:
-    """An event that did not become a run: its outcome (``rejected`` or ``skipped``) and why."""
+class NewRun:
+    """The run an event becomes."""
 
-    event_id: int
+    id: UUID
+    pipeline: str
+    version: int
+    params: Mapping[str, Any]
+    resolution: str
+    held: bool
+    finished: bool
+    steps: Mapping[str, StepPlan]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event as it is written: ``outcome`` run (with ``run``), rejected or skipped (with ``reason``)."""
+
+    id: int
+    trigger: str
+    dedupe_key: str
+    received_at: datetime
+    fields: dict[str, Any]
     outcome: str
-    reason: str
+    reason: str | None = None
+    run: NewRun | None = None
 
 
-async def settle_events(conn: asyncpg.Connection, settled: Sequence[Settled]) -> None:
-    """Writes what became of events that did not become a run, in the transaction that recorded them."""
-    if not settled:
-        return
-    await conn.execute(
-        """
-        UPDATE events e SET outcome = x.outcome, run_id = NULL, reason = x.reason
-        FROM unnest($1::bigint[], $2::text[], $3::text[]) AS x(id, outcome, reason)
-        WHERE e.id = x.id
-        """,
-        [item.event_id for item in settled],
-        [item.outcome for item in settled],
-        [item.reason for item in settled],
+_INSERT_EVENTS = f"""
+WITH e AS (
+    INSERT INTO events (id, trigger, dedupe_key, received_at, fields, outcome, run_id, reason)
+    SELECT x.id, x.trigger, x.dedupe_key, x.received_at, x.fields::jsonb, x.outcome, x.run_id, x.reason
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::uuid[],
+                $8::text[]) AS x(id, trigger, dedupe_key, received_at, fields, outcome, run_id, reason)
+    ON CONFLICT (trigger, dedupe_key) DO NOTHING
+    RETURNING id, run_id
+), run AS (
+    INSERT INTO runs (id, pipeline, version, params, reuse, trigger, event_id, resolution, held, status,
+                      started_at, finished_at)
+    SELECT x.id, x.pipeline, x.version, x.params::jsonb, true, x.trigger, e.id, x.resolution, x.held,
+           {FIRST_STATUS.format(finished="x.finished")}
+    FROM unnest($9::uuid[], $10::text[], $11::int[], $12::text[], $13::text[], $14::text[], $15::bool[],
+                $16::bool[]) AS x(id, pipeline, version, params, trigger, resolution, held, finished)
+    JOIN e ON e.run_id = x.id
+    WHERE EXISTS (
+        SELECT 1 FROM versions v
+        WHERE v.pipeline = x.pipeline AND v.version = x.version AND v.status <> 'disabled'
     )
+    RETURNING {RUN_COLUMNS}
+), earlier AS (
+    -- Seen with the statement's snapshot: the events committed before it, not those written by it.
+    SELECT x.id AS repeat, ev.id, ev.run_id
+    FROM unnest($1::bigint[], $2::text[], $3::text[]) AS x(id, trigger, dedupe_key)
+    JOIN events ev ON ev.trigger = x.trigger AND ev.dedupe_key = x.dedupe_key
+), {steps_cte("run", 17)}
+SELECT (SELECT array_agg(id) FROM e) AS written,
+       (SELECT array_agg(repeat) FROM earlier) AS repeats,
+       (SELECT array_agg(id) FROM earlier) AS earlier_ids,
+       (SELECT array_agg(run_id) FROM earlier) AS earlier_runs,
+       run.*, {STEP_ARRAYS}
+FROM (SELECT 1) one LEFT JOIN run ON true
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    events: set[int]
+    """The ids of the events written (the others repeat an event their trigger already has)."""
+    earlier: dict[int, tuple[int, UUID | None]]
+    """Repeats -> the id and run id of the event their trigger had (committed before the write;
+    one committed while it ran is missing here: :func:`find_events`)."""
+    runs: dict[UUID, tuple[RunRecord, list[NewStep]]]
+
+
+async def insert_events(db: Db, events: Sequence[NewEvent]) -> Written:
+    """Writes the events and the runs they became, with their step runs, in one statement (atomic:
+    this is the hot path of every trigger). An event whose trigger already has its dedupe key is not
+    written, nor is its run.
+
+    A run whose version was disabled since the caller read it is not written either, and the
+    statement then fails on its event's deferred foreign key: nothing is written, and the caller
+    tries again with what the store says now.
+    """
+    runs = [(event, event.run) for event in events if event.run is not None]
+    rows = await db.fetch(
+        _INSERT_EVENTS,
+        [event.id for event in events],
+        [event.trigger for event in events],
+        [event.dedupe_key for event in events],
+        [event.received_at for event in events],
+        [msgspec.json.encode(event.fields).decode() for event in events],
+        [event.outcome for event in events],
+        [None if event.run is None else event.run.id for event in events],
+        [event.reason for event in events],
+        [run.id for _, run in runs],
+        [run.pipeline for _, run in runs],
+        [run.version for _, run in runs],
+        [msgspec.json.encode(run.params).decode() for _, run in runs],
+        [event.trigger for event, _ in runs],
+        [run.resolution for _, run in runs],
+        [run.held for _, run in runs],
+        [run.finished for _, run in runs],
+        *step_arrays([(run.id, run.steps) for _, run in runs]),
+    )
+    head = rows[0]
+    earlier = zip(head["repeats"] or [], head["earlier_ids"] or [], head["earlier_runs"] or [], strict=True)
+    return Written(
+        events=set(head["written"] or []),
+        earlier={repeat: (event_id, run_id) for repeat, event_id, run_id in earlier},
+        runs={row["id"]: (RunRecord.from_row(row), new_steps(row)) for row in rows if row["id"] is not None},
+    )
+
+
+async def find_events(
+    db: Db, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, UUID | None]]:
+    """The id and run id of each (trigger, dedupe key) that has an event."""
+    rows = await db.fetch(
+        """
+        SELECT e.trigger, e.dedupe_key, e.id, e.run_id
+        FROM unnest($1::text[], $2::text[]) AS x(trigger, dedupe_key)
+        JOIN events e ON e.trigger = x.trigger AND e.dedupe_key = x.dedupe_key
+        """,
+        [trigger for trigger, _ in keys],
+        [key for _, key in keys],
+    )
+    return {(row["trigger"], row["dedupe_key"]): (row["id"], row["run_id"]) for row in rows}
 
 
 async def touch_trigger(db: Db, trigger: str, at: datetime) -> None:
@@ -115,14 +217,6 @@ async def touch_trigger(db: Db, trigger: str, at: datetime) -> None:
         trigger,
         at,
     )
-
-
-async def find_event(db: Db, trigger: str, dedupe_key: str) -> tuple[int, UUID | None] | None:
-    """The id and run id of the trigger's event with ``dedupe_key``, or None."""
-    row = await db.fetchrow(
-        "SELECT id, run_id FROM events WHERE trigger = $1 AND dedupe_key = $2", trigger, dedupe_key
-    )
-    return None if row is None else (row["id"], row["run_id"])
 
 
 @dataclass(frozen=True, slots=True)

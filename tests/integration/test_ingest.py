@@ -289,3 +289,59 @@ async def test_a_very_long_dedupe_key_still_dedupes(system: Harness) -> None:
     assert again.run_id == first.run_id
     stored = [event["dedupe_key"] for event in await events_of(system, "t1")]
     assert all(len(stored_key) <= 512 and "…sha256:" in stored_key for stored_key in stored)
+
+
+@pytest.mark.parametrize(("on_limit", "runs", "held"), [("skip", 2, 0), ("queue", 10, 8)])
+async def test_a_burst_at_a_concurrency_limit_takes_each_slot_once(
+    system: Harness, on_limit: str, runs: int, held: int
+) -> None:
+    """Events committed together count each run they make against the limit."""
+    await system.apply(
+        PIPELINES.replace(
+            "name: scoring\n", f"name: scoring\nconcurrency: {{max_active_runs: 2, on_limit: {on_limit}}}\n"
+        )
+    )
+    await add_trigger(system)
+    results = await asyncio.gather(*(send(system, f"k{index}", date=f"d{index}") for index in range(10)))
+    outcomes = sorted(result.outcome for result in results)
+    assert outcomes == ["run"] * runs + ["skipped"] * (10 - runs)
+    assert await count_runs(system) == runs
+    assert await system.pool.fetchval("SELECT count(*) FROM runs WHERE held") == held
+
+
+async def test_an_event_can_template_its_own_id(system: Harness) -> None:
+    await system.apply(TRIGGER.format(name="t1", pin="").replace('"${event.data.date}"', '"${event.id}"'))
+    result = await send(system, "k1", date="ignored")
+    assert result.outcome == "run"
+    params = await system.pool.fetchval("SELECT params FROM runs WHERE id = $1::uuid", result.run_id)
+    assert params["date"] == str(result.event_id)
+
+
+async def test_a_version_disabled_while_its_event_is_planned_rejects_the_event(system: Harness) -> None:
+    """The write finds the version disabled since it was read: nothing of the event is written, and
+    the event, tried again, is rejected with the reason."""
+    await add_trigger(system, pin="version: 1")
+    assert system.scheduler is not None
+    reuse = system.scheduler.engine.reuse
+    plan_many = reuse.plan_many
+
+    async def disabling_first(conn, requests):
+        planned = await plan_many(conn, requests)
+        if requests and not disabled:
+            disabled.append(True)
+            await system.pool.execute("UPDATE versions SET status = 'disabled' WHERE pipeline = 'scoring'")
+        return planned
+
+    disabled: list[bool] = []
+    reuse.plan_many = disabling_first
+    try:
+        result = await send(system, "k1", date="2024-05-01")
+    finally:
+        del reuse.plan_many
+    assert disabled
+    assert result.outcome == "rejected"
+    assert result.reason == "version 1 of scoring is disabled and takes no new runs"
+    assert await count_runs(system) == 0
+    [event] = await events_of(system, "t1")
+    assert event["outcome"] == "rejected"
+    assert event["run_id"] is None
