@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 import asyncpg
@@ -26,7 +27,7 @@ from nats.aio.client import Client as NATS
 
 from daemon.announce import Announcer
 from daemon.config import DispatchSettings
-from daemon.contexts import Datastores, RunContexts
+from daemon.contexts import Datastores, RunContexts, VersionSpec
 from daemon.documents.specs import StepSpec
 from daemon.documents.template import TemplateError
 from daemon.errors import NotFound
@@ -84,6 +85,39 @@ class _Planned:
     gpus: tuple[int, ...]
     rendered: RenderedStep
     datastores: dict[str, str]
+    key: int
+    """What holds its capacity in the registry until its attempt has an id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """Steps of a run about to be created, placed on agents before it is written (see
+    :meth:`Dispatcher.claim`): the statement that creates the run records their first attempts."""
+
+    planned: list[_Planned] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.planned)
+
+    def apply(self, plans: Mapping[str, run_store.StepPlan]) -> dict[str, run_store.StepPlan]:
+        """``plans`` with the claimed steps ``dispatched``, each with the agent it is placed on."""
+        placed = {planned.step.name: planned for planned in self.planned}
+        return {
+            name: plan
+            if (planned := placed.get(name)) is None
+            else replace(
+                plan,
+                status="dispatched",
+                claim=run_store.Claim(
+                    planned.agent_id, msgspec.to_builtins(planned.spec.resources), planned.gpus
+                ),
+            )
+            for name, plan in plans.items()
+        }
+
+
+_CLAIM_KEYS = itertools.count(-(2**62), -1)
+"""Registry keys of claimed steps, which have no id yet: far below any step run id's negation."""
 
 
 class Dispatcher:
@@ -130,6 +164,49 @@ class Dispatcher:
             else:
                 self._ready.setdefault(step.step_run_id, step)
         self._wake.set()
+
+    def claim(self, context: RunContext, version: VersionSpec, names: Iterable[str]) -> Claims:
+        """Places the steps ``names`` of a run about to be created — those that will be ready — on
+        agents now, reserving their capacity, so that the statement creating the run records their
+        first attempts too: one commit, no dispatch pass. Only when no step waits for an agent (a
+        waiting step goes first); steps that fit nowhere are left out, inserted ready. The caller
+        ends the claim: :meth:`claimed` after the commit, :meth:`unclaim` when nothing was written.
+        """
+        claims = Claims()
+        if self._ready or self._delayed_steps:
+            return claims
+        now = time.monotonic()
+        rooms = dict(self._registry.rooms())
+        for name in names:
+            spec = version.steps[name]
+            need = need_of(spec)
+            placed = place(need, rooms.values())
+            if isinstance(placed, Waiting):
+                continue
+            planned = self._render(ReadyStep(0, UUID(context.id), name, need=need), context, spec, placed, [])
+            if planned is None:
+                continue  # the dispatcher fails the step, with the reason, once it is ready
+            self._registry.reserve(placed.agent_id, planned.key, need, placed.gpus, now)
+            rooms[placed.agent_id] = self._registry.agents[placed.agent_id].room()
+            claims.planned.append(planned)
+        return claims
+
+    def claimed(self, claims: Claims, steps: Iterable[run_store.NewStep]) -> None:
+        """The run was written with its steps, the claimed ones with their first attempts: the
+        assignments go out."""
+        written = {step.name: step for step in steps if step.attempt_id is not None}
+        for planned in claims.planned:
+            step = written.get(planned.step.name)
+            if step is None or step.attempt_id is None:
+                self._registry.release(planned.key)
+                continue
+            planned.step.step_run_id = step.id
+            self._assign(planned, run_store.Dispatched(step.id, step.attempt_id, 1, planned.step.run_id))
+
+    def unclaim(self, claims: Claims) -> None:
+        """Nothing was written: the claimed capacity is free again."""
+        for planned in claims.planned:
+            self._registry.release(planned.key)
 
     def discard(self, step_run_ids: Iterable[int]) -> None:
         """Steps no longer ready (their run was cancelled)."""
@@ -229,7 +306,7 @@ class Dispatcher:
             planned = self._render(step, context, spec, result, broken)
             if planned is None:
                 continue
-            self._registry.reserve(result.agent_id, -step.step_run_id, need, result.gpus, now)
+            self._registry.reserve(result.agent_id, planned.key, need, result.gpus, now)
             rooms[result.agent_id] = self._registry.agents[result.agent_id].room()
             del self._ready[step.step_run_id]
             self._in_flight.add(step.step_run_id)
@@ -251,7 +328,8 @@ class Dispatcher:
         except TemplateError as exc:
             broken.append((step, f"cannot render step {step.name} for agent {agent.name}: {exc.message}"))
             return None
-        return _Planned(step, context, spec, placed.agent_id, placed.gpus, rendered, datastores)
+        key = -step.step_run_id if step.step_run_id else next(_CLAIM_KEYS)
+        return _Planned(step, context, spec, placed.agent_id, placed.gpus, rendered, datastores, key)
 
     def _set_reason(self, step: ReadyStep, reason: str) -> None:
         if step.reason != reason:
@@ -274,7 +352,7 @@ class Dispatcher:
         except BaseException:
             # Nothing was recorded (one statement): the steps are still ready in the database.
             for planned in batch:
-                self._registry.release(-planned.step.step_run_id)
+                self._registry.release(planned.key)
                 self._in_flight.discard(planned.step.step_run_id)
                 self._ready.setdefault(planned.step.step_run_id, planned.step)
             raise
@@ -284,25 +362,34 @@ class Dispatcher:
             self._in_flight.discard(step.step_run_id)
             record = by_step.get(step.step_run_id)
             if record is None:  # no longer ready (its run was cancelled, or another pass took it)
-                self._registry.release(-step.step_run_id)
+                self._registry.release(planned.key)
                 continue
-            self._registry.rekey(-step.step_run_id, record.attempt_id)
-            message = assignment(
-                planned.context,
-                planned.spec,
-                planned.rendered,
-                planned.datastores,
-                attempt_id=record.attempt_id,
-                number=record.number,
-                gpus=planned.gpus,
-            )
-            self._sends.spawn(self._send(planned, record, message), name=f"assign-{record.attempt_id}")
-            self._announcer.step_changed(
-                step.run_id, step.name, "dispatched", attempt=record.number, agent=planned.agent_id
-            )
+            self._assign(planned, record)
         for run in started:
             await self._announcer.run_changed(run)
         return len(dispatched)
+
+    def _assign(self, planned: _Planned, record: run_store.Dispatched) -> None:
+        """After the attempt was recorded: its reservation takes the attempt's id, and the
+        assignment goes to the agent."""
+        self._registry.rekey(planned.key, record.attempt_id)
+        message = assignment(
+            planned.context,
+            planned.spec,
+            planned.rendered,
+            planned.datastores,
+            attempt_id=record.attempt_id,
+            number=record.number,
+            gpus=planned.gpus,
+        )
+        self._sends.spawn(self._send(planned, record, message), name=f"assign-{record.attempt_id}")
+        self._announcer.step_changed(
+            planned.step.run_id,
+            planned.step.name,
+            "dispatched",
+            attempt=record.number,
+            agent=planned.agent_id,
+        )
 
     async def _send(self, planned: _Planned, record: run_store.Dispatched, message) -> None:
         agent_id = planned.agent_id

@@ -47,6 +47,7 @@ import asyncpg
 import structlog
 
 from daemon import runs
+from daemon.dispatcher import Claims
 from daemon.engine import Engine
 from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.resolver import resolve_params
@@ -95,6 +96,8 @@ class _Draft:
     decisions: dict[str, Decision] = field(default_factory=dict)
     links: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Reused step -> (run id, step) whose outputs it links."""
+    claims: Claims = field(default_factory=Claims)
+    """Its run's steps placed on agents already (``daemon.runs.claim_ready``)."""
     repeat: bool = False
 
 
@@ -259,10 +262,15 @@ class Ingest:
         limited = {
             draft.request.version.pipeline for draft in wanted if draft.request.version.spec.concurrency
         }
-        if not limited:
-            return await self._write(conn, drafts, {})
-        async with conn.transaction():
-            return await self._write(conn, drafts, await run_store.lock_active_counts(conn, limited))
+        try:
+            if not limited:
+                return await self._write(conn, drafts, {})
+            async with conn.transaction():
+                return await self._write(conn, drafts, await run_store.lock_active_counts(conn, limited))
+        except BaseException:
+            for draft in wanted:  # nothing was written
+                self.engine.dispatcher.unclaim(draft.claims)
+            raise
 
     async def _draft(
         self,
@@ -359,6 +367,7 @@ class Ingest:
             return draft
         trigger = draft.queued.event.trigger
         if draft.repeat or draft.event_id not in written.events:
+            self.engine.dispatcher.unclaim(draft.claims)  # its run was not written either
             found = first.get((trigger, draft.key))
             if found is None:
                 return _Decided(
@@ -370,7 +379,7 @@ class Ingest:
             return _Decided(EventResult(event_id=draft.event_id, outcome=draft.outcome, reason=draft.reason))
         run_id = draft.request.run_id
         record, steps = written.runs[run_id]
-        inserted = runs.Inserted(record, steps, draft.request.version, record.held, draft.links)
+        inserted = runs.Inserted(record, steps, draft.request.version, record.held, draft.links, draft.claims)
         return _Decided(EventResult(event_id=draft.event_id, outcome="run", run_id=str(run_id)), inserted)
 
     def _new_run(self, draft: _Draft, active: dict[str, int]) -> trigger_store.NewRun | None:
@@ -390,7 +399,16 @@ class Ingest:
                 draft.request = None
                 return None
             active[version.pipeline] = taken + (not held)
-        run = trigger_store.NewRun(
+        draft.links = {} if held else reused_links(decisions)
+        steps, draft.claims = runs.claim_ready(
+            self.engine,
+            version,
+            request.run_id,
+            request.params,
+            step_plans(version, decisions, held=held),
+            draft.links,
+        )
+        return trigger_store.NewRun(
             id=request.run_id,
             pipeline=version.pipeline,
             version=version.version,
@@ -398,10 +416,8 @@ class Ingest:
             resolution="pinned" if draft.target.pinned else "default",
             held=held,
             finished=finished,
-            steps=step_plans(version, decisions, held=held),
+            steps=steps,
         )
-        draft.links = {} if held else reused_links(decisions)
-        return run
 
 
 def storable_key(key: str) -> str:

@@ -17,22 +17,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import structlog
 
-from daemon.contexts import VersionSpec
-from daemon.dispatcher import ReadyStep
+from daemon.contexts import VersionSpec, run_context
+from daemon.dispatcher import Claims, ReadyStep
 from daemon.documents.specs import Concurrency
 from daemon.engine import Engine
 from daemon.errors import Conflict, Invalid, NotFound
 from daemon.params import validate_params
 from daemon.planner import FINAL_RUN
-from daemon.reuse import reused_links, step_plans
+from daemon.reuse import Decision, reused_links, step_plans
 from daemon.store import runs as run_store
 from daemon.store.pipelines import get_version
 from daemon.transitions import Effects, admit_next, send_cancels
@@ -56,6 +56,8 @@ class Inserted:
     held: bool
     reused: dict[str, tuple[str, str]]
     """Reused step -> (run id, step) whose outputs it links."""
+    claims: Claims = field(default_factory=Claims)
+    """Its steps placed on agents as it was created, whose assignments go out after the commit."""
 
 
 async def create_run(
@@ -179,22 +181,73 @@ async def _insert(
     )
     if (limit := spec.spec.concurrency) is None or finished:
         # The insert is one statement, no explicit transaction: the hot path of a manual run.
-        inserted = await insert(steps=step_plans(spec, decisions, held=False))
-        return None if inserted is None else Inserted(*inserted, spec, False, reused_links(decisions))
-    async with conn.transaction():
-        # Serialises run creation per limited pipeline: two requests cannot take the last slot.
-        default = await conn.fetchval(
-            "SELECT default_version FROM pipelines WHERE name = $1 FOR UPDATE", pipeline
-        )
-        if only_if_default and default != spec.version:
-            return None  # the default moved: the caller reads it again
-        active = await run_store.count_active_runs(conn, pipeline)
-        held = active >= limit.max_active_runs
-        if held and limit.on_limit == "skip":
-            raise at_limit(pipeline, active, limit)
-        inserted = await insert(steps=step_plans(spec, decisions, held=held), held=held)
+        return await _insert_claimed(engine, insert, spec, decisions, run_id, values, held=False)
+    inserted = None
+    try:
+        async with conn.transaction():
+            # Serialises run creation per limited pipeline: two requests cannot take the last slot.
+            default = await conn.fetchval(
+                "SELECT default_version FROM pipelines WHERE name = $1 FOR UPDATE", pipeline
+            )
+            if only_if_default and default != spec.version:
+                return None  # the default moved: the caller reads it again
+            active = await run_store.count_active_runs(conn, pipeline)
+            held = active >= limit.max_active_runs
+            if held and limit.on_limit == "skip":
+                raise at_limit(pipeline, active, limit)
+            inserted = await _insert_claimed(engine, insert, spec, decisions, run_id, values, held=held)
+    except BaseException:
+        if inserted is not None:  # the commit failed
+            engine.dispatcher.unclaim(inserted.claims)
+        raise
+    return inserted
+
+
+async def _insert_claimed(
+    engine: Engine,
+    insert: Callable[..., Awaitable[tuple[run_store.RunRecord, list[run_store.NewStep]] | None]],
+    version: VersionSpec,
+    decisions: Mapping[str, Decision],
+    run_id: UUID,
+    params: Mapping[str, Any],
+    *,
+    held: bool,
+) -> Inserted | None:
+    """Inserts the run with ``insert``, its ready steps placed on agents already when no step waits
+    for one (:func:`claim_ready`)."""
     links = {} if held else reused_links(decisions)
-    return None if inserted is None else Inserted(*inserted, spec, held, links)
+    steps, claims = claim_ready(
+        engine, version, run_id, params, step_plans(version, decisions, held=held), links
+    )
+    try:
+        inserted = await insert(steps=steps, held=held)
+    except BaseException:
+        engine.dispatcher.unclaim(claims)
+        raise
+    if inserted is None:
+        engine.dispatcher.unclaim(claims)
+        return None
+    return Inserted(*inserted, version, held, links, claims)
+
+
+def claim_ready(
+    engine: Engine,
+    version: VersionSpec,
+    run_id: UUID,
+    params: Mapping[str, Any],
+    plans: Mapping[str, run_store.StepPlan],
+    links: Mapping[str, tuple[str, str]],
+) -> tuple[dict[str, run_store.StepPlan], Claims]:
+    """The steps of a run about to be inserted, those ready placed on agents already when the
+    dispatcher has nothing waiting (:meth:`Dispatcher.claim`): the insert records their first
+    attempts, and the run starts as it is created — one commit fewer on the way to an agent. The
+    caller ends the claims: :func:`hand_over` after the commit, ``Dispatcher.unclaim`` otherwise."""
+    ready = [name for name, plan in plans.items() if plan.status == "ready"]
+    if not ready:
+        return dict(plans), Claims()
+    context = run_context(version, run_id, params, links)
+    claims = engine.dispatcher.claim(context, version, ready)
+    return claims.apply(plans), claims
 
 
 def disabled(pipeline: str, version: int) -> Conflict:
@@ -211,21 +264,24 @@ def at_limit(pipeline: str, active: int, limit: Concurrency) -> Conflict:
 
 
 async def hand_over(engine: Engine, inserted: Inserted) -> None:
-    """After the commit of a run: its ready steps go to the dispatcher and its creation is announced
-    (a run whose every step was reused is announced as succeeded)."""
+    """After the commit of a run: its creation is announced (a run whose every step was reused as
+    succeeded, one placed as it was created as running), then the assignments of its claimed steps
+    go out and its ready steps go to the dispatcher."""
     run = inserted.run
     engine.contexts.put(run, inserted.spec, inserted.reused)
     for name in inserted.reused:
         engine.announcer.step_changed(run.id, name, "reused")
-    ready = [ReadyStep(step.id, run.id, step.name) for step in inserted.steps if step.status == "ready"]
-    engine.dispatcher.add(ready)
-    if ready:
-        # Lets the dispatcher start placing and recording the step before the caller spends its
-        # time on the log line, the announcement and the response.
-        await asyncio.sleep(0)
     await engine.announcer.run_changed(run)
+    engine.dispatcher.claimed(inserted.claims, inserted.steps)
+    ready = [ReadyStep(step.id, run.id, step.name) for step in inserted.steps if step.status == "ready"]
+    if ready:
+        engine.dispatcher.add(ready)
     if run.status in FINAL_RUN:
         engine.contexts.drop(run.id)
+    if ready or inserted.claims:
+        # Lets the dispatcher place and record the steps (or send their assignments) before the
+        # caller spends its time on the log line and the response.
+        await asyncio.sleep(0)
 
 
 async def cancel_run(

@@ -208,6 +208,17 @@ class NewStep:
     id: int
     name: str
     status: str
+    attempt_id: int | None = None
+    """The first attempt of a step placed as its run was created (status ``dispatched``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The agent a step is placed on as its run is created: its first attempt is recorded with it."""
+
+    agent_id: str
+    resources: dict[str, Any]
+    gpus: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +231,8 @@ class StepPlan:
     reused_from: int | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     explanation: Mapping[str, Any] | None = None
+    claim: Claim | None = None
+    """Placed already (status ``dispatched``): the insert records its first attempt."""
 
 
 async def insert_run(
@@ -252,13 +265,14 @@ async def insert_run(
         WITH run AS (
             INSERT INTO runs (id, pipeline, version, params, reuse, trigger, event_id, idempotency_key,
                               resolution, held, status, started_at, finished_at)
-            SELECT $11, $1, $2, $3, $4, $5, $6, $7, $8, $9, {FIRST_STATUS.format(finished="$12")}
+            SELECT $11, $1, $2, $3, $4, $5, $6, $7, $8, $9,
+                   {FIRST_STATUS.format(finished="$12", dispatching="$13")}
             WHERE EXISTS (
                 SELECT 1 FROM versions WHERE pipeline = $1 AND version = $2 AND status <> 'disabled'
             ) AND (NOT $10 OR EXISTS (SELECT 1 FROM pipelines WHERE name = $1 AND default_version = $2))
             ON CONFLICT (pipeline, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING {RUN_COLUMNS}
-        ), {steps_cte("run", 13)}
+        ), {steps_cte("run", 14)}
         SELECT run.*, {STEP_ARRAYS} FROM run
         """,
         pipeline,
@@ -273,6 +287,7 @@ async def insert_run(
         only_if_default,
         run_id,
         finished,
+        dispatching(steps),
         *step_arrays([(run_id, steps)]),
     )
     if row is None:
@@ -281,46 +296,64 @@ async def insert_run(
 
 
 FIRST_STATUS = (
-    "CASE WHEN {finished} THEN 'succeeded' ELSE 'queued' END, "
-    "CASE WHEN {finished} THEN now() END, CASE WHEN {finished} THEN now() END"
+    "CASE WHEN {finished} THEN 'succeeded' WHEN {dispatching} THEN 'running' ELSE 'queued' END, "
+    "CASE WHEN {finished} OR {dispatching} THEN now() END, CASE WHEN {finished} THEN now() END"
 )
-"""status, started_at, finished_at of a new run: a run whose every step was reused is over at once."""
+"""status, started_at, finished_at of a new run: a run whose every step was reused is over at once;
+one whose first steps were placed as it was created has started."""
 
-STEP_ARRAYS = (
-    "(SELECT array_agg(id ORDER BY id) FROM steps WHERE steps.run_id = run.id) AS step_ids, "
-    "(SELECT array_agg(name ORDER BY id) FROM steps WHERE steps.run_id = run.id) AS step_names, "
-    "(SELECT array_agg(status ORDER BY id) FROM steps WHERE steps.run_id = run.id) AS step_statuses"
+
+def dispatching(steps: Mapping[str, StepPlan]) -> bool:
+    """Whether a run starts as it is created: some of its steps were placed already."""
+    return any(plan.claim is not None for plan in steps.values())
+
+
+STEP_ARRAYS = ", ".join(
+    f"(SELECT array_agg({column} ORDER BY s.id) FROM steps s {join} WHERE s.run_id = run.id) AS {name}"
+    for column, join, name in (
+        ("s.id", "", "step_ids"),
+        ("s.name", "", "step_names"),
+        ("s.status", "", "step_statuses"),
+        ("a.id", "LEFT JOIN attempts a ON a.step_run_id = s.id", "step_attempts"),
+    )
 )
-"""A run's new step runs, in ``steps`` order, as three arrays (see :func:`new_steps`)."""
+"""A run's new step runs, in ``steps`` order, as arrays (see :func:`new_steps`)."""
+
+_STEP_ARRAY_TYPES = ("uuid", "text", "text", "text", "text", "bigint", "text", "text", "text", "text", "text")
 
 
 def steps_cte(runs: str, first: int) -> str:
-    """The CTE ``steps`` of a statement that inserts runs: the step runs of the runs that the CTE
-    ``runs`` inserted (others are left out), from the arrays of :func:`step_arrays`, bound from
-    parameter ``$first`` on."""
-    arrays = ", ".join(
-        f"${first + index}::{kind}[]"
-        for index, kind in enumerate(("uuid", "text", "text", "text", "text", "bigint", "text", "text"))
-    )
-    return f"""steps AS (
+    """The CTEs ``steps`` and ``attempts`` of a statement that inserts runs: the step runs of the
+    runs that the CTE ``runs`` inserted (others are left out), and the first attempts of those
+    placed already (:class:`Claim`), from the arrays of :func:`step_arrays`, bound from parameter
+    ``$first`` on."""
+    arrays = ", ".join(f"${first + index}::{kind}[]" for index, kind in enumerate(_STEP_ARRAY_TYPES))
+    return f"""step_rows AS (
+            SELECT * FROM unnest({arrays})
+                 WITH ORDINALITY AS x(run_id, name, status, fingerprint, components, reused_from, outputs,
+                                      explanation, agent_id, resources, gpus, position)
+        ), steps AS (
             INSERT INTO step_runs (run_id, name, status, ready_at, finished_at, fingerprint, components,
                                    reused_from, outputs, explanation)
-            SELECT x.run_id, x.name, x.status, CASE WHEN x.status = 'ready' THEN now() END,
+            SELECT x.run_id, x.name, x.status, CASE WHEN x.status IN ('ready', 'dispatched') THEN now() END,
                    CASE WHEN x.status = 'reused' THEN now() END, x.fingerprint, x.components::jsonb,
                    x.reused_from, coalesce(x.outputs::jsonb, '{{}}'), x.explanation::jsonb
-            FROM unnest({arrays})
-                 WITH ORDINALITY AS x(run_id, name, status, fingerprint, components, reused_from, outputs,
-                                      explanation, position)
-            WHERE x.run_id IN (SELECT id FROM {runs})
+            FROM step_rows x WHERE x.run_id IN (SELECT id FROM {runs})
             ORDER BY x.position
             RETURNING id, run_id, name, status
+        ), attempts AS (
+            INSERT INTO attempts (step_run_id, number, agent_id, resources, gpus)
+            SELECT s.id, 1, x.agent_id, x.resources::jsonb, x.gpus::int[]
+            FROM step_rows x JOIN steps s ON s.run_id = x.run_id AND s.name = x.name
+            WHERE x.agent_id IS NOT NULL
+            RETURNING id, step_run_id
         )"""
 
 
 def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[list[Any]]:
     """The step runs of new runs (run id, the run's steps by name), one array per column, for
     :func:`steps_cte`: run id, name, status, then what reuse decided (fingerprint, components,
-    reused_from, outputs, explanation; JSON as text)."""
+    reused_from, outputs, explanation; JSON as text), then the claim (agent, resources, GPUs)."""
     run_ids: list[UUID] = []
     names: list[str] = []
     plans: list[StepPlan] = []
@@ -328,10 +361,22 @@ def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[lis
         run_ids.extend([run_id] * len(steps))
         names.extend(steps)
         plans.extend(steps.values())
+    claims = [plan.claim for plan in plans]
     return [
         run_ids,
         names,
         [plan.status for plan in plans],
+        *reuse_arrays(plans),
+        [claim and claim.agent_id for claim in claims],
+        [claim and msgspec.json.encode(claim.resources).decode() for claim in claims],
+        [claim and "{" + ",".join(map(str, claim.gpus)) + "}" for claim in claims],
+    ]
+
+
+def reuse_arrays(plans: Sequence[StepPlan]) -> list[list[Any]]:
+    """What reuse decided for each step, one array per column: fingerprint, components, reused_from,
+    outputs, explanation (JSON as text)."""
+    return [
         [plan.fingerprint for plan in plans],
         [_json_or_none(plan.components) for plan in plans],
         [plan.reused_from for plan in plans],
@@ -342,12 +387,8 @@ def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[lis
 
 def new_steps(row: asyncpg.Record) -> list[NewStep]:
     """The step runs a run was inserted with (the columns of ``STEP_ARRAYS``)."""
-    return [
-        NewStep(*item)
-        for item in zip(
-            row["step_ids"] or [], row["step_names"] or [], row["step_statuses"] or [], strict=True
-        )
-    ]
+    columns = ("step_ids", "step_names", "step_statuses", "step_attempts")
+    return [NewStep(*item) for item in zip(*(row[column] or [] for column in columns), strict=True)]
 
 
 def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
@@ -504,7 +545,9 @@ async def admit_run(conn: asyncpg.Connection, run_id: UUID, steps: Mapping[str, 
         RETURNING s.id, s.name, s.status
         """,
         run_id,
-        *step_arrays([(run_id, steps)])[1:],
+        list(steps),
+        [plan.status for plan in steps.values()],
+        *reuse_arrays(list(steps.values())),
     )
     return [NewStep(row["id"], row["name"], row["status"]) for row in rows]
 

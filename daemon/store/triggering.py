@@ -28,6 +28,7 @@ from daemon.store.runs import (
     NewStep,
     RunRecord,
     StepPlan,
+    dispatching,
     new_steps,
     step_arrays,
     steps_cte,
@@ -120,9 +121,10 @@ WITH e AS (
     INSERT INTO runs (id, pipeline, version, params, reuse, trigger, event_id, resolution, held, status,
                       started_at, finished_at)
     SELECT x.id, x.pipeline, x.version, x.params::jsonb, true, x.trigger, e.id, x.resolution, x.held,
-           {FIRST_STATUS.format(finished="x.finished")}
+           {FIRST_STATUS.format(finished="x.finished", dispatching="x.dispatching")}
     FROM unnest($9::uuid[], $10::text[], $11::int[], $12::text[], $13::text[], $14::text[], $15::bool[],
-                $16::bool[]) AS x(id, pipeline, version, params, trigger, resolution, held, finished)
+                $16::bool[], $17::bool[])
+         AS x(id, pipeline, version, params, trigger, resolution, held, finished, dispatching)
     JOIN e ON e.run_id = x.id
     WHERE EXISTS (
         SELECT 1 FROM versions v
@@ -134,7 +136,7 @@ WITH e AS (
     SELECT x.id AS repeat, ev.id, ev.run_id
     FROM unnest($1::bigint[], $2::text[], $3::text[]) AS x(id, trigger, dedupe_key)
     JOIN events ev ON ev.trigger = x.trigger AND ev.dedupe_key = x.dedupe_key
-), {steps_cte("run", 17)}
+), {steps_cte("run", 18)}
 SELECT (SELECT array_agg(id) FROM e) AS written,
        (SELECT array_agg(repeat) FROM earlier) AS repeats,
        (SELECT array_agg(id) FROM earlier) AS earlier_ids,
@@ -182,6 +184,7 @@ async def insert_events(db: Db, events: Sequence[NewEvent]) -> Written:
         [run.resolution for _, run in runs],
         [run.held for _, run in runs],
         [run.finished for _, run in runs],
+        [dispatching(run.steps) for _, run in runs],
         *step_arrays([(run.id, run.steps) for _, run in runs]),
     )
     head = rows[0]

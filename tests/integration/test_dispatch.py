@@ -42,7 +42,7 @@ async def test_run_flows_through_agents_with_rendered_paths(system: Harness, tmp
     await system.apply(THREE_STEPS)
     created = await system.start_run("flow", params={"date": "2024-05-01"})
     run_id = created["run_id"]
-    assert created["status"] == "queued"
+    assert created["status"] == "running"  # its first step was placed as it was created: a1 was free
 
     run = await system.wait_run(run_id, "succeeded")
     by_name = {a.step: a for a in agent.assignments}
