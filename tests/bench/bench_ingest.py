@@ -13,7 +13,9 @@ manager and its sources) and the HTTP API as the daemon runs them, and fake agen
    is connected, so every run is committed and its step waits.
 3. latency: 1,000 messages published one after the other on a core NATS subject (and on a JetStream
    stream) that a ``nats`` trigger watches; from publishing to the agent having accepted the run's
-   first step.
+   first step. Agents finish at once. Idle: each message follows the previous one by 20 ms, when
+   its run has ended (an idle daemon, as peers that publish every few seconds find it); busy: each
+   follows at once, overlapping the completion of the run before.
 
 Run: .venv/bin/python tests/bench/bench_ingest.py [--events 5000] [--messages 1000]
 """
@@ -42,6 +44,7 @@ from tests.integration.fake_agent import Outcome
 from triggers.base import TriggerEvent
 
 WARM_UP = 50
+IDLE_PAUSE_S = 0.02
 
 DIRECT = """
 kind: Trigger
@@ -162,7 +165,10 @@ async def jetstream_phase(system: System, events: int, *, execute: bool) -> dict
     return {"messages": events, "runs": runs, "runs_per_s": round(events / elapsed, 1)}
 
 
-async def latency_phase(system: System, messages: int) -> dict:
+async def latency_phase(system: System, messages: int, *, pause_s: float) -> dict:
+    """Messages one after the other, each ``pause_s`` after the previous one was accepted; agents
+    finish at once. With a pause the daemon is idle when a message arrives: the previous run has
+    ended (peers publish every few seconds); without, the message overlaps that run's completion."""
     loop = asyncio.get_running_loop()
     accepted: dict[int, asyncio.Future] = {}
 
@@ -198,6 +204,7 @@ async def latency_phase(system: System, messages: int) -> dict:
                 at = await asyncio.wait_for(accepted.setdefault(n, loop.create_future()), 10)
                 if index >= WARM_UP:
                     samples.append((at - started) * 1000)
+                await asyncio.sleep(pause_s)
             results[name] = summary(samples)
             offset += messages + WARM_UP
     finally:
@@ -215,8 +222,12 @@ async def main(args: argparse.Namespace) -> dict:
             results["jetstream"] = await jetstream_phase(system, args.events, execute=True)
         async with System(postgres, nats_url, root, "ingest_waiting") as system:
             results["jetstream_ingest_only"] = await jetstream_phase(system, args.events, execute=False)
-        async with System(postgres, nats_url, root, "ingest_latency") as system:
-            results["nats_to_accepted_ms"] = await latency_phase(system, args.messages)
+        async with System(postgres, nats_url, root, "ingest_latency_idle") as system:
+            results["nats_to_accepted_ms_idle"] = await latency_phase(
+                system, args.messages, pause_s=IDLE_PAUSE_S
+            )
+        async with System(postgres, nats_url, root, "ingest_latency_busy") as system:
+            results["nats_to_accepted_ms_busy"] = await latency_phase(system, args.messages, pause_s=0)
         return results
 
 
