@@ -114,7 +114,10 @@ class ReusePlanner:
         run of a pipeline compares itself with an earlier one of ``requests`` (as if created after it)."""
         if not requests:
             return []
-        found = await asyncio.gather(*(self._data_fingerprints(request) for request in requests))
+        if any(shape.data for request in requests for shape in self._shapes_of(request.version).values()):
+            found = await asyncio.gather(*(self._data_fingerprints(request) for request in requests))
+        else:  # no datastore input to look at: spares the event loop a task per run
+            found = [({}, {})] * len(requests)
         images = await image_digests(
             conn,
             sorted(
