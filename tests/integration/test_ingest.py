@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from daemon.errors import NotFound, Unavailable
-from tests.integration.fake_agent import Harness, harness
+from tests.integration.fake_agent import Harness, Outcome, harness
 from triggers.base import EventResult, TriggerEvent
 
 PIPELINES = """
@@ -345,3 +345,36 @@ async def test_a_version_disabled_while_its_event_is_planned_rejects_the_event(s
     [event] = await events_of(system, "t1")
     assert event["outcome"] == "rejected"
     assert event["run_id"] is None
+
+
+async def test_capacity_placed_for_an_event_that_writes_no_run_is_given_back(system: Harness) -> None:
+    """With an agent free, an event's run is placed before it is written; a repeat, or an event the
+    database refuses, writes no run, and the capacity placed for it is free again."""
+    await system.agent("a1", cpu=4, behaviour=lambda assignment: Outcome(hold=True))
+    await add_trigger(system)
+    assert system.scheduler is not None
+    agent = system.scheduler.engine.registry.agents["a1"]
+    first = await send(system, "k1", date="2024-05-01")
+    assert first.outcome == "run"
+    assert (
+        await system.pool.fetchval("SELECT status FROM runs WHERE id = $1::uuid", first.run_id) == "running"
+    )
+    assert len(agent.reservations) == 1
+    repeat = await send(system, "k1", date="2024-05-01")
+    assert (repeat.outcome, repeat.run_id) == ("duplicate", first.run_id)
+    await system.pool.execute(
+        """
+        CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+        CREATE TRIGGER refuse_all BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_all();
+        """
+    )
+    try:
+        with pytest.raises(Unavailable):
+            await send(system, "k2", date="2024-05-02")
+    finally:
+        await system.pool.execute("DROP TRIGGER refuse_all ON events; DROP FUNCTION refuse_all()")
+    assert len(agent.reservations) == 1
+    second = await send(system, "k3", date="2024-05-03")
+    assert second.outcome == "run"
+    assert len(agent.reservations) == 2
