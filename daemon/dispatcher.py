@@ -198,7 +198,7 @@ class Dispatcher:
         for planned in claims.planned:
             step = written.get(planned.step.name)
             if step is None or step.attempt_id is None:
-                self._registry.release(planned.key)
+                self._release(planned.key)
                 continue
             planned.step.step_run_id = step.id
             self._assign(planned, run_store.Dispatched(step.id, step.attempt_id, 1, planned.step.run_id))
@@ -206,7 +206,12 @@ class Dispatcher:
     def unclaim(self, claims: Claims) -> None:
         """Nothing was written: the claimed capacity is free again."""
         for planned in claims.planned:
-            self._registry.release(planned.key)
+            self._release(planned.key)
+
+    def _release(self, key: int) -> None:
+        """Frees a reservation, and wakes the loop: a step may fit now."""
+        if self._registry.release(key) is not None:
+            self._wake.set()
 
     def discard(self, step_run_ids: Iterable[int]) -> None:
         """Steps no longer ready (their run was cancelled)."""

@@ -201,7 +201,8 @@ class Ingest:
                 if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
                     await self._touch(queued.event.trigger, queued.received)
             except Exception:
-                # Committed all the same: the dispatcher's sweep finds the run's ready steps.
+                # Committed all the same: the dispatcher's sweep finds the run's ready steps, and
+                # hand_over sent its claimed steps before anything that could fail.
                 log.exception("trigger_event_handover_failed", trigger=queued.event.trigger)
             finally:
                 if not queued.done.done():
@@ -241,17 +242,20 @@ class Ingest:
             return await self._commit_once(conn, batch)
 
     async def _commit_once(self, conn: asyncpg.Connection, batch: list[_Queued]) -> list[_Decided]:
-        names = {queued.event.trigger for queued in batch}
-        targets, ids = await trigger_store.read_targets(conn, names, len(batch))
+        keys = [(queued.event.trigger, storable_key(queued.event.dedupe_key)) for queued in batch]
+        read = await trigger_store.read_batch(conn, keys)
+        # Each (trigger, dedupe key) -> its first event's id and run: what a repeat is answered with.
+        first = dict(read.recorded)
         drafts: list[_Draft | _Decided] = []
-        keys: set[tuple[str, str]] = set()
-        for queued, event_id in zip(batch, ids, strict=True):
-            draft = await self._draft(conn, queued, event_id, targets.get(queued.event.trigger))
+        for queued, (trigger, key), event_id in zip(batch, keys, read.ids, strict=True):
+            draft = await self._draft(conn, queued, key, event_id, read.targets.get(trigger))
             if isinstance(draft, _Draft):
-                # The same event twice in one batch (a redelivery): the first is written, the
-                # second answered as its duplicate, and takes no concurrency slot meanwhile.
-                draft.repeat = (draft.queued.event.trigger, draft.key) in keys
-                keys.add((draft.queued.event.trigger, draft.key))
+                # Recorded already (a redelivery), or twice in this batch: answered as a duplicate,
+                # with no planning, and taking no concurrency slot.
+                draft.repeat = (trigger, key) in first or any(
+                    isinstance(other, _Draft) and (other.queued.event.trigger, other.key) == (trigger, key)
+                    for other in drafts
+                )
             drafts.append(draft)
         wanted = [
             draft for draft in drafts if isinstance(draft, _Draft) and draft.request and not draft.repeat
@@ -264,18 +268,40 @@ class Ingest:
         }
         try:
             if not limited:
-                return await self._write(conn, drafts, {})
-            async with conn.transaction():
-                return await self._write(conn, drafts, await run_store.lock_active_counts(conn, limited))
+                events, written = await self._write(conn, drafts, {})
+            else:
+                async with conn.transaction():
+                    active = await run_store.lock_active_counts(conn, limited)
+                    events, written = await self._write(conn, drafts, active)
         except BaseException:
             for draft in wanted:  # nothing was written
                 self.engine.dispatcher.unclaim(draft.claims)
             raise
+        # Committed: nothing below may undo it, or leave a written run without its answer.
+        for event in events:
+            if (earlier := written.earlier.get(event.id)) is not None:
+                first[event.trigger, event.dedupe_key] = earlier
+            elif event.id in written.events:
+                first[event.trigger, event.dedupe_key] = (event.id, event.run.id if event.run else None)
+        # A repeat of an event committed while the write ran (a race) is looked up now.
+        raced = [
+            key
+            for key, draft in zip(keys, drafts, strict=True)
+            if isinstance(draft, _Draft) and key not in first
+        ]
+        lost: Exception | None = None
+        if raced:
+            try:
+                first |= await trigger_store.find_events(conn, raced)
+            except _DATABASE_ERRORS as exc:  # only those repeats go unanswered: offered again
+                lost = exc
+        return [self._answer(draft, written, first, lost) for draft in drafts]
 
     async def _draft(
         self,
         conn: asyncpg.Connection,
         queued: _Queued,
+        key: str,
         event_id: int,
         target: trigger_store.Target | None,
     ) -> _Draft | _Decided:
@@ -286,7 +312,7 @@ class Ingest:
             return _Decided(NotFound(f"trigger {name} does not exist"))
         fields, unstorable = storable({**event.fields, "time": queued.received.isoformat(), "trigger": name})
         fields["id"] = event_id
-        draft = _Draft(queued, event_id, storable_key(event.dedupe_key), fields, target)
+        draft = _Draft(queued, event_id, key, fields, target)
         pipeline, version = target.pipeline, target.version
         if unstorable:
             draft.outcome, draft.reason = "rejected", UNSTORABLE
@@ -313,9 +339,8 @@ class Ingest:
         conn: asyncpg.Connection,
         drafts: list[_Draft | _Decided],
         active: dict[str, int],
-    ) -> list[_Decided]:
-        """Writes the events and their runs in one statement, then answers each: a run (to hand
-        over), an outcome, or a duplicate of the event the trigger already had. ``active``: the
+    ) -> tuple[list[trigger_store.NewEvent], trigger_store.Written]:
+        """Writes the events that are no repeats, with their runs, in one statement. ``active``: the
         slots taken in each concurrency-limited pipeline (locked by the caller's transaction)."""
         events: list[trigger_store.NewEvent] = []
         for draft in drafts:
@@ -334,27 +359,7 @@ class Ingest:
                     run=run,
                 )
             )
-        written = await trigger_store.insert_events(conn, events)
-        # A repeat is answered with the event its trigger already had; one that collided with an
-        # event committed while the statement ran is looked up after it (rare: a race).
-        first: dict[tuple[str, str], tuple[int, UUID | None]] = {}
-        for event in events:
-            if (earlier := written.earlier.get(event.id)) is not None:
-                first[event.trigger, event.dedupe_key] = earlier
-            elif event.id in written.events:
-                first[event.trigger, event.dedupe_key] = (event.id, event.run.id if event.run else None)
-        raced = [
-            (event.trigger, event.dedupe_key)
-            for event in events
-            if (event.trigger, event.dedupe_key) not in first
-        ]
-        lost: Exception | None = None
-        if raced:
-            try:
-                first |= await trigger_store.find_events(conn, raced)
-            except _DATABASE_ERRORS as exc:  # the written runs stand: only the repeats go unanswered
-                lost = exc
-        return [self._answer(draft, written, first, lost) for draft in drafts]
+        return events, await trigger_store.insert_events(conn, events)
 
     def _answer(
         self,
@@ -370,8 +375,11 @@ class Ingest:
             self.engine.dispatcher.unclaim(draft.claims)  # its run was not written either
             found = first.get((trigger, draft.key))
             if found is None:
+                what = f"event {draft.key!r} of trigger {trigger} repeats one that"
                 return _Decided(
-                    lost or RuntimeError(f"event {draft.key!r} of trigger {trigger} collided but is gone")
+                    Unavailable(f"{what} could not be read: {lost}")
+                    if lost is not None
+                    else RuntimeError(f"{what} is gone")
                 )
             event_id, first_run = found
             return _Decided(EventResult(event_id=event_id, outcome="duplicate", run_id=_str(first_run)))
@@ -390,14 +398,19 @@ class Ingest:
         version = request.version
         finished = all(decision.origin is not None for decision in decisions.values())
         held = False
-        if (limit := version.spec.concurrency) is not None and not finished:
-            # A run that reused every step is over at once and takes no slot.
+        # A run that reused every step is over at once and takes no slot. Every other run of a
+        # counted pipeline takes one, whether or not its own version sets the limit.
+        if version.pipeline in active and not finished:
             taken = active[version.pipeline]
-            held = taken >= limit.max_active_runs
-            if held and limit.on_limit == "skip":
-                draft.outcome, draft.reason = "skipped", runs.at_limit(version.pipeline, taken, limit).message
-                draft.request = None
-                return None
+            if (limit := version.spec.concurrency) is not None:
+                held = taken >= limit.max_active_runs
+                if held and limit.on_limit == "skip":
+                    draft.outcome, draft.reason = (
+                        "skipped",
+                        runs.at_limit(version.pipeline, taken, limit).message,
+                    )
+                    draft.request = None
+                    return None
             active[version.pipeline] = taken + (not held)
         draft.links = {} if held else reused_links(decisions)
         steps, draft.claims = runs.claim_ready(

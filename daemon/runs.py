@@ -264,15 +264,16 @@ def at_limit(pipeline: str, active: int, limit: Concurrency) -> Conflict:
 
 
 async def hand_over(engine: Engine, inserted: Inserted) -> None:
-    """After the commit of a run: its creation is announced (a run whose every step was reused as
-    succeeded, one placed as it was created as running), then the assignments of its claimed steps
-    go out and its ready steps go to the dispatcher."""
+    """After the commit of a run: the assignments of its claimed steps go out, its creation is
+    announced (a run whose every step was reused as succeeded, one placed as it was created as
+    running) and its ready steps go to the dispatcher."""
     run = inserted.run
     engine.contexts.put(run, inserted.spec, inserted.reused)
+    # Before any await: a claimed step's reservation must become its attempt's, whatever follows.
+    engine.dispatcher.claimed(inserted.claims, inserted.steps)
     for name in inserted.reused:
         engine.announcer.step_changed(run.id, name, "reused")
     await engine.announcer.run_changed(run)
-    engine.dispatcher.claimed(inserted.claims, inserted.steps)
     ready = [ReadyStep(step.id, run.id, step.name) for step in inserted.steps if step.status == "ready"]
     if ready:
         engine.dispatcher.add(ready)

@@ -12,7 +12,7 @@ not queue on its row lock.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,13 +48,37 @@ class Target:
     bindings: dict[str, Any]
 
 
-async def read_targets(db: Db, triggers: Collection[str], events: int) -> tuple[dict[str, Target], list[int]]:
-    """The targets of ``triggers`` (those that exist), and ``events`` new event ids, in one round
-    trip: an event's id is known before it is written, so its params may be templated from it."""
+@dataclass(frozen=True, slots=True)
+class BatchRead:
+    """What a batch of events meets in the store before it is written."""
+
+    targets: dict[str, Target]
+    """Each trigger that exists -> its target now."""
+    ids: list[int]
+    """An id for each event, taken now, so that its params may be templated from it."""
+    recorded: dict[tuple[str, str], tuple[int, UUID | None]]
+    """(trigger, dedupe key) already recorded -> that event's id and run id: a repeat."""
+
+
+async def read_batch(db: Db, keys: Sequence[tuple[str, str]]) -> BatchRead:
+    """For events by (trigger, dedupe key), in one round trip: their triggers' targets, an id for
+    each, and the events their triggers already have with those keys."""
     rows = await db.fetch(
         """
-        SELECT ids.ids, t.*
-        FROM (SELECT array(SELECT nextval('events_id_seq') FROM generate_series(1, $2)) AS ids) ids
+        SELECT ids.ids, recorded.*, t.*
+        FROM (
+            SELECT array(
+                SELECT nextval('events_id_seq') FROM generate_series(1, cardinality($1::text[]))
+            ) AS ids
+        ) ids
+        CROSS JOIN (
+            SELECT array_agg(e.trigger ORDER BY e.id) AS recorded_triggers,
+                   array_agg(e.dedupe_key ORDER BY e.id) AS recorded_keys,
+                   array_agg(e.id ORDER BY e.id) AS recorded_ids,
+                   array_agg(e.run_id ORDER BY e.id) AS recorded_runs
+            FROM unnest($1::text[], $2::text[]) AS x(trigger, dedupe_key)
+            JOIN events e ON e.trigger = x.trigger AND e.dedupe_key = x.dedupe_key
+        ) recorded
         LEFT JOIN (
             SELECT t.name, t.pipeline, t.version IS NOT NULL AS pinned, t.paused,
                    t.spec -> 'params' AS bindings, v.version, v.status AS version_status
@@ -63,22 +87,33 @@ async def read_targets(db: Db, triggers: Collection[str], events: int) -> tuple[
             WHERE t.name = ANY($1::text[])
         ) t ON true
         """,
-        list(triggers),
-        events,
+        [trigger for trigger, _ in keys],
+        [key for _, key in keys],
     )
-    targets = {
-        row["name"]: Target(
-            pipeline=row["pipeline"],
-            pinned=row["pinned"],
-            version=row["version"],
-            version_status=row["version_status"],
-            paused=row["paused"],
-            bindings=row["bindings"] or {},
-        )
-        for row in rows
-        if row["name"] is not None
-    }
-    return targets, list(rows[0]["ids"])
+    head = rows[0]
+    recorded = zip(
+        head["recorded_triggers"] or [],
+        head["recorded_keys"] or [],
+        head["recorded_ids"] or [],
+        head["recorded_runs"] or [],
+        strict=True,
+    )
+    return BatchRead(
+        targets={
+            row["name"]: Target(
+                pipeline=row["pipeline"],
+                pinned=row["pinned"],
+                version=row["version"],
+                version_status=row["version_status"],
+                paused=row["paused"],
+                bindings=row["bindings"] or {},
+            )
+            for row in rows
+            if row["name"] is not None
+        },
+        ids=list(head["ids"]),
+        recorded={(trigger, key): (event_id, run_id) for trigger, key, event_id, run_id in recorded},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +173,9 @@ WITH e AS (
     JOIN events ev ON ev.trigger = x.trigger AND ev.dedupe_key = x.dedupe_key
 ), {steps_cte("run", 18)}
 SELECT (SELECT array_agg(id) FROM e) AS written,
-       (SELECT array_agg(repeat) FROM earlier) AS repeats,
-       (SELECT array_agg(id) FROM earlier) AS earlier_ids,
-       (SELECT array_agg(run_id) FROM earlier) AS earlier_runs,
+       (SELECT array_agg(repeat ORDER BY repeat) FROM earlier) AS repeats,
+       (SELECT array_agg(id ORDER BY repeat) FROM earlier) AS earlier_ids,
+       (SELECT array_agg(run_id ORDER BY repeat) FROM earlier) AS earlier_runs,
        run.*, {STEP_ARRAYS}
 FROM (SELECT 1) one LEFT JOIN run ON true
 """
@@ -165,6 +200,8 @@ async def insert_events(db: Db, events: Sequence[NewEvent]) -> Written:
     statement then fails on its event's deferred foreign key: nothing is written, and the caller
     tries again with what the store says now.
     """
+    if not events:
+        return Written(set(), {}, {})
     runs = [(event, event.run) for event in events if event.run is not None]
     rows = await db.fetch(
         _INSERT_EVENTS,

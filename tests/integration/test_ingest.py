@@ -378,3 +378,38 @@ async def test_capacity_placed_for_an_event_that_writes_no_run_is_given_back(sys
     second = await send(system, "k3", date="2024-05-03")
     assert second.outcome == "run"
     assert len(agent.reservations) == 2
+
+
+async def test_a_repeat_in_a_burst_takes_no_concurrency_slot(system: Harness) -> None:
+    """A redelivered event is answered as the duplicate it is, before anything counts it as a run."""
+    await system.apply(
+        PIPELINES.replace(
+            "name: scoring\n", "name: scoring\nconcurrency: {max_active_runs: 1, on_limit: skip}\n"
+        )
+    )
+    await add_trigger(system)
+    assert (await system.client.post("/api/v1/triggers/t1/pause")).status == 200
+    assert (await send(system, "k0", date="a")).outcome == "skipped"  # recorded, no run
+    assert (await system.client.post("/api/v1/triggers/t1/resume")).status == 200
+    repeat, new = await asyncio.gather(send(system, "k0", date="a"), send(system, "k1", date="b"))
+    assert repeat.outcome == "duplicate"
+    assert new.outcome == "run", new.reason
+    assert await count_runs(system) == 1
+
+
+async def test_runs_of_unlimited_versions_count_against_a_limited_one(system: Harness) -> None:
+    """max_active_runs counts the pipeline's runs, whichever version they run."""
+    await add_trigger(system, "pinned", pin="version: 1")  # version 1 sets no limit
+    await system.apply(
+        PIPELINES.replace("command: [score,", "command: [score2,").replace(
+            "name: scoring\n", "name: scoring\nconcurrency: {max_active_runs: 1, on_limit: skip}\n"
+        )
+    )
+    await add_trigger(system, "floating")  # the default, version 2, allows one active run
+    first, second = await asyncio.gather(
+        send(system, "k1", trigger="pinned", date="a"), send(system, "k1", trigger="floating", date="b")
+    )
+    assert first.outcome == "run"
+    assert second.outcome == "skipped"
+    assert "max_active_runs 1" in (second.reason or "")
+    assert await count_runs(system) == 1
