@@ -12,10 +12,11 @@ manager and its sources) and the HTTP API as the daemon runs them, and fake agen
    with agents running every run at once in this process; then the same for ingestion alone: no agent
    is connected, so every run is committed and its step waits.
 3. latency: 1,000 messages published one after the other on a core NATS subject (and on a JetStream
-   stream) that a ``nats`` trigger watches; from publishing to the agent having accepted the run's
-   first step. Agents finish at once. Idle: each message follows the previous one by 20 ms, when
-   its run has ended (an idle daemon, as peers that publish every few seconds find it); busy: each
-   follows at once, overlapping the completion of the run before.
+   stream) that a ``nats`` trigger watches, by a peer in a process of its own; from publishing to
+   the agent having accepted the run's first step. Agents finish at once. Idle: each message
+   follows the previous one by 20 ms, when its run has ended (an idle daemon, as peers that publish
+   every few seconds find it); busy: each follows at once, overlapping the completion of the run
+   before.
 
 Run: .venv/bin/python tests/bench/bench_ingest.py [--events 5000] [--messages 1000]
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import statistics
 import sys
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 import msgspec
 from nats.js.api import StreamConfig
 
-from daemon import bus
+from daemon.tasks import TaskSet
 from runners.logsetup import configure_logging
 from tests.bench.bench_dispatch import PIPELINE, System, percentile
 from tests.bench.harness import embedded_servers, report, temp_dir
@@ -45,6 +47,7 @@ from triggers.base import TriggerEvent
 
 WARM_UP = 50
 IDLE_PAUSE_S = 0.02
+CONTROL = "bench.accepted"
 
 DIRECT = """
 kind: Trigger
@@ -166,17 +169,18 @@ async def jetstream_phase(system: System, events: int, *, execute: bool) -> dict
 
 
 async def latency_phase(system: System, messages: int, *, pause_s: float) -> dict:
-    """Messages one after the other, each ``pause_s`` after the previous one was accepted; agents
-    finish at once. With a pause the daemon is idle when a message arrives: the previous run has
-    ended (peers publish every few seconds); without, the message overlaps that run's completion."""
-    loop = asyncio.get_running_loop()
-    accepted: dict[int, asyncio.Future] = {}
+    """Messages one after the other from a peer in a process of its own (``peer_publisher.py``),
+    each ``pause_s`` after the previous one was accepted; agents finish at once. With a pause the
+    daemon is idle when a message arrives: the previous run has ended (peers publish every few
+    seconds); without, the message overlaps that run's completion."""
+    accepted: dict[int, float] = {}
+    signals = TaskSet("accepted-signals")
 
     def behaviour(assignment):
         n = int(assignment.argv[1])
-        future = accepted.setdefault(n, loop.create_future())
-        if not future.done():
-            future.set_result(time.perf_counter())
+        if n not in accepted:
+            accepted[n] = time.monotonic()
+            signals.spawn(system.nc.publish(CONTROL, str(n).encode()), name=f"accepted-{n}")
         return Outcome()
 
     await system.agents(4, 512.0, behaviour)
@@ -186,29 +190,35 @@ async def latency_phase(system: System, messages: int, *, pause_s: float) -> dic
     await js.add_stream(StreamConfig(name="BENCHLAT", subjects=["benchlat.>"]))
     await apply(system, nats_trigger("core", "bench", "benchcore.in"))
     await apply(system, nats_trigger("durable", "bench", "benchlat.in", "BENCHLAT"))
-    publisher = await bus.connect(system.nats_url, name="bench-publisher")
     results = {}
-    try:
-        offset = 0
-        for name, publish in (
-            ("core", lambda data: publisher.publish("benchcore.in", data)),
-            ("jetstream", lambda data: publisher.jetstream().publish("benchlat.in", data)),
-        ):
-            samples = []
-            for index in range(messages + WARM_UP):
-                n = offset + index
-                started = time.perf_counter()
-                await publish(msgspec.json.encode({"n": n}))
-                if name == "core":
-                    await publisher.flush()
-                at = await asyncio.wait_for(accepted.setdefault(n, loop.create_future()), 10)
-                if index >= WARM_UP:
-                    samples.append((at - started) * 1000)
-                await asyncio.sleep(pause_s)
-            results[name] = summary(samples)
-            offset += messages + WARM_UP
-    finally:
-        await publisher.drain()
+    first = 0
+    for name, subject, options in (
+        ("core", "benchcore.in", []),
+        ("jetstream", "benchlat.in", ["--jetstream"]),
+    ):
+        count = messages + WARM_UP
+        peer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("peer_publisher.py")),
+            system.nats_url,
+            subject,
+            f"--control={CONTROL}",
+            f"--first={first}",
+            f"--count={count}",
+            f"--pause={pause_s}",
+            *options,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert peer.stdout is not None
+        output, _ = await peer.communicate()
+        assert peer.returncode == 0, output
+        started = json.loads(output.decode().splitlines()[-1])
+        samples = [
+            (accepted[first + index] - at) * 1000 for index, at in enumerate(started) if index >= WARM_UP
+        ]
+        results[name] = summary(samples)
+        first += count
+    await signals.aclose()
     return results
 
 
