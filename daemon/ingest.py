@@ -61,9 +61,9 @@ log = structlog.get_logger(__name__)
 
 TOUCH_INTERVAL_S = 1.0
 MAX_BATCH = 64
-"""Events per transaction, at most: enough to amortise a commit, few enough to keep one short."""
+"""Events per write, at most: enough to amortise a commit, few enough to keep one short."""
 COMMITTERS = 2
-"""Transactions committing events at once: one commits while the next batch gathers."""
+"""Batches being committed at once: one commits while the next gathers."""
 
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 MAX_KEY_CHARS = 512
@@ -99,6 +99,7 @@ class _Draft:
     claims: Claims = field(default_factory=Claims)
     """Its run's steps placed on agents already (``daemon.runs.claim_ready``)."""
     repeat: bool = False
+    """Recorded already, or earlier in the batch: answered as a duplicate, nothing written."""
 
 
 @dataclass(slots=True)
@@ -172,8 +173,8 @@ class Ingest:
             self._committers.discard(asyncio.current_task())
 
     async def _commit_or_isolate(self, held: HeldConnection, batch: list[_Queued]) -> list[_Decided | None]:
-        """The batch in one transaction; if that fails, each event alone, so that one bad event does
-        not sink the others (None for an event whose own commit failed: its caller has the error)."""
+        """The batch in one write; if that fails, each event alone, so that one bad event does not
+        sink the others (None for an event whose own commit failed: its caller has the error)."""
         try:
             return list(await self._commit(await held.get(), batch))
         except Exception as exc:
