@@ -31,7 +31,7 @@ from daemon.contexts import Datastores, RunContexts, VersionSpec
 from daemon.documents.specs import StepSpec
 from daemon.documents.template import TemplateError
 from daemon.errors import NotFound
-from daemon.placement import Need, Placed, Waiting, place
+from daemon.placement import AgentRoom, Need, Placed, Waiting, place
 from daemon.registry import Registry
 from daemon.rendering import RenderedStep, RunContext, assignment, render_step
 from daemon.store import runs as run_store
@@ -88,6 +88,9 @@ class _Planned:
     key: int
     """What holds its capacity in the registry until its attempt has an id."""
 
+    def placement(self) -> run_store.Placement:
+        return run_store.Placement(self.agent_id, msgspec.to_builtins(self.spec.resources), self.gpus)
+
 
 @dataclass(frozen=True, slots=True)
 class Claims:
@@ -105,13 +108,7 @@ class Claims:
         return {
             name: plan
             if (planned := placed.get(name)) is None
-            else replace(
-                plan,
-                status="dispatched",
-                claim=run_store.Claim(
-                    planned.agent_id, msgspec.to_builtins(planned.spec.resources), planned.gpus
-                ),
-            )
+            else replace(plan, status="dispatched", placement=planned.placement())
             for name, plan in plans.items()
         }
 
@@ -183,11 +180,10 @@ class Dispatcher:
             placed = place(need, rooms.values())
             if isinstance(placed, Waiting):
                 continue
-            planned = self._render(ReadyStep(0, UUID(context.id), name, need=need), context, spec, placed, [])
+            step = ReadyStep(0, UUID(context.id), name, need=need)
+            planned = self._take(step, context, spec, placed, rooms, now, [])
             if planned is None:
                 continue  # the dispatcher fails the step, with the reason, once it is ready
-            self._registry.reserve(placed.agent_id, planned.key, need, placed.gpus, now)
-            rooms[placed.agent_id] = self._registry.agents[placed.agent_id].room()
             claims.planned.append(planned)
         return claims
 
@@ -308,24 +304,27 @@ class Dispatcher:
                     step.waited_at = epoch
                 self._set_reason(step, result.reason)
                 continue
-            planned = self._render(step, context, spec, result, broken)
+            planned = self._take(step, context, spec, result, rooms, now, broken)
             if planned is None:
                 continue
-            self._registry.reserve(result.agent_id, planned.key, need, result.gpus, now)
-            rooms[result.agent_id] = self._registry.agents[result.agent_id].room()
             del self._ready[step.step_run_id]
             self._in_flight.add(step.step_run_id)
             batch.append(planned)
         return batch, missing, broken
 
-    def _render(
+    def _take(
         self,
         step: ReadyStep,
         context: RunContext,
         spec: StepSpec,
         placed: Placed,
+        rooms: dict[str, AgentRoom],
+        now: float,
         broken: list[tuple[ReadyStep, str]],
     ) -> _Planned | None:
+        """Renders ``step`` for the agent it was placed on and reserves that capacity (``rooms``
+        follows); None, with the reason in ``broken``, when it cannot be rendered there."""
+        assert step.need is not None
         agent = self._registry.agents[placed.agent_id]
         datastores = self._datastores.for_agent(agent.datastores)
         try:
@@ -334,6 +333,8 @@ class Dispatcher:
             broken.append((step, f"cannot render step {step.name} for agent {agent.name}: {exc.message}"))
             return None
         key = -step.step_run_id if step.step_run_id else next(_CLAIM_KEYS)
+        self._registry.reserve(placed.agent_id, key, step.need, placed.gpus, now)
+        rooms[placed.agent_id] = agent.room()
         return _Planned(step, context, spec, placed.agent_id, placed.gpus, rendered, datastores, key)
 
     def _set_reason(self, step: ReadyStep, reason: str) -> None:
@@ -342,15 +343,7 @@ class Dispatcher:
             self._announcer.step_changed(step.run_id, step.name, "ready", waiting_reason=reason)
 
     async def _commit(self, batch: list[_Planned]) -> int:
-        items = [
-            run_store.Dispatch(
-                planned.step.step_run_id,
-                planned.agent_id,
-                msgspec.to_builtins(planned.spec.resources),
-                planned.gpus,
-            )
-            for planned in batch
-        ]
+        items = [run_store.Dispatch(planned.step.step_run_id, planned.placement()) for planned in batch]
         try:
             conn = await self._conn.get()
             dispatched, started = await run_store.dispatch(conn, items)

@@ -51,7 +51,7 @@ from daemon.dispatcher import Claims
 from daemon.engine import Engine
 from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.resolver import resolve_params
-from daemon.reuse import Decision, PlanRequest, reused_links, step_plans
+from daemon.reuse import Decision, PlanRequest, all_reused, reused_links, step_plans
 from daemon.store import runs as run_store
 from daemon.store import triggering as trigger_store
 from daemon.store.db import HeldConnection
@@ -397,7 +397,7 @@ class Ingest:
         request, decisions = draft.request, draft.decisions
         assert request is not None
         version = request.version
-        finished = all(decision.origin is not None for decision in decisions.values())
+        finished = all_reused(decisions)
         held = False
         # A run that reused every step is over at once and takes no slot. Every other run of a
         # counted pipeline takes one, whether or not its own version sets the limit.

@@ -32,7 +32,7 @@ import structlog
 
 from daemon.errors import Unavailable
 from daemon.metrics import LEADER
-from daemon.store.db import connect
+from daemon.store.db import DATABASE_ERRORS, connect
 from daemon.tasks import Supervisor
 
 log = structlog.get_logger(__name__)
@@ -46,7 +46,7 @@ APPLICATION_PREFIX = "sluice-election "
 
 Lead = Callable[[contextlib.AsyncExitStack, asyncpg.Connection], Awaitable[None]]
 
-_SESSION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, Unavailable)
+_SESSION_ERRORS = (*DATABASE_ERRORS, Unavailable)
 
 # The holder of an advisory lock on a bigint key: pg_locks splits the key into classid (high 32
 # bits) and objid (low 32 bits), with objsubid 1.
@@ -83,7 +83,6 @@ class Election:
         self.key = lock_key(name)
         self.interval = interval
         self.identity = identity
-        self.leading = False
         self.leader: str | None = None
         self._dsn = dsn
         self._lead = lead
@@ -93,6 +92,11 @@ class Election:
         self._supervisor = Supervisor()
         self._failing = False
         self._following: str | None = None
+
+    @property
+    def leading(self) -> bool:
+        """Whether it leads now: it holds a term."""
+        return self._term is not None
 
     @classmethod
     async def start(
@@ -167,7 +171,6 @@ class Election:
             log.exception("leader_start_failed", election=self.name)
             return
         self._term = term
-        self.leading = True
         self.leader = self.identity
         self._following = None
         LEADER.set(1)
@@ -180,7 +183,6 @@ class Election:
         await self._close_session()
 
     async def _end_term(self) -> None:
-        self.leading = False
         self.leader = None
         LEADER.set(0)
         term, self._term = self._term, None

@@ -84,7 +84,7 @@ class PlanRequest:
 class _Fingerprinted:
     components: dict[str, dict[str, str]]
     fingerprints: dict[str, str]
-    wanted: list[str]
+    wanted: set[str]
     blind: dict[str, list[str]]
 
 
@@ -170,7 +170,7 @@ class ReusePlanner:
     ) -> _Fingerprinted:
         """Every step's components and fingerprint, in run order, and the steps that may be reused."""
         version, run_id = request.version, request.run_id
-        printed = _Fingerprinted({}, {}, [], {})
+        printed = _Fingerprinted({}, {}, set(), {})
         seen: dict[str, str] = {}  # each step's fingerprint as the steps below it see it
         run = {"pipeline": version.pipeline, "version": str(version.version), "id": str(run_id)}
         unique = {"run id": str(run_id)}
@@ -194,7 +194,7 @@ class ReusePlanner:
             # A step that always runs (side effects) may give its downstream steps new data each time.
             seen[name] = printed.fingerprints[name] if step.reuse else fingerprint(parts | unique)
             if request.reuse and step.reuse:
-                printed.wanted.append(name)
+                printed.wanted.add(name)
         return printed
 
     def _shapes_of(self, version: VersionSpec) -> dict[str, StepShape]:
@@ -263,6 +263,11 @@ def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held:
             explanation=decision.explanation,
         )
     return plans
+
+
+def all_reused(decisions: Mapping[str, Decision]) -> bool:
+    """Whether every step of the run is reused: the run is over as soon as it is created."""
+    return all(decision.origin is not None for decision in decisions.values())
 
 
 def reused_links(decisions: Mapping[str, Decision]) -> dict[str, tuple[str, str]]:

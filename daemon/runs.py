@@ -32,7 +32,7 @@ from daemon.engine import Engine
 from daemon.errors import Conflict, Invalid, NotFound
 from daemon.params import validate_params
 from daemon.planner import FINAL_RUN
-from daemon.reuse import Decision, reused_links, step_plans
+from daemon.reuse import Decision, all_reused, reused_links, step_plans
 from daemon.store import runs as run_store
 from daemon.store.pipelines import get_version
 from daemon.transitions import Effects, admit_next, send_cancels
@@ -166,8 +166,7 @@ async def _insert(
     values = validate_params(spec.spec.params, params, what=f"pipeline {pipeline} version {spec.version}")
     run_id = run_id or uuid.uuid4()
     decisions = await engine.reuse.plan(conn, spec, values, run_id=run_id, reuse=options["reuse"])
-    reused = {name: decision.origin for name, decision in decisions.items() if decision.origin is not None}
-    finished = len(reused) == len(decisions)
+    finished = all_reused(decisions)
     insert = functools.partial(
         run_store.insert_run,
         conn,

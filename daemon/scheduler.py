@@ -38,7 +38,7 @@ from daemon.store import triggering as trigger_store
 from daemon.submit import Submissions
 from daemon.tasks import Supervisor
 from daemon.transitions import Effects, admit_next, fail_step
-from daemon.triggering import Triggering
+from daemon.triggering import Triggering, applied_changes
 
 log = structlog.get_logger(__name__)
 
@@ -188,9 +188,9 @@ class Scheduler:
         if (triggering := self.triggering) is not None:
             await triggering.applied(items)
             return
-        changed = [item for item in items if item.action != "unchanged"]
-        if any(item.kind in ("Trigger", "Datastore") for item in changed):
-            await self._tell_leader(datastores=any(item.kind == "Datastore" for item in changed))
+        names, datastores = applied_changes(items)
+        if names or datastores:
+            await self._tell_leader(datastores=datastores)
 
     async def trigger_changed(self, name: str) -> None:
         """After trigger ``name`` was paused, resumed or deleted (committed): as :meth:`triggers_applied`."""

@@ -117,9 +117,8 @@ class Triggering:
     async def applied(self, items: Iterable[Any]) -> None:
         """After an apply committed (``daemon.catalog.Applied`` items): changed triggers are synced;
         a changed datastore re-puts the files triggers, whose root may have moved."""
-        changed = [item for item in items if item.action != "unchanged"]
-        names = [item.name for item in changed if item.kind == "Trigger"]
-        if any(item.kind == "Datastore" for item in changed):
+        names, datastores = applied_changes(items)
+        if datastores:
             await self._refresh_files()
         if names:
             await self.sync(names)
@@ -211,6 +210,15 @@ class Triggering:
         if known.error is not None:
             status["error"] = known.error
         return status
+
+
+def applied_changes(items: Iterable[Any]) -> tuple[list[str], bool]:
+    """What an apply (``daemon.catalog.Applied`` items) changed for the trigger sources: the triggers
+    it created or changed, and whether it changed a datastore (files triggers' roots)."""
+    changed = [item for item in items if item.action != "unchanged"]
+    return [item.name for item in changed if item.kind == "Trigger"], any(
+        item.kind == "Datastore" for item in changed
+    )
 
 
 def make_sources(engine: Engine) -> tuple[dict[str, Source], dict[str, str]]:

@@ -51,7 +51,6 @@ class Reuse(msgspec.Struct):
 
     outcome: str
     reason: str = ""
-    changed: list[str] = []
 
 
 class Step(msgspec.Struct):

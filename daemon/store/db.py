@@ -17,6 +17,9 @@ Db: TypeAlias = asyncpg.Pool | asyncpg.Connection | asyncpg.pool.PoolConnectionP
 """What every store function takes first: a pool (each call borrows a connection) or a connection,
 so that callers can compose several store calls in one transaction of their own."""
 
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+"""What a lost, unreachable or refusing server raises (a bug in a statement raises these too)."""
+
 
 def _encode_json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
@@ -107,7 +110,7 @@ async def create_pool(
             init=init_connection,
             reset=_keep_session,
         )
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
 
 
@@ -123,13 +126,13 @@ async def connect(
     settings = {} if application_name is None else {"application_name": application_name[:63]}
     try:
         conn = await asyncpg.connect(dsn, timeout=connect_timeout, server_settings=settings)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         raise _unavailable(dsn, exc) from exc
     try:
         await init_connection(conn)
     except BaseException as exc:
         conn.terminate()
-        if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+        if isinstance(exc, DATABASE_ERRORS):
             raise _unavailable(dsn, exc) from exc
         raise
     return conn

@@ -10,15 +10,14 @@ from collections.abc import Sequence
 
 from daemon.store.db import Db
 
-# $1: text[] of references. One row (reference, digest) per reference known; fold into a larger query
-# as a subquery or CTE where the digests are needed alongside other reads.
-IMAGE_DIGESTS_SQL = "SELECT reference, digest FROM images WHERE reference = ANY($1::text[])"
-
 
 async def image_digests(db: Db, references: Sequence[str]) -> dict[str, str]:
     """The latest digest reported for each of ``references`` (as written in steps' ``image``); a
     reference no agent has reported a digest for yet is absent."""
     if not references:
         return {}
-    rows = await db.fetch(IMAGE_DIGESTS_SQL, list(dict.fromkeys(references)))
+    rows = await db.fetch(
+        "SELECT reference, digest FROM images WHERE reference = ANY($1::text[])",
+        list(dict.fromkeys(references)),
+    )
     return {row["reference"]: row["digest"] for row in rows}

@@ -213,12 +213,22 @@ class NewStep:
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    """The agent a step is placed on as its run is created: its first attempt is recorded with it."""
+class Placement:
+    """Where an attempt runs: its agent, the resources it holds there and the GPUs it was given."""
 
     agent_id: str
     resources: dict[str, Any]
     gpus: tuple[int, ...]
+
+
+def placement_arrays(placements: Sequence[Placement | None]) -> list[list[Any]]:
+    """Placements (None: not placed), one array per attempts column: agent, resources (JSON as
+    text), GPUs (an int[] literal)."""
+    return [
+        [placed and placed.agent_id for placed in placements],
+        [placed and msgspec.json.encode(placed.resources).decode() for placed in placements],
+        [placed and "{" + ",".join(map(str, placed.gpus)) + "}" for placed in placements],
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +241,7 @@ class StepPlan:
     reused_from: int | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     explanation: Mapping[str, Any] | None = None
-    claim: Claim | None = None
+    placement: Placement | None = None
     """Placed already (status ``dispatched``): the insert records its first attempt."""
 
 
@@ -305,7 +315,7 @@ one whose first steps were placed as it was created has started."""
 
 def dispatching(steps: Mapping[str, StepPlan]) -> bool:
     """Whether a run starts as it is created: some of its steps were placed already."""
-    return any(plan.claim is not None for plan in steps.values())
+    return any(plan.placement is not None for plan in steps.values())
 
 
 STEP_ARRAYS = ", ".join(
@@ -325,7 +335,7 @@ _STEP_ARRAY_TYPES = ("uuid", "text", "text", "text", "text", "bigint", "text", "
 def steps_cte(runs: str, first: int) -> str:
     """The CTEs ``steps`` and ``attempts`` of a statement that inserts runs: the step runs of the
     runs that the CTE ``runs`` inserted (others are left out), and the first attempts of those
-    placed already (:class:`Claim`), from the arrays of :func:`step_arrays`, bound from parameter
+    placed already (:class:`Placement`), from the arrays of :func:`step_arrays`, bound from parameter
     ``$first`` on."""
     arrays = ", ".join(f"${first + index}::{kind}[]" for index, kind in enumerate(_STEP_ARRAY_TYPES))
     return f"""step_rows AS (
@@ -353,7 +363,7 @@ def steps_cte(runs: str, first: int) -> str:
 def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[list[Any]]:
     """The step runs of new runs (run id, the run's steps by name), one array per column, for
     :func:`steps_cte`: run id, name, status, then what reuse decided (fingerprint, components,
-    reused_from, outputs, explanation; JSON as text), then the claim (agent, resources, GPUs)."""
+    reused_from, outputs, explanation; JSON as text), then the placement (:func:`placement_arrays`)."""
     run_ids: list[UUID] = []
     names: list[str] = []
     plans: list[StepPlan] = []
@@ -361,15 +371,12 @@ def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[lis
         run_ids.extend([run_id] * len(steps))
         names.extend(steps)
         plans.extend(steps.values())
-    claims = [plan.claim for plan in plans]
     return [
         run_ids,
         names,
         [plan.status for plan in plans],
         *reuse_arrays(plans),
-        [claim and claim.agent_id for claim in claims],
-        [claim and msgspec.json.encode(claim.resources).decode() for claim in claims],
-        [claim and "{" + ",".join(map(str, claim.gpus)) + "}" for claim in claims],
+        *placement_arrays([plan.placement for plan in plans]),
     ]
 
 
@@ -625,9 +632,7 @@ async def finish_run(
 @dataclass(frozen=True, slots=True)
 class Dispatch:
     step_run_id: int
-    agent_id: str
-    resources: dict[str, Any]
-    gpus: tuple[int, ...]
+    placement: Placement
 
 
 @dataclass(frozen=True, slots=True)
@@ -673,9 +678,7 @@ async def dispatch(db: Db, items: Sequence[Dispatch]) -> tuple[list[Dispatched],
         FROM created c JOIN steps s ON s.id = c.step_run_id LEFT JOIN started ON started.id = s.run_id
         """,
         [item.step_run_id for item in items],
-        [item.agent_id for item in items],
-        [msgspec.json.encode(item.resources).decode() for item in items],
-        ["{" + ",".join(map(str, item.gpus)) + "}" for item in items],
+        *placement_arrays([item.placement for item in items]),
     )
     dispatched = [
         Dispatched(row["step_run_id"], row["attempt_id"], row["number"], row["run_id"]) for row in rows

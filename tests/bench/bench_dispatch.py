@@ -97,9 +97,7 @@ class System:
         await web.TCPSite(runner, "127.0.0.1", port).start()
         self.api = f"http://127.0.0.1:{port}/api/v1"
         self.session = await stack.enter_async_context(aiohttp.ClientSession())
-        documents = {"documents": [{"file": "b.yaml", "text": PIPELINE}]}
-        async with self.session.post(f"{self.api}/apply", json=documents) as response:
-            assert response.status == 200, await response.text()
+        await self.apply(PIPELINE)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -126,6 +124,11 @@ class System:
         while not all((a := registry.agents.get(agent.id)) and a.accepts_work for agent in agents):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return agents
+
+    async def apply(self, text: str) -> None:
+        documents = {"documents": [{"file": "bench.yaml", "text": text}]}
+        async with self.session.post(f"{self.api}/apply", json=documents) as response:
+            assert response.status == 200, await response.text()
 
     async def start_run(self, index: int) -> str:
         body = {"params": {"n": index}}

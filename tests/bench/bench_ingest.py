@@ -88,12 +88,6 @@ def summary(samples: list[float]) -> dict:
     }
 
 
-async def apply(system: System, text: str) -> None:
-    documents = {"documents": [{"file": "t.yaml", "text": text}]}
-    async with system.session.post(f"{system.api}/apply", json=documents) as response:
-        assert response.status == 200, await response.text()
-
-
 async def post(system: System, path: str) -> None:
     async with system.session.post(f"{system.api}{path}") as response:
         assert response.status == 200, await response.text()
@@ -107,7 +101,7 @@ async def sink_phase(system: System, events: int) -> dict:
     # Agents that finish at once keep the ready queue short: with none, every new run's step waits
     # in the dispatcher, whose planning pass over all waiting steps then dominates (its benchmark).
     await system.agents(4, 512.0, lambda assignment: Outcome())
-    await apply(system, DIRECT)
+    await system.apply(DIRECT)
     sink = system.scheduler.triggering.sink
     semaphore = asyncio.Semaphore(32)
 
@@ -153,8 +147,8 @@ async def jetstream_phase(system: System, events: int, *, execute: bool) -> dict
     if execute:
         await system.agents(4, 512.0, lambda assignment: Outcome())
     else:
-        await apply(system, WAITING)
-    await apply(system, nats_trigger("stream", "bench" if execute else "waiting", "benchin.>", "BENCHIN"))
+        await system.apply(WAITING)
+    await system.apply(nats_trigger("stream", "bench" if execute else "waiting", "benchin.>", "BENCHIN"))
     await post(system, "/triggers/stream/pause")
     acks = [js.publish("benchin.x", msgspec.json.encode({"n": index})) for index in range(events)]
     for start in range(0, events, 500):
@@ -188,8 +182,8 @@ async def latency_phase(system: System, messages: int, *, pause_s: float) -> dic
     with contextlib.suppress(Exception):
         await js.delete_stream("BENCHLAT")
     await js.add_stream(StreamConfig(name="BENCHLAT", subjects=["benchlat.>"]))
-    await apply(system, nats_trigger("core", "bench", "benchcore.in"))
-    await apply(system, nats_trigger("durable", "bench", "benchlat.in", "BENCHLAT"))
+    await system.apply(nats_trigger("core", "bench", "benchcore.in"))
+    await system.apply(nats_trigger("durable", "bench", "benchlat.in", "BENCHLAT"))
     results = {}
     first = 0
     for name, subject, options in (

@@ -56,12 +56,6 @@ def creates_outputs(assignment) -> Outcome:
     return Outcome()
 
 
-async def apply(system: System, text: str) -> None:
-    documents = {"documents": [{"file": "w.yaml", "text": text}]}
-    async with system.session.post(f"{system.api}/apply", json=documents) as response:
-        assert response.status == 200, await response.text()
-
-
 async def create(system: System, day: str) -> tuple[str, float]:
     started = time.perf_counter()
     body = {"params": {"day": day}}
@@ -101,8 +95,8 @@ async def main(args: argparse.Namespace) -> dict:
     for index in range(args.files):
         (landing / f"f{index}.csv").write_text("id\n1\n")
     async with embedded_servers(root) as (pg, nats_url), System(pg, nats_url, root, "reuse") as system:
-        await apply(system, f"kind: Datastore\nname: landing\ntype: local\npath: {landing.parent}\n")
-        await apply(system, pipeline(args.steps))
+        await system.apply(f"kind: Datastore\nname: landing\ntype: local\npath: {landing.parent}\n")
+        await system.apply(pipeline(args.steps))
         await system.agents(4, 512.0, creates_outputs)
         misses, hits, creates = [], [], []
         for repeat in range(args.repeat):

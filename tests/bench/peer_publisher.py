@@ -32,7 +32,6 @@ async def main(args: argparse.Namespace) -> list[float]:
 
     await nc.subscribe(args.control, cb=on_accepted)
     await nc.flush()
-    print("ready", flush=True)
     js = nc.jetstream()
     started = []
     try:

@@ -258,12 +258,18 @@ async def test_a_second_content_fingerprint_reads_only_changed_files(
     assert read[3:] == ["a.csv"]
 
 
-async def test_a_file_changed_just_now_is_read_again_rather_than_cached(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    read: list[str] = []
+@pytest.fixture
+def read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the files whose content is hashed, in order."""
+    paths: list[str] = []
     file_digest = datafingerprint._file_digest
-    monkeypatch.setattr(datafingerprint, "_file_digest", lambda path: read.append(path) or file_digest(path))
+    monkeypatch.setattr(datafingerprint, "_file_digest", lambda path: paths.append(path) or file_digest(path))
+    return paths
+
+
+async def test_a_file_changed_just_now_is_read_again_rather_than_cached(
+    tmp_path: Path, read: list[str]
+) -> None:
     file = write(tmp_path / "fresh.csv", b"1\n")  # its ctime is now, whatever its mtime says
     fingerprints = DataFingerprints()
     await fingerprints.of(file, content=True)
@@ -272,12 +278,7 @@ async def test_a_file_changed_just_now_is_read_again_rather_than_cached(
     assert fingerprints.cached_files == 0
 
 
-async def test_the_cache_keeps_the_most_recently_used_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    read: list[str] = []
-    file_digest = datafingerprint._file_digest
-    monkeypatch.setattr(datafingerprint, "_file_digest", lambda path: read.append(path) or file_digest(path))
+async def test_the_cache_keeps_the_most_recently_used_files(tmp_path: Path, read: list[str]) -> None:
     files = [write(tmp_path / "data" / f"{name}.csv", name.encode()) for name in "abcd"]
     fingerprints = DataFingerprints(max_cached_files=3, min_age_s=0)
     await fingerprints.of(tmp_path / "data", content=True)  # read in path order: a.csv goes first
