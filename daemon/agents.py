@@ -1,6 +1,7 @@
 """Agent supervision: heartbeats in, lost agents and lost attempts out.
 
-Every heartbeat updates the in-memory registry; the database row is written only when what the agent
+A heartbeat's agent is the name in its subject (only that agent may publish there). Every heartbeat
+updates the in-memory registry; the database row is written only when what the agent
 advertises changed, or every ``agent_write_interval_s``. An agent silent for longer than the heartbeat
 timeout (counted from the daemon's start for agents not heard from yet) is ``lost``: its active
 attempts are lost and their steps ready again, to be placed elsewhere (this does not count as a retry).
@@ -20,11 +21,13 @@ import structlog
 from nats.aio.msg import Msg
 
 from daemon.engine import Engine
+from daemon.refusals import Refusals
 from daemon.registry import AgentState
 from daemon.store import agents as agent_store
 from daemon.store import runs as run_store
 from daemon.transitions import send_cancels
-from runners.protocol import HEARTBEAT_SUBJECT, Capacity, Heartbeat
+from runners.options import check_agent_name
+from runners.protocol import HEARTBEATS, Capacity, Heartbeat, heartbeat_sender
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +41,7 @@ class AgentMonitor:
         self._engine = engine
         self._sub = None
         self._stray_checked: dict[int, float] = {}
+        self._refusals = Refusals("heartbeat_refused")
 
     async def load(self, started: float) -> None:
         """Agents known from the database count as silent since ``started`` (monotonic)."""
@@ -58,7 +62,7 @@ class AgentMonitor:
             )
 
     async def start(self) -> None:
-        self._sub = await self._engine.nc.subscribe(HEARTBEAT_SUBJECT, cb=self._on_heartbeat)
+        self._sub = await self._engine.nc.subscribe(HEARTBEATS, cb=self._on_heartbeat)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -69,24 +73,26 @@ class AgentMonitor:
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
+            agent_id = heartbeat_sender(msg.subject)
+            check_agent_name(agent_id)
             beat = Heartbeat.decode(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            log.warning("heartbeat_rejected", error=str(exc))
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+            self._refusals.refuse(msg.subject, str(exc))
             return
         try:
-            await self.heartbeat(beat)
+            await self.heartbeat(agent_id, beat)
         except Exception:  # one bad beat must not stop the subscription; the next one retries
-            log.exception("heartbeat_failed", agent=beat.agent_id)
+            log.exception("heartbeat_failed", agent=agent_id)
 
-    async def heartbeat(self, beat: Heartbeat) -> None:
+    async def heartbeat(self, agent_id: str, beat: Heartbeat) -> None:
         engine = self._engine
         now = time.monotonic()
-        was = engine.registry.agents.get(beat.agent_id)
+        was = engine.registry.agents.get(agent_id)
         came_back = was is not None and was.status == "lost"
         if was is None or not was.written:
             # Attempts reference the agent's row: it must exist before the agent can take work.
-            await self._write(beat, "draining" if beat.draining else "ready")
-        agent, more_room = engine.registry.beat(beat, now)
+            await self._write(agent_id, beat, "draining" if beat.draining else "ready")
+        agent, more_room = engine.registry.beat(agent_id, beat, now)
         if came_back or was is None or not was.seen:
             log.info("agent_joined", agent=agent.id, name=agent.name, came_back=came_back)
         if more_room:
@@ -94,14 +100,14 @@ class AgentMonitor:
         descriptor = agent.descriptor()
         if descriptor != agent.written or now - agent.written_at >= engine.settings.agent_write_interval_s:
             agent.written, agent.written_at = descriptor, now
-            await self._write(beat, agent.db_status)
+            await self._write(agent_id, beat, agent.db_status)
         await self._reconcile(agent, now)
 
-    async def _write(self, beat: Heartbeat, status: str) -> None:
+    async def _write(self, agent_id: str, beat: Heartbeat, status: str) -> None:
         await agent_store.upsert_agent(
             self._engine.pool,
-            id=beat.agent_id,
-            name=beat.name,
+            id=agent_id,
+            name=agent_id,
             labels=dict(beat.labels),
             executors=list(beat.executors),
             capacity=msgspec.to_builtins(beat.capacity),
@@ -154,7 +160,7 @@ class AgentMonitor:
         now = time.monotonic()
         timeout = engine.settings.heartbeat_timeout_s
         for agent in engine.registry.silent(now, timeout):
-            await self._lose_agent(agent, f"agent {agent.name} sent no heartbeat for {timeout:g} s")
+            await self.lose_agent(agent, f"agent {agent.name} sent no heartbeat for {timeout:g} s")
         grace = engine.settings.unlisted_grace_s
         for agent in list(engine.registry.all()):
             if agent.status == "lost" or not agent.seen:
@@ -168,7 +174,8 @@ class AgentMonitor:
             key: when for key, when in self._stray_checked.items() if now - when < 10 * STRAY_CHECK_INTERVAL_S
         }
 
-    async def _lose_agent(self, agent: AgentState, reason: str) -> None:
+    async def lose_agent(self, agent: AgentState, reason: str) -> None:
+        """The agent is gone: its active attempts are lost (their steps ready again elsewhere)."""
         engine = self._engine
         async with engine.pool.acquire() as conn, conn.transaction():
             ids = await run_store.active_attempt_ids(conn, agent.id)

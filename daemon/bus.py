@@ -1,7 +1,13 @@
-"""The daemon's NATS connection and the source snapshot store on JetStream."""
+"""The daemon's NATS connection, the check that NATS is closed to strangers, and the source snapshot
+store on JetStream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import ObjectStoreConfig, StorageType
@@ -10,22 +16,70 @@ from nats.js.object_store import ObjectStore
 
 from daemon.errors import Unavailable
 from runners import bus as runners_bus
-from runners.protocol import SOURCES_BUCKET
+from runners.protocol import DAEMON_INBOX, SOURCES_BUCKET
 
 log = structlog.get_logger(__name__)
 
 
-async def connect(urls: str, *, creds: str | None = None, name: str = "sluice-daemon") -> NATS:
-    """Connect to NATS (``urls`` comma-separated) as an agent does (``runners.bus.connect``: the first
-    connection within a bounded time, later losses reconnected for as long as the daemon lives).
+PROBE_TIMEOUT_S = 2.0
+
+
+async def connect(options: runners_bus.NatsOptions, *, name: str = "sluice-daemon") -> NATS:
+    """Connect to NATS as an agent does (``runners.bus.connect``: the first connection within a
+    bounded time, later losses reconnected for as long as the daemon lives), with replies on the
+    daemon's own inbox.
 
     Raises:
-        Unavailable: no server answered.
+        Unavailable: no server answered, or it refused the credentials.
     """
     try:
-        return await runners_bus.connect(urls, creds=creds, name=name)
+        return await runners_bus.connect(options, name=name, inbox_prefix=DAEMON_INBOX)
     except runners_bus.BusError as exc:
         raise Unavailable(str(exc)) from exc
+
+
+async def strangers_may_publish(options: runners_bus.NatsOptions, nc: NATS) -> bool:
+    """Whether a client without credentials can connect to the server ``nc`` is on and publish on
+    ``sluice.>`` (where it could forge heartbeats, step events and assignments): it tries, and ``nc``
+    listens for what arrives."""
+    subject = f"sluice.probe.{nc.new_inbox().rsplit('.', 1)[-1]}"
+    arrived = asyncio.Event()
+    subscription = await nc.subscribe(subject, cb=lambda _msg: _set(arrived))
+    try:
+        await nc.flush(timeout=PROBE_TIMEOUT_S)
+        try:
+            stranger = await nats.connect(
+                servers=options.servers,
+                tls=options.tls_context(),
+                allow_reconnect=False,
+                connect_timeout=PROBE_TIMEOUT_S,
+                error_cb=_ignore,
+            )
+        except (*runners_bus.NatsErrors, nats.errors.NoServersError):
+            return False
+        try:
+            await stranger.publish(subject, b"")
+            await stranger.flush(timeout=PROBE_TIMEOUT_S)
+            await nc.flush(timeout=PROBE_TIMEOUT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 0.2)
+        except runners_bus.NatsErrors:
+            pass
+        finally:
+            with contextlib.suppress(*runners_bus.NatsErrors):
+                await stranger.close()
+        return arrived.is_set()
+    finally:
+        with contextlib.suppress(*runners_bus.NatsErrors):
+            await subscription.unsubscribe()
+
+
+async def _set(event: asyncio.Event) -> None:
+    event.set()
+
+
+async def _ignore(_exc: Exception) -> None:
+    """A refused stranger is the good outcome; nothing to log."""
 
 
 class SourceStore:

@@ -7,6 +7,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from runners.bus import NatsOptions
 from runners.protocol import ASSIGN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S
 
 DEFAULT_PORT = 8470
@@ -18,7 +19,9 @@ class Settings:
     data_dir: Path
     database_url: str | None = None
     nats_url: str | None = None
-    nats_creds: str | None = None
+    """None: the daemon embeds a NATS server under the data dir."""
+    nats: NatsOptions = dataclasses.field(default_factory=NatsOptions)
+    """Credentials and TLS for NATS (its ``urls`` are ``nats_url``, or the embedded server's)."""
     api_url: str = DEFAULT_API_URL
     api_token: str | None = None
     log_format: str | None = None
@@ -31,7 +34,7 @@ class Settings:
             data_dir=Path(data_dir).expanduser(),
             database_url=environ.get("SLUICE_DATABASE_URL") or None,
             nats_url=environ.get("SLUICE_NATS_URL") or None,
-            nats_creds=environ.get("SLUICE_NATS_CREDS") or None,
+            nats=NatsOptions.from_env(environ),
             api_url=(environ.get("SLUICE_API_URL") or DEFAULT_API_URL).rstrip("/"),
             api_token=environ.get("SLUICE_API_TOKEN") or None,
             log_format=environ.get("SLUICE_LOG_FORMAT") or None,

@@ -6,11 +6,16 @@ Both come from pip wheels (the `sluice[embedded]` extra): PostgreSQL from `pgser
 A server left running by a killed Sluice is handled, never a confusing failure: PostgreSQL's
 postmaster is found through its `postmaster.pid` and reused (its data is ours); a stale NATS server
 is stopped and a fresh one started on the same port, so that agents reconnect to the URL they know.
+
+The embedded NATS server enforces Sluice's NATS trust (operator mode, no anonymous client) when it is
+given one; its configuration file is written anew at every start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -20,12 +25,14 @@ import sys
 import sysconfig
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import structlog
 
 from daemon.errors import Unavailable
+from daemon.private_files import write_private
 
 log = structlog.get_logger(__name__)
 
@@ -92,12 +99,25 @@ class EmbeddedPostgres:
 
 
 class EmbeddedNats:
-    """A NATS server with JetStream whose store lives in ``store_dir``."""
+    """A NATS server with JetStream whose store lives in ``store_dir``.
 
-    def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+    ``trust`` makes it enforce Sluice's NATS trust: a function of the resolver directory that returns
+    the configuration block (``daemon.trust.authority.Trust.server_config``), with the public key of
+    the account whose streams it holds. Without one, any client may connect (tests only).
+    """
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        trust: tuple[Callable[[str], str], str] | None = None,
+    ) -> None:
         self.store_dir = store_dir
         self.host = host
         self.port = port
+        self.trust = trust
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,24 +139,10 @@ class EmbeddedNats:
         self._stop_stale()
         self.port = self.port or self._remembered_port() or free_port(self.host)
         log_file = self.store_dir / "nats-server.log"
-        argv = [
-            binary,
-            "--jetstream",
-            "--store_dir",
-            str(self.store_dir / "jetstream"),
-            "--addr",
-            self.host,
-            "--port",
-            str(self.port),
-            "--pid",
-            str(self._pid_file),
-            "--server_name",
-            "sluice-embedded",
-            "--log",
-            str(log_file),
-        ]
+        config = self.store_dir / "nats-server.conf"
+        write_private(config, self._config(log_file))
         self._process = subprocess.Popen(
-            argv,
+            [binary, "--config", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -146,6 +152,22 @@ class EmbeddedNats:
         self._port_file.write_text(str(self.port))
         log.info("embedded_nats_ready", url=self.url, pid=self._process.pid)
         return self.url
+
+    def _config(self, log_file: Path) -> str:
+        jetstream = self.store_dir / "jetstream"
+        lines = [
+            f"host: {json.dumps(self.host)}",
+            f"port: {self.port}",
+            'server_name: "sluice-embedded"',
+            f"pid_file: {json.dumps(str(self._pid_file))}",
+            f"log_file: {json.dumps(str(log_file))}",
+            f"jetstream: {{store_dir: {json.dumps(str(jetstream))}}}",
+        ]
+        if self.trust is not None:
+            config, account = self.trust
+            _adopt_open_streams(jetstream / "jetstream", account)
+            lines.append(config(str(self.store_dir / "jwt")))
+        return "\n".join(lines) + "\n"
 
     def stop(self) -> None:
         """Stop the server gracefully (SIGTERM), killing it if it does not exit in time."""
@@ -188,6 +210,15 @@ class EmbeddedNats:
         if is_ours:
             log.warning("embedded_nats_stale_stopped", pid=pid, store_dir=str(self.store_dir))
             _terminate(pid, lambda: not psutil.pid_exists(pid) or process.status() == psutil.STATUS_ZOMBIE)
+
+
+def _adopt_open_streams(accounts_dir: Path, account: str) -> None:
+    """Streams a server without auth kept (in its global account, ``$G``) become Sluice's account's:
+    the source snapshots and step events of a data dir from before its NATS was closed."""
+    open_account, own = accounts_dir / "$G", accounts_dir / account
+    if open_account.is_dir() and not own.exists():
+        open_account.rename(own)
+        log.info("embedded_nats_streams_adopted", account=account)
 
 
 def nats_server_binary() -> str:
@@ -238,3 +269,20 @@ def _terminate(pid: int, exited, timeout: float = STOP_TIMEOUT_S) -> None:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path):
+    """One Sluice per data dir: its embedded servers' files must have one owner."""
+    path = data_dir / "sluice.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise Unavailable(f"another Sluice (pid {owner}) is running with data dir {data_dir}") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield

@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import psutil
@@ -24,9 +24,14 @@ STOP_TIMEOUT_S = 10.0
 DRAIN_TIMEOUT_S = 5.0
 
 
+def agent_names(count: int) -> list[str]:
+    """The names of ``count`` local agents: ``local``, or ``local-1`` … ``local-N``."""
+    return ["local"] if count == 1 else [f"local-{index}" for index in range(1, count + 1)]
+
+
 def agent_argv(index: int, count: int, cache_root: Path) -> list[str]:
     """The command line of local agent ``index`` (1-based) of ``count``."""
-    name = "local" if count == 1 else f"local-{index}"
+    name = agent_names(count)[index - 1]
     cpus = max((os.cpu_count() or 1) / count, 0.1)
     memory = psutil.virtual_memory().total // count
     return [
@@ -50,16 +55,22 @@ def agent_argv(index: int, count: int, cache_root: Path) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def local_agents(count: int, nats_url: str, data_dir: Path) -> AsyncIterator[None]:
-    """Run ``count`` agents joined to ``nats_url`` while the block runs; stop them on the way out
-    (SIGTERM, so running steps get ``DRAIN_TIMEOUT_S`` to finish, then SIGKILL after a bound)."""
+async def local_agents(
+    count: int, nats_url: str, data_dir: Path, creds: Mapping[str, Path]
+) -> AsyncIterator[None]:
+    """Run ``count`` agents joined to ``nats_url`` (each with its ``creds`` file, by name, where
+    given) while the block runs; stop them on the way out (SIGTERM, so running steps get
+    ``DRAIN_TIMEOUT_S`` to finish, then SIGKILL after a bound)."""
     env = {**os.environ, "SLUICE_NATS_URL": nats_url}
     processes: list[asyncio.subprocess.Process] = []
     try:
-        for index in range(1, count + 1):
+        for index, name in enumerate(agent_names(count), start=1):
             argv = agent_argv(index, count, data_dir / "agents")
+            agent_env = env | ({"SLUICE_NATS_CREDS": str(creds[name])} if name in creds else {})
             # Their own session: a Ctrl-C in the terminal reaches `up` alone, which stops them once.
-            processes.append(await asyncio.create_subprocess_exec(*argv, env=env, start_new_session=True))
+            processes.append(
+                await asyncio.create_subprocess_exec(*argv, env=agent_env, start_new_session=True)
+            )
             log.info("local_agent_started", agent=argv[argv.index("--name") + 1], pid=processes[-1].pid)
         yield
     finally:

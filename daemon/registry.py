@@ -142,16 +142,15 @@ class Registry:
 
     # --- heartbeats ---------------------------------------------------------------------------
 
-    def beat(self, beat: Heartbeat, now: float) -> tuple[AgentState, bool]:
-        """Takes in a heartbeat; returns the agent and whether it could take work it could not before
-        (it is new, came back, stopped draining or changed what it offers)."""
-        agent = self.agents.get(beat.agent_id)
+    def beat(self, agent_id: str, beat: Heartbeat, now: float) -> tuple[AgentState, bool]:
+        """Takes in agent ``agent_id``'s heartbeat; returns the agent and whether it could take work it
+        could not before (it is new, came back, stopped draining or changed what it offers)."""
+        agent = self.agents.get(agent_id)
         before = None
         if agent is None:
-            agent = self.agents[beat.agent_id] = AgentState(id=beat.agent_id, name=beat.name)
+            agent = self.agents[agent_id] = AgentState(id=agent_id, name=agent_id)
         else:
             before = (agent.accepts_work, agent.capacity, tuple(agent.executors), tuple(agent.labels.items()))
-        agent.name = beat.name
         agent.labels = dict(beat.labels)
         agent.executors = list(beat.executors)
         agent.capacity = beat.capacity

@@ -77,7 +77,8 @@ class RenderedStep:
     argv: list[str]
     env: dict[str, str]
     outputs: dict[str, str]
-    mounts: list[str]
+    datastores: dict[str, str]
+    """The datastores the step's paths lie in: name -> root as the agent sees it."""
 
 
 def run_values(run: RunContext) -> dict[str, str]:
@@ -127,7 +128,7 @@ def render_step(run: RunContext, step: StepSpec, datastores: Mapping[str, str]) 
         argv=[render(item, values) for item in step.command],
         env=env,
         outputs=outputs,
-        mounts=sorted({datastores[name] for name in used}),
+        datastores={name: datastores[name] for name in sorted(used)},
     )
 
 
@@ -159,7 +160,7 @@ def assignment(
         gpus=list(gpus),
         source_digest=run.source_digest,
         outputs=rendered.outputs,
-        mounts=rendered.mounts,
+        datastores=rendered.datastores,
         log_path=in_datastore(datastores, DEFAULT_DATASTORE, log_path(run.id, step.name, number)),
         timeout_s=step.timeout,
     )

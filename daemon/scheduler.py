@@ -182,6 +182,12 @@ class Scheduler:
     async def cancel_run(self, run_id: UUID) -> run_store.RunRecord:
         return await runs.cancel_run(self.engine, run_id)
 
+    async def agent_revoked(self, agent_id: str) -> None:
+        """Agent ``agent_id``'s credentials were revoked: NATS cuts it off, and what it ran is lost
+        now (run again elsewhere) rather than after its heartbeat timeout."""
+        agent = self.engine.registry.agents.get(agent_id) or AgentState(id=agent_id, name=agent_id)
+        await self.monitor.lose_agent(agent, f"agent {agent_id}'s NATS credentials were revoked")
+
     async def triggers_applied(self, items: Iterable[Any]) -> None:
         """After an apply committed (``daemon.catalog.Applied`` items): the leader's sources follow it,
         here at once, or, on a standby daemon, when the leader is told."""

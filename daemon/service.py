@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import asyncpg
 import structlog
 from aiohttp import web
 
 from daemon import bus, store
-from daemon.api import make_app
+from daemon.api import NatsAccess, make_app
 from daemon.config import Settings, is_loopback
-from daemon.embedded import EmbeddedNats, EmbeddedPostgres
+from daemon.embedded import EmbeddedNats, EmbeddedPostgres, data_dir_lock
 from daemon.errors import SluiceError, Unavailable
+from daemon.redaction import redacted_urls
 from daemon.scheduler import Scheduler
+from daemon.trust import authority, local
+from runners.bus import raw_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -36,11 +38,14 @@ class ConfigurationError(SluiceError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoints:
-    """Where the running daemon can be reached."""
+    """Where the running daemon can be reached, and the credentials files for what runs beside it
+    (when its NATS is embedded: ``service_creds`` for local services, ``agent_creds`` by agent)."""
 
     api_url: str
     nats_url: str
     data_dir: Path
+    service_creds: Path | None = None
+    agent_creds: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 async def run_daemon(
@@ -50,8 +55,13 @@ async def run_daemon(
     port: int,
     stop: asyncio.Event,
     on_ready: Callable[[Endpoints], None] = lambda endpoints: None,
+    local_agents: Sequence[str] = (),
 ) -> None:
     """Run the control plane until ``stop`` is set, then shut it down cleanly.
+
+    With an embedded NATS server, Sluice's NATS trust is made on first start and the server enforces
+    it; credentials files are written for local services and for the agents named in
+    ``local_agents``.
 
     Raises `ConfigurationError` for settings it cannot run with and `Unavailable` when PostgreSQL,
     NATS or the listening port cannot be had.
@@ -63,8 +73,10 @@ async def run_daemon(
     async with contextlib.AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.database_url is None or settings.nats_url is None:
-            stack.enter_context(_data_dir_lock(settings.data_dir))
-        database_url, nats_url = await _start_embedded(stack, settings)
+            stack.enter_context(data_dir_lock(settings.data_dir))
+        database_url = settings.database_url or await _start_embedded(
+            stack, EmbeddedPostgres(settings.data_dir / "postgres")
+        )
 
         pool = await store.create_pool(database_url, max_size=20)
         stack.push_async_callback(_close_pool, pool)
@@ -73,15 +85,43 @@ async def run_daemon(
             await _ensure_default_datastore(conn, settings.data_dir)
         log.info("store_ready", migrations_applied=applied)
 
-        nc = await bus.connect(nats_url, creds=settings.nats_creds)
+        trust = await authority.load(pool)
+        if settings.nats_url is None:
+            trust = trust or await authority.ensure(pool)
+            embedded = EmbeddedNats(settings.data_dir / "nats", trust=(trust.server_config, trust.account))
+            nats_options = settings.nats.with_urls(await _start_embedded(stack, embedded))
+        else:
+            nats_options = settings.nats.with_urls(settings.nats_url)
+        own_options = nats_options
+        if nats_options.creds is None and trust is not None:
+            own_options = nats_options.with_creds(raw_credentials(trust.daemon_creds()))
+        nc = await bus.connect(own_options)
         stack.push_async_callback(_drain, nc)
+        nats_auth = settings.nats_url is None or not await bus.strangers_may_publish(nats_options, nc)
+        if not nats_auth:
+            log.warning(
+                "nats_open",
+                nats_url=redacted_urls(nats_options.urls),
+                problem="clients without credentials may publish on sluice.>: anyone who reaches NATS "
+                "can run commands on the agents (see README, Running it for real)",
+            )
+        service_creds, agent_creds = None, {}
+        if settings.nats_url is None:
+            service_creds, agent_creds = await _local_credentials(pool, settings.data_dir, local_agents)
         sources = await bus.SourceStore.open(nc)
         scheduler = await Scheduler.start(
             stack, pool=pool, nc=nc, settings=settings.dispatch, database_url=database_url
         )
 
         runner = web.AppRunner(
-            make_app(pool=pool, nc=nc, sources=sources, api_token=settings.api_token, scheduler=scheduler),
+            make_app(
+                pool=pool,
+                nc=nc,
+                sources=sources,
+                api_token=settings.api_token,
+                scheduler=scheduler,
+                nats=NatsAccess(options=own_options, auth=nats_auth),
+            ),
             handle_signals=False,
             access_log=None,
         )
@@ -93,10 +133,18 @@ async def run_daemon(
             raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
         endpoints = Endpoints(
-            api_url=f"http://{_url_host(host)}:{port}", nats_url=nats_url, data_dir=settings.data_dir
+            api_url=f"http://{_url_host(host)}:{port}",
+            nats_url=nats_options.urls,
+            data_dir=settings.data_dir,
+            service_creds=service_creds,
+            agent_creds=agent_creds,
         )
         log.info(
-            "daemon_ready", api_url=endpoints.api_url, nats_url=nats_url, data_dir=str(settings.data_dir)
+            "daemon_ready",
+            api_url=endpoints.api_url,
+            nats_url=redacted_urls(endpoints.nats_url),
+            nats_auth=nats_auth,
+            data_dir=str(settings.data_dir),
         )
         on_ready(endpoints)
         await stop.wait()
@@ -104,27 +152,25 @@ async def run_daemon(
     log.info("daemon_stopped")
 
 
-async def _start_embedded(stack: contextlib.AsyncExitStack, settings: Settings) -> tuple[str, str]:
-    """The database and NATS URLs, starting an embedded server for each one not configured.
+async def _start_embedded(stack: contextlib.AsyncExitStack, server: EmbeddedPostgres | EmbeddedNats) -> str:
+    """Starts ``server`` (in a thread: it blocks) to stop with ``stack``; returns its URL."""
+    url = await asyncio.to_thread(server.start)
+    stack.push_async_callback(asyncio.to_thread, server.stop)
+    return url
 
-    Both servers start at once; each that started stops with ``stack``, also when the other failed.
-    """
-    servers: dict[str, EmbeddedPostgres | EmbeddedNats] = {}
-    if settings.database_url is None:
-        servers["database"] = EmbeddedPostgres(settings.data_dir / "postgres")
-    if settings.nats_url is None:
-        servers["nats"] = EmbeddedNats(settings.data_dir / "nats")
-    results = await asyncio.gather(
-        *(asyncio.to_thread(server.start) for server in servers.values()), return_exceptions=True
+
+async def _local_credentials(
+    pool: asyncpg.Pool, data_dir: Path, agents: Sequence[str]
+) -> tuple[Path, dict[str, Path]]:
+    """The credentials files of local services and of ``agents``, valid now."""
+    service = await local.ensure(
+        pool, local.service_creds_path(data_dir), "service", local.SERVICE, local.SERVICE_GRANT
     )
-    for server, result in zip(servers.values(), results, strict=True):
-        if not isinstance(result, BaseException):
-            stack.push_async_callback(asyncio.to_thread, server.stop)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    urls = dict(zip(servers, results, strict=True))
-    return urls.get("database", settings.database_url), urls.get("nats", settings.nats_url)
+    agent_creds = {
+        name: await local.ensure(pool, local.agent_creds_path(data_dir, name), "agent", name)
+        for name in agents
+    }
+    return service, agent_creds
 
 
 async def _ensure_default_datastore(conn, data_dir: Path) -> None:
@@ -148,23 +194,6 @@ async def _drain(nc) -> None:
         await nc.drain()
     except Exception as exc:  # a broken connection at shutdown must not stop the rest of the teardown
         log.warning("nats_drain_failed", error=str(exc) or type(exc).__name__)
-
-
-@contextlib.contextmanager
-def _data_dir_lock(data_dir: Path):
-    """One Sluice per data dir: its embedded servers' files must have one owner."""
-    path = data_dir / "sluice.lock"
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            raise Unavailable(f"another Sluice (pid {owner}) is running with data dir {data_dir}") from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
 
 
 def _url_host(host: str) -> str:

@@ -1,6 +1,10 @@
 """Step events from agents: the JetStream stream that keeps them while no daemon runs, and the
 durable consumer that applies them.
 
+An event's agent is the one its subject names (only that agent may publish there); it counts only for
+an attempt assigned to that agent. Anything else is dropped, acknowledged, and logged once per agent
+per minute (``step_event_refused``).
+
 The consumer applies events in batches: whatever has arrived while the previous batch was being
 applied (up to ``MAX_BATCH``), in one transaction, in arrival order (so events of one attempt apply
 in order). Under load a batch costs a handful of round trips for hundreds of events; when idle a
@@ -24,13 +28,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.client import JetStreamContext
 
 from daemon.engine import Engine
+from daemon.refusals import Refusals
+from daemon.store import runs as run_store
 from daemon.tasks import TaskSet
-from daemon.transitions import StepEvent, apply_events, send_cancels
-from runners.protocol import STEPS_STREAM, StepFinished, StepStarted
+from daemon.transitions import Reported, apply_events, send_cancels
+from runners.protocol import STEP_EVENTS, STEPS_STREAM, StepFinished, StepStarted, step_event_origin
 
 log = structlog.get_logger(__name__)
 
-SUBJECTS = "sluice.steps.>"
 CONSUMER = "sluice-daemon"
 DUPLICATE_WINDOW_S = 120.0
 ACK_WAIT_S = 30.0
@@ -43,7 +48,7 @@ async def ensure_stream(js: JetStreamContext) -> None:
     """Creates ``STEPS_STREAM`` (file storage, 2-minute duplicate window), or brings it to that config."""
     config = StreamConfig(
         name=STEPS_STREAM,
-        subjects=[SUBJECTS],
+        subjects=[STEP_EVENTS],
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_S,
         description="Sluice step events from agents",
@@ -64,11 +69,12 @@ class StepEvents:
         # Bounded by the consumer's max_ack_pending: messages stay unacked until applied.
         self._inbox: asyncio.Queue[Msg] = asyncio.Queue()
         self._followups = TaskSet("step-event-followups")
+        self._refusals = Refusals("step_event_refused")
 
     async def start(self) -> None:
         await ensure_stream(self._js)
         self._sub = await self._js.subscribe(
-            SUBJECTS,
+            STEP_EVENTS,
             queue=CONSUMER,
             durable=CONSUMER,
             stream=STEPS_STREAM,
@@ -104,12 +110,12 @@ class StepEvents:
     async def handle(self, messages: list[Msg]) -> None:
         """Applies a batch of messages: acks each after its transaction committed, terminates the
         undecodable, and leaves the ones that could not be applied for redelivery."""
-        decoded: list[tuple[Msg, StepEvent]] = []
+        decoded: list[tuple[Msg, Reported]] = []
         for msg in messages:
             try:
                 decoded.append((msg, _decode(msg)))
             except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-                log.warning("step_event_rejected", subject=msg.subject, error=str(exc))
+                self._refusals.refuse(_sender(msg.subject), str(exc), subject=msg.subject)
                 await _ack(msg, term=True)
         if not decoded:
             return
@@ -128,25 +134,51 @@ class StepEvents:
             for msg, _ in decoded:
                 await self.handle([msg])
 
-    async def _apply(self, decoded: list[tuple[Msg, StepEvent]]) -> None:
-        applied = await apply_events(self._engine, [event for _, event in decoded])
-        for (msg, event), changed in zip(decoded, applied.changed, strict=True):
-            if not changed:
-                log.debug("step_event_ignored", subject=msg.subject, attempt=event.attempt_id)
+    async def _apply(self, decoded: list[tuple[Msg, Reported]]) -> None:
+        applied = await apply_events(self._engine, [item for _, item in decoded])
+        unchanged = [item for (_, item), changed in zip(decoded, applied.changed, strict=True) if not changed]
+        for msg, _ in decoded:
             await _ack(msg)
+        if unchanged:
+            await self._refuse_foreign(unchanged)
         if applied.cancels:
             self._followups.spawn(
                 send_cancels(self._engine, applied.cancels, "run cancelled"), name="cancel-late-starts"
             )
 
+    async def _refuse_foreign(self, unchanged: list[Reported]) -> None:
+        """Of the events that changed nothing (mostly repeats and late events), logs those from an
+        agent the attempt was never assigned to."""
+        holders = await run_store.attempt_agents(
+            self._engine.pool, [item.event.attempt_id for item in unchanged]
+        )
+        for item in unchanged:
+            holder = holders.get(item.event.attempt_id)
+            if holder != item.agent_id:
+                self._refusals.refuse(
+                    item.agent_id,
+                    f"attempt {item.event.attempt_id} is assigned to {holder or 'no agent'}",
+                    attempt=item.event.attempt_id,
+                    kind=item.event.kind,
+                )
+            else:
+                log.debug("step_event_ignored", agent=item.agent_id, attempt=item.event.attempt_id)
 
-def _decode(msg: Msg) -> StepEvent:
-    kind = msg.subject.rsplit(".", 1)[-1]
-    if kind == "started":
-        return StepStarted.decode(msg.data)
-    if kind == "finished":
-        return StepFinished.decode(msg.data)
-    raise ValueError(f"unknown step event kind {kind!r}")
+
+def _sender(subject: str) -> str:
+    """Who published on ``subject`` (``sluice.steps.<agent>.…``), for a refusal's log line."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 2 else subject
+
+
+def _decode(msg: Msg) -> Reported:
+    """The event and the agent its subject names. Raises ``ValueError`` (or msgspec's errors) for a
+    subject or payload that is not a step event, or a payload about another attempt."""
+    agent_id, attempt_id, kind = step_event_origin(msg.subject)
+    event = (StepStarted if kind == "started" else StepFinished).decode(msg.data)
+    if event.attempt_id != attempt_id:
+        raise ValueError(f"the event is about attempt {event.attempt_id}, its subject about {attempt_id}")
+    return Reported(agent_id, event)
 
 
 async def _ack(msg: Msg, *, term: bool = False) -> None:

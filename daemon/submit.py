@@ -7,7 +7,8 @@ for anything wrong — bad JSON included. No request can end the subscription.
 
 Requests are handled concurrently, at most ``MAX_IN_FLIGHT`` at a time; beyond that the subscription
 waits (NATS holds the rest in the subscription's pending buffer). Daemons subscribe in one queue
-group, so each request is handled once.
+group, so each request is handled once. A request whose reply subject lies in Sluice's own or the
+system's subjects is dropped unanswered.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nats.aio.client import Client as NATS
 from daemon import runs
 from daemon.engine import Engine
 from daemon.errors import BadRequest, SluiceError
+from daemon.refusals import Refusals
 from daemon.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
@@ -32,6 +34,7 @@ QUEUE_GROUP = "sluice-submit"
 MAX_IN_FLIGHT = 64
 MAX_IDEMPOTENCY_KEY = 255  # as the REST trigger's Idempotency-Key
 STOP_TIMEOUT_S = 5.0
+RESERVED_REPLY_PREFIXES = ("sluice.", "$")
 _encoder = msgspec.json.Encoder()
 
 
@@ -77,6 +80,7 @@ class Submissions:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks = TaskSet("submit")
         self._subscription: Any = None
+        self._refusals = Refusals("submit_refused_reply")
 
     @classmethod
     async def start(cls, stack: contextlib.AsyncExitStack, engine: Engine) -> Submissions:
@@ -106,6 +110,13 @@ class Submissions:
 
     async def _handle(self, msg: Any) -> None:
         try:
+            if msg.reply and msg.reply.startswith(RESERVED_REPLY_PREFIXES):
+                # The daemon may publish on Sluice's own subjects: answering there would let a service
+                # make it publish an agent's assignment, a step event or a run announcement.
+                self._refusals.refuse(
+                    msg.reply, "reply subject inside Sluice's own subjects", subject=msg.subject
+                )
+                return
             reply = await self.handle(msg.subject, msg.data)
             if msg.reply:
                 await msg.respond(reply)

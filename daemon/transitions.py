@@ -58,7 +58,12 @@ class Effects:
             engine.dispatcher.add(self.ready)
 
 
-StepEvent = StepStarted | StepFinished
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """A step event with the agent NATS authenticated as its sender (its subject's name)."""
+
+    agent_id: str
+    event: StepStarted | StepFinished
 
 
 @dataclass(slots=True)
@@ -70,7 +75,7 @@ class Applied:
     cancels: list[tuple[int, str]] = field(default_factory=list)
 
 
-async def apply_events(engine: Engine, events: Sequence[StepEvent]) -> Applied:
+async def apply_events(engine: Engine, events: Sequence[Reported]) -> Applied:
     """Applies a batch of step events in one transaction, then their effects in memory.
 
     Per attempt, a started event applies before a finished one; an event repeated in the batch, or
@@ -90,14 +95,14 @@ async def apply_events(engine: Engine, events: Sequence[StepEvent]) -> Applied:
     # The first start of each attempt from each agent: only the attempt's own agent can start it.
     starts: dict[tuple[int, str], int] = {}
     start_rows: list[run_store.AttemptStart] = []
-    ends: list[tuple[int, StepEvent]] = []
-    for index, event in enumerate(events):
-        if not isinstance(event, StepStarted):
-            ends.append((index, event))
-        elif (event.attempt_id, event.agent_id) not in starts:
-            starts[(event.attempt_id, event.agent_id)] = index
+    ends: list[tuple[int, str, StepFinished]] = []
+    for index, (agent_id, event) in enumerate((item.agent_id, item.event) for item in events):
+        if isinstance(event, StepFinished):
+            ends.append((index, agent_id, event))
+        elif (event.attempt_id, agent_id) not in starts:
+            starts[(event.attempt_id, agent_id)] = index
             start_rows.append(
-                run_store.AttemptStart(event.attempt_id, event.agent_id, event.started_at, event.image_digest)
+                run_store.AttemptStart(event.attempt_id, agent_id, event.started_at, event.image_digest)
             )
     effects = Effects()
     if not ends:
@@ -105,7 +110,7 @@ async def apply_events(engine: Engine, events: Sequence[StepEvent]) -> Applied:
         _note_started(started, events, starts, effects, applied)
     else:
         async with engine.pool.acquire() as conn, conn.transaction():
-            attempts = await run_store.lock_attempts(conn, {event.attempt_id for event in events})
+            attempts = await run_store.lock_attempts(conn, {item.event.attempt_id for item in events})
             runs = await run_store.lock_runs(conn, {attempt.run_id for attempt in attempts.values()})
             started = await run_store.start_attempts(conn, start_rows)
             _note_started(started, events, starts, effects, applied)
@@ -117,7 +122,7 @@ async def apply_events(engine: Engine, events: Sequence[StepEvent]) -> Applied:
 
 def _note_started(
     started: list[run_store.Started],
-    events: Sequence[StepEvent],
+    events: Sequence[Reported],
     starts: Mapping[tuple[int, str], int],
     effects: Effects,
     applied: Applied,
@@ -137,7 +142,7 @@ def _note_started(
 async def _finish(
     engine: Engine,
     conn: asyncpg.Connection,
-    ends: Sequence[tuple[int, StepEvent]],
+    ends: Sequence[tuple[int, str, StepFinished]],
     attempts: Mapping[int, run_store.LockedAttempt],
     runs: Mapping[UUID, tuple[run_store.RunRecord, list[run_store.StepState]]],
     running: set[int],
@@ -149,10 +154,9 @@ async def _finish(
     by_run: dict[UUID, list[tuple[int, StepFinished, run_store.LockedAttempt, str | None]]] = {}
     attempt_ends: list[run_store.AttemptEnd] = []
     ended: set[int] = set()  # an attempt ends once; a repeat of its event in the batch changes nothing
-    for index, event in ends:
-        assert isinstance(event, StepFinished)
+    for index, agent_id, event in ends:
         attempt = attempts.get(event.attempt_id)
-        if attempt is None or attempt.agent_id != event.agent_id or attempt.id in ended:
+        if attempt is None or attempt.agent_id != agent_id or attempt.id in ended:
             continue
         if attempt.id not in running and attempt.status not in run_store.ACTIVE_ATTEMPT:
             continue
@@ -215,7 +219,12 @@ async def _finish(
             applied.changed[index] = True
             effects.released.append(attempt.id)
             effects.steps.append(
-                (run.id, attempt.step, decision.status, {"attempt": attempt.number, "agent": event.agent_id})
+                (
+                    run.id,
+                    attempt.step,
+                    decision.status,
+                    {"attempt": attempt.number, "agent": attempt.agent_id},
+                )
             )
             if decision.status == "ready":
                 due = time.monotonic() + (decision.retry_in_s or 0.0)
@@ -225,7 +234,7 @@ async def _finish(
                 run_id=str(run.id),
                 step=attempt.step,
                 attempt=attempt.id,
-                agent=event.agent_id,
+                agent=attempt.agent_id,
                 outcome=event.status,
                 step_status=decision.status,
             )

@@ -10,6 +10,10 @@ Shutdown (``stop`` set): the agent stops accepting (its heartbeat says ``drainin
 ``drain_timeout_s`` for what runs, then stops the rest (reported ``failed``: the agent went away, the
 step did not fail by itself — the daemon may retry it elsewhere), waits a bounded time for its step
 events to be acknowledged, and drains its NATS connection.
+
+Cut off (the NATS server closed the connection for good: its credentials were revoked or expired):
+nothing it does can be reported any more, so it stops what runs at once and ``run`` raises
+``BusError`` with the server's reason. The daemon has written those attempts off already.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from runners.bus import DRAIN_TIMEOUT_S, NatsErrors, connect, ensure_steps_stream, fetch_source
+from runners.bus import DRAIN_TIMEOUT_S, BusError, NatsErrors, NatsOptions, connect, fetch_source
 from runners.executors import STOP_GRACE_S, Executor, Job, Launch, Outcome, StopRequest
 from runners.ledger import Ledger, NoRoom
 from runners.logsink import AttemptLog
@@ -34,7 +38,6 @@ from runners.metrics import read_metrics
 from runners.outbox import Outbox
 from runners.protocol import (
     HEARTBEAT_INTERVAL_S,
-    HEARTBEAT_SUBJECT,
     Assignment,
     AssignReply,
     Cancel,
@@ -44,10 +47,12 @@ from runners.protocol import (
     Metric,
     StepFinished,
     StepStarted,
+    agent_inbox,
     assign_subject,
     cancel_subject,
+    heartbeat_subject,
 )
-from runners.workspace import AttemptDirs, PrepareError, Workspace
+from runners.workspace import AttemptDirs, PrepareError, Workspace, misplaced
 
 log = structlog.get_logger(__name__)
 
@@ -65,9 +70,8 @@ class AgentConfig:
     one host need distinct names."""
 
     name: str
-    nats_url: str
     cache_dir: Path
-    nats_creds: str | None = None
+    nats: NatsOptions = field(default_factory=NatsOptions)
     labels: dict[str, str] = field(default_factory=dict)
     datastores: dict[str, str] = field(default_factory=dict)
     drain_timeout_s: float = 30.0
@@ -101,6 +105,9 @@ class Agent:
         self._attempts: dict[int, _Attempt] = {}
         self._finished: deque[int] = deque(maxlen=REMEMBERED_FINISHED)
         self._draining = False
+        self._closing = False  # our own drain or close: a closed connection is expected
+        self._cut_off: str | None = None
+        self._stop: asyncio.Event | None = None
         self._beat_now = asyncio.Event()
         self._stopped = asyncio.Event()
         self._nc: NATS | None = None
@@ -117,11 +124,16 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down as the module docstring says.
 
-        Raises ``BusError`` when NATS cannot be reached at start.
+        Raises ``BusError`` when NATS cannot be reached at start, and after a clean stop when the
+        server cut the agent off (its credentials were revoked).
         """
+        self._stop = stop
         connecting = asyncio.create_task(
             connect(
-                self.config.nats_url, creds=self.config.nats_creds, name=f"sluice-agent-{self.config.name}"
+                self.config.nats,
+                name=f"sluice-agent-{self.config.name}",
+                inbox_prefix=agent_inbox(self.config.agent_id),
+                on_closed=self._on_bus_closed,
             ),
             name="nats-connect",
         )
@@ -141,8 +153,10 @@ class Agent:
         try:
             await self._serve(nc, stop)
         finally:
+            self._closing = True
             try:
-                await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S + 1)
+                if not nc.is_closed:
+                    await asyncio.wait_for(nc.drain(), DRAIN_TIMEOUT_S + 1)
             except asyncio.CancelledError:
                 with contextlib.suppress(*NatsErrors):
                     await nc.close()
@@ -152,11 +166,20 @@ class Agent:
                 with contextlib.suppress(*NatsErrors):
                     await nc.close()
             self._log.info("agent_stopped")
+        if self._cut_off is not None:
+            raise BusError(f"NATS closed the agent's connection: {self._cut_off}")
+
+    def _on_bus_closed(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._cut_off = reason
+        self._log.error("agent_cut_off", reason=reason)
+        if self._stop is not None:
+            self._stop.set()
 
     async def _serve(self, nc: NATS, stop: asyncio.Event) -> None:
         js = nc.jetstream()
-        await ensure_steps_stream(js)
-        self._outbox = Outbox(js)
+        self._outbox = Outbox(js, self.config.agent_id)
         self._workspace = Workspace(self.config.cache_dir, lambda digest: fetch_source(js, digest))
         try:
             async with asyncio.TaskGroup() as tg:
@@ -179,7 +202,7 @@ class Agent:
                 with contextlib.suppress(*NatsErrors):
                     await assign.unsubscribe()
                     await cancel.unsubscribe()
-                await self._outbox.close(EVENTS_FLUSH_TIMEOUT_S)
+                await self._outbox.close(0.0 if self._cut_off else EVENTS_FLUSH_TIMEOUT_S)
                 self._stopped.set()
                 self._beat_now.set()
         finally:
@@ -225,6 +248,8 @@ class Agent:
         executor = "docker" if assignment.image is not None else "process"
         if executor not in self.executors:
             return f"agent has no {executor} executor (it has {', '.join(self.executors) or 'none'})"
+        if (where := misplaced(assignment, self.config.cache_dir, self.config.datastores)) is not None:
+            return where
         try:
             gpus = self._ledger.reserve(assignment.attempt_id, assignment.resources, assignment.gpus)
         except NoRoom as exc:
@@ -278,7 +303,6 @@ class Agent:
             self._finished.append(assignment.attempt_id)
             finished = StepFinished(
                 attempt_id=assignment.attempt_id,
-                agent_id=self.config.agent_id,
                 status=outcome.status,
                 exit_code=outcome.exit_code,
                 error=outcome.error,
@@ -300,7 +324,7 @@ class Agent:
     async def _run_attempt(self, attempt: _Attempt) -> tuple[Outcome, list[Metric]]:
         assignment = attempt.assignment
         assert self._workspace is not None
-        output = AttemptLog(self._nc, assignment)
+        output = AttemptLog(self._nc, self.config.agent_id, assignment)
         try:
             await output.open()
         except OSError as exc:
@@ -348,7 +372,6 @@ class Agent:
             self._outbox.put(
                 StepStarted(
                     attempt_id=assignment.attempt_id,
-                    agent_id=self.config.agent_id,
                     started_at=launch.started_at,
                     image_digest=launch.image_digest,
                 )
@@ -380,17 +403,20 @@ class Agent:
         tasks = {task for task in tasks if not task.done()}
         if not tasks:
             return
-        self._log.info("agent_draining", attempts=len(tasks), timeout=self.config.drain_timeout_s)
-        _, left = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s)
+        # Cut off, nothing can be reported: waiting for steps to finish would be work for nobody.
+        drain_timeout = 0.0 if self._cut_off else self.config.drain_timeout_s
+        self._log.info("agent_draining", attempts=len(tasks), timeout=drain_timeout)
+        _, left = await asyncio.wait(tasks, timeout=drain_timeout) if drain_timeout else (set(), tasks)
         if not left:
             return
+        reason = (
+            f"agent {self.config.name} was cut off from NATS: {self._cut_off}"
+            if self._cut_off
+            else f"agent {self.config.name} stopped before the step finished (waited {drain_timeout:g}s)"
+        )
         for attempt in self._attempts.values():
             if attempt.executing:
-                attempt.stop.request(
-                    f"agent {self.config.name} stopped before the step finished "
-                    f"(waited {self.config.drain_timeout_s:g}s)",
-                    status="failed",
-                )
+                attempt.stop.request(reason, status="failed")
         # Stopping takes the executor's grace period; a stuck stop is cut short after that.
         _, stuck = await asyncio.wait(left, timeout=STOP_GRACE_S + 15.0)
         for task in stuck:
@@ -403,8 +429,6 @@ class Agent:
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(
-            agent_id=self.config.agent_id,
-            name=self.config.name,
             labels=dict(self.config.labels),
             executors=list(self.executors),  # type: ignore[arg-type]
             capacity=self.capacity,
@@ -416,7 +440,7 @@ class Agent:
 
     async def _heartbeat(self, nc: NATS) -> None:
         try:
-            await nc.publish(HEARTBEAT_SUBJECT, self.heartbeat().encode())
+            await nc.publish(heartbeat_subject(self.config.agent_id), self.heartbeat().encode())
         except NatsErrors as exc:  # a lost beat is harmless; the next one follows
             self._log.warning("heartbeat_failed", error=str(exc) or type(exc).__name__)
 
@@ -433,7 +457,7 @@ class Agent:
 
 def _mounts(assignment: Assignment, attempt_root: Path) -> list[str]:
     """What a container must see at the same paths: the attempt's directory (work dir and metrics
-    file), the datastore directories the daemon named, and the directories holding the outputs."""
-    paths = [str(attempt_root), *assignment.mounts]
+    file), the datastores the attempt uses, and the directories holding the outputs."""
+    paths = [str(attempt_root), *assignment.datastores.values()]
     paths.extend(str(Path(output).parent) for output in assignment.outputs.values())
     return list(dict.fromkeys(paths))

@@ -1,7 +1,8 @@
 """`sluice agent`: a runner agent on this machine (contract §2). Needs NATS only.
 
-Exit status: 0 after a clean stop (SIGINT/SIGTERM), 1 when it cannot start (NATS unreachable, a
-Docker engine asked for but absent), 2 for bad options (one line naming the option).
+Exit status: 0 after a clean stop (SIGINT/SIGTERM), 1 when it cannot start (NATS unreachable or
+refusing its credentials, a Docker engine asked for but absent) or NATS cut it off (its credentials
+were revoked), 2 for bad options (one line naming the option).
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ import structlog
 
 from runners import options
 from runners.agent import Agent, AgentConfig
-from runners.bus import BusError
+from runners.bus import BusError, NatsOptions, creds_agent
 from runners.capacity import detect_capacity
 from runners.executors import Executor
 from runners.executors.docker import DockerExecutor, connect_docker
 from runners.executors.process import ProcessExecutor
 from runners.logsetup import configure_logging
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 PARENT_CHECK_INTERVAL_S = 1.0
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,15 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
     "--name",
     metavar="NAME",
     callback=_parsed(options.check_agent_name),
-    help="Agent name and id (default: the host's short name). Two agents on one host need distinct names.",
+    help="Agent name and id (default: the name in --creds, else the host's short name). "
+    "Two agents on one host need distinct names.",
+)
+@click.option(
+    "--creds",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, exists=True, readable=True),
+    envvar="SLUICE_NATS_CREDS",
+    help="NATS credentials of this agent (sluice credentials agent NAME -o FILE); or SLUICE_NATS_CREDS.",
 )
 @click.option(
     "--labels",
@@ -117,6 +125,7 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
 @click.option("--exit-with-parent", is_flag=True, hidden=True, help="Stop when the parent process is gone.")
 def agent(
     name: str | None,
+    creds: str | None,
     labels: dict[str, str],
     cpus: float | None,
     memory: int | None,
@@ -130,18 +139,26 @@ def agent(
 ) -> None:
     """Run a runner agent: execute the steps the daemon assigns, as processes or in containers.
 
-    Connects to NATS only (SLUICE_NATS_URL, comma-separated; SLUICE_NATS_CREDS optional) and
-    advertises its CPUs, memory, GPUs, labels and datastores; declared values override detected
-    ones. Runs until SIGINT or SIGTERM, then lets running steps finish (up to --drain-timeout).
+    Connects to NATS only (SLUICE_NATS_URL, comma-separated; --creds or SLUICE_NATS_CREDS; TLS with
+    SLUICE_NATS_TLS_CA, SLUICE_NATS_TLS_CERT and SLUICE_NATS_TLS_KEY) and advertises its CPUs,
+    memory, GPUs, labels and datastores; declared values override detected ones. Runs until SIGINT
+    or SIGTERM, then lets running steps finish (up to --drain-timeout).
     """
     try:
         configure_logging(os.environ.get("SLUICE_LOG_FORMAT") or None)
     except ValueError as exc:
         _fail(str(exc), 2)
+    try:
+        credentialed = creds_agent(creds) if creds else None
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read the credentials {creds}: {exc}", 2)
+    try:
+        name = options.agent_name(name, credentialed, socket.gethostname())
+    except ValueError as exc:
+        _fail(str(exc), 2)
     config = AgentConfig(
-        name=name or options.default_agent_name(socket.gethostname()),
-        nats_url=os.environ.get("SLUICE_NATS_URL") or DEFAULT_NATS_URL,
-        nats_creds=os.environ.get("SLUICE_NATS_CREDS") or None,
+        name=name,
+        nats=NatsOptions.from_env().with_creds(creds),
         cache_dir=(cache_dir or _default_cache_dir()).expanduser().absolute(),
         labels=labels,
         datastores=datastores,

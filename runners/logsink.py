@@ -28,11 +28,11 @@ NOTE_PREFIX = "[sluice] "
 
 
 class AttemptLog:
-    def __init__(self, nc: NATS | None, assignment: Assignment) -> None:
+    def __init__(self, nc: NATS | None, agent: str, assignment: Assignment) -> None:
         self._nc = nc
         self._attempt = assignment.attempt_id
         self._number = assignment.number
-        self._subject = log_subject(assignment.run_id, assignment.step)
+        self._subject = log_subject(agent, assignment.run_id, assignment.step)
         self._path = Path(assignment.log_path)
         self._file: IO[str] | None = None
         self._pending: list[tuple[Stream, str]] = []

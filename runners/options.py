@@ -88,6 +88,15 @@ def check_agent_name(name: str) -> str:
     return name
 
 
+def agent_name(given: str | None, credentialed: str | None, hostname: str) -> str:
+    """The agent's name: ``--name``, else the agent its Sluice credentials were made for, else the
+    host's short name. Raises ``ValueError`` when ``--name`` and the credentials disagree (the NATS
+    server would refuse every subject of that name)."""
+    if given and credentialed and given != credentialed:
+        raise ValueError(f"--name {given}: the credentials are agent {credentialed}'s")
+    return given or credentialed or default_agent_name(hostname)
+
+
 def default_agent_name(hostname: str) -> str:
     """The host's short name made fit for a subject token (``gpu01.example.com`` -> ``gpu01``)."""
     short = hostname.split(".", 1)[0]

@@ -1,9 +1,10 @@
 """Step events to JetStream, each published until the stream acknowledges it.
 
 Events of one attempt go out in the order they were put (started before finished); attempts do not
-wait for each other. Each event carries ``Nats-Msg-Id`` = its ``event_id``, so a retry after a lost
-acknowledgement is stored once. Retries back off exponentially up to ``MAX_BACKOFF_S`` and go on
-until acknowledged or until ``close`` gives up on what is still pending.
+wait for each other. Each event goes out on the agent's own subject with ``Nats-Msg-Id`` =
+``step_event_id``, so a retry after a lost acknowledgement is stored once. Retries back off
+exponentially up to ``MAX_BACKOFF_S`` and go on until acknowledged or until ``close`` gives up on
+what is still pending.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from runners.bus import NatsErrors
-from runners.protocol import STEPS_STREAM, StepFinished, StepStarted, step_event_subject
+from runners.protocol import STEPS_STREAM, StepFinished, StepStarted, step_event_id, step_event_subject
 
 log = structlog.get_logger(__name__)
 
@@ -27,15 +28,17 @@ StepEvent = StepStarted | StepFinished
 
 
 class Outbox:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, agent: str) -> None:
         self._js = js
+        self._agent = agent
         self._tails: dict[int, asyncio.Task[None]] = {}  # attempt id -> its last event's task
         self._tasks: set[asyncio.Task[None]] = set()
 
     def put(self, event: StepEvent, on_acked: Callable[[], None] | None = None) -> None:
         """Queue ``event`` behind the attempt's earlier ones; ``on_acked`` runs once it is stored."""
         previous = self._tails.get(event.attempt_id)
-        task = asyncio.create_task(self._send(event, previous, on_acked), name=f"event-{event.event_id}")
+        name = f"event-{event.attempt_id}.{event.kind}"
+        task = asyncio.create_task(self._send(event, previous, on_acked), name=name)
         self._tails[event.attempt_id] = task
         self._tasks.add(task)
         task.add_done_callback(self._forget)
@@ -68,8 +71,8 @@ class Outbox:
     ) -> None:
         if previous is not None:
             await asyncio.wait({previous})  # its outcome is its own; only the order matters here
-        kind = "started" if isinstance(event, StepStarted) else "finished"
-        subject = step_event_subject(event.attempt_id, kind)
+        subject = step_event_subject(self._agent, event.attempt_id, event.kind)
+        event_id = step_event_id(self._agent, event.attempt_id, event.kind)
         payload = event.encode()
         delay = FIRST_BACKOFF_S
         tries = 0
@@ -81,20 +84,20 @@ class Outbox:
                     payload,
                     timeout=PUBLISH_TIMEOUT_S,
                     stream=STEPS_STREAM,
-                    headers={"Nats-Msg-Id": event.event_id},
+                    headers={"Nats-Msg-Id": event_id},
                 )
                 break
             except NatsErrors as exc:
                 log.warning(
                     "step_event_retry",
                     attempt=event.attempt_id,
-                    event_id=event.event_id,
+                    event_id=event_id,
                     tries=tries,
                     retry_in=delay,
                     error=str(exc) or type(exc).__name__,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
-        log.debug("step_event_stored", attempt=event.attempt_id, event_id=event.event_id, tries=tries)
+        log.debug("step_event_stored", attempt=event.attempt_id, event_id=event_id, tries=tries)
         if on_acked is not None:
             on_acked()

@@ -4,33 +4,43 @@ Agents need NATS only. Everything they exchange with the daemon is named here, s
 hard-codes the other's subjects. Messages are msgspec structs encoded as JSON (readable with
 ``nats sub``); ``decode`` raises ``msgspec.ValidationError`` naming the bad field.
 
+Every subject an agent publishes on carries its name, and no message carries it: the NATS server
+lets agent ``NAME`` publish only on subjects with its own name (its credentials say so), so the
+subject is the authenticated sender and the daemon takes the agent from the subject, never from a
+payload.
+
 The conversation, for one attempt of one step:
 
-1. Every agent publishes a ``Heartbeat`` on ``HEARTBEAT_SUBJECT`` each ``HEARTBEAT_INTERVAL_S``
+1. Every agent publishes a ``Heartbeat`` on ``heartbeat_subject(name)`` each ``HEARTBEAT_INTERVAL_S``
    (core NATS: a lost beat is harmless). The daemon marks an agent ``lost`` after it has been silent
    for ``HEARTBEAT_TIMEOUT_S``.
 2. The daemon places a ready step on an agent, records the attempt, then sends an ``Assignment`` to
-   ``assign_subject(agent_id)`` by request/reply. The agent answers ``AssignReply``: accepted, or
-   refused with a reason (no room any more, unknown executor, draining). A refused or unanswered
-   assignment leaves the step ready for another placement.
+   ``assign_subject(name)`` by request/reply. The agent answers ``AssignReply``: accepted, or
+   refused with a reason (no room any more, unknown executor, draining, a path outside its
+   datastores). A refused or unanswered assignment leaves the step ready for another placement.
 3. The agent publishes ``StepStarted`` and, at the end, ``StepFinished`` on
-   ``step_event_subject(attempt_id, kind)``, captured by the JetStream stream ``STEPS_STREAM``. It
-   publishes each until JetStream acknowledges it (``Nats-Msg-Id`` = ``event_id``, so a republished
-   event is stored once); the daemon consumes the stream durably, applies each event in one
-   transaction, acks after commit, and ignores an event that no longer changes anything.
-4. While a step runs, its output lines go out on ``log_subject(run_id, step)`` as ``LogLines``
+   ``step_event_subject(name, attempt_id, kind)``, captured by the JetStream stream
+   ``STEPS_STREAM``. It publishes each until JetStream acknowledges it (``Nats-Msg-Id`` =
+   ``step_event_id(...)``, which includes the agent's name, so a republished event is stored once and
+   no other agent can claim its id); the daemon consumes the stream durably, applies an event only
+   when the subject's agent is the one the attempt was assigned to, in one transaction, acks after
+   commit, and ignores an event that no longer changes anything.
+4. While a step runs, its output lines go out on ``log_subject(name, run_id, step)`` as ``LogLines``
    (best effort, for live following) and into ``Assignment.log_path`` (the complete log).
-5. ``Cancel`` on ``cancel_subject(agent_id)`` (request/reply) stops an attempt; the agent then
-   reports it finished with status ``cancelled``.
+5. ``Cancel`` on ``cancel_subject(name)`` (request/reply) stops an attempt; the agent then reports
+   it finished with status ``cancelled``.
+
+Replies reach each side on an inbox of its own (``inbox_prefix``), under ``INBOX_ROOT`` where no
+service may listen.
 
 The daemon renders every template before it assigns: ``argv`` and ``env`` hold final strings, with
 datastore paths as the chosen agent sees them (its heartbeat's ``datastores`` overrides the paths of
-the daemon's Datastore documents). The agent only executes.
+the daemon's Datastore documents). The agent only executes, and refuses paths outside its datastores.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 import msgspec
 
@@ -40,7 +50,11 @@ SOURCES_BUCKET = "sluice-sources"
 STEPS_STREAM = "SLUICE_STEPS"
 """JetStream stream capturing ``sluice.steps.>``: step events survive a daemon restart."""
 
-HEARTBEAT_SUBJECT = "sluice.agents.heartbeat"
+HEARTBEATS = "sluice.agents.*.heartbeat"
+STEP_EVENTS = "sluice.steps.>"
+INBOX_ROOT = "sluice.inbox"
+"""Replies to the daemon and to agents: only Sluice's own identities may subscribe below it."""
+DAEMON_INBOX = f"{INBOX_ROOT}.daemon"
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0
 ASSIGN_TIMEOUT_S = 2.0
@@ -48,22 +62,59 @@ ASSIGN_TIMEOUT_S = 2.0
 
 Executor = Literal["process", "docker"]
 AttemptOutcome = Literal["succeeded", "failed", "cancelled"]
+StepEventKind = Literal["started", "finished"]
 
 
-def assign_subject(agent_id: str) -> str:
-    return f"sluice.agents.{agent_id}.assign"
+def heartbeat_subject(agent: str) -> str:
+    return f"sluice.agents.{agent}.heartbeat"
 
 
-def cancel_subject(agent_id: str) -> str:
-    return f"sluice.agents.{agent_id}.cancel"
+def assign_subject(agent: str) -> str:
+    return f"sluice.agents.{agent}.assign"
 
 
-def step_event_subject(attempt_id: int, kind: Literal["started", "finished"]) -> str:
-    return f"sluice.steps.{attempt_id}.{kind}"
+def cancel_subject(agent: str) -> str:
+    return f"sluice.agents.{agent}.cancel"
 
 
-def log_subject(run_id: str, step: str) -> str:
-    return f"sluice.logs.{run_id}.{step}"
+def step_event_subject(agent: str, attempt_id: int, kind: StepEventKind) -> str:
+    return f"sluice.steps.{agent}.{attempt_id}.{kind}"
+
+
+def step_event_id(agent: str, attempt_id: int, kind: StepEventKind) -> str:
+    """The ``Nats-Msg-Id`` of a step event: with the agent's name, so that an event published by
+    another agent under the same attempt and kind can never make JetStream drop the real one."""
+    return f"{agent}.{attempt_id}.{kind}"
+
+
+def log_subject(agent: str, run_id: str, step: str) -> str:
+    return f"sluice.logs.{agent}.{run_id}.{step}"
+
+
+def agent_inbox(agent: str) -> str:
+    """The prefix of agent ``agent``'s reply subjects."""
+    return f"{INBOX_ROOT}.agent.{agent}"
+
+
+def heartbeat_sender(subject: str) -> str:
+    """The agent a heartbeat subject names. Raises ``ValueError`` for another subject."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["sluice", "agents"] or parts[3] != "heartbeat":
+        raise ValueError(f"not a heartbeat subject: {subject!r}")
+    return parts[2]
+
+
+def step_event_origin(subject: str) -> tuple[str, int, StepEventKind]:
+    """The agent, attempt id and kind a step event subject names. Raises ``ValueError`` for
+    another subject."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:2] != ["sluice", "steps"] or parts[4] not in ("started", "finished"):
+        raise ValueError(f"not a step event subject: {subject!r}")
+    try:
+        attempt_id = int(parts[3])
+    except ValueError:
+        raise ValueError(f"not a step event subject: {subject!r}") from None
+    return parts[2], attempt_id, parts[4]  # type: ignore[return-value]
 
 
 class _Message(msgspec.Struct, frozen=True):
@@ -93,12 +144,10 @@ class Capacity(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Heartbeat(_Message, kw_only=True):
-    """What an agent is and has. ``running`` lists the attempt ids it executes now; the daemon
-    re-adopts them after a restart and treats attempts it thinks are on this agent but are not listed
-    (for longer than an assignment takes) as lost."""
+    """What an agent has (who it is, its subject says). ``running`` lists the attempt ids it
+    executes now; the daemon re-adopts them after a restart and treats attempts it thinks are on
+    this agent but are not listed (for longer than an assignment takes) as lost."""
 
-    agent_id: str  # stable across restarts of the same agent (name + host by default)
-    name: str
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     executors: list[Executor]
     capacity: Capacity
@@ -118,10 +167,11 @@ class Resources(msgspec.Struct, frozen=True, kw_only=True):
 class Assignment(_Message, kw_only=True):
     """One attempt of one step, ready to execute.
 
-    ``outputs`` are directories the agent creates before starting (the step writes into them);
-    ``mounts`` are the local directories a container needs (datastores used), bound at the same path
-    so that paths in ``argv`` and ``env`` stay valid. ``gpus`` are the indices the daemon reserved on
-    the agent. ``source_digest`` names the snapshot in ``SOURCES_BUCKET`` to unpack as the working
+    ``datastores`` are the roots, as this agent sees them, of the datastores the attempt uses: its
+    ``log_path`` and ``outputs`` lie under them, and a container sees each root at the same path (so
+    that paths in ``argv`` and ``env`` stay valid). ``outputs`` are directories the agent creates
+    before starting (the step writes into them). ``gpus`` are the indices the daemon reserved on the
+    agent. ``source_digest`` names the snapshot in ``SOURCES_BUCKET`` to unpack as the working
     directory; without one the step starts in an empty working directory. The agent adds
     ``SLUICE_METRICS`` (a file in the work dir) to ``env`` and reads it back at the end.
     """
@@ -139,7 +189,7 @@ class Assignment(_Message, kw_only=True):
     gpus: list[int] = msgspec.field(default_factory=list)
     source_digest: str | None = None
     outputs: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local directory
-    mounts: list[str] = msgspec.field(default_factory=list)
+    datastores: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local root
     log_path: str  # local file for the complete log of this attempt
     timeout_s: float | None = None
 
@@ -160,13 +210,10 @@ class CancelReply(_Message, kw_only=True):
 
 class StepStarted(_Message, kw_only=True):
     attempt_id: int
-    agent_id: str
     started_at: float  # unix time
     image_digest: str | None = None  # the image's digest where the executor knows it
 
-    @property
-    def event_id(self) -> str:
-        return f"{self.attempt_id}.started"
+    kind: ClassVar[StepEventKind] = "started"
 
 
 class Metric(msgspec.Struct, frozen=True, kw_only=True):
@@ -182,7 +229,6 @@ class StepFinished(_Message, kw_only=True):
     so) or a failure to start (``exit_code`` None); ``cancelled`` after a ``Cancel``."""
 
     attempt_id: int
-    agent_id: str
     status: AttemptOutcome
     exit_code: int | None = None
     error: str | None = None
@@ -190,9 +236,7 @@ class StepFinished(_Message, kw_only=True):
     started_at: float | None = None
     finished_at: float
 
-    @property
-    def event_id(self) -> str:
-        return f"{self.attempt_id}.finished"
+    kind: ClassVar[StepEventKind] = "finished"
 
 
 class LogLines(_Message, kw_only=True):

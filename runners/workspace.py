@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import posixpath
 import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,3 +126,32 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def misplaced(assignment: Assignment, cache_dir: Path, declared: Mapping[str, str]) -> str | None:
+    """Why the assignment's paths are not this agent's to write, or None when they are.
+
+    An attempt writes its log and outputs under the datastores it names (or the agent's cache), and
+    a datastore the agent declares (``--datastore NAME=PATH``) must be where the agent says. Checked on
+    the paths as written (``..`` resolved, symlinks not followed), so it costs no I/O.
+    """
+    for name, root in assignment.datastores.items():
+        if not posixpath.isabs(root):
+            return f"datastore {name} has a relative root {root!r}"
+        if name in declared and posixpath.normpath(root) != posixpath.normpath(declared[name]):
+            return f"datastore {name} is at {declared[name]} on this agent, not at {root}"
+    roots = [str(cache_dir), *assignment.datastores.values()]
+    paths = {"log": assignment.log_path} | {
+        f"output {name}": path for name, path in assignment.outputs.items()
+    }
+    for what, path in paths.items():
+        if not any(_within(path, root) for root in roots):
+            return f"{what} {path} is outside this agent's cache dir and the attempt's datastores"
+    return None
+
+
+def _within(path: str, root: str) -> bool:
+    if not posixpath.isabs(path) or "\0" in path:
+        return False
+    path, root = posixpath.normpath(path), posixpath.normpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")

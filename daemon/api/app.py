@@ -12,8 +12,8 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from daemon.api import agents, apply, events, ops, pipelines, runs, triggers
-from daemon.api.context import API_TOKEN, NATS_CLIENT, POOL, SCHEDULER, SOURCES
+from daemon.api import agents, apply, credentials, events, ops, pipelines, runs, triggers
+from daemon.api.context import API_TOKEN, NATS_ACCESS, NATS_CLIENT, POOL, SCHEDULER, SOURCES, NatsAccess
 from daemon.api.http import OPEN_STREAMS, end_streams, json_response
 from daemon.bus import SourceStore
 from daemon.errors import SluiceError, Unauthorized
@@ -44,8 +44,10 @@ def make_app(
     sources: SourceStore,
     api_token: str | None,
     scheduler: Scheduler | None = None,
+    nats: NatsAccess | None = None,
 ) -> web.Application:
-    """The API; without ``scheduler`` (catalog-only use) run operations answer 503."""
+    """The API; without ``scheduler`` (catalog-only use) run operations answer 503; ``nats`` says how
+    to reach NATS as the system account (revocations) and whether it is closed to strangers."""
     app = web.Application(middlewares=[_metrics, _errors, _auth], client_max_size=MAX_BODY)
     app[POOL] = pool
     app[NATS_CLIENT] = nc
@@ -55,7 +57,9 @@ def make_app(
     app.on_shutdown.append(end_streams)
     if scheduler is not None:
         app[SCHEDULER] = scheduler
-    for module in (ops, apply, pipelines, triggers, runs, agents, events):
+    if nats is not None:
+        app[NATS_ACCESS] = nats
+    for module in (ops, apply, pipelines, triggers, runs, agents, events, credentials):
         app.router.add_routes(module.routes)
     return app
 

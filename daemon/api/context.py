@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncpg
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from daemon.bus import SourceStore
+from runners.bus import NatsOptions
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 NATS_CLIENT = web.AppKey("nats", NATS)
 SOURCES = web.AppKey("sources", SourceStore)
 API_TOKEN = web.AppKey("api_token", str)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NatsAccess:
+    """How the daemon reaches NATS (to push account updates as the system account) and whether
+    the server keeps clients without credentials out (``auth``)."""
+
+    options: NatsOptions
+    auth: bool
+
+
+NATS_ACCESS = web.AppKey("nats_settings", NatsAccess)
 
 
 def _scheduler_key():

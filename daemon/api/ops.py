@@ -9,7 +9,7 @@ import asyncpg
 import prometheus_client
 from aiohttp import web
 
-from daemon.api.context import NATS_CLIENT, POOL
+from daemon.api.context import NATS_ACCESS, NATS_CLIENT, POOL
 from daemon.api.http import json_response
 
 routes = web.RouteTableDef()
@@ -24,7 +24,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """PostgreSQL answers and NATS is connected: the daemon can do its work."""
+    """PostgreSQL answers and NATS is connected: the daemon can do its work. ``nats_auth`` says
+    whether NATS keeps clients without credentials off Sluice's subjects (false: anyone who reaches
+    it can run commands on the agents)."""
     problems = []
     try:
         async with asyncio.timeout(READY_TIMEOUT_S), request.app[POOL].acquire() as conn:
@@ -33,9 +35,11 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"postgresql: {exc or type(exc).__name__}")
     if not request.app[NATS_CLIENT].is_connected:
         problems.append("nats: not connected")
+    nats = request.app.get(NATS_ACCESS)
+    auth = {} if nats is None else {"nats_auth": nats.auth}
     if problems:
-        return json_response({"status": "unavailable", "problems": problems}, status=503)
-    return json_response({"status": "ready"})
+        return json_response({"status": "unavailable", "problems": problems, **auth}, status=503)
+    return json_response({"status": "ready", **auth})
 
 
 @routes.get("/metrics")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from daemon.cli import agents, catalog, runs, server
+from daemon.cli import agents, catalog, credentials, runs, server
 from runners.cli import agent
 
 
@@ -21,4 +21,5 @@ server.register(main)
 catalog.register(main)
 runs.register(main)
 agents.register(main)
+credentials.register(main)
 main.add_command(agent)

@@ -10,6 +10,7 @@ import click
 
 from daemon.config import DEFAULT_PORT, Settings
 from daemon.errors import SluiceError
+from daemon.redaction import redacted_urls
 from runners.logsetup import configure_logging
 
 HOST_HELP = "Address the API listens on; anything but loopback requires SLUICE_API_TOKEN."
@@ -76,6 +77,26 @@ def _settings(data_dir: Path | None) -> Settings:
         fail(str(exc), 2)
 
 
+def announcement(endpoints) -> str:
+    """What `sluice up` prints once it is ready: where it listens and how to join it."""
+    lines = [
+        f"Sluice is up (data dir {endpoints.data_dir})",
+        f"  API:  {endpoints.api_url}",
+        f"  NATS: {redacted_urls(endpoints.nats_url)}",
+    ]
+    if endpoints.service_creds is not None:
+        lines += [
+            f"        services connect with the credentials in {endpoints.service_creds}",
+            "        agents join with: sluice credentials agent NAME -o NAME.creds &&",
+            f"          SLUICE_NATS_URL={endpoints.nats_url} sluice agent --creds NAME.creds",
+        ]
+    else:
+        lines.append(
+            f"        agents join with SLUICE_NATS_URL={redacted_urls(endpoints.nats_url)} sluice agent"
+        )
+    return "\n".join([*lines, "Stop with Ctrl-C."])
+
+
 def _serve(settings: Settings, host: str, port: int, *, announce: bool, agents: int) -> None:
     from daemon.cli.output import fail
     from daemon.service import ConfigurationError, Endpoints, run_daemon
@@ -87,17 +108,10 @@ def _serve(settings: Settings, host: str, port: int, *, announce: bool, agents: 
 
     def on_ready(endpoints: Endpoints) -> None:
         if announce:
-            click.echo(
-                f"Sluice is up (data dir {endpoints.data_dir})\n"
-                f"  API:  {endpoints.api_url}\n"
-                f"  NATS: {endpoints.nats_url}   "
-                f"agents join with SLUICE_NATS_URL={endpoints.nats_url} sluice agent\n"
-                "Stop with Ctrl-C.",
-                nl=True,
-            )
+            click.echo(announcement(endpoints))
 
     async def main() -> None:
-        from daemon.local_agents import local_agents
+        from daemon.local_agents import agent_names, local_agents
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -107,14 +121,22 @@ def _serve(settings: Settings, host: str, port: int, *, announce: bool, agents: 
         # The agents stop before the daemon, so that their last step events are still consumed.
         daemon_stop = asyncio.Event()
         daemon = asyncio.create_task(
-            run_daemon(settings, host=host, port=port, stop=daemon_stop, on_ready=ready.set_result)
+            run_daemon(
+                settings,
+                host=host,
+                port=port,
+                stop=daemon_stop,
+                on_ready=ready.set_result,
+                local_agents=agent_names(agents) if agents else (),
+            )
         )
         stopped = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({daemon, ready}, return_when=asyncio.FIRST_COMPLETED)
             if ready.done():
                 on_ready(ready.result())
-                async with local_agents(agents, ready.result().nats_url, settings.data_dir):
+                endpoints = ready.result()
+                async with local_agents(agents, endpoints.nats_url, settings.data_dir, endpoints.agent_creds):
                     await asyncio.wait({daemon, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()

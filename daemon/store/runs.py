@@ -1073,6 +1073,14 @@ async def attempt_statuses(db: Db, attempt_ids: Sequence[int]) -> dict[int, str]
     return {row["id"]: row["status"] for row in rows}
 
 
+async def attempt_agents(db: Db, attempt_ids: Sequence[int]) -> dict[int, str | None]:
+    """The agent each attempt was assigned to (absent: no such attempt)."""
+    rows = await db.fetch(
+        "SELECT id, agent_id FROM attempts WHERE id = ANY($1::bigint[])", list(dict.fromkeys(attempt_ids))
+    )
+    return {row["id"]: row["agent_id"] for row in rows}
+
+
 async def set_waiting_reasons(db: Db, reasons: Mapping[int, str | None]) -> None:
     """Stores why ready steps wait (step run id -> reason); steps no longer ready are left alone."""
     if not reasons:

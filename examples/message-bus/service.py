@@ -8,7 +8,12 @@
 
 Exit status 0 when both runs succeeded, 1 otherwise (a refused submission, a failed run, a timeout).
 
-    python3 examples/message-bus/service.py --nats-url nats://127.0.0.1:41237 --customer c-042
+    python3 examples/message-bus/service.py --nats-url nats://127.0.0.1:41237 \
+        --creds ~/.local/share/sluice/credentials/service.creds --customer c-042
+
+Sluice's NATS admits no client without credentials: `sluice up` writes the file above for services
+on its machine; `sluice credentials service NAME --submit score-customer --follow score-customer
+--publish 'scoring.requests.>' -o FILE` makes one that may do exactly what this service does.
 
 Needs nats-py (`pip install nats-py`; Sluice's own environment has it).
 """
@@ -36,6 +41,11 @@ def parse_args() -> argparse.Namespace:
         default=os.environ.get("SLUICE_NATS_URL", "nats://127.0.0.1:4222"),
         help="the NATS URL that `sluice up` prints (default: $SLUICE_NATS_URL or nats://127.0.0.1:4222)",
     )
+    parser.add_argument(
+        "--creds",
+        default=os.environ.get("SLUICE_NATS_CREDS"),
+        help="the service's NATS credentials file (default: $SLUICE_NATS_CREDS)",
+    )
     parser.add_argument("--customer", default="c-042", help="the customer to score (default: c-042)")
     parser.add_argument("--team", default="team-a", help="the last token of scoring.requests.<team>")
     parser.add_argument("--priority", type=int, default=2)
@@ -44,7 +54,9 @@ def parse_args() -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> int:
-    nc = await nats.connect(args.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+    nc = await nats.connect(
+        args.nats_url, user_credentials=args.creds, connect_timeout=5, max_reconnect_attempts=3
+    )
     ended: dict[str, dict] = {}  # run id → its final announcement
     trigger_run: list[str] = []  # the run the trigger made of our message, once seen
     changed = asyncio.Event()

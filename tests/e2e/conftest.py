@@ -61,8 +61,11 @@ def sluice_agent(sluice_up, tmp_path: Path, base_env: dict[str, str]) -> Iterato
     outlives an agent killed with -9)."""
     started: list[SluiceAgent] = []
 
-    def start(daemon: SluiceUp, name: str, *extra: str, wait: bool = True) -> SluiceAgent:
-        """Start agent ``name`` joined to ``daemon``; with ``wait`` (default) until the daemon lists it."""
+    def start(
+        daemon: SluiceUp, name: str, *extra: str, wait: bool = True, creds: Path | None = None
+    ) -> SluiceAgent:
+        """Start agent ``name`` joined to ``daemon`` with credentials of its own (``creds``, or minted
+        now); with ``wait`` (default) until the daemon lists it."""
         agent = SluiceAgent(
             name,
             base_env | {"SLUICE_NATS_URL": daemon.nats_url},
@@ -70,6 +73,8 @@ def sluice_agent(sluice_up, tmp_path: Path, base_env: dict[str, str]) -> Iterato
             tmp_path / f"agent-{name}.log",
             "--drain-timeout",
             "1",
+            "--creds",
+            str(creds or daemon.creds("agent", name)),
             *extra,
         )
         started.append(agent)

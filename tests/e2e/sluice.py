@@ -55,6 +55,9 @@ class SluiceUp:
         self.output: list[str] = []
         self.api_url = ""
         self.nats_url = ""
+        self.service_creds = ""
+        """The credentials file `sluice up` wrote for local services (its NATS admits no stranger)."""
+        self._creds: dict[str, Path] = {}
 
     def start(self) -> SluiceUp:
         self.output = []
@@ -80,6 +83,9 @@ class SluiceUp:
                 self.api_url = match.group(1)
             elif match := re.match(r"\s+NATS:\s+(\S+)", line):
                 self.nats_url = match.group(1)
+            elif match := re.search(r"services connect with the credentials in (\S+)", line):
+                self.service_creds = match.group(1)
+            elif line.startswith("Stop with Ctrl-C."):
                 ready.set()
         ready.set()
 
@@ -97,6 +103,16 @@ class SluiceUp:
     @property
     def client_env(self) -> dict[str, str]:
         return self.env | {"SLUICE_API_URL": self.api_url}
+
+    def creds(self, role: str, name: str, *grant: str) -> Path:
+        """A credentials file minted by `sluice credentials ROLE NAME [grant options] -o FILE` (once
+        per name), under the data dir's parent."""
+        if name not in self._creds:
+            path = self.data_dir.parent / "creds" / f"{role}-{name}.creds"
+            result = cli("credentials", role, name, *grant, "-o", str(path), env=self.client_env)
+            assert result.returncode == 0, result.stderr
+            self._creds[name] = path
+        return self._creds[name]
 
     def log_lines(self, event: str | None = None) -> list[dict]:
         """The JSON log lines it wrote so far (``SLUICE_LOG_FORMAT=json``), in order; only those

@@ -153,7 +153,7 @@ def test_a_service_message_starts_a_run_and_the_service_sees_its_outcome(sluice_
     assert cli("apply", "-f", str(EXAMPLES / "message-bus"), env=env).returncode == 0
 
     async def publish() -> list[tuple[str, dict]]:
-        nc = await nats.connect(sluice.nats_url)
+        nc = await nats.connect(sluice.nats_url, user_credentials=sluice.service_creds)
         outcomes: list[tuple[str, dict]] = []
         done = asyncio.Event()
 
@@ -191,6 +191,8 @@ def test_the_message_bus_service_starts_two_runs_and_reports_both_outcomes(sluic
             str(EXAMPLES / "message-bus" / "service.py"),
             "--nats-url",
             sluice.nats_url,
+            "--creds",
+            sluice.service_creds,
             "--customer",
             "c-077",
             "--timeout",

@@ -350,7 +350,11 @@ def test_jetstream_messages_make_one_run_each_across_two_kill_9s(
         # `sluice up` killed with -9 leaves its embedded NATS server running (the stream takes the
         # messages published meanwhile); the next `sluice up` restarts it on the same port.
         nc = await nats.connect(
-            daemon.nats_url, reconnect_time_wait=0.1, max_reconnect_attempts=-1, error_cb=ignore
+            daemon.nats_url,
+            user_credentials=str(daemon.creds("admin", "ops")),  # it makes the stream
+            reconnect_time_wait=0.1,
+            max_reconnect_attempts=-1,
+            error_cb=ignore,
         )
         try:
             js = nc.jetstream(timeout=2.0)

@@ -87,7 +87,7 @@ def test_invalid_params_event_shows_in_triggers_events_and_submit_replies(sluice
     assert cli("apply", "-f", str(tmp_path / "docs.yaml"), env=env).returncode == 0
 
     async def talk() -> tuple[dict, list[tuple[str, dict]]]:
-        nc = await nats.connect(sluice.nats_url)
+        nc = await nats.connect(sluice.nats_url, user_credentials=sluice.service_creds)
         seen: list[tuple[str, dict]] = []
         finished = asyncio.Event()
 

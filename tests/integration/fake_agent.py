@@ -21,8 +21,8 @@ from daemon.api import make_app
 from daemon.config import DispatchSettings
 from daemon.scheduler import Scheduler
 from daemon.store import upsert_datastore
+from runners.bus import NatsOptions
 from runners.protocol import (
-    HEARTBEAT_SUBJECT,
     STEPS_STREAM,
     Assignment,
     AssignReply,
@@ -36,6 +36,8 @@ from runners.protocol import (
     StepStarted,
     assign_subject,
     cancel_subject,
+    heartbeat_subject,
+    step_event_id,
     step_event_subject,
 )
 
@@ -102,8 +104,6 @@ class FakeAgent:
 
     async def beat(self) -> None:
         beat = Heartbeat(
-            agent_id=self.id,
-            name=self.id,
             labels=self.labels,
             executors=self.executors,
             capacity=self.capacity,
@@ -111,7 +111,7 @@ class FakeAgent:
             running=sorted(self.running) if self.report_running else [],
             sent_at=time.time(),
         )
-        await self.nc.publish(HEARTBEAT_SUBJECT, beat.encode())
+        await self.nc.publish(heartbeat_subject(self.id), beat.encode())
 
     async def _beat_loop(self) -> None:
         while True:
@@ -135,7 +135,6 @@ class FakeAgent:
     async def _execute(self, assignment: Assignment, outcome: Outcome) -> None:
         started = StepStarted(
             attempt_id=assignment.attempt_id,
-            agent_id=self.id,
             started_at=time.time(),
             image_digest=outcome.image_digest,
         )
@@ -148,7 +147,6 @@ class FakeAgent:
         self.running.pop(attempt_id, None)
         finished = StepFinished(
             attempt_id=attempt_id,
-            agent_id=self.id,
             status=outcome.status,
             exit_code=outcome.exit_code,
             error=outcome.error,
@@ -158,12 +156,13 @@ class FakeAgent:
         )
         await self.publish(finished)
 
-    async def publish(self, event: StepStarted | StepFinished) -> None:
-        kind = "started" if isinstance(event, StepStarted) else "finished"
+    async def publish(self, event: StepStarted | StepFinished, *, as_agent: str | None = None) -> None:
+        """Publishes a step event on this agent's subject (or, to forge one, on ``as_agent``'s)."""
+        agent = as_agent or self.id
         await self.js.publish(
-            step_event_subject(event.attempt_id, kind),
+            step_event_subject(agent, event.attempt_id, event.kind),
             event.encode(),
-            headers={"Nats-Msg-Id": event.event_id},
+            headers={"Nats-Msg-Id": step_event_id(agent, event.attempt_id, event.kind)},
         )
 
     async def _on_cancel(self, msg) -> None:
@@ -217,7 +216,7 @@ class Harness:
         self._stack: contextlib.AsyncExitStack | None = None
 
     async def start(self, *, fresh_stream: bool = True) -> None:
-        self.nc = await bus.connect(self.nats_url)
+        self.nc = await bus.connect(NatsOptions(self.nats_url))
         if fresh_stream:
             # The NATS server is shared by the session; step events of earlier tests must not leak in.
             with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -253,7 +252,7 @@ class Harness:
         await self.stop_daemon()
 
     async def agent(self, agent_id: str, **options: Any) -> FakeAgent:
-        nc = await bus.connect(self.nats_url, name=f"fake-{agent_id}")
+        nc = await bus.connect(NatsOptions(self.nats_url), name=f"fake-{agent_id}")
         agent = await FakeAgent(nc, agent_id, **options).start()
         self.agents.append(agent)
         await self.wait_for(lambda: self._knows(agent_id), what=f"agent {agent_id} registered")

@@ -22,14 +22,15 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.object_store import ObjectStore
 
+from daemon.step_events import ensure_stream
 from runners.agent import Agent, AgentConfig
-from runners.bus import BusError, connect
+from runners.bus import BusError, NatsOptions, connect
 from runners.executors import Executor
 from runners.executors.docker import DockerExecutor, connect_docker
 from runners.executors.process import ProcessExecutor
 from runners.metrics import parse_metrics
 from runners.protocol import (
-    HEARTBEAT_SUBJECT,
+    HEARTBEATS,
     SOURCES_BUCKET,
     Assignment,
     AssignReply,
@@ -45,7 +46,9 @@ from runners.protocol import (
     StepStarted,
     assign_subject,
     cancel_subject,
+    heartbeat_sender,
     log_subject,
+    step_event_id,
 )
 
 GiB = 1024**3
@@ -80,7 +83,7 @@ class Daemon:
 
     nc: NATS
     tmp_path: Path
-    beats: asyncio.Queue[Heartbeat] = field(default_factory=asyncio.Queue)
+    beats: asyncio.Queue[tuple[str, Heartbeat]] = field(default_factory=asyncio.Queue)
 
     def assignment(self, argv: list[str], **fields: object) -> Assignment:
         attempt_id = fields.pop("attempt_id", None) or new_attempt_id()
@@ -94,6 +97,7 @@ class Daemon:
             "argv": argv,
             "env": {},
             "resources": Resources(cpu=1, memory=0),
+            "datastores": {"default": str(self.tmp_path)},
             "log_path": str(self.tmp_path / "logs" / f"{attempt_id}.log"),
         }
         return Assignment(**(values | fields))
@@ -113,15 +117,16 @@ class Daemon:
     async def events(self, attempt_id: int, count: int = 2) -> list[StepStarted | StepFinished]:
         """The attempt's first ``count`` events as JetStream stored them, in order."""
         js = self.nc.jetstream()
-        sub = await js.subscribe(f"sluice.steps.{attempt_id}.*", ordered_consumer=True)
+        sub = await js.subscribe(f"sluice.steps.*.{attempt_id}.*", ordered_consumer=True)
         try:
             events: list[StepStarted | StepFinished] = []
             while len(events) < count:
                 msg = await sub.next_msg(timeout=WAIT_S)
                 kind = StepStarted if msg.subject.endswith(".started") else StepFinished
                 events.append(kind.decode(msg.data))
+                agent = msg.subject.split(".")[2]
                 assert msg.headers is not None
-                assert msg.headers["Nats-Msg-Id"] == events[-1].event_id
+                assert msg.headers["Nats-Msg-Id"] == step_event_id(agent, attempt_id, events[-1].kind)
             return events
         finally:
             await sub.unsubscribe()
@@ -129,7 +134,7 @@ class Daemon:
     async def finished(self, attempt_id: int) -> StepFinished:
         """The attempt's StepFinished, whether or not a StepStarted came before it."""
         js = self.nc.jetstream()
-        sub = await js.subscribe(f"sluice.steps.{attempt_id}.finished", ordered_consumer=True)
+        sub = await js.subscribe(f"sluice.steps.*.{attempt_id}.finished", ordered_consumer=True)
         try:
             return StepFinished.decode((await sub.next_msg(timeout=WAIT_S)).data)
         finally:
@@ -140,20 +145,21 @@ class Daemon:
     ) -> Heartbeat:
         async with asyncio.timeout(WAIT_S):
             while True:
-                beat = await self.beats.get()
-                if beat.agent_id == agent_id and check(beat):
+                sender, beat = await self.beats.get()
+                if sender == agent_id and check(beat):
                     return beat
 
 
 @pytest.fixture
 async def daemon(nats_url: str, tmp_path: Path) -> AsyncIterator[Daemon]:
     nc = await nats.connect(nats_url, connect_timeout=5)
+    await ensure_stream(nc.jetstream())  # as the daemon does: agents publish into it, never make it
     fake = Daemon(nc=nc, tmp_path=tmp_path)
 
     async def on_beat(msg) -> None:
-        fake.beats.put_nowait(Heartbeat.decode(msg.data))
+        fake.beats.put_nowait((heartbeat_sender(msg.subject), Heartbeat.decode(msg.data)))
 
-    await nc.subscribe(HEARTBEAT_SUBJECT, cb=on_beat)
+    await nc.subscribe(HEARTBEATS, cb=on_beat)
     yield fake
     await nc.close()  # not drain: a test may leave messages it did not read
 
@@ -171,7 +177,7 @@ async def start_agent(nats_url: str, tmp_path: Path) -> AsyncIterator[Callable[.
     ) -> RunningAgent:
         name = f"agent-{uuid.uuid4().hex[:8]}"
         cache_dir = tmp_path / name / "cache"
-        settings = {"name": name, "nats_url": nats_url, "cache_dir": cache_dir} | config
+        settings = {"name": name, "nats": NatsOptions(nats_url), "cache_dir": cache_dir} | config
         agent = Agent(
             AgentConfig(**settings),
             capacity or Capacity(cpu=4, memory=8 * GiB),
@@ -211,10 +217,9 @@ async def test_heartbeats_advertise_capacity_labels_and_datastores(
         heartbeat_interval_s=0.2,
     )
 
-    first = await daemon.heartbeat(agent.id)
+    first = await daemon.heartbeat(agent.id)  # on the agent's own subject: that is who sent it
     second = await daemon.heartbeat(agent.id)
 
-    assert first.name == agent.id
     assert first.capacity == Capacity(cpu=2.5, memory=3 * GiB, gpus=gpus)
     assert first.labels == {"zone": "eu"}
     assert first.datastores == {"landing": "/data/landing"}
@@ -245,18 +250,14 @@ print("env", os.environ.get("MODEL"), "secret" if "SLUICE_NATS_URL" in os.enviro
         env={"MODEL": "prod", "SLUICE_OUTPUT_FEATURES": str(out)},
         outputs={"features": str(out)},
     )
-    live = await daemon.nc.subscribe(log_subject(assignment.run_id, assignment.step))
+    live = await daemon.nc.subscribe(log_subject(agent.id, assignment.run_id, assignment.step))
 
     reply = await daemon.assign(agent.id, assignment)
     started, finished = await daemon.events(assignment.attempt_id)
 
     assert reply == AssignReply(accepted=True)
     assert isinstance(started, StepStarted)
-    assert (started.attempt_id, started.agent_id, started.image_digest) == (
-        assignment.attempt_id,
-        agent.id,
-        None,
-    )
+    assert (started.attempt_id, started.image_digest) == (assignment.attempt_id, None)
     assert isinstance(finished, StepFinished)
     assert (finished.status, finished.exit_code, finished.error) == ("succeeded", 0, None)
     assert finished.metrics == [
@@ -549,7 +550,9 @@ async def test_step_events_wait_for_jetstream_and_are_stored_once(
     _, finished = await daemon.events(assignment.attempt_id)
     assert isinstance(finished, StepFinished)
     assert finished.status == "succeeded"
-    info = await js.stream_info("SLUICE_STEPS", subjects_filter=f"sluice.steps.{assignment.attempt_id}.>")
+    info = await js.stream_info(
+        "SLUICE_STEPS", subjects_filter=f"sluice.steps.{agent.id}.{assignment.attempt_id}.>"
+    )
     assert info.state.messages >= 2
     await eventually(lambda: not agent.agent.running)
 
@@ -591,7 +594,7 @@ async def test_a_container_step_through_the_agent(
 
 async def test_no_nats_is_a_clear_error_within_a_bound() -> None:
     with pytest.raises(BusError, match=r"cannot connect to NATS at nats://127.0.0.1:1\b"):
-        await connect("nats://127.0.0.1:1", name="t", first_timeout_s=1.0)
+        await connect(NatsOptions("nats://127.0.0.1:1"), name="t", first_timeout_s=1.0)
 
 
 def test_metrics_lines() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from runners.protocol import HEARTBEAT_SUBJECT, Capacity, Gpu, Heartbeat
+from runners.protocol import Capacity, Gpu, Heartbeat, heartbeat_subject
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 GiB = 1024**3
@@ -28,7 +28,7 @@ def agent_env(nats_url: str, tmp_path: Path) -> dict[str, str]:
 
 async def test_sluice_agent_heartbeats_and_stops_on_sigterm(nats_url: str, tmp_path: Path) -> None:
     nc = await nats.connect(nats_url, connect_timeout=5)
-    beats = await nc.subscribe(HEARTBEAT_SUBJECT)
+    beats = await nc.subscribe(heartbeat_subject("cli-agent"))
     stderr = (tmp_path / "agent.log").open("w")
     process = await asyncio.create_subprocess_exec(
         SLUICE,
@@ -56,10 +56,7 @@ async def test_sluice_agent_heartbeats_and_stops_on_sigterm(nats_url: str, tmp_p
     )
     try:
         async with asyncio.timeout(30):
-            while True:
-                beat = Heartbeat.decode((await beats.next_msg(timeout=30)).data)
-                if beat.agent_id == "cli-agent":
-                    break
+            beat = Heartbeat.decode((await beats.next_msg(timeout=30)).data)
         process.send_signal(signal.SIGTERM)
         status = await asyncio.wait_for(process.wait(), 30)
     finally:

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from daemon import bus
 from daemon.api import make_app
+from runners.bus import NatsOptions
 
 PIPELINE = """
 kind: Pipeline
@@ -25,7 +26,7 @@ steps:
 
 @pytest.fixture
 async def client(pool, nats_url: str) -> AsyncIterator[TestClient]:
-    nc = await bus.connect(nats_url)
+    nc = await bus.connect(NatsOptions(nats_url))
     sources = await bus.SourceStore.open(nc)
     app = make_app(pool=pool, nc=nc, sources=sources, api_token=None)
     async with TestClient(TestServer(app)) as client:
@@ -196,7 +197,7 @@ async def test_bad_input_is_a_4xx_envelope_never_a_500(
 
 
 async def test_a_token_guards_everything_but_the_probes(pool, nats_url: str) -> None:
-    nc = await bus.connect(nats_url)
+    nc = await bus.connect(NatsOptions(nats_url))
     app = make_app(pool=pool, nc=nc, sources=await bus.SourceStore.open(nc), api_token="s3cret")
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/api/v1/pipelines")).status == 401

@@ -56,7 +56,7 @@ async def test_run_flows_through_agents_with_rendered_paths(system: Harness, tmp
     assert prep.env["SLUICE_STEP"] == "prep"
     assert prep.env["SLUICE_OUTPUT_FEATURES"] == out
     assert prep.log_path == f"/mnt/store/runs/{run_id}/prep/logs/attempt-1.log"
-    assert prep.mounts == ["/mnt/store"]
+    assert prep.datastores == {"default": "/mnt/store"}
     assert by_name["left"].argv == ["left", out, "10"]
     assert by_name["left"].env["SLUICE_INPUT_FEATURES"] == out
     assert by_name["right"].argv == ["right", out]

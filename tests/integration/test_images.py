@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.store.images import image_digests
-from daemon.transitions import apply_events
+from daemon.transitions import Reported, apply_events
 from runners.protocol import StepFinished, StepStarted
 from tests.integration.fake_agent import Harness, Outcome, harness
 
@@ -100,13 +100,13 @@ async def test_in_one_batch_the_attempt_that_started_last_wins(system: Harness) 
     first, second = sorted(agent.assignments, key=lambda assignment: run_ids.index(assignment.run_id))
     now = time.time()
     events = [
-        StepStarted(attempt_id=second.attempt_id, agent_id="a1", started_at=now, image_digest="sha256:new"),
-        StepStarted(
-            attempt_id=first.attempt_id, agent_id="a1", started_at=now - 5, image_digest="sha256:old"
+        Reported("a1", StepStarted(attempt_id=second.attempt_id, started_at=now, image_digest="sha256:new")),
+        Reported(
+            "a1", StepStarted(attempt_id=first.attempt_id, started_at=now - 5, image_digest="sha256:old")
         ),
         # A finished event makes this the batch's transaction path (locks, then starts, then ends).
-        StepFinished(
-            attempt_id=first.attempt_id, agent_id="a1", status="succeeded", exit_code=0, finished_at=now
+        Reported(
+            "a1", StepFinished(attempt_id=first.attempt_id, status="succeeded", exit_code=0, finished_at=now)
         ),
     ]
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
+import nats
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client as NATS
@@ -22,6 +23,7 @@ from daemon.api import make_app
 from daemon.leader import APPLICATION_PREFIX
 from daemon.scheduler import Scheduler
 from daemon.store import upsert_datastore
+from runners.bus import NatsOptions
 from tests.integration.fake_agent import FAST, Harness
 
 RETRY_S = 0.2
@@ -65,7 +67,7 @@ class Daemon:
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self) -> Daemon:
-        self.nc = await bus.connect(self.nats_url)
+        self.nc = await bus.connect(NatsOptions(self.nats_url))
         self.scheduler = await Scheduler.start(
             self._stack, pool=self.pool, nc=self.nc, settings=SETTINGS, database_url=self.database_url
         )
@@ -194,7 +196,7 @@ async def test_one_daemon_runs_the_triggers_and_the_standby_takes_over(daemons, 
         "leader": first.scheduler.election.identity,
     }
 
-    service = await bus.connect(nats_url, name="service")
+    service = await nats.connect(nats_url, name="service")
     try:
         # A core message without Nats-Msg-Id: one run, not one per daemon.
         await service.publish(subject, b'{"n": 1}')
@@ -260,7 +262,7 @@ async def test_a_leader_that_loses_its_session_steps_down(daemons, pool, nats_ur
     await asyncio.sleep(3 * RETRY_S)
     assert first.leading != second.leading
 
-    service = await bus.connect(nats_url, name="service")
+    service = await nats.connect(nats_url, name="service")
     try:
         await service.publish(subject, b"{}")
         await wait_count(pool, 1, RUNS_OF_JOBS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.transitions import apply_events
+from daemon.transitions import Reported, apply_events
 from runners.protocol import Assignment, StepFinished, StepStarted
 from tests.integration.fake_agent import FAST, FakeAgent, Harness, Outcome, harness
 
@@ -24,9 +24,10 @@ async def system(pool, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
         yield system
 
 
-def finished(assignment: Assignment, agent_id: str = "a1", **fields) -> StepFinished:
+def finished(assignment: Assignment, agent_id: str = "a1", **fields) -> Reported:
+    """The attempt's StepFinished as agent ``agent_id``'s subject carried it."""
     values = {"status": "succeeded", "exit_code": 0, "started_at": time.time(), "finished_at": time.time()}
-    return StepFinished(attempt_id=assignment.attempt_id, agent_id=agent_id, **(values | fields))
+    return Reported(agent_id, StepFinished(attempt_id=assignment.attempt_id, **(values | fields)))
 
 
 async def running(system: Harness, agent: FakeAgent) -> tuple[str, Assignment]:
@@ -61,7 +62,7 @@ async def test_started_and_finished_of_one_attempt_in_one_batch(system: Harness)
     await system.wait_for(lambda: agent.assignments, what="the assignment")
     (assignment,) = agent.assignments
     assert (await system.get_run(run_id))["steps"][0]["status"] == "dispatched"
-    started = StepStarted(attempt_id=assignment.attempt_id, agent_id="a1", started_at=time.time())
+    started = Reported("a1", StepStarted(attempt_id=assignment.attempt_id, started_at=time.time()))
 
     applied = await apply_events(system.scheduler.engine, [started, finished(assignment, exit_code=0)])
 
@@ -77,7 +78,7 @@ async def test_events_that_change_nothing_do_not_hold_back_the_others(system: Ha
     agent = await system.agent("a1", behaviour=lambda a: Outcome(hold=True))
     first_id, first = await running(system, agent)
     second_id, second = await running(system, agent)
-    unknown = StepFinished(attempt_id=10**9, agent_id="a1", status="succeeded", finished_at=time.time())
+    unknown = Reported("a1", StepFinished(attempt_id=10**9, status="succeeded", finished_at=time.time()))
     elsewhere = finished(first, agent_id="a2")  # not the agent the attempt runs on
     failed = finished(second, status="failed", exit_code=3)
 
@@ -124,15 +125,18 @@ async def _poisoned_batch(
 ) -> None:
     messages = [
         # An exit code PostgreSQL cannot store: the whole batch's transaction fails.
-        Delivered(f"sluice.steps.{bad.attempt_id}.finished", finished(bad, exit_code=2**40).encode()),
-        Delivered(f"sluice.steps.{good.attempt_id}.finished", finished(good).encode()),
-        Delivered(f"sluice.steps.{good.attempt_id}.finished", b"not json"),
-        Delivered(f"sluice.steps.{good.attempt_id}.paused", b"{}"),
+        Delivered(
+            f"sluice.steps.a1.{bad.attempt_id}.finished", finished(bad, exit_code=2**40).event.encode()
+        ),
+        Delivered(f"sluice.steps.a1.{good.attempt_id}.finished", finished(good).event.encode()),
+        Delivered(f"sluice.steps.a1.{good.attempt_id}.finished", b"not json"),
+        Delivered(f"sluice.steps.a1.{good.attempt_id}.paused", b"{}"),
+        Delivered(f"sluice.steps.a1.{bad.attempt_id}.finished", finished(good).event.encode()),
     ]
 
     await system.scheduler.step_events.handle(messages)  # type: ignore[arg-type]
 
-    assert [message.settled for message in messages] == ["nak", "ack", "term", "term"]
+    assert [message.settled for message in messages] == ["nak", "ack", "term", "term", "term"]
     assert (await system.get_run(good_id))["status"] == "succeeded"
     run = await system.get_run(bad_id)
     assert run["status"] == "running"

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+import nats
 import pytest
 
-from daemon import bus
 from tests.integration.fake_agent import Harness, harness
 
 PIPELINE = """
@@ -35,7 +35,7 @@ async def system(pool, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
 @pytest.fixture
 async def service(nats_url: str):
     """Another service's own NATS connection."""
-    nc = await bus.connect(nats_url, name="service")
+    nc = await nats.connect(nats_url, name="service")
     yield nc
     await nc.drain()
 

@@ -80,7 +80,7 @@ def test_rendering_uses_the_agents_datastore_paths() -> None:
     assert rendered.env["RUN"] == "r1"
     assert rendered.env["SLUICE_INPUT_RAW"] == "/agent/landing/in/2024"
     assert rendered.env["SLUICE_INPUT_FEAT"] == "/agent/default/runs/r1/prep/out"
-    assert rendered.mounts == ["/agent/default", "/agent/landing"]
+    assert rendered.datastores == {"default": "/agent/default", "landing": "/agent/landing"}
     message = assignment(run, SPEC.steps[1], rendered, datastores, attempt_id=7, number=2, gpus=(1,))
     assert message.log_path == "/agent/default/runs/r1/score/logs/attempt-2.log"
     assert message.gpus == [1]

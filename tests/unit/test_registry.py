@@ -7,16 +7,16 @@ from daemon.registry import Registry
 from runners.protocol import Capacity, Heartbeat
 
 
-def beat(agent_id: str, cpu: float = 1) -> Heartbeat:
-    capacity = Capacity(cpu=cpu, memory=0)
-    return Heartbeat(agent_id=agent_id, name=agent_id, executors=["process"], capacity=capacity, sent_at=0)
+def beat(agent_id: str, cpu: float = 1) -> tuple[str, Heartbeat]:
+    """Agent ``agent_id``'s heartbeat, with the name its subject carries."""
+    return agent_id, Heartbeat(executors=["process"], capacity=Capacity(cpu=cpu, memory=0), sent_at=0)
 
 
 def test_next_silence_is_the_earliest_deadline_of_agents_not_lost() -> None:
     registry = Registry()
     assert registry.next_silence(5.0) is None
-    registry.beat(beat("a"), 100.0)
-    registry.beat(beat("b"), 102.0)
+    registry.beat(*beat("a"), 100.0)
+    registry.beat(*beat("b"), 102.0)
     assert registry.next_silence(5.0) == 105.0
     assert registry.silent(105.0, 5.0) == []  # silence must exceed the timeout
     assert [agent.id for agent in registry.silent(105.001, 5.0)] == ["a"]
@@ -28,15 +28,15 @@ def test_the_epoch_moves_only_when_an_agent_may_take_more() -> None:
     """Waiting steps are placed again only after the epoch moves: it must move on every gain."""
     registry = Registry()
     start = registry.epoch
-    registry.beat(beat("a"), 100.0)
+    registry.beat(*beat("a"), 100.0)
     joined = registry.epoch
     assert joined > start
-    registry.beat(beat("a"), 101.0)  # the same offer again
+    registry.beat(*beat("a"), 101.0)  # the same offer again
     assert registry.epoch == joined
     registry.reserve("a", 7, Need(cpu=1.0, memory=0), (), 101.0)
     assert registry.epoch == joined  # taking capacity helps no waiting step
     assert registry.release(7) == "a"
     assert registry.epoch > joined
     freed = registry.epoch
-    registry.beat(beat("a", cpu=4), 102.0)
+    registry.beat(*beat("a", cpu=4), 102.0)
     assert registry.epoch > freed

@@ -1,0 +1,102 @@
+"""NATS credentials: minted for agents, services and admins, listed, revoked. Admin only.
+
+A response that mints credentials carries their secret (the ``.creds`` text) once; Sluice keeps only
+the public key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from aiohttp import web
+
+from daemon.api.context import NATS_ACCESS, POOL, SCHEDULER
+from daemon.api.http import json_response, read_json
+from daemon.documents.names import name_problem
+from daemon.errors import BadRequest, Invalid, Unavailable
+from daemon.trust import authority
+from daemon.trust.permissions import ServiceGrant, SubjectError
+from runners.options import check_agent_name
+
+routes = web.RouteTableDef()
+
+
+class NewCredentials(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    role: Literal["agent", "service", "admin"]
+    submit: list[str] | None = None
+    follow: list[str] | None = None
+    publish: list[str] = msgspec.field(default_factory=list)
+
+    def grant(self) -> ServiceGrant | None:
+        """A service's grant (raises ``BadRequest`` for a bad pipeline name, or a grant given to
+        another role)."""
+        if self.role != "service":
+            if self.submit is not None or self.follow is not None or self.publish:
+                raise BadRequest(f"submit, follow and publish are for services, not for an {self.role}")
+            return None
+        for field, pipelines in (("submit", self.submit), ("follow", self.follow)):
+            for pipeline in pipelines or ():
+                if (problem := name_problem(pipeline)) is not None:
+                    raise BadRequest(f"{field}: {problem}")
+        return ServiceGrant(
+            submit=None if self.submit is None else tuple(self.submit),
+            follow=None if self.follow is None else tuple(self.follow),
+            publish=tuple(self.publish),
+        )
+
+
+@routes.post("/api/v1/credentials")
+async def create_credentials(request: web.Request) -> web.Response:
+    """Mint NATS credentials: ``{"name", "role": "agent"|"service"|"admin", "submit"?, "follow"?,
+    "publish"?}`` → 201 with the ``.creds`` text, shown this once."""
+    body = await read_json(request, NewCredentials)
+    try:
+        check_agent_name(body.name)
+    except ValueError as exc:
+        raise BadRequest(f"name: {exc}") from None
+    try:
+        issued = await authority.issue(request.app[POOL], body.role, body.name, body.grant())
+    except SubjectError as exc:
+        raise Invalid(f"publish: {exc}") from None
+    return json_response(
+        {"name": issued.name, "role": issued.role, "public_key": issued.public_key, "creds": issued.creds},
+        status=201,
+    )
+
+
+@routes.get("/api/v1/credentials")
+async def list_credentials(request: web.Request) -> web.Response:
+    """Every NATS credential Sluice minted (one per key), live or revoked."""
+    records = await authority.list_credentials(request.app[POOL])
+    items = [
+        {
+            "name": record.name,
+            "role": record.role,
+            "public_key": record.public_key,
+            "grant": record.grants,
+            "may": authority.describe(record),
+            "status": "revoked" if record.revoked_at else "active",
+            "created_at": record.created_at.isoformat(),
+            "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
+        }
+        for record in records
+    ]
+    return json_response({"items": items, "next_cursor": None})
+
+
+@routes.post("/api/v1/credentials/{name}/revoke")
+async def revoke_credentials(request: web.Request) -> web.Response:
+    """Revoke every key of a name: NATS drops its connections and refuses it from then on; an
+    agent's running attempts are lost at once and run again elsewhere. Calling it again re-sends the
+    revocation to NATS."""
+    name = request.match_info["name"]
+    trust, revoked = await authority.revoke(request.app[POOL], name)
+    if "agent" in revoked.roles and (scheduler := request.app.get(SCHEDULER)) is not None:
+        await scheduler.agent_revoked(name)
+    nats = request.app.get(NATS_ACCESS)
+    if nats is None:
+        raise Unavailable("this daemon has no NATS settings to send the revocation with")
+    await authority.push(nats.options, trust)
+    return json_response({"name": name, "revoked": [key.public_key for key in revoked.keys]})
