@@ -44,7 +44,11 @@ async def strangers_may_publish(options: runners_bus.NatsOptions, nc: NATS) -> b
     listens for what arrives."""
     subject = f"sluice.probe.{nc.new_inbox().rsplit('.', 1)[-1]}"
     arrived = asyncio.Event()
-    subscription = await nc.subscribe(subject, cb=lambda _msg: _set(arrived))
+
+    async def on_message(_msg: object) -> None:
+        arrived.set()
+
+    subscription = await nc.subscribe(subject, cb=on_message)
     try:
         await nc.flush(timeout=PROBE_TIMEOUT_S)
         try:
@@ -72,10 +76,6 @@ async def strangers_may_publish(options: runners_bus.NatsOptions, nc: NATS) -> b
     finally:
         with contextlib.suppress(*runners_bus.NatsErrors):
             await subscription.unsubscribe()
-
-
-async def _set(event: asyncio.Event) -> None:
-    event.set()
 
 
 async def _ignore(_exc: Exception) -> None:

@@ -39,9 +39,10 @@ from daemon.api import make_app
 from daemon.config import DispatchSettings
 from daemon.embedded import EmbeddedPostgres, free_port
 from daemon.scheduler import Scheduler
+from runners import bus as runners_bus
 from runners.logsetup import configure_logging
-from runners.protocol import STEPS_STREAM
-from tests.bench.harness import embedded_servers, report, temp_dir
+from runners.protocol import STEPS_STREAM, agent_inbox
+from tests.bench.harness import Bus, embedded_servers, report, temp_dir
 from tests.integration.fake_agent import FakeAgent, GiB, Outcome
 
 PIPELINE = """
@@ -67,8 +68,8 @@ def percentile(samples: list[float], q: float) -> float:
 class System:
     """One phase's daemon: a fresh database on the shared server, the scheduler, the API and agents."""
 
-    def __init__(self, postgres: EmbeddedPostgres, nats_url: str, root: Path, name: str) -> None:
-        self.postgres, self.nats_url, self.root, self.name = postgres, nats_url, root, name
+    def __init__(self, postgres: EmbeddedPostgres, nats: Bus, root: Path, name: str) -> None:
+        self.postgres, self.nats, self.root, self.name = postgres, nats, root, name
         self.stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> System:
@@ -83,10 +84,12 @@ class System:
         async with self.pool.acquire() as conn:
             await store.migrate(conn)
             await store.upsert_datastore(conn, "default", "local", {"path": str(default)})
-        self.nc = await bus.connect(self.nats_url)
+        self.nc = await bus.connect(self.nats.daemon())
         stack.push_async_callback(self.nc.drain)
+        self.admin = await runners_bus.connect(self.nats.admin(), name="bench")
+        stack.push_async_callback(self.admin.drain)
         with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.nc.jetstream().delete_stream(STEPS_STREAM)
+            await self.admin.jetstream().delete_stream(STEPS_STREAM)
         self.scheduler = await Scheduler.start(stack, pool=self.pool, nc=self.nc, settings=DispatchSettings())
         sources = await bus.SourceStore.open(self.nc)
         app = make_app(pool=self.pool, nc=self.nc, sources=sources, api_token=None, scheduler=self.scheduler)
@@ -107,7 +110,9 @@ class System:
         agents = []
         for index in range(count):
             name = f"{prefix or self.name}-{index}"
-            agent_nc = await bus.connect(self.nats_url, name=name)
+            agent_nc = await runners_bus.connect(
+                self.nats.agent(name), name=name, inbox_prefix=agent_inbox(name)
+            )
             self.stack.push_async_callback(agent_nc.drain)
             agent = FakeAgent(
                 agent_nc,
@@ -217,13 +222,13 @@ async def throughput(system: System, ready: int, cpus: float) -> dict:
 
 async def main(args: argparse.Namespace) -> dict:
     root = temp_dir()
-    async with embedded_servers(root) as (postgres, nats_url):
+    async with embedded_servers(root) as (postgres, nats):
         results: dict = {}
-        async with System(postgres, nats_url, root, "latency_idle") as system:
+        async with System(postgres, nats, root, "latency_idle") as system:
             results["latency_ms_idle"] = await latency(system, args.runs, finish=False)
-        async with System(postgres, nats_url, root, "latency_busy") as system:
+        async with System(postgres, nats, root, "latency_busy") as system:
             results["latency_ms_busy"] = await latency(system, args.runs, finish=True)
-        async with System(postgres, nats_url, root, "throughput") as system:
+        async with System(postgres, nats, root, "throughput") as system:
             results["throughput"] = await throughput(system, args.ready, args.agent_cpus)
         return results
 

@@ -39,6 +39,7 @@ import msgspec
 from nats.js.api import StreamConfig
 
 from daemon.tasks import TaskSet
+from daemon.trust import permissions
 from runners.logsetup import configure_logging
 from tests.bench.bench_dispatch import PIPELINE, System, percentile
 from tests.bench.harness import embedded_servers, report, temp_dir
@@ -140,7 +141,7 @@ async def send_duplicate(sink, index: int) -> None:
 
 
 async def jetstream_phase(system: System, events: int, *, execute: bool) -> dict:
-    js = system.nc.jetstream()
+    js = system.admin.jetstream()
     with contextlib.suppress(Exception):
         await js.delete_stream("BENCHIN")
     await js.add_stream(StreamConfig(name="BENCHIN", subjects=["benchin.>"]))
@@ -174,11 +175,11 @@ async def latency_phase(system: System, messages: int, *, pause_s: float) -> dic
         n = int(assignment.argv[1])
         if n not in accepted:
             accepted[n] = time.monotonic()
-            signals.spawn(system.nc.publish(CONTROL, str(n).encode()), name=f"accepted-{n}")
+            signals.spawn(system.admin.publish(CONTROL, str(n).encode()), name=f"accepted-{n}")
         return Outcome()
 
     await system.agents(4, 512.0, behaviour)
-    js = system.nc.jetstream()
+    js = system.admin.jetstream()
     with contextlib.suppress(Exception):
         await js.delete_stream("BENCHLAT")
     await js.add_stream(StreamConfig(name="BENCHLAT", subjects=["benchlat.>"]))
@@ -194,8 +195,10 @@ async def latency_phase(system: System, messages: int, *, pause_s: float) -> dic
         peer = await asyncio.create_subprocess_exec(
             sys.executable,
             str(Path(__file__).with_name("peer_publisher.py")),
-            system.nats_url,
+            system.nats.url,
             subject,
+            f"--creds={system.nats.service_creds_file('peer')}",
+            f"--control-creds={system.nats.creds_file('peer-control', permissions.admin())}",
             f"--control={CONTROL}",
             f"--first={first}",
             f"--count={count}",
@@ -218,19 +221,19 @@ async def latency_phase(system: System, messages: int, *, pause_s: float) -> dic
 
 async def main(args: argparse.Namespace) -> dict:
     root = temp_dir()
-    async with embedded_servers(root) as (postgres, nats_url):
+    async with embedded_servers(root) as (postgres, nats):
         results: dict = {}
-        async with System(postgres, nats_url, root, "ingest_sink") as system:
+        async with System(postgres, nats, root, "ingest_sink") as system:
             results["sink"] = await sink_phase(system, args.events)
-        async with System(postgres, nats_url, root, "ingest_jetstream") as system:
+        async with System(postgres, nats, root, "ingest_jetstream") as system:
             results["jetstream"] = await jetstream_phase(system, args.events, execute=True)
-        async with System(postgres, nats_url, root, "ingest_waiting") as system:
+        async with System(postgres, nats, root, "ingest_waiting") as system:
             results["jetstream_ingest_only"] = await jetstream_phase(system, args.events, execute=False)
-        async with System(postgres, nats_url, root, "ingest_latency_idle") as system:
+        async with System(postgres, nats, root, "ingest_latency_idle") as system:
             results["nats_to_accepted_ms_idle"] = await latency_phase(
                 system, args.messages, pause_s=IDLE_PAUSE_S
             )
-        async with System(postgres, nats_url, root, "ingest_latency_busy") as system:
+        async with System(postgres, nats, root, "ingest_latency_busy") as system:
             results["nats_to_accepted_ms_busy"] = await latency_phase(system, args.messages, pause_s=0)
         return results
 

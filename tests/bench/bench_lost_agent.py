@@ -26,13 +26,13 @@ from daemon.embedded import EmbeddedPostgres
 from runners.logsetup import configure_logging
 from runners.protocol import HEARTBEAT_INTERVAL_S
 from tests.bench.bench_dispatch import System
-from tests.bench.harness import embedded_servers, report, temp_dir
+from tests.bench.harness import Bus, embedded_servers, report, temp_dir
 from tests.integration.fake_agent import Outcome
 
 
-async def one_round(postgres: EmbeddedPostgres, nats_url: str, root: Path, index: int) -> float:
+async def one_round(postgres: EmbeddedPostgres, nats: Bus, root: Path, index: int) -> float:
     """Seconds from the lost agent's last heartbeat to the step accepted by the other agent."""
-    async with System(postgres, nats_url, root, f"lost_{index}") as system:
+    async with System(postgres, nats, root, f"lost_{index}") as system:
         (first,) = await system.agents(1, 4.0, lambda assignment: Outcome(hold=True), prefix="doomed")
         last_beat = time.perf_counter()
         beat = first.beat
@@ -60,8 +60,8 @@ async def one_round(postgres: EmbeddedPostgres, nats_url: str, root: Path, index
 
 async def main(args: argparse.Namespace) -> dict:
     root = temp_dir()
-    async with embedded_servers(root) as (postgres, nats_url):
-        samples = [await one_round(postgres, nats_url, root, index) for index in range(args.rounds)]
+    async with embedded_servers(root) as (postgres, nats):
+        samples = [await one_round(postgres, nats, root, index) for index in range(args.rounds)]
     timeout = DispatchSettings().heartbeat_timeout_s
     return {
         "heartbeat_timeout_s": timeout,

@@ -94,7 +94,7 @@ async def main(args: argparse.Namespace) -> dict:
     landing.mkdir(parents=True)
     for index in range(args.files):
         (landing / f"f{index}.csv").write_text("id\n1\n")
-    async with embedded_servers(root) as (pg, nats_url), System(pg, nats_url, root, "reuse") as system:
+    async with embedded_servers(root) as (pg, nats), System(pg, nats, root, "reuse") as system:
         await system.apply(f"kind: Datastore\nname: landing\ntype: local\npath: {landing.parent}\n")
         await system.apply(pipeline(args.steps))
         await system.agents(4, 512.0, creates_outputs)

@@ -13,11 +13,17 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from daemon.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from daemon.trust import authority, permissions
+from daemon.trust.authority import Trust
+from daemon.trust.claims import Permissions
+from daemon.trust.permissions import ServiceGrant
+from runners.bus import NatsOptions, raw_credentials
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 
@@ -78,14 +84,46 @@ def temp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="sluice-bench-"))
 
 
+@dataclass(frozen=True)
+class Bus:
+    """The benchmarks' NATS, closed as `sluice up`'s is: each party connects with credentials of its
+    role, so that what is measured includes authentication and the server's subject checks."""
+
+    url: str
+    trust: Trust
+    root: Path
+
+    def daemon(self) -> NatsOptions:
+        return NatsOptions(self.url, creds=raw_credentials(self.trust.daemon_creds()))
+
+    def agent(self, name: str) -> NatsOptions:
+        return NatsOptions(self.url, creds=raw_credentials(self.trust.user(name, permissions.agent(name))[1]))
+
+    def admin(self) -> NatsOptions:
+        """For what the benchmark itself does beside the parties: streams, control messages."""
+        return NatsOptions(self.url, creds=raw_credentials(self.trust.user("bench", permissions.admin())[1]))
+
+    def creds_file(self, name: str, role: Permissions) -> Path:
+        """A ``.creds`` file for a peer in a process of its own."""
+        path = self.root / f"{name}.creds"
+        path.write_text(self.trust.user(name, role)[1])
+        return path
+
+    def service_creds_file(self, name: str) -> Path:
+        """A peer service's: it may publish on any subject outside Sluice's own."""
+        return self.creds_file(name, permissions.service(ServiceGrant(publish=(">",))))
+
+
 @asynccontextmanager
-async def embedded_servers(root: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
-    """PostgreSQL and NATS under ``root``, started at once, for benchmarks that run the daemon's parts
-    in-process: yields the PostgreSQL server and the NATS URL; both stop on the way out."""
-    postgres, nats_server = EmbeddedPostgres(root / "pg"), EmbeddedNats(root / "nats")
+async def embedded_servers(root: Path) -> AsyncIterator[tuple[EmbeddedPostgres, Bus]]:
+    """PostgreSQL and NATS (in operator mode, with a trust of its own) under ``root``, started at
+    once, for benchmarks that run the daemon's parts in-process; both stop on the way out."""
+    trust = authority.new_trust()
+    postgres = EmbeddedPostgres(root / "pg")
+    nats_server = EmbeddedNats(root / "nats", trust=(trust.server_config, trust.account))
     await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(nats_server.start))
     try:
-        yield postgres, nats_server.url
+        yield postgres, Bus(nats_server.url, trust, root)
     finally:
         await asyncio.to_thread(nats_server.stop)
         await asyncio.to_thread(postgres.stop)

@@ -4,6 +4,9 @@ acknowledgement), each after the benchmark said on ``--control`` that the previo
 (and ``--pause`` seconds more). Prints, as JSON, the ``time.monotonic()`` at which each publish began:
 the clock is the machine's, so the benchmark can subtract it from its own readings.
 
+It publishes with a service's credentials (``--creds``), as a real peer would, and hears from the
+benchmark on a connection of its own (``--control-creds``).
+
 Run by ``bench_ingest.py``: python tests/bench/peer_publisher.py URL SUBJECT --count N [--jetstream]
 """
 
@@ -20,18 +23,19 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 
 import msgspec
 
-from runners.bus import connect
+from runners.bus import NatsOptions, connect
 
 
 async def main(args: argparse.Namespace) -> list[float]:
-    nc = await connect(args.url, name="bench-peer")
+    nc = await connect(NatsOptions(args.url, creds=args.creds), name="bench-peer")
+    control = await connect(NatsOptions(args.url, creds=args.control_creds), name="bench-peer-control")
     accepted: asyncio.Queue[int] = asyncio.Queue()
 
     async def on_accepted(msg) -> None:
         accepted.put_nowait(int(msg.data))
 
-    await nc.subscribe(args.control, cb=on_accepted)
-    await nc.flush()
+    await control.subscribe(args.control, cb=on_accepted)
+    await control.flush()
     js = nc.jetstream()
     started = []
     try:
@@ -48,6 +52,7 @@ async def main(args: argparse.Namespace) -> list[float]:
             await asyncio.sleep(args.pause)
     finally:
         await nc.drain()
+        await control.drain()
     return started
 
 
@@ -55,6 +60,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
     parser.add_argument("subject")
+    parser.add_argument("--creds")
+    parser.add_argument("--control-creds")
     parser.add_argument("--control", default="bench.accepted")
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--count", type=int, default=1000)

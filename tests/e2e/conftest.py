@@ -64,11 +64,12 @@ def sluice_agent(sluice_up, tmp_path: Path, base_env: dict[str, str]) -> Iterato
     def start(
         daemon: SluiceUp, name: str, *extra: str, wait: bool = True, creds: Path | None = None
     ) -> SluiceAgent:
-        """Start agent ``name`` joined to ``daemon`` with credentials of its own (``creds``, or minted
-        now); with ``wait`` (default) until the daemon lists it."""
+        """Start agent ``name`` joined to ``daemon`` (with the daemon's NATS settings, TLS included)
+        with credentials of its own (``creds``, or minted now); with ``wait`` (default) until the
+        daemon lists it."""
         agent = SluiceAgent(
             name,
-            base_env | {"SLUICE_NATS_URL": daemon.nats_url},
+            daemon.env | {"SLUICE_NATS_URL": daemon.nats_url},
             tmp_path / "agents" / name,
             tmp_path / f"agent-{name}.log",
             "--drain-timeout",
