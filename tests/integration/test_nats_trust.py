@@ -235,3 +235,31 @@ async def test_a_revoked_user_is_cut_off_at_once_and_refused_after(secured: Secu
     assert doomed.is_closed
     with pytest.raises(BusError, match="refused our credentials"):
         await connect(NatsOptions(secured.url, creds=creds), name="doomed", first_timeout_s=WAIT_S)
+
+
+async def test_streams_of_an_open_embedded_server_become_sluices_account(tmp_path: Path) -> None:
+    """A data dir from before its NATS was closed keeps its source snapshots and step events."""
+    store_dir = tmp_path / "nats"
+    open_server = EmbeddedNats(store_dir)
+    nc = await nats.connect(open_server.start())
+    try:
+        bucket = await nc.jetstream().create_object_store(
+            SOURCES_BUCKET, config=ObjectStoreConfig(bucket=SOURCES_BUCKET)
+        )
+        await bucket.put("sha256:cafe", b"snapshot")
+    finally:
+        await nc.close()
+        open_server.stop()
+    trust = authority.new_trust()
+    closed_server = EmbeddedNats(store_dir, trust=(trust.server_config, trust.account))
+    url = closed_server.start()
+    try:
+        daemon = await connect(
+            NatsOptions(url, creds=raw_credentials(trust.daemon_creds())), name="d", inbox_prefix=DAEMON_INBOX
+        )
+        try:
+            assert await fetch_source(daemon.jetstream(), "sha256:cafe") == b"snapshot"
+        finally:
+            await daemon.close()
+    finally:
+        closed_server.stop()
