@@ -46,7 +46,7 @@ class AgentMonitor:
     async def load(self, started: float) -> None:
         """Agents known from the database count as silent since ``started`` (monotonic)."""
         for record in await agent_store.list_agents(self._engine.pool):
-            if record.status == "lost":
+            if record.status in ("lost", "stopped"):
                 continue
             self._engine.registry.known(
                 AgentState(
@@ -88,7 +88,11 @@ class AgentMonitor:
         engine = self._engine
         now = time.monotonic()
         was = engine.registry.agents.get(agent_id)
-        came_back = was is not None and was.status == "lost"
+        if beat.stopped:
+            if was is not None and was.status != "stopped":
+                await self.lose_agent(was, f"agent {agent_id} stopped", status="stopped")
+            return
+        came_back = was is not None and was.status in ("lost", "stopped")
         if was is None or not was.written:
             # Attempts reference the agent's row: it must exist before the agent can take work.
             await self._write(agent_id, beat, "draining" if beat.draining else "ready")
@@ -163,7 +167,7 @@ class AgentMonitor:
             await self.lose_agent(agent, f"agent {agent.name} sent no heartbeat for {timeout:g} s")
         grace = engine.settings.unlisted_grace_s
         for agent in list(engine.registry.all()):
-            if agent.status == "lost" or not agent.seen:
+            if agent.status != "ready" or not agent.seen:
                 continue
             overdue = [attempt for attempt, since in agent.unlisted_since.items() if now - since > grace]
             if overdue:
@@ -174,17 +178,20 @@ class AgentMonitor:
             key: when for key, when in self._stray_checked.items() if now - when < 10 * STRAY_CHECK_INTERVAL_S
         }
 
-    async def lose_agent(self, agent: AgentState, reason: str) -> None:
-        """The agent is gone: its active attempts are lost (their steps ready again elsewhere)."""
+    async def lose_agent(self, agent: AgentState, reason: str, *, status: str = "lost") -> None:
+        """The agent is gone (``lost``, or ``stopped`` when it said so): its active attempts are lost
+        (their steps ready again elsewhere)."""
         engine = self._engine
         async with engine.pool.acquire() as conn, conn.transaction():
             ids = await run_store.active_attempt_ids(conn, agent.id)
             requeued = await run_store.lose_attempts(conn, dict.fromkeys(ids, reason))
-            await agent_store.set_agent_status(conn, agent.id, "lost")
-        engine.registry.mark_lost(agent.id)
+            await agent_store.set_agent_status(conn, agent.id, status)
+        engine.registry.mark_gone(agent.id, status)
         for attempt_id in [*ids, *engine.registry.attempts_of(agent.id)]:
             engine.registry.release(attempt_id)
-        log.warning("agent_lost", agent=agent.id, name=agent.name, attempts=ids, reason=reason)
+        (log.warning if status == "lost" else log.info)(
+            f"agent_{status}", agent=agent.id, name=agent.name, attempts=ids, reason=reason
+        )
         engine.dispatcher.requeue(requeued)
 
     async def _lose_attempts(self, agent: AgentState, attempts: dict[int, str]) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from daemon.params import DEFAULT_MAX_BYTES
 from runners.bus import NatsOptions
+from runners.options import parse_size
 from runners.protocol import ASSIGN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S
 
 DEFAULT_PORT = 8470
@@ -24,6 +27,11 @@ class Settings:
     """Credentials and TLS for NATS (its ``urls`` are ``nats_url``, or the embedded server's)."""
     api_url: str = DEFAULT_API_URL
     api_token: str | None = None
+    """The admin token (``SLUICE_API_TOKEN``); unset, the daemon makes one in the data dir."""
+    api_hosts: frozenset[str] = frozenset()
+    """``Host`` names the API answers to besides loopback's and the address it listens on."""
+    api_max_body: int = 1024 * 1024
+    api_max_upload: int = 512 * 1024 * 1024
     log_format: str | None = None
     dispatch: DispatchSettings = dataclasses.field(default_factory=lambda: DispatchSettings())
 
@@ -37,12 +45,47 @@ class Settings:
             nats=NatsOptions.from_env(environ),
             api_url=(environ.get("SLUICE_API_URL") or DEFAULT_API_URL).rstrip("/"),
             api_token=environ.get("SLUICE_API_TOKEN") or None,
+            api_hosts=frozenset(
+                host.strip().lower()
+                for host in (environ.get("SLUICE_API_HOSTS") or "").split(",")
+                if host.strip()
+            ),
+            api_max_body=_size(environ, "SLUICE_API_MAX_BODY", 1024 * 1024),
+            api_max_upload=_size(environ, "SLUICE_API_MAX_UPLOAD", 512 * 1024 * 1024),
             log_format=environ.get("SLUICE_LOG_FORMAT") or None,
             dispatch=DispatchSettings.from_env(environ),
         )
 
     def with_data_dir(self, data_dir: Path | None) -> Settings:
         return self if data_dir is None else dataclasses.replace(self, data_dir=data_dir.expanduser())
+
+    @property
+    def token_file(self) -> Path:
+        """Where the daemon keeps the admin token it made (when ``SLUICE_API_TOKEN`` is unset)."""
+        return self.data_dir / "credentials" / "api-token"
+
+    def client_token(self) -> str | None:
+        """The token the CLI sends: ``SLUICE_API_TOKEN``, else the data dir's admin token file."""
+        if self.api_token:
+            return self.api_token
+        try:
+            return self.token_file.read_text().strip() or None
+        except OSError:
+            return None
+
+
+def _size(environ: Mapping[str, str], variable: str, default: int) -> int:
+    """A number of bytes from ``variable`` (``1048576``, ``1Mi``, ``512Ki``).
+
+    Raises ``ValueError`` naming the variable for anything else.
+    """
+    raw = environ.get(variable)
+    if not raw:
+        return default
+    try:
+        return parse_size(raw)
+    except ValueError:
+        raise ValueError(f"{variable} must be a size in bytes (e.g. 1048576 or 1Mi), not {raw!r}") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,11 +107,15 @@ class DispatchSettings:
     sweep_interval_s: float = 3.0
     agent_write_interval_s: float = 5.0
     leader_retry_s: float = 2.0
+    params_max_bytes: int = DEFAULT_MAX_BYTES
+    """The most one run parameter, and all of a run's together, may weigh as JSON: they travel in
+    every assignment (``SLUICE_PARAMS_MAX_BYTES``)."""
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> DispatchSettings:
         """Reads ``SLUICE_HEARTBEAT_TIMEOUT``, ``SLUICE_ASSIGN_TIMEOUT``, ``SLUICE_UNLISTED_GRACE``,
-        ``SLUICE_RETRY_BACKOFF``, ``SLUICE_SWEEP_INTERVAL`` and ``SLUICE_LEADER_RETRY`` (seconds).
+        ``SLUICE_RETRY_BACKOFF``, ``SLUICE_SWEEP_INTERVAL`` and ``SLUICE_LEADER_RETRY`` (seconds),
+        and ``SLUICE_PARAMS_MAX_BYTES``.
 
         Raises:
             ValueError: a value that is not a positive number, naming the variable.
@@ -93,7 +140,7 @@ class DispatchSettings:
             if not value > 0:
                 raise ValueError(f"{variable} must be a positive number of seconds, not {raw!r}")
             values[field] = value
-        return cls(**values)
+        return cls(**values, params_max_bytes=_size(environ, "SLUICE_PARAMS_MAX_BYTES", DEFAULT_MAX_BYTES))
 
 
 def is_loopback(host: str) -> bool:

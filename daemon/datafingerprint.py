@@ -13,7 +13,8 @@ under the path, sorted by its path relative to the fingerprinted path (POSIX sep
 
 A symlink to a file counts as the file it points to; a broken (or looping) symlink, and anything that
 is neither a file nor a directory (sockets, FIFOs, devices), is left out. The fingerprinted path itself
-is followed when it is a symlink. A single file is fingerprinted as one entry named by its own name,
+is followed when it is a symlink. With ``within`` (the datastore's root), data that a symlink puts
+outside it is never read: it is unreadable. A single file is fingerprinted as one entry named by its own name,
 and the mode and the kind of root (file or tree) go in first, so a file and a directory holding only
 that file differ, as do the listing and the content fingerprints of the same data.
 
@@ -94,25 +95,30 @@ class DataFingerprints:
         """How many file digests the cache holds."""
         return len(self._digests)
 
-    async def of(self, path: str | os.PathLike[str], *, content: bool = False) -> str:
+    async def of(
+        self, path: str | os.PathLike[str], *, content: bool = False, within: str | None = None
+    ) -> str:
         """The fingerprint of the file or directory tree at ``path``: ``sha256:<hex>``, or
         :data:`MISSING` when nothing is there. ``content`` hashes file bytes instead of mtimes.
 
         Cancelling a call leaves the shared computation running for the other callers.
 
         Raises:
-            DataUnreadable: a file or directory under ``path`` cannot be read; names it.
+            DataUnreadable: a file or directory under ``path`` cannot be read, or a symlink takes
+                ``path`` or a file under it out of ``within``; names it.
         """
-        key = (os.fspath(path), content)
+        key = (os.fspath(path), content, within)
         computing = self._computing.get(key)
         if computing is None:
-            compute = functools.partial(_fingerprint, key[0], content=content, digests=self._digests)
+            compute = functools.partial(
+                _fingerprint, key[0], content=content, digests=self._digests, within=within
+            )
             computing = asyncio.get_running_loop().run_in_executor(None, compute)
             self._computing[key] = computing
             computing.add_done_callback(functools.partial(self._finished, key))
         return await asyncio.shield(computing)
 
-    def _finished(self, key: tuple[str, bool], computing: asyncio.Future[str]) -> None:
+    def _finished(self, key: tuple[str, bool, str | None], computing: asyncio.Future[str]) -> None:
         del self._computing[key]
         if not computing.cancelled():
             computing.exception()  # marks it retrieved: every caller may have been cancelled meanwhile
@@ -136,15 +142,17 @@ class _DirLink(NamedTuple):
 _Entry = _File | _Dir | _DirLink
 
 
-def _fingerprint(path: str, *, content: bool, digests: _DigestCache) -> str:
+def _fingerprint(path: str, *, content: bool, digests: _DigestCache, within: str | None = None) -> str:
     """The fingerprint of ``path``, computed here and now: blocking, for a worker thread."""
     path = os.path.abspath(path)  # digests are cached by absolute path
     try:
+        if within is not None:
+            _confined(path, os.path.realpath(within))
         root = os.stat(path)
         if stat.S_ISREG(root.st_mode):
             kind, entries = "file", [_File(os.path.basename(path), path, root)]
         elif stat.S_ISDIR(root.st_mode):
-            kind, entries = "tree", _walk(path)
+            kind, entries = "tree", _walk(path, None if within is None else os.path.realpath(within))
         else:
             raise DataUnreadable(path, "neither a regular file nor a directory")
     except OSError as error:
@@ -157,12 +165,13 @@ def _fingerprint(path: str, *, content: bool, digests: _DigestCache) -> str:
     return f"sha256:{hasher.hexdigest()}"
 
 
-def _walk(root: str) -> list[_Entry]:
+def _walk(root: str, within: str | None = None) -> list[_Entry]:
     """Every directory, regular file and directory symlink below the directory ``root``, unsorted.
 
     Raises:
         OSError: ``root`` itself vanished (a gone error, see :func:`_is_gone`).
-        DataUnreadable: a directory or a file's metadata cannot be read.
+        DataUnreadable: a directory or a file's metadata cannot be read, or a file symlink leads out
+            of ``within`` (a real path).
     """
     entries: list[_Entry] = []
     to_scan = [""]
@@ -180,6 +189,8 @@ def _walk(root: str) -> list[_Entry]:
             continue  # removed while we walked
         for child in children:
             entry = _classify(child, f"{relative_dir}/{child.name}" if relative_dir else child.name)
+            if within is not None and isinstance(entry, _File) and child.is_symlink():
+                _confined(child.path, within)
             if entry is not None:
                 entries.append(entry)
                 if isinstance(entry, _Dir):
@@ -201,6 +212,14 @@ def _classify(child: os.DirEntry[str], relative: str) -> _Entry | None:
             return None  # a broken or looping link, or removed while we walked
         raise DataUnreadable(child.path, error) from error
     return None
+
+
+def _confined(path: str, within: str) -> None:
+    """Raises ``DataUnreadable`` when ``path`` (symlinks resolved) lies outside the real path
+    ``within``: a link out of a datastore must not make the daemon read what it points to."""
+    real = os.path.realpath(path)
+    if real != within and not real.startswith(within.rstrip(os.sep) + os.sep):
+        raise DataUnreadable(path, f"a symlink takes it out of its datastore, to {real}")
 
 
 def _entry_record(entry: _Entry, content: bool, digests: _DigestCache) -> bytes:

@@ -145,7 +145,9 @@ class Dispatcher:
         self._sends = TaskSet("assignments")
         self._send_slots = asyncio.Semaphore(MAX_CONCURRENT_ASSIGNMENTS)
         self.assigned = 0  # attempts accepted by agents since start (for benchmarks and metrics)
-        self.on_unrenderable: Callable[[UUID, str, str], Awaitable[None]] | None = None
+        self.on_hopeless: Callable[[UUID, str, str, int | None], Awaitable[None]] | None = None
+        """Fails a step for good (run id, step, why, its attempt if it has one): it cannot be
+        rendered, or its assignment can never be delivered."""
 
     # --- hand-over ------------------------------------------------------------------------------
 
@@ -250,7 +252,7 @@ class Dispatcher:
             return 0
         batch, missing, broken = self._plan(now)
         for step, error in broken:
-            await self._fail_unrenderable(step, error)
+            await self._fail_hopeless(step, error)
         if missing:
             await self._load_contexts(missing)
         if not batch:
@@ -392,13 +394,12 @@ class Dispatcher:
     async def _send(self, planned: _Planned, record: run_store.Dispatched, message) -> None:
         agent_id = planned.agent_id
         timeout = self._settings.assign_timeout_s
+        payload = message.encode()
+        reason = hopeless = None
         async with self._send_slots:
             try:
                 reply = AssignReply.decode(
-                    (await self._nc.request(assign_subject(agent_id), message.encode(), timeout=timeout)).data
-                )
-                reason = (
-                    None if reply.accepted else f"refused by agent {agent_id}: {reply.reason or 'no reason'}"
+                    (await self._nc.request(assign_subject(agent_id), payload, timeout=timeout)).data
                 )
             except nats.errors.NoRespondersError:
                 reason = f"agent {agent_id} is not listening for assignments"
@@ -406,6 +407,28 @@ class Dispatcher:
                 reason = f"agent {agent_id} did not answer the assignment within {timeout:g} s"
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 reason = f"agent {agent_id} answered the assignment with a bad reply: {exc}"
+            except nats.errors.MaxPayloadError:
+                hopeless = (
+                    f"its assignment is {len(payload)} bytes, more than NATS takes "
+                    f"({self._nc.max_payload}): its params or env are too large"
+                )
+            else:
+                if reply.accepted:
+                    pass
+                elif reply.permanent:
+                    hopeless = f"agent {agent_id} refused its assignment: {reply.reason or 'no reason'}"
+                else:
+                    reason = f"refused by agent {agent_id}: {reply.reason or 'no reason'}"
+        if hopeless is not None:
+            # Sending it again, anywhere, would fail the same way: the step fails now, once.
+            log.warning(
+                "assignment_hopeless", run_id=planned.context.id, step=planned.spec.name, reason=hopeless
+            )
+            if self.on_hopeless is not None:
+                await asyncio.shield(
+                    self.on_hopeless(planned.step.run_id, planned.spec.name, hopeless, record.attempt_id)
+                )
+            return
         if reason is None:
             self.assigned += 1
             log.debug(
@@ -446,12 +469,12 @@ class Dispatcher:
                 )
         self.add(ready)
 
-    async def _fail_unrenderable(self, step: ReadyStep, error: str) -> None:
+    async def _fail_hopeless(self, step: ReadyStep, error: str) -> None:
         """A step that cannot be rendered fails for good (retrying would render it the same way)."""
         self._ready.pop(step.step_run_id, None)
         log.warning("step_unrenderable", run_id=str(step.run_id), step=step.name, error=error)
-        if self.on_unrenderable is not None:
-            await self.on_unrenderable(step.run_id, step.name, error)
+        if self.on_hopeless is not None:
+            await self.on_hopeless(step.run_id, step.name, error, None)
 
     async def _load_contexts(self, run_ids: set[UUID]) -> None:
         for run_id in run_ids:

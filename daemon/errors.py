@@ -34,6 +34,11 @@ class Unauthorized(SluiceError):
     status = 401
 
 
+class Forbidden(SluiceError):
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(SluiceError):
     code = "not_found"
     status = 404
@@ -42,6 +47,23 @@ class NotFound(SluiceError):
 class Conflict(SluiceError):
     code = "conflict"
     status = 409
+
+
+class TooLarge(SluiceError):
+    code = "too_large"
+    status = 413
+
+
+class UnsupportedMediaType(SluiceError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class Misdirected(SluiceError):
+    """A request for a host this daemon does not answer to (DNS rebinding, a wrong address)."""
+
+    code = "misdirected"
+    status = 421
 
 
 class Invalid(SluiceError):

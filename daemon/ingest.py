@@ -327,7 +327,11 @@ class Ingest:
             )
             try:
                 params = resolve_params(
-                    spec.spec.params, target.bindings, fields, what=f"pipeline {pipeline} version {version}"
+                    spec.spec.params,
+                    target.bindings,
+                    fields,
+                    what=f"pipeline {pipeline} version {version}",
+                    max_bytes=self.engine.settings.params_max_bytes,
                 )
             except Invalid as exc:
                 draft.outcome, draft.reason = "rejected", exc.message

@@ -50,7 +50,8 @@ def agent_argv(index: int, count: int, cache_root: Path) -> list[str]:
         str(cache_root / name),
         "--drain-timeout",
         str(DRAIN_TIMEOUT_S),
-        "--exit-with-parent",
+        "--parent-pid",
+        str(os.getpid()),
     ]
 
 

@@ -5,23 +5,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from daemon.documents.specs import ParamSpec, Scalar
 from daemon.errors import Invalid
 
 _TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean"}
 
 
+DEFAULT_MAX_BYTES = 256 * 1024
+"""The most a run's params may weigh (as JSON), each and together: they travel in every assignment,
+and NATS refuses a message over its payload limit (1 MiB by default)."""
+
+
 def validate_params(
-    schema: Mapping[str, ParamSpec], given: Mapping[str, Any], *, what: str
+    schema: Mapping[str, ParamSpec],
+    given: Mapping[str, Any],
+    *,
+    what: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> dict[str, Scalar]:
     """``given`` with defaults filled in, every value of its param's type (integers given for a
-    ``number`` become floats).
+    ``number`` become floats), each and all of them at most ``max_bytes`` as JSON.
 
     ``what`` names the target in the message (``pipeline scoring version 3``).
 
     Raises:
-        Invalid: an unknown param, a missing required one or a value of the wrong type; ``details``
-            holds one ``{"path": "params.X", "message": …}`` per problem.
+        Invalid: an unknown param, a missing required one, a value of the wrong type or too large;
+            ``details`` holds one ``{"path": "params.X", "message": …}`` per problem.
     """
     problems: list[dict[str, str]] = []
     for name in given:
@@ -37,11 +48,21 @@ def validate_params(
                     {"path": f"params.{name}", "message": f"must be {_TYPE_WORDS[spec.type]}, not {value!r}"}
                 )
                 continue
+            size = len(msgspec.json.encode(value))
+            if size > max_bytes:
+                problems.append(
+                    {"path": f"params.{name}", "message": f"{size} bytes, more than the {max_bytes} allowed"}
+                )
+                continue
             values[name] = float(value) if spec.type == "number" else value
         elif spec.required:
             problems.append({"path": f"params.{name}", "message": f"required ({spec.type}) but not given"})
         else:
             values[name] = spec.default
+    if not problems and (total := len(msgspec.json.encode(values))) > max_bytes:
+        problems.append(
+            {"path": "params", "message": f"{total} bytes in all, more than the {max_bytes} allowed"}
+        )
     if problems:
         first = problems[0]
         message = f"{first['path']}: {first['message']}"

@@ -24,7 +24,7 @@ StepStatus = Literal[
     "pending", "ready", "dispatched", "running", "succeeded", "failed", "reused", "skipped", "cancelled"
 ]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-AttemptOutcome = Literal["succeeded", "failed", "cancelled"]
+AttemptOutcome = Literal["succeeded", "failed", "cancelled", "lost"]
 
 FINAL_STEP: frozenset[str] = frozenset({"succeeded", "failed", "reused", "skipped", "cancelled"})
 ACTIVE_STEP: frozenset[str] = frozenset({"dispatched", "running"})
@@ -114,6 +114,8 @@ def after_attempt(
         return StepDecision("succeeded")
     if run_cancelled:
         return StepDecision("cancelled")
+    if outcome == "lost":  # its agent went away, the step did not fail: again, at once, no retry used
+        return StepDecision("ready")
     failures = failures_before + 1
     if failures <= retries:
         return StepDecision("ready", counts_as_failure=True, retry_in_s=backoff(failures, backoff_base_s))

@@ -33,7 +33,7 @@ class AgentState:
     capacity: Capacity = field(default_factory=lambda: Capacity(cpu=0.0, memory=0))
     datastores: dict[str, str] = field(default_factory=dict)
     draining: bool = False
-    status: str = "ready"  # ready | lost
+    status: str = "ready"  # ready | lost | stopped
     last_seen: float = 0.0  # monotonic; the daemon's start for agents only known from the database
     last_heartbeat: float | None = None  # unix time of the last beat received, None before one
     seen: bool = False  # heard from since the daemon started
@@ -100,8 +100,8 @@ class AgentState:
 
     @property
     def db_status(self) -> str:
-        if self.status == "lost":
-            return "lost"
+        if self.status != "ready":
+            return self.status
         return "draining" if self.draining else "ready"
 
     def to_json(self) -> dict[str, Any]:
@@ -117,7 +117,7 @@ class AgentState:
             "free": {"cpu": cpu, "memory": memory, "gpu": len(gpus)},
             "running": sorted(self.reservations),
             "last_heartbeat": None if last is None else _iso(last),
-            "status": "lost" if self.status == "lost" else "ready",
+            "status": self.status,
             "draining": self.draining,
             "datastores": self.datastores,
         }
@@ -179,21 +179,22 @@ class Registry:
         return [
             agent
             for agent in self.agents.values()
-            if agent.status != "lost" and now - agent.last_seen > timeout
+            if agent.status == "ready" and now - agent.last_seen > timeout
         ]
 
     def next_silence(self, timeout: float) -> float | None:
         """When (monotonic) the first agent not lost yet will have been silent for ``timeout``, if
         it stays silent; None without such agents."""
         return min(
-            (agent.last_seen + timeout for agent in self.agents.values() if agent.status != "lost"),
+            (agent.last_seen + timeout for agent in self.agents.values() if agent.status == "ready"),
             default=None,
         )
 
-    def mark_lost(self, agent_id: str) -> None:
+    def mark_gone(self, agent_id: str, status: str = "lost") -> None:
+        """The agent is ``lost`` (silent) or ``stopped`` (it said so): it takes no work until it beats."""
         agent = self.agents.get(agent_id)
         if agent is not None:
-            agent.status = "lost"
+            agent.status = status
             self._rooms = None
 
     # --- reservations ---------------------------------------------------------------------------

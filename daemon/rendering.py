@@ -76,6 +76,7 @@ class RenderedStep:
 
     argv: list[str]
     env: dict[str, str]
+    inputs: dict[str, str]
     outputs: dict[str, str]
     datastores: dict[str, str]
     """The datastores the step's paths lie in: name -> root as the agent sees it."""
@@ -127,6 +128,7 @@ def render_step(run: RunContext, step: StepSpec, datastores: Mapping[str, str]) 
     return RenderedStep(
         argv=[render(item, values) for item in step.command],
         env=env,
+        inputs=inputs,
         outputs=outputs,
         datastores={name: datastores[name] for name in sorted(used)},
     )
@@ -159,6 +161,7 @@ def assignment(
         ),
         gpus=list(gpus),
         source_digest=run.source_digest,
+        inputs=rendered.inputs,
         outputs=rendered.outputs,
         datastores=rendered.datastores,
         log_path=in_datastore(datastores, DEFAULT_DATASTORE, log_path(run.id, step.name, number)),

@@ -24,7 +24,7 @@ import msgspec
 from daemon.documents.specs import ParamSpec, Scalar
 from daemon.documents.template import TemplateError, references, render
 from daemon.errors import Invalid
-from daemon.params import validate_params
+from daemon.params import DEFAULT_MAX_BYTES, validate_params
 
 _WHOLE = re.compile(r"^\$\{([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)\}$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
@@ -129,7 +129,12 @@ def coerce(spec: ParamSpec, value: Any) -> Any:
 
 
 def resolve_params(
-    schema: Mapping[str, ParamSpec], bindings: Mapping[str, Any], fields: Mapping[str, Any], *, what: str
+    schema: Mapping[str, ParamSpec],
+    bindings: Mapping[str, Any],
+    fields: Mapping[str, Any],
+    *,
+    what: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> dict[str, Scalar]:
     """The run's params: ``bindings`` (a trigger's ``params``) templated from the event ``fields``,
     coerced to ``schema``'s types, with defaults filled in and validated.
@@ -144,6 +149,6 @@ def resolve_params(
         name: coerce(schema[name], value) if name in schema else value for name, value in values.items()
     }
     try:
-        return validate_params(schema, coerced, what=what)
+        return validate_params(schema, coerced, what=what, max_bytes=max_bytes)
     except Invalid as exc:
         raise Rejected(exc.message, details=exc.details) from None

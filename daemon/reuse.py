@@ -211,7 +211,7 @@ class ReusePlanner:
         """Fingerprint of each datastore input's data (by :func:`key_of`), and why the daemon cannot
         see the data of some (unknown datastore, path outside it, unreadable, nothing there)."""
         context = run_context(request.version, request.run_id, request.params)
-        wanted: dict[str, tuple[str, bool]] = {}
+        wanted: dict[str, tuple[str, bool, str]] = {}
         blind: dict[str, str] = {}
         values = run_values(context)
         for step in context.spec.steps:
@@ -224,13 +224,14 @@ class ReusePlanner:
                 except TemplateError as exc:
                     blind[key] = f"input {name} of step {step.name}: {exc.message}"
                     continue
-                wanted[key] = (path, source.hash == "content")
+                root = self._datastores.paths[source.datastore]
+                wanted[key] = (path, source.hash == "content", root)
         results = await asyncio.gather(
-            *(self._data.of(path, content=content) for path, content in wanted.values()),
+            *(self._data.of(path, content=content, within=root) for path, content, root in wanted.values()),
             return_exceptions=True,
         )
         found: dict[str, str] = dict.fromkeys(blind, UNREADABLE)
-        for (key, (path, _)), result in zip(wanted.items(), results, strict=True):
+        for (key, (path, _, _)), result in zip(wanted.items(), results, strict=True):
             if isinstance(result, DataUnreadable):
                 blind[key] = result.message
             elif isinstance(result, BaseException):

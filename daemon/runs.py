@@ -163,7 +163,12 @@ async def _insert(
         Conflict: at the concurrency limit with ``on_limit: skip``.
     """
     pipeline = spec.pipeline
-    values = validate_params(spec.spec.params, params, what=f"pipeline {pipeline} version {spec.version}")
+    values = validate_params(
+        spec.spec.params,
+        params,
+        what=f"pipeline {pipeline} version {spec.version}",
+        max_bytes=engine.settings.params_max_bytes,
+    )
     run_id = run_id or uuid.uuid4()
     decisions = await engine.reuse.plan(conn, spec, values, run_id=run_id, reuse=options["reuse"])
     finished = all_reused(decisions)

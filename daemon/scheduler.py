@@ -90,10 +90,10 @@ class Scheduler:
             pool, nc, settings, specs, contexts, datastores, registry, announcer, dispatcher, reuse
         )
 
-        async def on_unrenderable(run_id: UUID, step: str, error: str) -> None:
-            await fail_step(engine, run_id, step, error)
+        async def on_hopeless(run_id: UUID, step: str, error: str, attempt_id: int | None) -> None:
+            await fail_step(engine, run_id, step, error, attempt_id=attempt_id)
 
-        dispatcher.on_unrenderable = on_unrenderable
+        dispatcher.on_hopeless = on_hopeless
         scheduler = cls(engine, AgentMonitor(engine), StepEvents(engine))
         stack.push_async_callback(scheduler._stop)
         await datastores.refresh(pool)

@@ -18,6 +18,8 @@ from aiohttp import web
 
 from daemon import bus, store
 from daemon.api import NatsAccess, make_app
+from daemon.api.access import AccessSettings
+from daemon.api.tokens import admin_token_file
 from daemon.config import Settings, is_loopback
 from daemon.embedded import EmbeddedNats, EmbeddedPostgres, data_dir_lock
 from daemon.errors import SluiceError, Unavailable
@@ -72,6 +74,12 @@ async def run_daemon(
         )
     async with contextlib.AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        access = AccessSettings(
+            admin_token=settings.api_token or admin_token_file(settings.token_file),
+            hosts=settings.api_hosts | _served_hosts(host),
+            max_body=settings.api_max_body,
+            max_upload=settings.api_max_upload,
+        )
         if settings.database_url is None or settings.nats_url is None:
             stack.enter_context(data_dir_lock(settings.data_dir))
         database_url = settings.database_url or await _start_embedded(
@@ -118,7 +126,7 @@ async def run_daemon(
                 pool=pool,
                 nc=nc,
                 sources=sources,
-                api_token=settings.api_token,
+                access=access,
                 scheduler=scheduler,
                 nats=NatsAccess(options=own_options, auth=nats_auth),
             ),
@@ -194,6 +202,12 @@ async def _drain(nc) -> None:
         await nc.drain()
     except Exception as exc:  # a broken connection at shutdown must not stop the rest of the teardown
         log.warning("nats_drain_failed", error=str(exc) or type(exc).__name__)
+
+
+def _served_hosts(host: str) -> frozenset[str]:
+    """The ``Host`` names a daemon listening on ``host`` answers to besides loopback's: that
+    address, unless it is every address (then only ``SLUICE_API_HOSTS`` name it)."""
+    return frozenset() if host in ("0.0.0.0", "::", "") else frozenset({host.lower()})
 
 
 def _url_host(host: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import msgspec
 import nats.errors
@@ -38,10 +39,12 @@ log = structlog.get_logger(__name__)
 
 CONSUMER = "sluice-daemon"
 DUPLICATE_WINDOW_S = 120.0
-ACK_WAIT_S = 30.0
+ACK_WAIT_S = 5.0
+"""What a daemon that died while holding events costs its successor: they come back after this."""
 RETRY_DELAY_S = 1.0
 MAX_BATCH = 256
-MAX_ACK_PENDING = 65536
+MAX_ACK_PENDING = 4096
+"""Events delivered and not yet acked: few enough to be applied well within ``ACK_WAIT_S``."""
 
 
 async def ensure_stream(js: JetStreamContext) -> None:
@@ -70,9 +73,11 @@ class StepEvents:
         self._inbox: asyncio.Queue[Msg] = asyncio.Queue()
         self._followups = TaskSet("step-event-followups")
         self._refusals = Refusals("step_event_refused")
+        self._working: tuple[list[Msg], float] | None = None  # the batch being applied, since when
 
     async def start(self) -> None:
         await ensure_stream(self._js)
+        await self._update_consumer()
         self._sub = await self._js.subscribe(
             STEP_EVENTS,
             queue=CONSUMER,
@@ -88,6 +93,19 @@ class StepEvents:
             ),
         )
 
+    async def _update_consumer(self) -> None:
+        """A consumer made by an earlier release keeps its position and takes today's ack wait and
+        pending bound (subscribing to an existing durable would use it as it is)."""
+        try:
+            info = await self._js.consumer_info(STEPS_STREAM, CONSUMER)
+        except nats.js.errors.NotFoundError:
+            return
+        config = info.config
+        if (config.ack_wait, config.max_ack_pending) != (ACK_WAIT_S, MAX_ACK_PENDING):
+            config.ack_wait, config.max_ack_pending = ACK_WAIT_S, MAX_ACK_PENDING
+            await self._js.add_consumer(STEPS_STREAM, config=config)
+            log.info("step_events_consumer_updated", ack_wait=ACK_WAIT_S, max_ack_pending=MAX_ACK_PENDING)
+
     async def stop(self) -> None:
         if self._sub is not None:
             try:
@@ -101,6 +119,22 @@ class StepEvents:
 
     async def run(self) -> None:
         assert self._sub is not None, "start() first"
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._keep_working(), name="step-events-in-progress")
+            await self._consume()
+
+    async def _keep_working(self) -> None:
+        """Tells JetStream that the events of a batch applied for longer than a third of the ack wait
+        are being worked on: a slow commit must not make them come back."""
+        interval = ACK_WAIT_S / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._working is not None and time.monotonic() - self._working[1] >= interval:
+                for msg in self._working[0]:
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.in_progress()
+
+    async def _consume(self) -> None:
         while True:
             batch = [await self._inbox.get()]
             while len(batch) < MAX_BATCH and not self._inbox.empty():
@@ -119,6 +153,7 @@ class StepEvents:
                 await _ack(msg, term=True)
         if not decoded:
             return
+        self._working = ([msg for msg, _ in decoded], time.monotonic())
         try:
             await self._apply(decoded)
         except asyncio.CancelledError:
@@ -133,6 +168,8 @@ class StepEvents:
             log.warning("step_event_batch_failed", events=len(decoded), exc_info=True)
             for msg, _ in decoded:
                 await self.handle([msg])
+        finally:
+            self._working = None
 
     async def _apply(self, decoded: list[tuple[Msg, Reported]]) -> None:
         applied = await apply_events(self._engine, [item for _, item in decoded])

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from daemon import runs
 from daemon.engine import Engine
 from daemon.errors import BadRequest, SluiceError
+from daemon.limits import Positive32
 from daemon.refusals import Refusals
 from daemon.tasks import TaskSet
 
@@ -40,7 +41,7 @@ _encoder = msgspec.json.Encoder()
 
 class SubmitBody(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
-    version: int | None = None
+    version: Positive32 | None = None
     idempotency_key: str | None = None
     reuse: bool = True
 
@@ -61,8 +62,6 @@ def parse_request(subject: str, data: bytes) -> tuple[str, SubmitBody]:
         raise BadRequest(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"the request is not valid JSON: {exc}") from None
-    if body.version is not None and body.version < 1:
-        raise BadRequest(f"version must be at least 1, not {body.version}")
     if body.idempotency_key is not None and not 0 < len(body.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(f"idempotency_key must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
     return pipeline, body

@@ -263,10 +263,21 @@ async def _finish(
         await admit_next(engine, conn, pipeline, None, effects)
 
 
-async def fail_step(engine: Engine, run_id: UUID, name: str, error: str) -> None:
-    """A ready step that can never run (it cannot be rendered) fails for good, without an attempt."""
+async def fail_step(
+    engine: Engine, run_id: UUID, name: str, error: str, *, attempt_id: int | None = None
+) -> None:
+    """A step that can never run fails for good, without a retry: it cannot be rendered (it has no
+    attempt), or its attempt ``attempt_id`` can never be delivered (an assignment too large for NATS,
+    one agents refuse as malformed)."""
     effects = Effects()
     async with engine.pool.acquire() as conn, conn.transaction():
+        if attempt_id is not None:
+            locked = (await run_store.lock_attempts(conn, {attempt_id})).get(attempt_id)
+            if locked is None or locked.status not in run_store.ACTIVE_ATTEMPT:
+                return  # it ended meanwhile (a cancel, a lost agent): that end stands
+            end = run_store.AttemptEnd(attempt_id, "failed", None, error, None, time.time())
+            await run_store.finish_attempts(conn, [end])
+            effects.released.append(attempt_id)
         run, steps = await _lock(conn, run_id)
         _, version = await engine.contexts.load(conn, run.id, run)
         changed = await run_store.set_step_statuses(conn, run.id, {name: "failed"}, error=error)

@@ -7,9 +7,10 @@ attempt's task. Every task belongs to the agent's task group; an attempt that fa
 way is reported as a failed attempt, never a crashed agent.
 
 Shutdown (``stop`` set): the agent stops accepting (its heartbeat says ``draining``), waits up to
-``drain_timeout_s`` for what runs, then stops the rest (reported ``failed``: the agent went away, the
-step did not fail by itself — the daemon may retry it elsewhere), waits a bounded time for its step
-events to be acknowledged, and drains its NATS connection.
+``drain_timeout_s`` for what runs, then stops the rest (reported ``lost``: the agent went away, the
+step did not fail — the daemon runs it again without using a retry), waits a bounded time for its
+step events to be acknowledged, sends a last heartbeat saying it stopped, and drains its NATS
+connection.
 
 Cut off (the NATS server closed the connection for good: its credentials were revoked or expired):
 nothing it does can be reported any more, so it stops what runs at once and ``run`` raises
@@ -52,7 +53,7 @@ from runners.protocol import (
     cancel_subject,
     heartbeat_subject,
 )
-from runners.workspace import AttemptDirs, PrepareError, Workspace, misplaced
+from runners.workspace import AttemptDirs, PrepareError, Workspace, confine, misplaced
 
 log = structlog.get_logger(__name__)
 
@@ -205,6 +206,8 @@ class Agent:
                 await self._outbox.close(0.0 if self._cut_off else EVENTS_FLUSH_TIMEOUT_S)
                 self._stopped.set()
                 self._beat_now.set()
+                if not self._cut_off:
+                    await self._heartbeat(nc)  # the last: the daemon learns at once that it stopped
         finally:
             self._tg = None
 
@@ -218,12 +221,20 @@ class Agent:
             assignment = Assignment.decode(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             self._log.warning("assignment_invalid", error=str(exc))
-            await self._reply(msg, AssignReply(accepted=False, reason=f"bad assignment: {exc}"))
+            await self._reply(
+                msg, AssignReply(accepted=False, reason=f"bad assignment: {exc}", permanent=True)
+            )
             return
         attempt_id = assignment.attempt_id
         if attempt_id in self._attempts:
             # The daemon's retry of a request whose reply it missed: still accepted, still one run.
             await self._reply(msg, AssignReply(accepted=True))
+            return
+        if (where := misplaced(assignment, self.config.cache_dir, self.config.datastores)) is not None:
+            await self._reply(msg, AssignReply(accepted=False, reason=where, permanent=True))
+            self._log.warning(
+                "assignment_refused", attempt=attempt_id, run_id=assignment.run_id, reason=where
+            )
             return
         reason = self._admit(assignment)
         if reason is not None:
@@ -248,8 +259,6 @@ class Agent:
         executor = "docker" if assignment.image is not None else "process"
         if executor not in self.executors:
             return f"agent has no {executor} executor (it has {', '.join(self.executors) or 'none'})"
-        if (where := misplaced(assignment, self.config.cache_dir, self.config.datastores)) is not None:
-            return where
         try:
             gpus = self._ledger.reserve(assignment.attempt_id, assignment.resources, assignment.gpus)
         except NoRoom as exc:
@@ -324,6 +333,10 @@ class Agent:
     async def _run_attempt(self, attempt: _Attempt) -> tuple[Outcome, list[Metric]]:
         assignment = attempt.assignment
         assert self._workspace is not None
+        try:
+            await asyncio.to_thread(confine, assignment, self.config.cache_dir)
+        except PrepareError as exc:
+            return Outcome(status="failed", error=str(exc)), []
         output = AttemptLog(self._nc, self.config.agent_id, assignment)
         try:
             await output.open()
@@ -416,7 +429,7 @@ class Agent:
         )
         for attempt in self._attempts.values():
             if attempt.executing:
-                attempt.stop.request(reason, status="failed")
+                attempt.stop.request(reason, status="lost")
         # Stopping takes the executor's grace period; a stuck stop is cut short after that.
         _, stuck = await asyncio.wait(left, timeout=STOP_GRACE_S + 15.0)
         for task in stuck:
@@ -435,6 +448,7 @@ class Agent:
             datastores=dict(self.config.datastores),
             running=self.running,
             draining=self._draining,
+            stopped=self._stopped.is_set(),
             sent_at=time.time(),
         )
 

@@ -165,8 +165,9 @@ async def connect(
 
     async def on_error(exc: Exception) -> None:
         last_error[0] = str(exc) or type(exc).__name__
-        if client is None and _is_refusal(exc):
-            refused.set()  # wrong or revoked credentials: retrying cannot help
+        if client is None:  # still connecting: the outcome says it all, in one line
+            if _is_refusal(exc):
+                refused.set()  # wrong or revoked credentials: retrying cannot help
             return
         log.warning("nats_error", error=last_error[0])
 

@@ -8,6 +8,8 @@ were revoked), 2 for bad options (one line naming the option).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -29,6 +31,7 @@ from runners.executors.process import ProcessExecutor
 from runners.logsetup import configure_logging
 
 PARENT_CHECK_INTERVAL_S = 1.0
+PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +125,9 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
     show_default=True,
     help="Seconds to let running steps finish after SIGINT/SIGTERM before stopping them.",
 )
-@click.option("--exit-with-parent", is_flag=True, hidden=True, help="Stop when the parent process is gone.")
+@click.option(
+    "--parent-pid", type=int, hidden=True, help="Stop when this process, the parent, is gone (sluice up)."
+)
 def agent(
     name: str | None,
     creds: str | None,
@@ -135,7 +140,7 @@ def agent(
     cache_dir: Path | None,
     docker_network: str | None,
     drain_timeout: float,
-    exit_with_parent: bool,
+    parent_pid: int | None,
 ) -> None:
     """Run a runner agent: execute the steps the daemon assigns, as processes or in containers.
 
@@ -144,6 +149,8 @@ def agent(
     memory, GPUs, labels and datastores; declared values override detected ones. Runs until SIGINT
     or SIGTERM, then lets running steps finish (up to --drain-timeout).
     """
+    if parent_pid is not None:
+        _die_with(parent_pid)
     try:
         configure_logging(os.environ.get("SLUICE_LOG_FORMAT") or None)
     except ValueError as exc:
@@ -178,13 +185,14 @@ def agent(
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal)
-        capacity = await asyncio.to_thread(detect_capacity, cpus=cpus, memory=memory, gpus=gpus)
-        executors = await available_executors(executor, docker_network)
         async with asyncio.TaskGroup() as tasks:
-            if exit_with_parent:
-                watcher = tasks.create_task(_stop_when_orphaned(stop), name="parent-watch")
-            await Agent(config, capacity, executors).run(stop)
-            if exit_with_parent:
+            if parent_pid is not None:
+                watcher = tasks.create_task(_stop_when_orphaned(stop, parent_pid), name="parent-watch")
+            capacity = await asyncio.to_thread(detect_capacity, cpus=cpus, memory=memory, gpus=gpus)
+            executors = await available_executors(executor, docker_network)
+            if not stop.is_set():
+                await Agent(config, capacity, executors).run(stop)
+            if parent_pid is not None:
                 watcher.cancel()
 
     try:
@@ -197,10 +205,18 @@ def agent(
         _fail("agent stopped without waiting for its running steps", 1)
 
 
-async def _stop_when_orphaned(stop: asyncio.Event) -> None:
-    """Set ``stop`` once the parent process has gone (`sluice up` killed with SIGKILL, say), so that
-    local agents never outlive the `up` that started them and meet their successors."""
-    parent = os.getppid()
+def _die_with(parent: int) -> None:
+    """The agent ends when `sluice up` does, however `up` ends (SIGKILL included), so that local
+    agents never outlive it and meet their successors: Linux sends it SIGTERM when its parent dies
+    (PR_SET_PDEATHSIG), and a parent gone before that was set means at once."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+async def _stop_when_orphaned(stop: asyncio.Event, parent: int) -> None:
+    """Set ``stop`` once the parent process has gone, where no signal says so (not Linux)."""
     while os.getppid() == parent:  # noqa: ASYNC110 - no event says the parent died: poll
         await asyncio.sleep(PARENT_CHECK_INTERVAL_S)
     stop.set()

@@ -18,7 +18,11 @@ def configure_logging(log_format: str | None = None, level: int = logging.INFO) 
     if log_format is None:
         log_format = "console" if sys.stderr.isatty() else "json"
     renderer = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # No local variables in tracebacks: they hold step env values, tokens and credentials.
+        structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(),
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False),
+        )
         if log_format == "console"
         else structlog.processors.JSONRenderer()
     )
@@ -48,8 +52,10 @@ def configure_logging(log_format: str | None = None, level: int = logging.INFO) 
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Chatty libraries: their INFO lines are noise for an operator.
-    for name in ("aiohttp.access", "nats", "pgserver", "asyncio"):
+    for name in ("aiohttp.access", "pgserver", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # nats-py logs each connection error with its traceback; ours reach the log through error_cb.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
 
 
 def _identity(logger, method, event_dict):

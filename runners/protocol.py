@@ -61,7 +61,9 @@ ASSIGN_TIMEOUT_S = 2.0
 """How long the daemon waits for an agent to accept an assignment before trying elsewhere."""
 
 Executor = Literal["process", "docker"]
-AttemptOutcome = Literal["succeeded", "failed", "cancelled"]
+AttemptOutcome = Literal["succeeded", "failed", "cancelled", "lost"]
+"""``lost``: the agent stopped the attempt because the agent itself was stopping; the step runs
+again, elsewhere or later, without counting as a failure."""
 StepEventKind = Literal["started", "finished"]
 
 
@@ -154,6 +156,7 @@ class Heartbeat(_Message, kw_only=True):
     datastores: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local path overrides
     running: list[int] = msgspec.field(default_factory=list)
     draining: bool = False  # finishing what it runs, accepting nothing new
+    stopped: bool = False  # the last beat of an agent that stopped cleanly
     sent_at: float  # unix time
 
 
@@ -168,9 +171,10 @@ class Assignment(_Message, kw_only=True):
     """One attempt of one step, ready to execute.
 
     ``datastores`` are the roots, as this agent sees them, of the datastores the attempt uses: its
-    ``log_path`` and ``outputs`` lie under them, and a container sees each root at the same path (so
-    that paths in ``argv`` and ``env`` stay valid). ``outputs`` are directories the agent creates
-    before starting (the step writes into them). ``gpus`` are the indices the daemon reserved on the
+    ``log_path``, ``inputs`` and ``outputs`` lie under them (the agent refuses the attempt otherwise,
+    symlinks followed), and a container sees each root at the same path (so that paths in ``argv``
+    and ``env`` stay valid). ``outputs`` are directories the agent creates before starting (the step
+    writes into them). ``gpus`` are the indices the daemon reserved on the
     agent. ``source_digest`` names the snapshot in ``SOURCES_BUCKET`` to unpack as the working
     directory; without one the step starts in an empty working directory. The agent adds
     ``SLUICE_METRICS`` (a file in the work dir) to ``env`` and reads it back at the end.
@@ -188,6 +192,7 @@ class Assignment(_Message, kw_only=True):
     resources: Resources
     gpus: list[int] = msgspec.field(default_factory=list)
     source_digest: str | None = None
+    inputs: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local path
     outputs: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local directory
     datastores: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local root
     log_path: str  # local file for the complete log of this attempt
@@ -195,8 +200,12 @@ class Assignment(_Message, kw_only=True):
 
 
 class AssignReply(_Message, kw_only=True):
+    """``permanent``: refused for what the assignment says (malformed, paths outside the agent's
+    datastores), so no retry can succeed; else for what the agent has now (room, draining)."""
+
     accepted: bool
     reason: str | None = None
+    permanent: bool = False
 
 
 class Cancel(_Message, kw_only=True):
@@ -226,7 +235,8 @@ class Metric(msgspec.Struct, frozen=True, kw_only=True):
 
 class StepFinished(_Message, kw_only=True):
     """How an attempt ended. ``status`` is ``failed`` for a non-zero exit, a timeout (``error`` says
-    so) or a failure to start (``exit_code`` None); ``cancelled`` after a ``Cancel``."""
+    so) or a failure to start (``exit_code`` None); ``cancelled`` after a ``Cancel``; ``lost`` when
+    the agent stopped it because the agent was stopping."""
 
     attempt_id: int
     status: AttemptOutcome

@@ -155,3 +155,34 @@ def _within(path: str, root: str) -> bool:
         return False
     path, root = posixpath.normpath(path), posixpath.normpath(root)
     return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def confine(assignment: Assignment, cache_dir: Path) -> None:
+    """Checks, symlinks followed, that the attempt's log, inputs and outputs lie under its
+    datastores (or the cache dir): a link inside a datastore must not lead a step, or the agent, to
+    read or write a file elsewhere. Blocking (it walks input trees for links): for a worker thread.
+
+    Raises ``PrepareError`` naming the path and where it leads.
+    """
+    roots = [os.path.realpath(root) for root in (str(cache_dir), *assignment.datastores.values())]
+    paths = {"log": assignment.log_path}
+    paths |= {f"input {name}": path for name, path in assignment.inputs.items()}
+    paths |= {f"output {name}": path for name, path in assignment.outputs.items()}
+    for what, path in paths.items():
+        for link, real in _resolved(path):
+            if not any(_within(real, root) for root in roots):
+                shown = path if link == path else f"{link} (under {path})"
+                raise PrepareError(f"{what} {shown} leads out of the attempt's datastores, to {real}")
+
+
+def _resolved(path: str):
+    """``path`` and every symlink under it (a tree is walked, links not followed), each with the
+    real path it leads to."""
+    yield path, os.path.realpath(path)
+    if not os.path.isdir(path):
+        return
+    for directory, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            entry = os.path.join(directory, name)
+            if os.path.islink(entry):
+                yield entry, os.path.realpath(entry)

@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 MAX_IN_FLIGHT = 64
 """Sink calls running at once per trigger (a JetStream pull asks for no more than are free)."""
 MAX_ACK_PENDING = 1000
-ACK_WAIT_S = 30.0
+ACK_WAIT_S = 5.0
 API_TIMEOUT_S = 5.0
 PULL_EXPIRES_S = 30.0
 PULL_HEARTBEAT_S = 5.0

@@ -36,7 +36,9 @@ async def list_agents(request: web.Request) -> web.Response:
                 },
                 "running": [],
                 "last_heartbeat": record.last_heartbeat.isoformat(),
-                "status": "lost" if record.status == "lost" or scheduler is not None else "ready",
+                "status": record.status
+                if record.status in ("lost", "stopped")
+                else ("lost" if scheduler is not None else "ready"),
                 "draining": record.status == "draining",
                 "datastores": record.datastores,
             }

@@ -1,8 +1,8 @@
-"""The aiohttp application: routes, the error envelope, bearer-token auth and request metrics."""
+"""The aiohttp application: routes, the error envelope, access (``daemon.api.access``) and request
+metrics."""
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -12,22 +12,22 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from daemon.api import agents, apply, credentials, events, ops, pipelines, runs, triggers
-from daemon.api.context import API_TOKEN, NATS_ACCESS, NATS_CLIENT, POOL, SCHEDULER, SOURCES, NatsAccess
+from daemon.api import agents, apply, credentials, events, ops, pipelines, runs, tokens, triggers
+from daemon.api.access import ACCESS, Access, AccessSettings, guard
+from daemon.api.context import NATS_ACCESS, NATS_CLIENT, POOL, SCHEDULER, SOURCES, NatsAccess
 from daemon.api.http import OPEN_STREAMS, end_streams, json_response
 from daemon.bus import SourceStore
-from daemon.errors import SluiceError, Unauthorized
+from daemon.errors import SluiceError
 from daemon.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from daemon.scheduler import Scheduler
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-MAX_BODY = 512 * 1024 * 1024  # source snapshots travel in request bodies
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
@@ -42,24 +42,25 @@ def make_app(
     pool: asyncpg.Pool,
     nc: NATS,
     sources: SourceStore,
-    api_token: str | None,
+    access: AccessSettings,
     scheduler: Scheduler | None = None,
     nats: NatsAccess | None = None,
 ) -> web.Application:
     """The API; without ``scheduler`` (catalog-only use) run operations answer 503; ``nats`` says how
     to reach NATS as the system account (revocations) and whether it is closed to strangers."""
-    app = web.Application(middlewares=[_metrics, _errors, _auth], client_max_size=MAX_BODY)
+    # Each route's own limit applies (access.guard); this one only bounds the largest.
+    app = web.Application(middlewares=[_metrics, _errors, guard], client_max_size=access.max_upload)
     app[POOL] = pool
     app[NATS_CLIENT] = nc
     app[SOURCES] = sources
-    app[API_TOKEN] = api_token or ""
+    app[ACCESS] = Access(access, pool)
     app[OPEN_STREAMS] = set()
     app.on_shutdown.append(end_streams)
     if scheduler is not None:
         app[SCHEDULER] = scheduler
     if nats is not None:
         app[NATS_ACCESS] = nats
-    for module in (ops, apply, pipelines, triggers, runs, agents, events, credentials):
+    for module in (ops, apply, pipelines, triggers, runs, agents, events, credentials, tokens):
         app.router.add_routes(module.routes)
     return app
 
@@ -89,16 +90,6 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             },
             status=500,
         )
-
-
-@web.middleware
-async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[API_TOKEN]
-    if token and request.path not in OPEN_PATHS:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise Unauthorized("this API needs Authorization: Bearer <SLUICE_API_TOKEN>")
-    return await handler(request)
 
 
 @web.middleware

@@ -7,6 +7,7 @@ import asyncio
 import msgspec
 from aiohttp import web
 
+from daemon.api.access import endpoint
 from daemon.api.context import POOL, SCHEDULER, SOURCES
 from daemon.api.http import json_response, read_json
 from daemon.catalog import SOURCE_DIGEST, SourceRef, apply_documents
@@ -43,6 +44,7 @@ async def document_text(request: web.Request) -> SourceText:
 
 
 @routes.post("/api/v1/apply")
+@endpoint("publish")
 async def apply(request: web.Request) -> web.Response:
     """Apply a batch: JSON {documents: [{file, text}], sources: [{file, source, digest}]}, or a YAML body."""
     if request.content_type in YAML_TYPES:
@@ -77,6 +79,7 @@ async def get_source(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/sources/{digest}")
+@endpoint("publish", content_types=("application/x-tar",), upload=True)
 async def put_source(request: web.Request) -> web.Response:
     """Store a snapshot archive; its content must hash to the digest it is stored under."""
     digest = _digest_arg(request)

@@ -14,7 +14,6 @@ from runners.bus import NatsOptions
 POOL = web.AppKey("pool", asyncpg.Pool)
 NATS_CLIENT = web.AppKey("nats", NATS)
 SOURCES = web.AppKey("sources", SourceStore)
-API_TOKEN = web.AppKey("api_token", str)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

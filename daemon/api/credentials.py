@@ -11,6 +11,7 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from daemon.api.access import endpoint
 from daemon.api.context import NATS_ACCESS, POOL, SCHEDULER
 from daemon.api.http import json_response, read_json
 from daemon.documents.names import name_problem
@@ -48,6 +49,7 @@ class NewCredentials(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @routes.post("/api/v1/credentials")
+@endpoint("admin")
 async def create_credentials(request: web.Request) -> web.Response:
     """Mint NATS credentials: ``{"name", "role": "agent"|"service"|"admin", "submit"?, "follow"?,
     "publish"?}`` → 201 with the ``.creds`` text, shown this once."""
@@ -67,6 +69,7 @@ async def create_credentials(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/credentials")
+@endpoint("admin")
 async def list_credentials(request: web.Request) -> web.Response:
     """Every NATS credential Sluice minted (one per key), live or revoked."""
     records = await authority.list_credentials(request.app[POOL])
@@ -87,6 +90,7 @@ async def list_credentials(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/credentials/{name}/revoke")
+@endpoint("admin")
 async def revoke_credentials(request: web.Request) -> web.Response:
     """Revoke every key of a name: NATS drops its connections and refuses it from then on; an
     agent's running attempts are lost at once and run again elsewhere. Calling it again re-sends the

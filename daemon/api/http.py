@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from daemon.errors import BadRequest
+from daemon.limits import INT32_MAX, INT64_MAX
 
 T = TypeVar("T")
 MAX_LIMIT = 500
@@ -61,27 +62,31 @@ async def read_json(request: web.Request, type_: type[T]) -> T:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
 
 
-def int_arg(request: web.Request, name: str, *, minimum: int = 1) -> int:
+def int_arg(request: web.Request, name: str) -> int:
     """A positive integer from the path, e.g. a version number; accepts "3" and "v3"."""
-    raw = request.match_info[name]
-    try:
-        value = int(raw.removeprefix("v"))
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise BadRequest(f"{name} must be at least {minimum}, not {value}")
-    return value
+    return _bounded(name, request.match_info[name].removeprefix("v"), 1, INT32_MAX)
+
+
+def int_query(
+    request: web.Request, name: str, *, default: int | None = None, maximum: int = INT32_MAX
+) -> int | None:
+    """A positive integer from ``?name=`` (``default`` when absent)."""
+    raw = request.query.get(name)
+    return default if raw is None else _bounded(name, raw, 1, maximum)
 
 
 def limit_arg(request: web.Request) -> int:
-    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    return int_query(request, "limit", default=DEFAULT_LIMIT, maximum=MAX_LIMIT)  # type: ignore[return-value]
+
+
+def _bounded(name: str, raw: str, minimum: int, maximum: int) -> int:
     try:
-        limit = int(raw)
+        value = int(raw)
     except ValueError:
-        raise BadRequest(f"limit must be an integer, not {raw!r}") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
-    return limit
+        raise BadRequest(f"{name} must be an integer, not {raw[:40]!r}") from None
+    if not minimum <= value <= maximum:
+        raise BadRequest(f"{name} must be between {minimum} and {maximum}, not {value}")
+    return value
 
 
 def encode_cursor(key: Any) -> str:
@@ -94,9 +99,12 @@ def decode_cursor(request: web.Request, type_: type[T]) -> T | None:
     if not raw:
         return None
     try:
-        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=type_)
+        key = msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=type_)
     except (binascii.Error, ValueError, msgspec.DecodeError):
         raise BadRequest("cursor is not one this API returned") from None
+    if isinstance(key, int) and not -INT64_MAX <= key <= INT64_MAX:
+        raise BadRequest("cursor is not one this API returned")
+    return key
 
 
 def page(items: list[Any], limit: int, key) -> dict[str, Any]:

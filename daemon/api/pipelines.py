@@ -8,17 +8,19 @@ import msgspec
 from aiohttp import web
 
 from daemon import store
+from daemon.api.access import endpoint
 from daemon.api.apply import document_text, flag_arg
 from daemon.api.context import POOL, SOURCES
 from daemon.api.http import decode_cursor, int_arg, json_response, limit_arg, page, read_json
 from daemon.catalog import apply_documents
 from daemon.errors import Invalid, NotFound
+from daemon.limits import Positive32
 
 routes = web.RouteTableDef()
 
 
 class DefaultBody(msgspec.Struct, forbid_unknown_fields=True):
-    version: int
+    version: Positive32
 
 
 class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -34,6 +36,7 @@ async def list_pipelines(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/pipelines")
+@endpoint("publish")
 async def publish_pipeline(request: web.Request) -> web.Response:
     """Publish one Pipeline document (JSON, or YAML with Content-Type: application/yaml)."""
     texts = [await document_text(request)]
@@ -80,6 +83,7 @@ async def get_version(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/pipelines/{name}/default")
+@endpoint("publish")
 async def set_default(request: web.Request) -> web.Response:
     body = await read_json(request, DefaultBody)
     async with request.app[POOL].acquire() as conn:
@@ -88,6 +92,7 @@ async def set_default(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/v1/pipelines/{name}/versions/{version}")
+@endpoint("publish")
 async def set_status(request: web.Request) -> web.Response:
     number = int_arg(request, "version")
     body = await read_json(request, StatusBody)

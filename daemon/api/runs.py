@@ -11,10 +11,12 @@ from uuid import UUID
 import msgspec
 from aiohttp import web
 
+from daemon.api.access import endpoint
 from daemon.api.context import POOL, SCHEDULER
-from daemon.api.http import decode_cursor, json_response, limit_arg, open_stream, page
+from daemon.api.http import decode_cursor, int_query, json_response, limit_arg, open_stream, page
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.errors import BadRequest, NotFound, Unavailable
+from daemon.limits import Positive32
 from daemon.planner import FINAL_STEP
 from daemon.rendering import log_path
 from daemon.scheduler import Scheduler
@@ -32,7 +34,7 @@ _encoder = msgspec.json.Encoder()
 
 class RunBody(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
-    version: int | None = None
+    version: Positive32 | None = None
     reuse: bool = True
 
 
@@ -81,14 +83,13 @@ async def _body(request: web.Request) -> RunBody:
 
 
 @routes.post("/api/v1/pipelines/{name}/runs")
+@endpoint("run")
 async def start_run(request: web.Request) -> web.Response:
     """Start a run of a pipeline (201; 200 when an Idempotency-Key replays an earlier request)."""
     body = await _body(request)
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise BadRequest(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters")
-    if body.version is not None and body.version < 1:
-        raise BadRequest(f"version must be at least 1, not {body.version}")
     created = await _scheduler(request).create_run(
         request.match_info["name"],
         params=body.params,
@@ -142,6 +143,7 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/runs/{id}/cancel")
+@endpoint("run")
 async def cancel_run(request: web.Request) -> web.Response:
     """Cancel a queued or running run; its running steps are stopped."""
     run = await _scheduler(request).cancel_run(await run_id_arg(request))
@@ -153,7 +155,7 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
     """A step's log: the latest attempt's (or ?attempt=n), as text; ?follow=true streams it as
     server-sent events (`event: line`, then `event: end` once the step finished)."""
     run_id, name = await run_id_arg(request), request.match_info["step"]
-    wanted = _attempt_arg(request)
+    wanted = int_query(request, "attempt")
     pool = request.app[POOL]
     step = await run_store.get_step(pool, run_id, name)
     if step is None:
@@ -177,19 +179,6 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
     path = Path(root) / log_path(str(run_id), name, number)
     text = await asyncio.to_thread(_read_all, path)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
-
-
-def _attempt_arg(request: web.Request) -> int | None:
-    raw = request.query.get("attempt")
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"attempt must be an integer, not {raw!r}") from None
-    if value < 1:
-        raise BadRequest(f"attempt must be at least 1, not {value}")
-    return value
 
 
 async def _default_root(pool) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon import store
+from daemon.api.access import endpoint
 from daemon.api.context import POOL, SCHEDULER
 from daemon.api.http import decode_cursor, json_response, limit_arg, page
 from daemon.errors import NotFound
@@ -64,16 +65,19 @@ async def _set_paused(request: web.Request, paused: bool) -> web.Response:
 
 
 @routes.post("/api/v1/triggers/{name}/pause")
+@endpoint("run")
 async def pause_trigger(request: web.Request) -> web.Response:
     return await _set_paused(request, True)
 
 
 @routes.post("/api/v1/triggers/{name}/resume")
+@endpoint("run")
 async def resume_trigger(request: web.Request) -> web.Response:
     return await _set_paused(request, False)
 
 
 @routes.delete("/api/v1/triggers/{name}")
+@endpoint("publish")
 async def delete_trigger(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     async with request.app[POOL].acquire() as conn:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from daemon.cli import agents, catalog, credentials, runs, server
+from daemon.cli import agents, catalog, credentials, runs, server, tokens
 from runners.cli import agent
 
 
@@ -22,4 +22,5 @@ catalog.register(main)
 runs.register(main)
 agents.register(main)
 credentials.register(main)
+tokens.register(main)
 main.add_command(agent)

@@ -20,6 +20,7 @@ from daemon.config import Settings
 from daemon.documents import Document, SourceText, parse_documents
 from daemon.documents.source import Snapshot, SourceError, snapshot_directory
 from daemon.errors import BadRequest, Invalid
+from daemon.limits import INT32_MAX
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
@@ -226,12 +227,10 @@ class VersionNumber(click.ParamType):
     name = "version"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and value >= 1:
-            return value
         digits = str(value).strip().lower().removeprefix("v")
-        if digits.isdecimal() and int(digits) >= 1:
+        if digits.isdecimal() and 1 <= int(digits) <= INT32_MAX:
             return int(digits)
-        self.fail(f"{value!r} is not a version number (write 3 or v3)", param, ctx)
+        self.fail(f"{value!r} is not a version number (write 3 or v3, at most {INT32_MAX})", param, ctx)
 
 
 VERSION = VersionNumber()

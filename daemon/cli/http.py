@@ -71,7 +71,7 @@ class ApiClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiClient:
-        return cls(base_url=settings.api_url, token=settings.api_token)
+        return cls(base_url=settings.api_url, token=settings.client_token())
 
     def request(
         self,
@@ -170,6 +170,8 @@ class ApiClient:
         all_headers: dict[str, str] = {}
         if json is not None:
             body = jsonlib.dumps(json).encode()
+        if method not in ("GET", "HEAD"):
+            # The API takes no mutating request without one (a browser's form post has another).
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
         data: bytes | Iterator[bytes] | None = body

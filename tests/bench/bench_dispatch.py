@@ -43,7 +43,7 @@ from runners import bus as runners_bus
 from runners.logsetup import configure_logging
 from runners.protocol import STEPS_STREAM, agent_inbox
 from tests.bench.harness import Bus, embedded_servers, report, temp_dir
-from tests.integration.fake_agent import FakeAgent, GiB, Outcome
+from tests.integration.fake_agent import ACCESS, AS_ADMIN, FakeAgent, GiB, Outcome
 
 PIPELINE = """
 kind: Pipeline
@@ -92,14 +92,14 @@ class System:
             await self.admin.jetstream().delete_stream(STEPS_STREAM)
         self.scheduler = await Scheduler.start(stack, pool=self.pool, nc=self.nc, settings=DispatchSettings())
         sources = await bus.SourceStore.open(self.nc)
-        app = make_app(pool=self.pool, nc=self.nc, sources=sources, api_token=None, scheduler=self.scheduler)
+        app = make_app(pool=self.pool, nc=self.nc, sources=sources, access=ACCESS, scheduler=self.scheduler)
         runner = web.AppRunner(app)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         self.api = f"http://127.0.0.1:{port}/api/v1"
-        self.session = await stack.enter_async_context(aiohttp.ClientSession())
+        self.session = await stack.enter_async_context(aiohttp.ClientSession(headers=AS_ADMIN))
         await self.apply(PIPELINE)
         return self
 

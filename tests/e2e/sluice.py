@@ -102,7 +102,9 @@ class SluiceUp:
 
     @property
     def client_env(self) -> dict[str, str]:
-        return self.env | {"SLUICE_API_URL": self.api_url}
+        """What a user's shell has to talk to this daemon: its URL, and its data dir (where the CLI
+        finds the admin token `sluice up` made)."""
+        return self.env | {"SLUICE_API_URL": self.api_url, "SLUICE_DATA_DIR": str(self.data_dir)}
 
     def creds(self, role: str, name: str, *grant: str) -> Path:
         """A credentials file minted by `sluice credentials ROLE NAME [grant options] -o FILE` (once
@@ -219,10 +221,20 @@ def start_run(pipeline: str, env: dict[str, str], *params: str) -> str:
     return result.stdout.strip()
 
 
+def api_request(path: str, env: dict[str, str], **options) -> urllib.request.Request:
+    """A request for ``/api/v1{path}`` on the daemon that ``env`` names, with its token (as the CLI
+    finds it: SLUICE_API_TOKEN, else the data dir's admin token)."""
+    token = (
+        env.get("SLUICE_API_TOKEN") or Path(env["SLUICE_DATA_DIR"], "credentials", "api-token").read_text()
+    )
+    headers = {"Authorization": f"Bearer {token.strip()}"} | options.pop("headers", {})
+    return urllib.request.Request(f"{env['SLUICE_API_URL']}/api/v1{path}", headers=headers, **options)
+
+
 def api_get(path: str, env: dict[str, str]) -> dict:
     """GET ``/api/v1{path}`` from the daemon that ``env``'s SLUICE_API_URL names. Polls use this: a
     `sluice` command costs a second of interpreter start."""
-    with urllib.request.urlopen(f"{env['SLUICE_API_URL']}/api/v1{path}", timeout=10) as response:
+    with urllib.request.urlopen(api_request(path, env), timeout=10) as response:
         return json.load(response)
 
 
@@ -242,7 +254,7 @@ def api_all(path: str, env: dict[str, str], limit: int = 500) -> list[dict]:
 
 def api_text(path: str, env: dict[str, str]) -> str:
     """GET ``/api/v1{path}`` as text (a step's log)."""
-    with urllib.request.urlopen(f"{env['SLUICE_API_URL']}/api/v1{path}", timeout=10) as response:
+    with urllib.request.urlopen(api_request(path, env), timeout=10) as response:
         return response.read().decode()
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.sluice import cli, cli_json
+from tests.e2e.sluice import api_get, cli, cli_json
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "batch-scoring"
 pytestmark = pytest.mark.e2e
@@ -19,11 +17,6 @@ pytestmark = pytest.mark.e2e
 def example(tmp_path: Path) -> Path:
     """A private copy of the batch-scoring example, free to edit."""
     return Path(shutil.copytree(EXAMPLE, tmp_path / "batch-scoring"))
-
-
-def http_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
 
 
 def test_publish_unchanged_and_new_version_after_a_source_edit(sluice_up, example: Path) -> None:
@@ -56,9 +49,9 @@ def test_publish_unchanged_and_new_version_after_a_source_edit(sluice_up, exampl
     assert "2" in table.stdout
     assert "active" in table.stdout
 
-    over_http = http_json(f"{sluice.api_url}/api/v1/pipelines/batch-scoring/versions")["items"]
+    over_http = api_get("/pipelines/batch-scoring/versions", env)["items"]
     assert [(v["version"], v["is_default"]) for v in over_http] == [(2, True), (1, False)]
-    assert http_json(f"{sluice.api_url}/api/v1/pipelines/batch-scoring")["default_version"] == 2
+    assert api_get("/pipelines/batch-scoring", env)["default_version"] == 2
 
 
 def test_versions_survive_a_clean_restart_and_a_kill(sluice_up, example: Path, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 
 from daemon import bus
 from daemon.api import make_app
+from daemon.api.access import AccessSettings
 from daemon.config import DispatchSettings
 from daemon.scheduler import Scheduler
 from daemon.store import upsert_datastore
@@ -42,6 +43,10 @@ from runners.protocol import (
 )
 
 GiB = 1024**3
+ADMIN_TOKEN = "slc_test-admin"
+ACCESS = AccessSettings(admin_token=ADMIN_TOKEN)
+AS_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+"""What the CLI sends: the token, and a JSON content type on every request (bodies or none)."""
 
 
 @dataclass
@@ -228,8 +233,8 @@ class Harness:
             self._stack, pool=self.pool, nc=self.nc, settings=self.settings
         )
         sources = await bus.SourceStore.open(self.nc)
-        app = make_app(pool=self.pool, nc=self.nc, sources=sources, api_token=None, scheduler=self.scheduler)
-        self.client = TestClient(TestServer(app))
+        app = make_app(pool=self.pool, nc=self.nc, sources=sources, access=ACCESS, scheduler=self.scheduler)
+        self.client = TestClient(TestServer(app), headers=AS_ADMIN)
         await self.client.start_server()
 
     async def stop_daemon(self) -> None:

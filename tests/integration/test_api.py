@@ -11,7 +11,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from daemon import bus
 from daemon.api import make_app
+from daemon.api.access import AccessSettings
 from runners.bus import NatsOptions
+from tests.integration.fake_agent import ACCESS, AS_ADMIN
 
 PIPELINE = """
 kind: Pipeline
@@ -28,8 +30,8 @@ steps:
 async def client(pool, nats_url: str) -> AsyncIterator[TestClient]:
     nc = await bus.connect(NatsOptions(nats_url))
     sources = await bus.SourceStore.open(nc)
-    app = make_app(pool=pool, nc=nc, sources=sources, api_token=None)
-    async with TestClient(TestServer(app)) as client:
+    app = make_app(pool=pool, nc=nc, sources=sources, access=ACCESS)
+    async with TestClient(TestServer(app), headers=AS_ADMIN) as client:
         yield client
     await nc.drain()
 
@@ -146,7 +148,11 @@ async def test_triggers_are_upserted_listed_paused_and_show_their_events(client:
 
 async def test_a_source_upload_must_match_its_digest(client: TestClient) -> None:
     wrong = "sha256:" + "0" * 64
-    response = await client.put(f"/api/v1/sources/{wrong}", data=_tar({"a.py": b"print(1)\n"}))
+    response = await client.put(
+        f"/api/v1/sources/{wrong}",
+        data=_tar({"a.py": b"print(1)\n"}),
+        headers={"Content-Type": "application/x-tar"},
+    )
     assert response.status == 422
     assert (await client.head(f"/api/v1/sources/{wrong}")).status == 404
 
@@ -198,7 +204,8 @@ async def test_bad_input_is_a_4xx_envelope_never_a_500(
 
 async def test_a_token_guards_everything_but_the_probes(pool, nats_url: str) -> None:
     nc = await bus.connect(NatsOptions(nats_url))
-    app = make_app(pool=pool, nc=nc, sources=await bus.SourceStore.open(nc), api_token="s3cret")
+    access = AccessSettings(admin_token="s3cret")
+    app = make_app(pool=pool, nc=nc, sources=await bus.SourceStore.open(nc), access=access)
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/api/v1/pipelines")).status == 401
         ok = await client.get("/api/v1/pipelines", headers={"Authorization": "Bearer s3cret"})

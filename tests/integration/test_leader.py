@@ -24,7 +24,7 @@ from daemon.leader import APPLICATION_PREFIX
 from daemon.scheduler import Scheduler
 from daemon.store import upsert_datastore
 from runners.bus import NatsOptions
-from tests.integration.fake_agent import FAST, Harness
+from tests.integration.fake_agent import ACCESS, AS_ADMIN, FAST, Harness
 
 RETRY_S = 0.2
 SETTINGS = dataclasses.replace(FAST, leader_retry_s=RETRY_S)
@@ -72,8 +72,8 @@ class Daemon:
             self._stack, pool=self.pool, nc=self.nc, settings=SETTINGS, database_url=self.database_url
         )
         sources = await bus.SourceStore.open(self.nc)
-        app = make_app(pool=self.pool, nc=self.nc, sources=sources, api_token=None, scheduler=self.scheduler)
-        self.client = TestClient(TestServer(app))
+        app = make_app(pool=self.pool, nc=self.nc, sources=sources, access=ACCESS, scheduler=self.scheduler)
+        self.client = TestClient(TestServer(app), headers=AS_ADMIN)
         await self.client.start_server()
         return self
 

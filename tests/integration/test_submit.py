@@ -90,7 +90,7 @@ async def test_idempotency_key_gives_the_same_run(system: Harness, service) -> N
     [
         ("scoring", b"not json", "bad_request", "not valid JSON"),
         ("scoring", b'{"params": {"date": "d"}, "colour": 1}', "bad_request", "colour"),
-        ("scoring", {"params": {"date": "d"}, "version": 0}, "bad_request", "at least 1"),
+        ("scoring", {"params": {"date": "d"}, "version": 0}, "bad_request", "`int` >= 1 - at `$.version`"),
         ("scoring", {"params": {"rows": "many"}}, "invalid", "params"),
         ("scoring", {"params": {"date": "d"}, "version": 9}, "not_found", "no version 9"),
         ("nothing", {"params": {}}, "not_found", "nothing"),

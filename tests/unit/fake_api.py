@@ -130,7 +130,11 @@ def invoke(
     cli: click.Group, api: FakeApi, *args: str, token: str | None = None, stdin: str | None = None
 ) -> Result:
     """Run ``cli`` as the ``sluice`` command against ``api``."""
-    env = {"SLUICE_API_URL": api.url, "SLUICE_API_TOKEN": token or ""}
+    env = {
+        "SLUICE_API_URL": api.url,
+        "SLUICE_API_TOKEN": token or "",
+        "SLUICE_DATA_DIR": "/nonexistent/sluice",
+    }
     return CliRunner().invoke(cli, list(args), env=env, input=stdin)
 
 

@@ -408,12 +408,12 @@ def test_actions_send_one_request_and_confirm(
     assert (request.json() if request.body else None) == body
 
 
-@pytest.mark.parametrize("version", ["0", "-1", "three", "v", "2.5"])
+@pytest.mark.parametrize("version", ["0", "-1", "three", "v", "2.5", "99999999999"])
 def test_a_bad_version_number_is_a_usage_error_without_a_request(api: FakeApi, version: str) -> None:
     result = sluice(api, "disable", "batch-scoring", "--", version)
 
     assert result.exit_code == 2
-    assert "is not a version number (write 3 or v3)" in result.stderr
+    assert "is not a version number (write 3 or v3, at most 2147483647)" in result.stderr
     assert api.requests == []
 
 

@@ -216,10 +216,10 @@ async def test_concurrent_calls_for_one_input_share_one_walk(
     release = threading.Event()
     walk = datafingerprint._walk
 
-    def held_walk(root: str):
+    def held_walk(root: str, within: str | None = None):
         walked.append(root)
         assert release.wait(10)
-        return walk(root)
+        return walk(root, within)
 
     monkeypatch.setattr(datafingerprint, "_walk", held_walk)
     fingerprints = DataFingerprints()

@@ -1,0 +1,178 @@
+"""Who may use the API, and how: bearer tokens with scopes, and the protections that keep a browser
+from driving it (the ``Host`` it answers to, the ``Origin`` it trusts, the content types and body
+sizes it takes). One middleware enforces them all, before any handler runs.
+
+Each route states what it needs with :func:`endpoint`; a route that states nothing needs ``read``
+for GET and ``admin`` for anything else, so a route added without thought is closed, not open.
+
+Scopes: ``read`` (GETs and streams), ``run`` (start and cancel runs, pause and resume triggers),
+``publish`` (apply, version lifecycle), ``admin`` (everything: tokens and NATS credentials too).
+``run`` and ``publish`` include ``read``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+from aiohttp import web
+
+from daemon.errors import Forbidden, Misdirected, TooLarge, Unauthorized, UnsupportedMediaType
+from daemon.store import tokens as token_store
+
+Scope = Literal["read", "run", "publish", "admin"]
+SCOPES: tuple[Scope, ...] = ("read", "run", "publish", "admin")
+_GRANTS: dict[str, frozenset[str]] = {
+    "read": frozenset({"read"}),
+    "run": frozenset({"read", "run"}),
+    "publish": frozenset({"read", "publish"}),
+    "admin": frozenset(SCOPES),
+}
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+READING = frozenset({"GET", "HEAD", "OPTIONS"})
+DOCUMENT_TYPES = ("application/json", "application/yaml")
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+TOKEN_CACHE_S = 5.0
+"""How long a token's scope is trusted without asking the database again (a revocation made on
+another daemon takes this long to reach this one; on this one it is at once)."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What a route needs: a scope, the content types of its body, and whether it takes uploads
+    (the larger body limit)."""
+
+    scope: Scope
+    content_types: tuple[str, ...] = DOCUMENT_TYPES
+    upload: bool = False
+
+
+def endpoint(scope: Scope, *, content_types: tuple[str, ...] = DOCUMENT_TYPES, upload: bool = False):
+    """Declares what the decorated handler needs (put it under the route decorator)."""
+
+    def mark(handler: H) -> H:
+        handler.endpoint = Endpoint(scope, content_types, upload)  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def endpoint_of(handler: Any, method: str) -> Endpoint:
+    declared = getattr(handler, "endpoint", None)
+    if declared is not None:
+        return declared
+    return Endpoint("read" if method in READING else "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """``admin_token``: the token every scope is granted to (``SLUICE_API_TOKEN``, or the data dir's
+    ``credentials/api-token``); ``hosts``: the ``Host`` names the API answers to besides loopback's;
+    ``max_body`` and ``max_upload``: the largest bodies taken (uploads: source snapshots)."""
+
+    admin_token: str
+    hosts: frozenset[str] = frozenset()
+    max_body: int = 1024 * 1024
+    max_upload: int = 512 * 1024 * 1024
+
+
+class Access:
+    """The middleware's state: settings, and the scopes of tokens read from the database lately."""
+
+    def __init__(self, settings: AccessSettings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self._pool = pool
+        self._admin = digest(settings.admin_token)
+        self._known: dict[str, tuple[str | None, float]] = {}
+
+    async def scope_of(self, token: str) -> str | None:
+        """The scope ``token`` was granted, or None for an unknown or revoked token."""
+        hashed = digest(token)
+        if hmac.compare_digest(hashed, self._admin):
+            return "admin"
+        now = time.monotonic()
+        known = self._known.get(hashed)
+        if known is not None and now - known[1] < TOKEN_CACHE_S:
+            return known[0]
+        scope = await token_store.scope_of(self._pool, hashed)
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[hashed] = (scope, now)
+        return scope
+
+    def forget(self) -> None:
+        """A token was revoked here: no cached scope outlives it."""
+        self._known.clear()
+
+    def allowed_host(self, host: str) -> bool:
+        name = _host_name(host)
+        return name in LOCAL_HOSTS or name in self.settings.hosts
+
+
+ACCESS = web.AppKey("access", Access)
+
+
+def digest(token: str) -> str:
+    """How a token is stored: its SHA-256 (tokens are random, so no salt or slow hash is needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def granted(scope: str | None, needed: Scope) -> bool:
+    return scope is not None and needed in _GRANTS.get(scope, frozenset())
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    access = request.app[ACCESS]
+    if not access.allowed_host(request.host):
+        raise Misdirected(
+            f"this API does not answer to the host {request.host!r}; "
+            "add it to SLUICE_API_HOSTS if it is a name of this daemon"
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_origin(origin, request):
+        raise Forbidden(f"requests from the origin {origin!r} are refused")
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    needs = endpoint_of(request.match_info.handler, request.method)
+    authorization = request.headers.get("Authorization", "")
+    token = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
+    if not token:
+        raise Unauthorized("this API needs Authorization: Bearer <token> (sluice tokens, SLUICE_API_TOKEN)")
+    scope = await access.scope_of(token)
+    if scope is None:
+        raise Unauthorized("the token is not valid (unknown or revoked)")
+    if not granted(scope, needs.scope):
+        raise Forbidden(f"this needs a token with the {needs.scope} scope; this one has {scope}")
+    if request.method in READING:
+        return await handler(request)
+    if request.content_type not in needs.content_types:
+        raise UnsupportedMediaType(
+            f"send Content-Type: {' or '.join(needs.content_types)}, not {request.content_type!r}"
+        )
+    limit = access.settings.max_upload if needs.upload else access.settings.max_body
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"the body is {request.content_length} bytes; this API takes at most {limit}")
+    # A body without a length is cut off at the limit while it is read.
+    return await handler(request.clone(client_max_size=limit))
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == request.host
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header: ``[::1]:8470`` -> ``::1``, ``example.com:80`` -> ``example.com``."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
