@@ -90,7 +90,9 @@ class AgentMonitor:
         was = engine.registry.agents.get(agent_id)
         if beat.stopped:
             if was is not None and was.status != "stopped":
-                await self.lose_agent(was, f"agent {agent_id} stopped", status="stopped")
+                await self.lose_agent(
+                    was, f"agent {agent_id} stopped before the step finished", status="stopped"
+                )
             return
         came_back = was is not None and was.status in ("lost", "stopped")
         if was is None or not was.written:

@@ -51,17 +51,32 @@ class NatsOptions:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    connect_timeout_s: float = FIRST_CONNECT_TIMEOUT_S
+    """How long the first connection may take (servers may be starting too) before giving up."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> NatsOptions:
-        """``SLUICE_NATS_URL``, ``SLUICE_NATS_CREDS``, ``SLUICE_NATS_TLS_CA``, ``SLUICE_NATS_TLS_CERT``
-        and ``SLUICE_NATS_TLS_KEY``."""
+        """``SLUICE_NATS_URL``, ``SLUICE_NATS_CREDS``, ``SLUICE_NATS_TLS_CA``, ``SLUICE_NATS_TLS_CERT``,
+        ``SLUICE_NATS_TLS_KEY`` and ``SLUICE_NATS_CONNECT_TIMEOUT`` (seconds).
+
+        Raises ``ValueError`` for a connect timeout that is not a positive number.
+        """
+        raw_timeout = environ.get("SLUICE_NATS_CONNECT_TIMEOUT") or str(FIRST_CONNECT_TIMEOUT_S)
+        try:
+            timeout = float(raw_timeout)
+        except ValueError:
+            timeout = 0.0
+        if not timeout > 0:
+            raise ValueError(
+                f"SLUICE_NATS_CONNECT_TIMEOUT must be a positive number of seconds, not {raw_timeout!r}"
+            )
         return cls(
             urls=environ.get("SLUICE_NATS_URL") or DEFAULT_URL,
             creds=environ.get("SLUICE_NATS_CREDS") or None,
             tls_ca=environ.get("SLUICE_NATS_TLS_CA") or None,
             tls_cert=environ.get("SLUICE_NATS_TLS_CERT") or None,
             tls_key=environ.get("SLUICE_NATS_TLS_KEY") or None,
+            connect_timeout_s=timeout,
         )
 
     @property
@@ -144,7 +159,7 @@ async def connect(
     name: str,
     inbox_prefix: str | None = None,
     on_closed: Callable[[str], None] | None = None,
-    first_timeout_s: float = FIRST_CONNECT_TIMEOUT_S,
+    first_timeout_s: float | None = None,
 ) -> NATS:
     """Connect to NATS; later losses of the server are reconnected for as long as it lets us.
 
@@ -152,8 +167,10 @@ async def connect(
     called with the last error once the connection is closed for good: by our own close or drain,
     or by the server (credentials revoked or expired), which the caller tells apart.
 
-    Raises ``BusError`` when no server answers within ``first_timeout_s`` or the server refuses us.
+    Raises ``BusError`` when no server answers within ``first_timeout_s`` (default: the options')
+    or the server refuses us.
     """
+    first_timeout_s = options.connect_timeout_s if first_timeout_s is None else first_timeout_s
     servers = options.servers
     if not servers:
         raise BusError("no NATS URL given (SLUICE_NATS_URL)")

@@ -161,11 +161,12 @@ def agent(
         _fail(f"cannot read the credentials {creds}: {exc}", 2)
     try:
         name = options.agent_name(name, credentialed, socket.gethostname())
+        nats = NatsOptions.from_env().with_creds(creds)
     except ValueError as exc:
         _fail(str(exc), 2)
     config = AgentConfig(
         name=name,
-        nats=NatsOptions.from_env().with_creds(creds),
+        nats=nats,
         cache_dir=(cache_dir or _default_cache_dir()).expanduser().absolute(),
         labels=labels,
         datastores=datastores,
@@ -185,15 +186,19 @@ def agent(
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal)
-        async with asyncio.TaskGroup() as tasks:
-            if parent_pid is not None:
-                watcher = tasks.create_task(_stop_when_orphaned(stop, parent_pid), name="parent-watch")
+        # Not a task group: the agent's own errors must reach the handlers below as they are.
+        watcher = None
+        if parent_pid is not None:
+            watcher = asyncio.create_task(_stop_when_orphaned(stop, parent_pid), name="parent-watch")
+        try:
             capacity = await asyncio.to_thread(detect_capacity, cpus=cpus, memory=memory, gpus=gpus)
             executors = await available_executors(executor, docker_network)
             if not stop.is_set():
                 await Agent(config, capacity, executors).run(stop)
-            if parent_pid is not None:
+        finally:
+            if watcher is not None:
                 watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
 
     try:
         asyncio.run(main())

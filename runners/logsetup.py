@@ -56,6 +56,8 @@ def configure_logging(log_format: str | None = None, level: int = logging.INFO) 
         logging.getLogger(name).setLevel(logging.WARNING)
     # nats-py logs each connection error with its traceback; ours reach the log through error_cb.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
+    # aiohttp logs a client's malformed request (answered 400) with a traceback: not our error.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
 def _identity(logger, method, event_dict):

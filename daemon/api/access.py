@@ -2,8 +2,9 @@
 from driving it (the ``Host`` it answers to, the ``Origin`` it trusts, the content types and body
 sizes it takes). One middleware enforces them all, before any handler runs.
 
-Each route states what it needs with :func:`endpoint`; a route that states nothing needs ``read``
-for GET and ``admin`` for anything else, so a route added without thought is closed, not open.
+Each route states what it needs with :func:`daemon.api.contract.endpoint`; a route that states
+nothing needs ``read`` for GET and ``admin`` for anything else, so a route added without thought is
+closed, not open.
 
 Scopes: ``read`` (GETs and streams), ``run`` (start and cancel runs, pause and resume triggers),
 ``publish`` (apply, version lifecycle), ``admin`` (everything: tokens and NATS credentials too).
@@ -17,16 +18,15 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
 
+from daemon.api.contract import READING, Scope, check_parameters, endpoint_of
 from daemon.errors import Forbidden, Misdirected, TooLarge, Unauthorized, UnsupportedMediaType
 from daemon.store import tokens as token_store
 
-Scope = Literal["read", "run", "publish", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "run", "publish", "admin")
 _GRANTS: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
@@ -35,42 +35,12 @@ _GRANTS: dict[str, frozenset[str]] = {
     "admin": frozenset(SCOPES),
 }
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-READING = frozenset({"GET", "HEAD", "OPTIONS"})
-DOCUMENT_TYPES = ("application/json", "application/yaml")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 TOKEN_CACHE_S = 5.0
 """How long a token's scope is trusted without asking the database again (a revocation made on
 another daemon takes this long to reach this one; on this one it is at once)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-H = TypeVar("H", bound=Handler)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """What a route needs: a scope, the content types of its body, and whether it takes uploads
-    (the larger body limit)."""
-
-    scope: Scope
-    content_types: tuple[str, ...] = DOCUMENT_TYPES
-    upload: bool = False
-
-
-def endpoint(scope: Scope, *, content_types: tuple[str, ...] = DOCUMENT_TYPES, upload: bool = False):
-    """Declares what the decorated handler needs (put it under the route decorator)."""
-
-    def mark(handler: H) -> H:
-        handler.endpoint = Endpoint(scope, content_types, upload)  # type: ignore[attr-defined]
-        return handler
-
-    return mark
-
-
-def endpoint_of(handler: Any, method: str) -> Endpoint:
-    declared = getattr(handler, "endpoint", None)
-    if declared is not None:
-        return declared
-    return Endpoint("read" if method in READING else "admin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +114,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in OPEN_PATHS:
         return await handler(request)
     needs = endpoint_of(request.match_info.handler, request.method)
+    if request.match_info.http_exception is not None:  # no such route: its own 404 or 405
+        raise request.match_info.http_exception
     authorization = request.headers.get("Authorization", "")
     token = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
     if not token:
@@ -153,6 +125,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise Unauthorized("the token is not valid (unknown or revoked)")
     if not granted(scope, needs.scope):
         raise Forbidden(f"this needs a token with the {needs.scope} scope; this one has {scope}")
+    check_parameters(request, needs)
     if request.method in READING:
         return await handler(request)
     if request.content_type not in needs.content_types:

@@ -7,17 +7,15 @@ import asyncio
 import msgspec
 from aiohttp import web
 
-from daemon.api.access import endpoint
 from daemon.api.context import POOL, SCHEDULER, SOURCES
-from daemon.api.http import json_response, read_json
+from daemon.api.contract import BOOLEAN, DOCUMENT_TYPES, YAML_TYPES, endpoint
+from daemon.api.http import json_response, read_body
 from daemon.catalog import SOURCE_DIGEST, SourceRef, apply_documents
 from daemon.documents import SourceText
 from daemon.documents.source import archive_digest
 from daemon.errors import BadRequest, Invalid, NotFound
 
 routes = web.RouteTableDef()
-
-YAML_TYPES = {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 
 
 class ApplyBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -32,10 +30,6 @@ def flag_arg(request: web.Request, name: str) -> bool:
 
 async def document_text(request: web.Request) -> SourceText:
     """The request body as one text of documents: YAML, or JSON (which YAML reads as well)."""
-    if request.content_type not in YAML_TYPES | {"application/json"}:
-        raise BadRequest(
-            f"send documents as application/yaml or application/json, not {request.content_type}"
-        )
     try:
         text = (await request.read()).decode()
     except UnicodeDecodeError:
@@ -44,7 +38,7 @@ async def document_text(request: web.Request) -> SourceText:
 
 
 @routes.post("/api/v1/apply")
-@endpoint("publish")
+@endpoint("publish", body=ApplyBody, content_types=DOCUMENT_TYPES, query={"no_default": BOOLEAN})
 async def apply(request: web.Request) -> web.Response:
     """Apply a batch: JSON {documents: [{file, text}], sources: [{file, source, digest}]}, or a YAML body."""
     if request.content_type in YAML_TYPES:
@@ -52,7 +46,7 @@ async def apply(request: web.Request) -> web.Response:
             documents=[await document_text(request)], make_default=not flag_arg(request, "no_default")
         )
     else:
-        body = await read_json(request, ApplyBody)
+        body = await read_body(request)
     applied = await apply_documents(
         request.app[POOL], request.app[SOURCES], body.documents, body.sources, make_default=body.make_default
     )
@@ -79,7 +73,7 @@ async def get_source(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/sources/{digest}")
-@endpoint("publish", content_types=("application/x-tar",), upload=True)
+@endpoint("publish", content_types=("application/x-tar", "application/octet-stream"), upload=True)
 async def put_source(request: web.Request) -> web.Response:
     """Store a snapshot archive; its content must hash to the digest it is stored under."""
     digest = _digest_arg(request)

@@ -6,41 +6,37 @@ the public key.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
 
-from daemon.api.access import endpoint
 from daemon.api.context import NATS_ACCESS, POOL, SCHEDULER
-from daemon.api.http import json_response, read_json
-from daemon.documents.names import name_problem
+from daemon.api.contract import IDENTITY, Identity, Name, endpoint
+from daemon.api.http import json_response, read_body
 from daemon.errors import BadRequest, Invalid, Unavailable
 from daemon.trust import authority
 from daemon.trust.permissions import ServiceGrant, SubjectError
-from runners.options import check_agent_name
 
 routes = web.RouteTableDef()
 
 
+Subject = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
 class NewCredentials(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: Identity
     role: Literal["agent", "service", "admin"]
-    submit: list[str] | None = None
-    follow: list[str] | None = None
-    publish: list[str] = msgspec.field(default_factory=list)
+    submit: list[Name] | None = None
+    follow: list[Name] | None = None
+    publish: list[Subject] = msgspec.field(default_factory=list)
 
     def grant(self) -> ServiceGrant | None:
-        """A service's grant (raises ``BadRequest`` for a bad pipeline name, or a grant given to
-        another role)."""
+        """A service's grant (raises ``BadRequest`` for a grant given to another role)."""
         if self.role != "service":
             if self.submit is not None or self.follow is not None or self.publish:
                 raise BadRequest(f"submit, follow and publish are for services, not for an {self.role}")
             return None
-        for field, pipelines in (("submit", self.submit), ("follow", self.follow)):
-            for pipeline in pipelines or ():
-                if (problem := name_problem(pipeline)) is not None:
-                    raise BadRequest(f"{field}: {problem}")
         return ServiceGrant(
             submit=None if self.submit is None else tuple(self.submit),
             follow=None if self.follow is None else tuple(self.follow),
@@ -49,15 +45,11 @@ class NewCredentials(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @routes.post("/api/v1/credentials")
-@endpoint("admin")
+@endpoint("admin", body=NewCredentials)
 async def create_credentials(request: web.Request) -> web.Response:
     """Mint NATS credentials: ``{"name", "role": "agent"|"service"|"admin", "submit"?, "follow"?,
     "publish"?}`` → 201 with the ``.creds`` text, shown this once."""
-    body = await read_json(request, NewCredentials)
-    try:
-        check_agent_name(body.name)
-    except ValueError as exc:
-        raise BadRequest(f"name: {exc}") from None
+    body: NewCredentials = await read_body(request)
     try:
         issued = await authority.issue(request.app[POOL], body.role, body.name, body.grant())
     except SubjectError as exc:
@@ -90,7 +82,7 @@ async def list_credentials(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/credentials/{name}/revoke")
-@endpoint("admin")
+@endpoint("admin", path={"name": IDENTITY})
 async def revoke_credentials(request: web.Request) -> web.Response:
     """Revoke every key of a name: NATS drops its connections and refuses it from then on; an
     agent's running attempts are lost at once and run again elsewhere. Calling it again re-sends the

@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from daemon.api.context import SCHEDULER
+from daemon.api.contract import endpoint
 from daemon.api.http import open_stream
 from daemon.errors import Unavailable
 
@@ -18,6 +19,7 @@ _encoder = msgspec.json.Encoder()
 
 
 @routes.get("/api/v1/events")
+@endpoint("read", query={"run": {"type": "string", "format": "uuid"}})
 async def events(request: web.Request) -> web.StreamResponse:
     """A stream of `event: run` and `event: step` changes; a keep-alive comment every 15 s."""
     scheduler = request.app.get(SCHEDULER)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from daemon.api.contract import endpoint_of
 from daemon.errors import BadRequest
 from daemon.limits import INT32_MAX, INT64_MAX
 
@@ -47,6 +48,14 @@ async def end_streams(app: web.Application) -> None:
 
 def json_response(body: Any, *, status: int = 200) -> web.Response:
     return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
+
+async def read_body(request: web.Request) -> Any:
+    """The request's JSON body as its route declares it (``endpoint(body=…)``); a malformed or
+    ill-typed body is a 400 naming the field."""
+    declared = endpoint_of(request.match_info.handler, request.method)
+    assert declared.body is not None, f"{request.path} declares no body"
+    return await read_json(request, declared.body)
 
 
 async def read_json(request: web.Request, type_: type[T]) -> T:

@@ -6,10 +6,13 @@ import asyncio
 import inspect
 
 import asyncpg
+import msgspec
 import prometheus_client
 from aiohttp import web
 
+from daemon.api.access import OPEN_PATHS
 from daemon.api.context import NATS_ACCESS, NATS_CLIENT, POOL
+from daemon.api.contract import READING, Endpoint, endpoint_of
 from daemon.api.http import json_response
 
 routes = web.RouteTableDef()
@@ -59,56 +62,103 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def openapi_document(app: web.Application) -> dict:
+    """The OpenAPI 3.1 document of ``app``'s routes, from what each declares (``daemon.api.contract``)."""
+    routes = [
+        route
+        for route in app.router.routes()
+        if route.method not in ("HEAD", "*") and route.resource is not None and _template(route) is not None
+    ]
+    declared = {route: endpoint_of(route.handler, route.method) for route in routes}
+    bodies = sorted(
+        {item.body for item in declared.values() if item.body is not None}, key=lambda t: t.__name__
+    )
+    body_schemas, components = msgspec.json.schema_components(
+        bodies, ref_template="#/components/schemas/{name}"
+    )
+    body_schema = dict(zip(bodies, body_schemas, strict=True))
     paths: dict[str, dict] = {}
-    for route in app.router.routes():
-        if route.method in ("HEAD", "*"):
-            continue
-        info = route.resource.get_info() if route.resource else {}
-        path = info.get("formatter") or info.get("path")
-        if path is None:
-            continue
+    for route in routes:
+        path, method, needs = _template(route), route.method, declared[route]
         doc = inspect.getdoc(route.handler) or route.handler.__name__.replace("_", " ")
-        parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in _path_params(path)
-        ]
-        paths.setdefault(path, {})[route.method.lower()] = {
+        operation: dict = {
             "summary": doc.splitlines()[0],
+            "description": doc,
             "operationId": route.handler.__name__,
-            "parameters": parameters,
-            "responses": {
-                "default": {
-                    "description": "JSON; errors use the error envelope",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                }
-            },
+            "parameters": _parameters(path, needs),
+            "responses": RESPONSES,
         }
+        if path in OPEN_PATHS or path.endswith("openapi.json"):
+            operation["security"] = []
+        else:
+            operation["x-sluice-scope"] = needs.scope
+            operation["description"] += f"\n\nNeeds a token with the `{needs.scope}` scope."
+        if method not in READING:
+            operation["requestBody"] = _request_body(needs, body_schema.get(needs.body))
+        paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Sluice", "version": "v1"},
+        "info": {
+            "title": "Sluice",
+            "version": "v1",
+            "description": "Every route but /healthz, /readyz and /metrics needs `Authorization: Bearer "
+            "<token>`. Requests that change something need a JSON (or, where stated, YAML or tar) "
+            "Content-Type; their bodies are limited (SLUICE_API_MAX_BODY, 1 MiB by default).",
+        },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message", "details"],
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                                "details": {"type": "array"},
-                            },
-                        }
-                    },
-                }
-            },
+            "schemas": {**components, "Error": ERROR},
         },
         "security": [{"bearer": []}],
         "paths": dict(sorted(paths.items())),
     }
 
 
-def _path_params(path: str) -> list[str]:
-    return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+RESPONSES = {
+    "2XX": {"description": "done (JSON, or a step's log as text or server-sent events)"},
+    "4XX": {
+        "description": "what was wrong, in the error envelope",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    },
+}
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "array"},
+            },
+        }
+    },
+}
+
+
+def _template(route) -> str | None:
+    info = route.resource.get_info()
+    return info.get("formatter") or info.get("path")
+
+
+def _parameters(path: str, needs: Endpoint) -> list[dict]:
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": needs.path_schema(name)} for name in names
+    ]
+    parameters += [{"name": name, "in": "query", "schema": schema} for name, schema in needs.query.items()]
+    parameters += [{"name": name, "in": "header", "schema": schema} for name, schema in needs.headers.items()]
+    return parameters
+
+
+def _request_body(needs: Endpoint, schema: dict | None) -> dict:
+    content: dict[str, dict] = {}
+    for content_type in needs.content_types:
+        if content_type == "application/json":
+            content[content_type] = {"schema": schema or {"type": "object", "maxProperties": 0}}
+        elif content_type in ("application/x-tar", "application/octet-stream"):
+            content[content_type] = {"schema": {"type": "string", "format": "binary"}}
+        else:
+            content[content_type] = {"schema": {"type": "string"}}
+    return {"required": needs.body is not None or needs.upload, "content": content}

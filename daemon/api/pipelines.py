@@ -8,10 +8,10 @@ import msgspec
 from aiohttp import web
 
 from daemon import store
-from daemon.api.access import endpoint
 from daemon.api.apply import document_text, flag_arg
 from daemon.api.context import POOL, SOURCES
-from daemon.api.http import decode_cursor, int_arg, json_response, limit_arg, page, read_json
+from daemon.api.contract import BOOLEAN, DOCUMENT_TYPES, FILE_NAME, PAGED, endpoint
+from daemon.api.http import decode_cursor, int_arg, json_response, limit_arg, page, read_body
 from daemon.catalog import apply_documents
 from daemon.errors import Invalid, NotFound
 from daemon.limits import Positive32
@@ -28,6 +28,7 @@ class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @routes.get("/api/v1/pipelines")
+@endpoint("read", query=PAGED)
 async def list_pipelines(request: web.Request) -> web.Response:
     limit = limit_arg(request)
     async with request.app[POOL].acquire() as conn:
@@ -36,7 +37,7 @@ async def list_pipelines(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/pipelines")
-@endpoint("publish")
+@endpoint("publish", content_types=DOCUMENT_TYPES, query={"no_default": BOOLEAN, "file": FILE_NAME})
 async def publish_pipeline(request: web.Request) -> web.Response:
     """Publish one Pipeline document (JSON, or YAML with Content-Type: application/yaml)."""
     texts = [await document_text(request)]
@@ -63,6 +64,7 @@ async def get_pipeline(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/pipelines/{name}/versions")
+@endpoint("read", query=PAGED)
 async def list_versions(request: web.Request) -> web.Response:
     name, limit = request.match_info["name"], limit_arg(request)
     async with request.app[POOL].acquire() as conn:
@@ -83,19 +85,19 @@ async def get_version(request: web.Request) -> web.Response:
 
 
 @routes.put("/api/v1/pipelines/{name}/default")
-@endpoint("publish")
+@endpoint("publish", body=DefaultBody)
 async def set_default(request: web.Request) -> web.Response:
-    body = await read_json(request, DefaultBody)
+    body = await read_body(request)
     async with request.app[POOL].acquire() as conn:
         record = await store.set_default(conn, request.match_info["name"], body.version)
     return json_response(record.to_json())
 
 
 @routes.patch("/api/v1/pipelines/{name}/versions/{version}")
-@endpoint("publish")
+@endpoint("publish", body=StatusBody)
 async def set_status(request: web.Request) -> web.Response:
     number = int_arg(request, "version")
-    body = await read_json(request, StatusBody)
+    body = await read_body(request)
     async with request.app[POOL].acquire() as conn:
         record = await store.set_status(conn, request.match_info["name"], number, body.status)
     return json_response(record.to_json())

@@ -11,9 +11,9 @@ from uuid import UUID
 import msgspec
 from aiohttp import web
 
-from daemon.api.access import endpoint
 from daemon.api.context import POOL, SCHEDULER
-from daemon.api.http import decode_cursor, int_query, json_response, limit_arg, open_stream, page
+from daemon.api.contract import BOOLEAN, IDEMPOTENCY_KEY, NAME, PAGED, VERSION, endpoint
+from daemon.api.http import decode_cursor, int_query, json_response, limit_arg, open_stream, page, read_body
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.errors import BadRequest, NotFound, Unavailable
 from daemon.limits import Positive32
@@ -71,19 +71,13 @@ async def run_id_arg(request: web.Request) -> UUID:
 
 
 async def _body(request: web.Request) -> RunBody:
-    body = await request.read()
-    if not body.strip():
-        return RunBody()
-    try:
-        return msgspec.json.decode(body, type=RunBody)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request body: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not (await request.read()).strip():
+        return RunBody()  # every field has a default: no body at all is a run with defaults
+    return await read_body(request)
 
 
 @routes.post("/api/v1/pipelines/{name}/runs")
-@endpoint("run")
+@endpoint("run", body=RunBody, headers={"Idempotency-Key": IDEMPOTENCY_KEY})
 async def start_run(request: web.Request) -> web.Response:
     """Start a run of a pipeline (201; 200 when an Idempotency-Key replays an earlier request)."""
     body = await _body(request)
@@ -102,6 +96,7 @@ async def start_run(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/runs")
+@endpoint("read", query={"pipeline": NAME, "status": {"type": "string", "enum": list(RUN_STATUSES)}, **PAGED})
 async def list_runs(request: web.Request) -> web.Response:
     """List runs, newest first (?pipeline=, ?status=, ?limit=, ?cursor=)."""
     limit = limit_arg(request)
@@ -151,6 +146,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/runs/{id}/steps/{step}/logs")
+@endpoint("read", query={"attempt": VERSION, "follow": BOOLEAN})
 async def step_logs(request: web.Request) -> web.StreamResponse:
     """A step's log: the latest attempt's (or ?attempt=n), as text; ?follow=true streams it as
     server-sent events (`event: line`, then `event: end` once the step finished)."""

@@ -11,13 +11,13 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from daemon.api.access import ACCESS, digest, endpoint
+from daemon.api.access import ACCESS, digest
 from daemon.api.context import POOL
-from daemon.api.http import json_response, read_json
-from daemon.errors import BadRequest, NotFound
+from daemon.api.contract import IDENTITY, Identity, endpoint
+from daemon.api.http import json_response, read_body
+from daemon.errors import NotFound
 from daemon.private_files import write_private
 from daemon.store import tokens as token_store
-from runners.options import check_agent_name
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -25,7 +25,7 @@ TOKEN_PREFIX = "slc_"
 
 
 class NewToken(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: Identity
     scope: Literal["read", "run", "publish", "admin"]
 
 
@@ -47,15 +47,11 @@ def admin_token_file(path: Path) -> str:
 
 
 @routes.post("/api/v1/tokens")
-@endpoint("admin")
+@endpoint("admin", body=NewToken)
 async def create_token(request: web.Request) -> web.Response:
     """Make a token: ``{"name", "scope": "read"|"run"|"publish"|"admin"}`` → 201 with the token,
     shown this once."""
-    body = await read_json(request, NewToken)
-    try:
-        check_agent_name(body.name)
-    except ValueError as exc:
-        raise BadRequest(f"name: {str(exc).replace('agent name', 'token name')}") from None
+    body: NewToken = await read_body(request)
     token = new_token()
     record = await token_store.create(request.app[POOL], body.name, body.scope, digest(token))
     return json_response(record.to_json() | {"token": token}, status=201)
@@ -70,7 +66,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/tokens/{name}/revoke")
-@endpoint("admin")
+@endpoint("admin", path={"name": IDENTITY})
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke a token: it is refused from now on."""
     name = request.match_info["name"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from daemon import store
-from daemon.api.access import endpoint
 from daemon.api.context import POOL, SCHEDULER
+from daemon.api.contract import PAGED, endpoint
 from daemon.api.http import decode_cursor, json_response, limit_arg, page
 from daemon.errors import NotFound
 
@@ -27,6 +27,7 @@ async def _sync(request: web.Request, name: str) -> None:
 
 
 @routes.get("/api/v1/triggers")
+@endpoint("read", query=PAGED)
 async def list_triggers(request: web.Request) -> web.Response:
     limit = limit_arg(request)
     async with request.app[POOL].acquire() as conn:
@@ -47,6 +48,7 @@ async def get_trigger(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/triggers/{name}/events")
+@endpoint("read", query=PAGED)
 async def list_trigger_events(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     limit = limit_arg(request)

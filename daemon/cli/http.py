@@ -19,6 +19,7 @@ from typing import Any, Self
 
 from daemon.config import Settings
 from daemon.errors import BadRequest, SluiceError, Unavailable
+from daemon.redaction import redacted_url
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = 30.0
@@ -195,7 +196,9 @@ class ApiClient:
 
     def _unreachable(self, reason: object, timeout: float) -> ApiUnreachable:
         if isinstance(reason, TimeoutError):
-            return ApiUnreachable(f"the Sluice API at {self.base_url} did not answer within {timeout:g} s")
+            return ApiUnreachable(
+                f"the Sluice API at {redacted_url(self.base_url)} did not answer within {timeout:g} s"
+            )
         if isinstance(reason, ConnectionRefusedError):
             why = "connection refused"
         elif isinstance(reason, OSError) and reason.strerror:
@@ -203,7 +206,7 @@ class ApiClient:
         else:
             why = str(reason) or type(reason).__name__
         return ApiUnreachable(
-            f"cannot reach the Sluice API at {self.base_url}: {why} "
+            f"cannot reach the Sluice API at {redacted_url(self.base_url)}: {why} "
             "(is `sluice up` running? set SLUICE_API_URL)"
         )
 

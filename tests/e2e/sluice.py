@@ -336,3 +336,49 @@ class Background:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(STOP_TIMEOUT_S)
+
+
+FUZZ_CONFIG = Path(__file__).with_name("schemathesis.toml")
+FUZZ_PIPELINE = """
+kind: Pipeline
+name: hello
+params:
+  who: {type: string, default: world}
+  n: {type: integer, default: 1}
+steps:
+  - name: greet
+    command: [echo, "hello ${params.who} ${params.n}"]
+"""
+"""What the fuzzer's path parameters name (FUZZ_CONFIG): apply it before fuzzing."""
+
+
+def fuzz(api_url: str, token: str, *, examples: int, phases: str = "coverage,fuzzing", timeout: float = 600):
+    """Schemathesis over the daemon's ``/openapi.json``: every route, generated inputs, and the one
+    check that no answer is a server error. The event stream is left out: it never ends."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "--config-file",
+            str(FUZZ_CONFIG),
+            "run",
+            f"{api_url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            str(examples),
+            "--phases",
+            phases,
+            "--exclude-path",
+            "/api/v1/events",
+            "--request-timeout",
+            "10",
+            "--generation-database",
+            "none",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -353,8 +353,32 @@ async def test_a_bad_assignment_is_refused_with_the_field(
 
     reply = AssignReply.decode((await daemon.nc.request(assign_subject(agent.id), data, timeout=5)).data)
 
-    assert not reply.accepted
+    assert (reply.accepted, reply.permanent) == (False, True)
     assert "attempt_id" in (reply.reason or "")
+
+
+async def test_paths_outside_the_attempts_datastores_are_refused_for_good(
+    start_agent: Callable[..., Awaitable[RunningAgent]], daemon: Daemon, tmp_path: Path
+) -> None:
+    """The old exploit: the assignment chose the log path, so any file the agent could write."""
+    agent = await start_agent(datastores={"landing": str(tmp_path / "landing")})
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+
+    store = {"default": str(tmp_path / "store")}
+    outside = await daemon.assign(
+        agent.id, daemon.assignment(["true"], datastores=store, log_path=str(victim))
+    )
+    elsewhere = await daemon.assign(
+        agent.id,
+        daemon.assignment(["true"], datastores={"landing": "/data/landing", "default": str(tmp_path)}),
+    )
+
+    assert (outside.accepted, outside.permanent) == (False, True)
+    assert f"log {victim} is outside this agent's cache dir" in (outside.reason or "")
+    assert (elsewhere.accepted, elsewhere.permanent) == (False, True)
+    assert "datastore landing is at" in (elsewhere.reason or "")
+    assert victim.read_text() == "precious\n"
 
 
 async def test_a_failing_command(start_agent: Callable[..., Awaitable[RunningAgent]], daemon: Daemon) -> None:

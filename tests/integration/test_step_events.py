@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats
+import nats.js.errors
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
+from daemon.step_events import ACK_WAIT_S, CONSUMER, MAX_ACK_PENDING, ensure_stream
 from daemon.transitions import Reported, apply_events
-from runners.protocol import Assignment, StepFinished, StepStarted
+from runners.protocol import STEPS_STREAM, Assignment, StepFinished, StepStarted
 from tests.integration.fake_agent import FAST, FakeAgent, Harness, Outcome, harness
 
 ONE_STEP = "kind: Pipeline\nname: once\nsteps:\n  - name: only\n    command: [x]\n"
@@ -141,3 +146,33 @@ async def _poisoned_batch(
     run = await system.get_run(bad_id)
     assert run["status"] == "running"
     assert run["steps"][0]["attempts"][0]["status"] == "running"
+
+
+async def test_a_consumer_from_an_earlier_release_takes_todays_ack_wait(
+    pool, nats_url: str, tmp_path: Path
+) -> None:
+    """A daemon that died holding events makes its successor wait one ack wait: 5 s, not the 30 s
+    an existing consumer was made with."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(STEPS_STREAM)
+        await ensure_stream(js)
+        await js.add_consumer(
+            STEPS_STREAM,
+            config=ConsumerConfig(
+                durable_name=CONSUMER,
+                deliver_subject="sluice.inbox.daemon.old",
+                deliver_group=CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30.0,
+                max_ack_pending=65536,
+            ),
+        )
+        async with harness(pool, nats_url, tmp_path) as system:
+            await system.apply(ONE_STEP)
+            info = await js.consumer_info(STEPS_STREAM, CONSUMER)
+            assert (info.config.ack_wait, info.config.max_ack_pending) == (ACK_WAIT_S, MAX_ACK_PENDING)
+    finally:
+        await nc.close()

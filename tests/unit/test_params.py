@@ -36,6 +36,19 @@ def test_problems_name_each_param() -> None:
     assert "params.extra" in caught.value.message
 
 
+def test_params_must_fit_an_assignment_each_and_together() -> None:
+    schema = {"a": ParamSpec(type="string"), "b": ParamSpec(type="string")}
+    assert validate_params(schema, {"a": "x" * 40, "b": "y" * 40}, what="p", max_bytes=100)
+    with pytest.raises(Invalid) as one:
+        validate_params(schema, {"a": "x" * 200, "b": "y"}, what="pipeline p version 1", max_bytes=100)
+    assert one.value.details == [{"path": "params.a", "message": "202 bytes, more than the 100 allowed"}]
+    with pytest.raises(Invalid) as together:
+        validate_params(schema, {"a": "x" * 60, "b": "y" * 60}, what="p", max_bytes=100)
+    assert together.value.details == [
+        {"path": "params", "message": "135 bytes in all, more than the 100 allowed"}
+    ]
+
+
 def test_a_boolean_is_no_integer() -> None:
     with pytest.raises(Invalid):
         validate_params({"n": ParamSpec(type="integer")}, {"n": True}, what="p")

@@ -80,3 +80,10 @@ def test_an_attempt_cancelled_by_its_run_is_not_retried() -> None:
 def test_backoff_doubles_up_to_a_minute() -> None:
     assert [backoff(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
     assert backoff(20) == 60
+
+
+def test_an_attempt_lost_by_its_stopping_agent_runs_again_at_once_without_a_retry() -> None:
+    decision = after_attempt("lost", failures_before=0, retries=0, run_cancelled=False, backoff_base_s=1.0)
+    assert (decision.status, decision.counts_as_failure, decision.retry_in_s) == ("ready", False, None)
+    cancelled = after_attempt("lost", failures_before=0, retries=0, run_cancelled=True, backoff_base_s=1.0)
+    assert cancelled.status == "cancelled"
