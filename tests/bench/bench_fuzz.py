@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from tests.bench.harness import report, scratch_env, sluice_up, temp_dir
-from tests.e2e.sluice import FUZZ_PIPELINE, fuzz
+from tests.e2e.sluice import HELLO, fuzz
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
         token = (root / "data" / "credentials" / "api-token").read_text().strip()
         request = urllib.request.Request(
             f"{api_url}/api/v1/apply",
-            data=json.dumps({"documents": [{"file": "hello.yaml", "text": FUZZ_PIPELINE}]}).encode(),
+            data=json.dumps({"documents": [{"file": "hello.yaml", "text": HELLO}]}).encode(),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
         urllib.request.urlopen(request, timeout=10).close()

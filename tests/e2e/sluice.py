@@ -339,7 +339,7 @@ class Background:
 
 
 FUZZ_CONFIG = Path(__file__).with_name("schemathesis.toml")
-FUZZ_PIPELINE = """
+HELLO = """
 kind: Pipeline
 name: hello
 params:
@@ -349,7 +349,8 @@ steps:
   - name: greet
     command: [echo, "hello ${params.who} ${params.n}"]
 """
-"""What the fuzzer's path parameters name (FUZZ_CONFIG): apply it before fuzzing."""
+"""A one-step pipeline for the tests that need one; the fuzzer's path parameters (FUZZ_CONFIG) name
+it too."""
 
 
 def fuzz(api_url: str, token: str, *, examples: int, phases: str = "coverage,fuzzing", timeout: float = 600):

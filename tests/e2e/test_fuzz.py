@@ -7,14 +7,14 @@ import re
 
 import pytest
 
-from tests.e2e.sluice import FUZZ_PIPELINE, apply, fuzz
+from tests.e2e.sluice import HELLO, apply, fuzz
 
 pytestmark = pytest.mark.e2e
 
 
 def test_generated_requests_never_get_a_server_error(sluice_up) -> None:
     sluice = sluice_up()
-    apply(FUZZ_PIPELINE, sluice.client_env)
+    apply(HELLO, sluice.client_env)
     token = (sluice.data_dir / "credentials" / "api-token").read_text().strip()
 
     result = fuzz(sluice.api_url, token, examples=15)

@@ -28,6 +28,7 @@ from runners.protocol import (
     agent_inbox,
 )
 from tests.e2e.sluice import (
+    HELLO,
     SluiceUp,
     api_get,
     apply,
@@ -42,15 +43,6 @@ from tests.e2e.sluice import (
 
 pytestmark = pytest.mark.e2e
 
-HELLO = """
-kind: Pipeline
-name: hello
-params:
-  who: {type: string, default: world}
-steps:
-  - name: greet
-    command: [echo, "hello ${params.who}"]
-"""
 
 ON_B = """
 kind: Pipeline

@@ -7,6 +7,7 @@ import base64
 
 import nkeys
 import pytest
+import structlog
 
 from daemon.redaction import redacted_urls
 from daemon.refusals import Refusals
@@ -198,13 +199,13 @@ def test_the_agent_name_comes_from_its_sluice_credentials() -> None:
         options.agent_name("gpu-2", "gpu-1", "host")
 
 
-def test_refusals_are_logged_once_per_source_per_interval(capsys) -> None:
+def test_refusals_are_logged_once_per_source_per_interval() -> None:
     refusals = Refusals("refused", interval_s=3600)
-    for _ in range(5):
-        refusals.refuse("a", "forged")
-    refusals.refuse("b", "forged")
-    lines = [line for line in capsys.readouterr().out.splitlines() if "refused" in line]
-    assert len(lines) == 2
+    with structlog.testing.capture_logs() as logged:
+        for _ in range(5):
+            refusals.refuse("a", "forged")
+        refusals.refuse("b", "forged")
+    assert [(entry["source"], entry["dropped_since_last"]) for entry in logged] == [("a", 0), ("b", 0)]
 
 
 def test_passwords_in_urls_are_masked() -> None:
