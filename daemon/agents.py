@@ -90,9 +90,7 @@ class AgentMonitor:
         was = engine.registry.agents.get(agent_id)
         if beat.stopped:
             if was is not None and was.status != "stopped":
-                await self.lose_agent(
-                    was, f"agent {agent_id} stopped before the step finished", status="stopped"
-                )
+                await self._stopped(was, now)
             return
         came_back = was is not None and was.status in ("lost", "stopped")
         if was is None or not was.written:
@@ -169,32 +167,42 @@ class AgentMonitor:
             await self.lose_agent(agent, f"agent {agent.name} sent no heartbeat for {timeout:g} s")
         grace = engine.settings.unlisted_grace_s
         for agent in list(engine.registry.all()):
-            if agent.status != "ready" or not agent.seen:
+            if agent.status == "lost" or not agent.seen:
                 continue
             overdue = [attempt for attempt, since in agent.unlisted_since.items() if now - since > grace]
             if overdue:
-                reason = f"agent {agent.name} does not report the attempt as running"
+                reason = (
+                    f"agent {agent.name} stopped before the step finished"
+                    if agent.status == "stopped"
+                    else f"agent {agent.name} does not report the attempt as running"
+                )
                 await self._lose_attempts(agent, dict.fromkeys(overdue, reason))
         # Forget stray checks of long ago, so the map stays small.
         self._stray_checked = {
             key: when for key, when in self._stray_checked.items() if now - when < 10 * STRAY_CHECK_INTERVAL_S
         }
 
-    async def lose_agent(self, agent: AgentState, reason: str, *, status: str = "lost") -> None:
-        """The agent is gone (``lost``, or ``stopped`` when it said so): its active attempts are lost
-        (their steps ready again elsewhere)."""
+    async def lose_agent(self, agent: AgentState, reason: str) -> None:
+        """The agent is gone: its active attempts are lost (their steps ready again elsewhere)."""
         engine = self._engine
         async with engine.pool.acquire() as conn, conn.transaction():
             ids = await run_store.active_attempt_ids(conn, agent.id)
             requeued = await run_store.lose_attempts(conn, dict.fromkeys(ids, reason))
-            await agent_store.set_agent_status(conn, agent.id, status)
-        engine.registry.mark_gone(agent.id, status)
+            await agent_store.set_agent_status(conn, agent.id, "lost")
+        engine.registry.mark_lost(agent.id)
         for attempt_id in [*ids, *engine.registry.attempts_of(agent.id)]:
             engine.registry.release(attempt_id)
-        (log.warning if status == "lost" else log.info)(
-            f"agent_{status}", agent=agent.id, name=agent.name, attempts=ids, reason=reason
-        )
+        log.warning("agent_lost", agent=agent.id, name=agent.name, attempts=ids, reason=reason)
         engine.dispatcher.requeue(requeued)
+
+    async def _stopped(self, agent: AgentState, now: float) -> None:
+        """The agent said it stopped: it takes no more work at once. What it still held ends with the
+        step events it stored before stopping (their consumption may lag this beat); what none ends
+        within the unlisted grace is lost."""
+        await agent_store.set_agent_status(self._engine.pool, agent.id, "stopped")
+        self._engine.registry.stopped(agent.id)
+        await self._reconcile(agent, now)
+        log.info("agent_stopped", agent=agent.id, name=agent.name, attempts=sorted(agent.reservations))
 
     async def _lose_attempts(self, agent: AgentState, attempts: dict[int, str]) -> None:
         engine = self._engine

@@ -50,6 +50,7 @@ from daemon import runs
 from daemon.dispatcher import Claims
 from daemon.engine import Engine
 from daemon.errors import Invalid, NotFound, Unavailable
+from daemon.limits import storable
 from daemon.resolver import resolve_params
 from daemon.reuse import Decision, PlanRequest, all_reused, reused_links, step_plans
 from daemon.store import runs as run_store
@@ -447,25 +448,6 @@ def storable_key(key: str) -> str:
         return text
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{text[: MAX_KEY_CHARS - 80]}…sha256:{digest}"
-
-
-def storable(value: Any) -> tuple[Any, bool]:
-    """``value`` (JSON-like) with the text PostgreSQL cannot store replaced — NUL characters, and
-    lone surrogates that JSON's ``\\ud800`` escapes let through — and whether there was any."""
-    if isinstance(value, str):
-        clean = value.replace("\0", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-        return clean, clean != value
-    if isinstance(value, dict):
-        clean_dict, changed = {}, False
-        for key, item in value.items():
-            (key, key_changed), (item, item_changed) = storable(key), storable(item)
-            clean_dict[key] = item
-            changed = changed or key_changed or item_changed
-        return clean_dict, changed
-    if isinstance(value, list):
-        items = [storable(item) for item in value]
-        return [item for item, _ in items], any(changed for _, changed in items)
-    return value, False
 
 
 def _str(run_id: UUID | None) -> str | None:

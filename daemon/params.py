@@ -9,6 +9,7 @@ import msgspec
 
 from daemon.documents.specs import ParamSpec, Scalar
 from daemon.errors import Invalid
+from daemon.limits import storable
 
 _TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean"}
 
@@ -48,6 +49,9 @@ def validate_params(
                     {"path": f"params.{name}", "message": f"must be {_TYPE_WORDS[spec.type]}, not {value!r}"}
                 )
                 continue
+            if isinstance(value, str) and storable(value)[1]:
+                problems.append({"path": f"params.{name}", "message": UNSTORABLE})
+                continue
             size = len(msgspec.json.encode(value))
             if size > max_bytes:
                 problems.append(
@@ -72,6 +76,9 @@ def validate_params(
             message = f"params of {what}: {message}"
         raise Invalid(message, details=problems)
     return values
+
+
+UNSTORABLE = "holds a NUL character or a lone surrogate, which no database text can hold"
 
 
 def param_text(value: Scalar) -> str:

@@ -190,11 +190,19 @@ class Registry:
             default=None,
         )
 
-    def mark_gone(self, agent_id: str, status: str = "lost") -> None:
-        """The agent is ``lost`` (silent) or ``stopped`` (it said so): it takes no work until it beats."""
+    def mark_lost(self, agent_id: str) -> None:
+        """The agent went silent: it takes no work until it beats again."""
         agent = self.agents.get(agent_id)
         if agent is not None:
-            agent.status = status
+            agent.status = "lost"
+            self._rooms = None
+
+    def stopped(self, agent_id: str) -> None:
+        """The agent said it stopped: no work until it beats again, and it runs nothing any more (what
+        it held starts its unlisted clock)."""
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.status, agent.reported = "stopped", frozenset()
             self._rooms = None
 
     # --- reservations ---------------------------------------------------------------------------

@@ -23,10 +23,10 @@ from daemon.api.tokens import admin_token_file
 from daemon.config import Settings, is_loopback
 from daemon.embedded import EmbeddedNats, EmbeddedPostgres, data_dir_lock
 from daemon.errors import SluiceError, Unavailable
-from daemon.redaction import redacted_urls
 from daemon.scheduler import Scheduler
 from daemon.trust import authority, local
 from runners.bus import raw_credentials
+from runners.redaction import redacted_urls
 
 log = structlog.get_logger(__name__)
 

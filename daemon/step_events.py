@@ -31,9 +31,17 @@ from nats.js.client import JetStreamContext
 from daemon.engine import Engine
 from daemon.refusals import Refusals
 from daemon.store import runs as run_store
+from daemon.store.db import DATABASE_ERRORS
 from daemon.tasks import TaskSet
 from daemon.transitions import Reported, apply_events, send_cancels
-from runners.protocol import STEP_EVENTS, STEPS_STREAM, StepFinished, StepStarted, step_event_origin
+from runners.protocol import (
+    DAEMON_INBOX,
+    STEP_EVENTS,
+    STEPS_STREAM,
+    StepFinished,
+    StepStarted,
+    step_event_origin,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -43,8 +51,12 @@ ACK_WAIT_S = 5.0
 """What a daemon that died while holding events costs its successor: they come back after this."""
 RETRY_DELAY_S = 1.0
 MAX_BATCH = 256
-MAX_ACK_PENDING = 4096
-"""Events delivered and not yet acked: few enough to be applied well within ``ACK_WAIT_S``."""
+MAX_ACK_PENDING = 1024
+"""Events delivered and not yet acked: few enough (four batches) to be applied well within
+``ACK_WAIT_S`` even when the database is slow, so that none comes back while it waits its turn."""
+MAX_DELIVERIES = 5
+"""An event that failed this many times is given up (terminated, logged): it can never apply (a
+value PostgreSQL refuses), and must not hold back the others for ever."""
 
 
 async def ensure_stream(js: JetStreamContext) -> None:
@@ -94,17 +106,23 @@ class StepEvents:
         )
 
     async def _update_consumer(self) -> None:
-        """A consumer made by an earlier release keeps its position and takes today's ack wait and
-        pending bound (subscribing to an existing durable would use it as it is)."""
+        """A consumer made by an earlier release keeps its position and takes today's settings
+        (subscribing to an existing durable would use it as it is): the ack wait, the pending bound,
+        and a deliver subject under the daemon's own inbox, where no service may listen."""
         try:
             info = await self._js.consumer_info(STEPS_STREAM, CONSUMER)
         except nats.js.errors.NotFoundError:
             return
         config = info.config
-        if (config.ack_wait, config.max_ack_pending) != (ACK_WAIT_S, MAX_ACK_PENDING):
+        private = (config.deliver_subject or "").startswith(f"{DAEMON_INBOX}.")
+        if (config.ack_wait, config.max_ack_pending, private) != (ACK_WAIT_S, MAX_ACK_PENDING, True):
             config.ack_wait, config.max_ack_pending = ACK_WAIT_S, MAX_ACK_PENDING
+            if not private:
+                config.deliver_subject = self._engine.nc.new_inbox()
             await self._js.add_consumer(STEPS_STREAM, config=config)
-            log.info("step_events_consumer_updated", ack_wait=ACK_WAIT_S, max_ack_pending=MAX_ACK_PENDING)
+            log.info(
+                "step_events_consumer_updated", ack_wait=ACK_WAIT_S, deliver_subject=config.deliver_subject
+            )
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -161,6 +179,10 @@ class StepEvents:
         except Exception:
             if len(decoded) == 1:
                 msg = decoded[0][0]
+                if _deliveries(msg) >= MAX_DELIVERIES:
+                    log.exception("step_event_given_up", subject=msg.subject, deliveries=_deliveries(msg))
+                    await _ack(msg, term=True)
+                    return
                 log.exception("step_event_failed", subject=msg.subject)
                 with contextlib.suppress(nats.errors.Error):  # redelivered after ack_wait anyway
                     await msg.nak(delay=RETRY_DELAY_S)
@@ -176,12 +198,15 @@ class StepEvents:
         unchanged = [item for (_, item), changed in zip(decoded, applied.changed, strict=True) if not changed]
         for msg, _ in decoded:
             await _ack(msg)
-        if unchanged:
-            await self._refuse_foreign(unchanged)
         if applied.cancels:
             self._followups.spawn(
                 send_cancels(self._engine, applied.cancels, "run cancelled"), name="cancel-late-starts"
             )
+        if unchanged:
+            try:
+                await self._refuse_foreign(unchanged)
+            except DATABASE_ERRORS as exc:  # only a diagnosis: the batch is applied and acked
+                log.warning("step_event_check_failed", error=str(exc) or type(exc).__name__)
 
     async def _refuse_foreign(self, unchanged: list[Reported]) -> None:
         """Of the events that changed nothing (mostly repeats and late events), logs those from an
@@ -200,6 +225,14 @@ class StepEvents:
                 )
             else:
                 log.debug("step_event_ignored", agent=item.agent_id, attempt=item.event.attempt_id)
+
+
+def _deliveries(msg: Msg) -> int:
+    """How many times JetStream delivered ``msg`` (1 when it cannot tell)."""
+    try:
+        return msg.metadata.num_delivered or 1
+    except (AttributeError, ValueError, IndexError):
+        return 1
 
 
 def _sender(subject: str) -> str:

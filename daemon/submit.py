@@ -7,8 +7,9 @@ for anything wrong — bad JSON included. No request can end the subscription.
 
 Requests are handled concurrently, at most ``MAX_IN_FLIGHT`` at a time; beyond that the subscription
 waits (NATS holds the rest in the subscription's pending buffer). Daemons subscribe in one queue
-group, so each request is handled once. A request whose reply subject lies in Sluice's own or the
-system's subjects is dropped unanswered.
+group, so each request is handled once. A request whose reply subject is not an inbox (``_INBOX.…``)
+is dropped unanswered: the daemon may publish where services may not, and must not be made to
+publish a reply on a trigger's subject, an agent's, or another service's inbox by name.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from nats.aio.client import Client as NATS
 from daemon import runs
 from daemon.engine import Engine
 from daemon.errors import BadRequest, SluiceError
-from daemon.limits import Positive32
+from daemon.limits import Positive32, storable
+from daemon.params import UNSTORABLE
 from daemon.refusals import Refusals
 from daemon.tasks import TaskSet
 
@@ -35,7 +37,7 @@ QUEUE_GROUP = "sluice-submit"
 MAX_IN_FLIGHT = 64
 MAX_IDEMPOTENCY_KEY = 255  # as the REST trigger's Idempotency-Key
 STOP_TIMEOUT_S = 5.0
-RESERVED_REPLY_PREFIXES = ("sluice.", "$")
+REPLY_PREFIX = "_INBOX."
 _encoder = msgspec.json.Encoder()
 
 
@@ -64,6 +66,8 @@ def parse_request(subject: str, data: bytes) -> tuple[str, SubmitBody]:
         raise BadRequest(f"the request is not valid JSON: {exc}") from None
     if body.idempotency_key is not None and not 0 < len(body.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(f"idempotency_key must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if body.idempotency_key is not None and storable(body.idempotency_key)[1]:
+        raise BadRequest(f"idempotency_key {UNSTORABLE}")
     return pipeline, body
 
 
@@ -109,12 +113,9 @@ class Submissions:
 
     async def _handle(self, msg: Any) -> None:
         try:
-            if msg.reply and msg.reply.startswith(RESERVED_REPLY_PREFIXES):
-                # The daemon may publish on Sluice's own subjects: answering there would let a service
-                # make it publish an agent's assignment, a step event or a run announcement.
-                self._refusals.refuse(
-                    msg.reply, "reply subject inside Sluice's own subjects", subject=msg.subject
-                )
+            if msg.reply and not msg.reply.startswith(REPLY_PREFIX):
+                reason = f"the reply subject is not under {REPLY_PREFIX}"
+                self._refusals.refuse(msg.reply, reason, subject=msg.subject)
                 return
             reply = await self.handle(msg.subject, msg.data)
             if msg.reply:

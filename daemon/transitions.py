@@ -280,13 +280,11 @@ async def fail_step(
             effects.released.append(attempt_id)
         run, steps = await _lock(conn, run_id)
         _, version = await engine.contexts.load(conn, run.id, run)
-        changed = await run_store.set_step_statuses(conn, run.id, {name: "failed"}, error=error)
-        if not changed:
-            return
-        effects.steps.append((run.id, name, "failed", {}))
-        statuses = {step.name: step.status for step in steps} | {name: "failed"}
-        await _settle(engine, conn, run, version, statuses, effects)
-    await effects.apply(engine)
+        if await run_store.set_step_statuses(conn, run.id, {name: "failed"}, error=error):
+            effects.steps.append((run.id, name, "failed", {}))
+            statuses = {step.name: step.status for step in steps} | {name: "failed"}
+            await _settle(engine, conn, run, version, statuses, effects)
+    await effects.apply(engine)  # also when the step had ended: the attempt's capacity is free
 
 
 async def _lock(

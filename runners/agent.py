@@ -230,12 +230,6 @@ class Agent:
             # The daemon's retry of a request whose reply it missed: still accepted, still one run.
             await self._reply(msg, AssignReply(accepted=True))
             return
-        if (where := misplaced(assignment, self.config.cache_dir, self.config.datastores)) is not None:
-            await self._reply(msg, AssignReply(accepted=False, reason=where, permanent=True))
-            self._log.warning(
-                "assignment_refused", attempt=attempt_id, run_id=assignment.run_id, reason=where
-            )
-            return
         reason = self._admit(assignment)
         if reason is not None:
             await self._reply(msg, AssignReply(accepted=False, reason=reason))
@@ -259,6 +253,9 @@ class Agent:
         executor = "docker" if assignment.image is not None else "process"
         if executor not in self.executors:
             return f"agent has no {executor} executor (it has {', '.join(self.executors) or 'none'})"
+        # Not for good: the daemon may have placed it with this agent's datastores as they were.
+        if (where := misplaced(assignment, self.config.cache_dir, self.config.datastores)) is not None:
+            return where
         try:
             gpus = self._ledger.reserve(assignment.attempt_id, assignment.resources, assignment.gpus)
         except NoRoom as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
 import json
 import os
 import ssl
@@ -21,6 +22,7 @@ from nats.aio.client import RawCredentials
 from nats.js import JetStreamContext
 
 from runners.protocol import SOURCES_BUCKET
+from runners.redaction import redacted_urls
 
 log = structlog.get_logger(__name__)
 
@@ -229,7 +231,7 @@ async def connect(
         if not connecting.done():
             connecting.cancel()
         await asyncio.gather(connecting, refusing, return_exceptions=True)
-    where = ", ".join(servers)
+    where = redacted_urls(options.urls)
     if refused.is_set():
         raise BusError(f"NATS at {where} refused our credentials: {last_error[0]}")
     if connecting.cancelled():
@@ -248,17 +250,32 @@ def _is_refusal(exc: Exception) -> bool:
 
 
 async def fetch_source(js: JetStreamContext, digest: str) -> bytes:
-    """The snapshot archive named ``digest`` in ``SOURCES_BUCKET``.
+    """The snapshot archive named ``digest`` in ``SOURCES_BUCKET``, read a chunk at a time with
+    stream message gets: an agent may read the bucket, never make a consumer on it (a consumer
+    delivers to whatever subject its maker names).
 
-    Raises ``BusError`` when the bucket or the object does not exist or NATS fails.
+    Raises ``BusError`` when the bucket or the object does not exist, the chunks do not add up to
+    what the object's metadata says, or NATS fails.
     """
     try:
-        store = await js.object_store(SOURCES_BUCKET)
-        result = await asyncio.wait_for(store.get(digest), SOURCE_FETCH_TIMEOUT_S)
+        return await asyncio.wait_for(_read_object(js, digest), SOURCE_FETCH_TIMEOUT_S)
     except nats.js.errors.BucketNotFoundError:
         raise BusError(f"no source bucket {SOURCES_BUCKET} on NATS") from None
     except nats.js.errors.ObjectNotFoundError:
         raise BusError(f"source snapshot {digest} is not in {SOURCES_BUCKET}") from None
     except NatsErrors as exc:
         raise BusError(f"cannot fetch source snapshot {digest}: {exc or type(exc).__name__}") from exc
-    return result.data or b""
+
+
+async def _read_object(js: JetStreamContext, name: str) -> bytes:
+    info = await (await js.object_store(SOURCES_BUCKET)).get_info(name)
+    stream, chunks = f"OBJ_{SOURCES_BUCKET}", f"$O.{SOURCES_BUCKET}.C.{info.nuid}"
+    data, seq = bytearray(), 1
+    for _ in range(info.chunks or 0):
+        message = await js.get_msg(stream, seq=seq, subject=chunks, next=True)
+        data += message.data or b""
+        seq = (message.seq or seq) + 1
+    expected = base64.urlsafe_b64decode((info.digest or "").partition("=")[2] + "==")
+    if len(data) != (info.size or 0) or hashlib.sha256(data).digest() != expected:
+        raise BusError(f"source snapshot {name} is damaged in {SOURCES_BUCKET} (size or digest differ)")
+    return bytes(data)

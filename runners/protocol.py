@@ -112,10 +112,8 @@ def step_event_origin(subject: str) -> tuple[str, int, StepEventKind]:
     parts = subject.split(".")
     if len(parts) != 5 or parts[:2] != ["sluice", "steps"] or parts[4] not in ("started", "finished"):
         raise ValueError(f"not a step event subject: {subject!r}")
-    try:
-        attempt_id = int(parts[3])
-    except ValueError:
-        raise ValueError(f"not a step event subject: {subject!r}") from None
+    if not parts[3].isdigit() or not 0 < (attempt_id := int(parts[3])) < 2**63:
+        raise ValueError(f"not a step event subject: {subject!r}")
     return parts[2], attempt_id, parts[4]  # type: ignore[return-value]
 
 
@@ -200,8 +198,8 @@ class Assignment(_Message, kw_only=True):
 
 
 class AssignReply(_Message, kw_only=True):
-    """``permanent``: refused for what the assignment says (malformed, paths outside the agent's
-    datastores), so no retry can succeed; else for what the agent has now (room, draining)."""
+    """``permanent``: refused for what the assignment is (malformed), so no retry can succeed; else
+    for what this agent has or knows now (room, draining, its datastores)."""
 
     accepted: bool
     reason: str | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -84,8 +85,10 @@ class Access:
         self._known.clear()
 
     def allowed_host(self, host: str) -> bool:
-        name = _host_name(host)
-        return name in LOCAL_HOSTS or name in self.settings.hosts
+        """Loopback, the names the daemon was given, and any address: DNS rebinding needs a name,
+        and probes and scrapers address a daemon (a pod) by whatever address it has now."""
+        name = _host_name(host).lower()
+        return name in LOCAL_HOSTS or name in self.settings.hosts or _is_address(name)
 
 
 ACCESS = web.AppKey("access", Access)
@@ -137,6 +140,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise TooLarge(f"the body is {request.content_length} bytes; this API takes at most {limit}")
     # A body without a length is cut off at the limit while it is read.
     return await handler(request.clone(client_max_size=limit))
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _same_origin(origin: str, request: web.Request) -> bool:

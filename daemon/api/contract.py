@@ -52,6 +52,16 @@ Name = Annotated[str, msgspec.Meta(pattern=NAME["pattern"])]
 """A pipeline's (trigger's, datastore's, step's) name in a JSON body."""
 Identity = Annotated[str, msgspec.Meta(pattern=IDENTITY["pattern"])]
 """An agent's, a service's or a token's name in a JSON body."""
+
+
+def whole(schema: Schema, *values: str) -> None:
+    """Raises ``ValueError`` unless each value matches ``schema``'s pattern as a whole: msgspec
+    matches patterns with ``re.search``, whose ``$`` lets a trailing newline through."""
+    for value in values:
+        if not re.fullmatch(schema["pattern"], value):
+            raise ValueError(f"{value!r} does not match {schema['pattern']}")
+
+
 LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
 CURSOR: Schema = {"type": "string", "maxLength": 1024, "description": "next_cursor of the page before"}
 PAGED = {"limit": LIMIT, "cursor": CURSOR}
@@ -125,7 +135,7 @@ def _check(name: str, raw: str, schema: Schema) -> None:
         raise BadRequest(f"{name} must be true or false, not {raw[:40]!r}")
     if "enum" in schema and raw not in schema["enum"]:
         raise BadRequest(f"{name} must be one of {', '.join(schema['enum'])}, not {raw[:40]!r}")
-    if (pattern := schema.get("pattern")) and not re.search(pattern, raw):
+    if (pattern := schema.get("pattern")) and not re.fullmatch(pattern, raw):
         raise BadRequest(f"{name} {raw[:40]!r} is not valid ({schema.get('description') or pattern})")
     if (longest := schema.get("maxLength")) is not None and len(raw) > longest:
         raise BadRequest(f"{name} is longer than {longest} characters")

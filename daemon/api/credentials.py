@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from daemon.api.context import NATS_ACCESS, POOL, SCHEDULER
-from daemon.api.contract import IDENTITY, Identity, Name, endpoint
+from daemon.api.contract import IDENTITY, NAME, Identity, Name, endpoint, whole
 from daemon.api.http import json_response, read_body
 from daemon.errors import BadRequest, Invalid, Unavailable
 from daemon.trust import authority
@@ -30,6 +30,10 @@ class NewCredentials(msgspec.Struct, forbid_unknown_fields=True):
     submit: list[Name] | None = None
     follow: list[Name] | None = None
     publish: list[Subject] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        whole(IDENTITY, self.name)
+        whole(NAME, *(self.submit or ()), *(self.follow or ()))
 
     def grant(self) -> ServiceGrant | None:
         """A service's grant (raises ``BadRequest`` for a grant given to another role)."""
@@ -88,11 +92,12 @@ async def revoke_credentials(request: web.Request) -> web.Response:
     agent's running attempts are lost at once and run again elsewhere. Calling it again re-sends the
     revocation to NATS."""
     name = request.match_info["name"]
-    trust, revoked = await authority.revoke(request.app[POOL], name)
-    if "agent" in revoked.roles and (scheduler := request.app.get(SCHEDULER)) is not None:
-        await scheduler.agent_revoked(name)
     nats = request.app.get(NATS_ACCESS)
     if nats is None:
         raise Unavailable("this daemon has no NATS settings to send the revocation with")
+    trust, revoked = await authority.revoke(request.app[POOL], name)
+    # Cut off first: an agent still connected would beat again and be given work once more.
     await authority.push(nats.options, trust)
+    if "agent" in revoked.roles and (scheduler := request.app.get(SCHEDULER)) is not None:
+        await scheduler.agent_revoked(name)
     return json_response({"name": name, "revoked": [key.public_key for key in revoked.keys]})

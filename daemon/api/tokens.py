@@ -13,7 +13,7 @@ from aiohttp import web
 
 from daemon.api.access import ACCESS, digest
 from daemon.api.context import POOL
-from daemon.api.contract import IDENTITY, Identity, endpoint
+from daemon.api.contract import IDENTITY, Identity, endpoint, whole
 from daemon.api.http import json_response, read_body
 from daemon.errors import NotFound
 from daemon.private_files import write_private
@@ -27,6 +27,9 @@ TOKEN_PREFIX = "slc_"
 class NewToken(msgspec.Struct, forbid_unknown_fields=True):
     name: Identity
     scope: Literal["read", "run", "publish", "admin"]
+
+    def __post_init__(self) -> None:
+        whole(IDENTITY, self.name)
 
 
 def new_token() -> str:

@@ -130,7 +130,7 @@ async def revoke(db: Db, name: str) -> list[CredentialRecord]:
     return [CredentialRecord.from_row(row) for row in rows]
 
 
-async def revocations(db: Db) -> dict[str, int]:
-    """Every revoked key with the time (unix seconds) it was revoked."""
-    rows = await db.fetch("SELECT public_key, revoked_at FROM nats_credentials WHERE revoked_at IS NOT NULL")
-    return {row["public_key"]: int(row["revoked_at"].timestamp()) for row in rows}
+async def revoked_keys(db: Db) -> list[str]:
+    """Every revoked key."""
+    rows = await db.fetch("SELECT public_key FROM nats_credentials WHERE revoked_at IS NOT NULL ORDER BY 1")
+    return [row["public_key"] for row in rows]

@@ -32,6 +32,10 @@ from runners.bus import AGENT_TAG, BusError, NatsErrors, NatsOptions, connect, r
 log = structlog.get_logger(__name__)
 
 OPERATOR = "sluice"
+EVERY_JWT = 4102444800  # 2100-01-01
+"""The revocation time of a revoked key: every JWT issued to it before then is refused. Keys are
+never reused, so this revokes the key for good, whatever the clocks of the daemon that minted it and
+of the database that revoked it say."""
 ACCOUNT = "SLUICE"
 SYSTEM_ACCOUNT = "SYS"
 PUSH_TIMEOUT_S = 5.0
@@ -241,7 +245,8 @@ async def revoke(pool: asyncpg.Pool, name: str) -> tuple[Trust, Revoked]:
             "account": record.account_seed,
             "signing": record.signing_seed,
         }
-        account_jwt = _account_jwt(seeds, await store.revocations(conn), issued_at)
+        revocations = dict.fromkeys(await store.revoked_keys(conn), EVERY_JWT)
+        account_jwt = _account_jwt(seeds, revocations, issued_at)
         await store.set_account(conn, account_jwt, issued_at)
         record = await store.get_trust(conn)
     assert record is not None

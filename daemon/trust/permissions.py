@@ -40,14 +40,11 @@ SERVICE_INBOX = "_INBOX.>"
 
 _SOURCES_STREAM = f"OBJ_{SOURCES_BUCKET}"
 SOURCE_READER = (
-    # Open the bucket, find its stream, read an object's meta, stream its chunks (ordered consumer).
+    # Open the bucket, then read an object's meta and its chunks one message at a time. Never a
+    # consumer: the server does not check where a consumer delivers, so it would let an agent have
+    # JetStream publish on any subject.
     f"$JS.API.STREAM.INFO.{_SOURCES_STREAM}",
-    "$JS.API.STREAM.NAMES",
     f"$JS.API.STREAM.MSG.GET.{_SOURCES_STREAM}",
-    f"$JS.API.DIRECT.GET.{_SOURCES_STREAM}.>",
-    f"$JS.API.CONSUMER.CREATE.{_SOURCES_STREAM}",
-    f"$JS.API.CONSUMER.CREATE.{_SOURCES_STREAM}.>",
-    f"$JS.FC.{_SOURCES_STREAM}.>",
 )
 RESERVED = (
     "sluice.agents.>",

@@ -357,7 +357,7 @@ async def test_a_bad_assignment_is_refused_with_the_field(
     assert "attempt_id" in (reply.reason or "")
 
 
-async def test_paths_outside_the_attempts_datastores_are_refused_for_good(
+async def test_paths_outside_the_attempts_datastores_are_refused(
     start_agent: Callable[..., Awaitable[RunningAgent]], daemon: Daemon, tmp_path: Path
 ) -> None:
     """The old exploit: the assignment chose the log path, so any file the agent could write."""
@@ -374,9 +374,9 @@ async def test_paths_outside_the_attempts_datastores_are_refused_for_good(
         daemon.assignment(["true"], datastores={"landing": "/data/landing", "default": str(tmp_path)}),
     )
 
-    assert (outside.accepted, outside.permanent) == (False, True)
+    assert (outside.accepted, outside.permanent) == (False, False)  # another agent may see it right
     assert f"log {victim} is outside this agent's cache dir" in (outside.reason or "")
-    assert (elsewhere.accepted, elsewhere.permanent) == (False, True)
+    assert (elsewhere.accepted, elsewhere.permanent) == (False, False)
     assert "datastore landing is at" in (elsewhere.reason or "")
     assert victim.read_text() == "precious\n"
 

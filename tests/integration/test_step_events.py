@@ -8,6 +8,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import nats
 import nats.js.errors
@@ -99,8 +100,9 @@ async def test_events_that_change_nothing_do_not_hold_back_the_others(system: Ha
 class Delivered:
     """A step event as the consumer receives it from JetStream, recording how it was settled."""
 
-    def __init__(self, subject: str, data: bytes) -> None:
+    def __init__(self, subject: str, data: bytes, deliveries: int = 1) -> None:
         self.subject, self.data, self.settled = subject, data, None
+        self.metadata = SimpleNamespace(num_delivered=deliveries)
 
     async def ack(self) -> None:
         self.settled = "ack"
@@ -133,6 +135,10 @@ async def _poisoned_batch(
         Delivered(
             f"sluice.steps.a1.{bad.attempt_id}.finished", finished(bad, exit_code=2**40).event.encode()
         ),
+        # The same event, on its last delivery: given up, so it cannot hold back the others for ever.
+        Delivered(
+            f"sluice.steps.a1.{bad.attempt_id}.finished", finished(bad, exit_code=2**40).event.encode(), 5
+        ),
         Delivered(f"sluice.steps.a1.{good.attempt_id}.finished", finished(good).event.encode()),
         Delivered(f"sluice.steps.a1.{good.attempt_id}.finished", b"not json"),
         Delivered(f"sluice.steps.a1.{good.attempt_id}.paused", b"{}"),
@@ -141,7 +147,7 @@ async def _poisoned_batch(
 
     await system.scheduler.step_events.handle(messages)  # type: ignore[arg-type]
 
-    assert [message.settled for message in messages] == ["nak", "ack", "term", "term", "term"]
+    assert [message.settled for message in messages] == ["nak", "term", "ack", "term", "term", "term"]
     assert (await system.get_run(good_id))["status"] == "succeeded"
     run = await system.get_run(bad_id)
     assert run["status"] == "running"
@@ -163,7 +169,7 @@ async def test_a_consumer_from_an_earlier_release_takes_todays_ack_wait(
             STEPS_STREAM,
             config=ConsumerConfig(
                 durable_name=CONSUMER,
-                deliver_subject="sluice.inbox.daemon.old",
+                deliver_subject="_INBOX.old",  # where any service could listen
                 deliver_group=CONSUMER,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=30.0,
@@ -174,5 +180,10 @@ async def test_a_consumer_from_an_earlier_release_takes_todays_ack_wait(
             await system.apply(ONE_STEP)
             info = await js.consumer_info(STEPS_STREAM, CONSUMER)
             assert (info.config.ack_wait, info.config.max_ack_pending) == (ACK_WAIT_S, MAX_ACK_PENDING)
+            assert info.config.deliver_subject.startswith("sluice.inbox.daemon.")
+            agent = await system.agent("a1")
+            run = await system.start_run("once")
+            await system.wait_run(run["run_id"], "succeeded")  # events flow on the new subject
+            assert agent.assignments
     finally:
         await nc.close()

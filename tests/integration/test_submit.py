@@ -40,6 +40,23 @@ async def service(nats_url: str):
     await nc.drain()
 
 
+async def test_a_reply_subject_that_is_not_an_inbox_gets_no_reply_and_no_run(
+    system: Harness, service
+) -> None:
+    """Else a service could make the daemon publish on any subject it may: a trigger's, an agent's."""
+    hijacked = await service.subscribe("orders.created")
+    body = msgspec.json.encode({"params": {"date": "d"}})
+
+    await service.publish("sluice.submit.scoring", body, reply="orders.created")
+    await service.flush()
+    await asyncio.sleep(0.3)
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await hijacked.next_msg(timeout=0.2)
+    assert (await system.client.get("/api/v1/runs")).status == 200
+    assert (await (await system.client.get("/api/v1/runs")).json())["items"] == []
+
+
 async def submit(nc, pipeline: str, body: bytes | dict) -> dict:
     data = body if isinstance(body, bytes) else msgspec.json.encode(body)
     reply = await nc.request(f"sluice.submit.{pipeline}", data, timeout=5)

@@ -20,7 +20,7 @@ def test_next_silence_is_the_earliest_deadline_of_agents_not_lost() -> None:
     assert registry.next_silence(5.0) == 105.0
     assert registry.silent(105.0, 5.0) == []  # silence must exceed the timeout
     assert [agent.id for agent in registry.silent(105.001, 5.0)] == ["a"]
-    registry.mark_gone("a")
+    registry.mark_lost("a")
     assert registry.next_silence(5.0) == 107.0
 
 

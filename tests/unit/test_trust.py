@@ -9,7 +9,6 @@ import nkeys
 import pytest
 import structlog
 
-from daemon.redaction import redacted_urls
 from daemon.refusals import Refusals
 from daemon.trust import authority, claims, permissions
 from daemon.trust.permissions import ServiceGrant, SubjectError, is_within, overlaps
@@ -24,6 +23,7 @@ from runners.protocol import (
     step_event_origin,
     step_event_subject,
 )
+from runners.redaction import redacted_urls
 from runners.workspace import misplaced
 
 
@@ -153,7 +153,12 @@ def test_subjects_carry_the_sender_and_parse_back() -> None:
     assert heartbeat_sender(heartbeat_subject("gpu-1")) == "gpu-1"
     assert step_event_origin(step_event_subject("gpu-1", 42, "finished")) == ("gpu-1", 42, "finished")
     assert step_event_id("a", 42, "started") != step_event_id("b", 42, "started")
-    for bad in ("sluice.steps.42.finished", "sluice.steps.a.x.finished", "sluice.steps.a.1.paused"):
+    for bad in (
+        "sluice.steps.42.finished",
+        "sluice.steps.a.x.finished",
+        "sluice.steps.a.1.paused",
+        f"sluice.steps.a.{2**63}.finished",  # beyond what the database holds
+    ):
         with pytest.raises(ValueError, match="not a step event subject"):
             step_event_origin(bad)
     with pytest.raises(ValueError, match="not a heartbeat subject"):
