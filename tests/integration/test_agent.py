@@ -103,16 +103,22 @@ class Daemon:
         return Assignment(**(values | fields))
 
     async def assign(self, agent_id: str, assignment: Assignment) -> AssignReply:
-        reply = await self.nc.request(assign_subject(agent_id), assignment.encode(), timeout=5)
-        return AssignReply.decode(reply.data)
+        return AssignReply.decode(await self.request(assign_subject(agent_id), assignment.encode()))
+
+    async def request(self, subject: str, data: bytes) -> bytes:
+        """A request to an agent. "No responders" now and then, right after an agent started (seen
+        on the shared test server before this change too), is what the daemon takes as "not
+        listening yet" and tries again: so does this."""
+        for _ in range(20):
+            try:
+                return (await self.nc.request(subject, data, timeout=5)).data
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"nobody listens on {subject}")
 
     async def cancel(self, agent_id: str, attempt_id: int) -> CancelReply:
-        reply = await self.nc.request(
-            cancel_subject(agent_id),
-            Cancel(attempt_id=attempt_id, reason="cancelled by test").encode(),
-            timeout=5,
-        )
-        return CancelReply.decode(reply.data)
+        cancel = Cancel(attempt_id=attempt_id, reason="cancelled by test")
+        return CancelReply.decode(await self.request(cancel_subject(agent_id), cancel.encode()))
 
     async def events(self, attempt_id: int, count: int = 2) -> list[StepStarted | StepFinished]:
         """The attempt's first ``count`` events as JetStream stored them, in order."""
@@ -351,7 +357,7 @@ async def test_a_bad_assignment_is_refused_with_the_field(
     agent = await start_agent()
     data = msgspec.json.encode({"attempt_id": "seven"})
 
-    reply = AssignReply.decode((await daemon.nc.request(assign_subject(agent.id), data, timeout=5)).data)
+    reply = AssignReply.decode(await daemon.request(assign_subject(agent.id), data))
 
     assert (reply.accepted, reply.permanent) == (False, True)
     assert "attempt_id" in (reply.reason or "")
