@@ -136,10 +136,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             f"send Content-Type: {' or '.join(needs.content_types)}, not {request.content_type!r}"
         )
     limit = access.settings.max_upload if needs.upload else access.settings.max_body
-    if request.content_length is not None and request.content_length > limit:
+    if request.content_length is None:  # no length: the body is cut off at the limit while it is read
+        return await handler(request.clone(client_max_size=limit))
+    if request.content_length > limit:
         raise TooLarge(f"the body is {request.content_length} bytes; this API takes at most {limit}")
-    # A body without a length is cut off at the limit while it is read.
-    return await handler(request.clone(client_max_size=limit))
+    return await handler(request)
 
 
 def _is_address(name: str) -> bool:
