@@ -65,10 +65,12 @@ class SubjectError(ValueError):
 
 
 def daemon() -> Permissions:
+    # Replies to services go to their inboxes by a plain permission, not "responses": with that the
+    # server would track the reply subject of every message the daemon receives (each JetStream
+    # delivery has one), which costs it more than the daemon's whole share of the work.
     return Permissions(
-        publish=("sluice.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", f"$O.{SOURCES_BUCKET}.>"),
+        publish=("sluice.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", f"$O.{SOURCES_BUCKET}.>", SERVICE_INBOX),
         subscribe=(">",),
-        responses=True,
     )
 
 
