@@ -103,6 +103,10 @@ def test_tokens_have_scopes_and_can_be_revoked(sluice: SluiceUp) -> None:
     assert call(sluice, "POST", "/api/v1/tokens", new_token, token=tokens["publish"], headers=JSON)[0] == 403
     creds = json.dumps({"name": "sneaky", "role": "admin"}).encode()
     assert call(sluice, "POST", "/api/v1/credentials", creds, token=tokens["publish"], headers=JSON)[0] == 403
+    for method, path in (("GET", "/api/v1/credentials"), ("GET", "/api/v1/tokens")):
+        assert call(sluice, method, path, token=tokens["publish"])[0] == 403
+    revoke = "/api/v1/credentials/local/revoke"
+    assert call(sluice, "POST", revoke, b"{}", token=tokens["run"], headers=JSON)[0] == 403
     for probe in ("/healthz", "/readyz", "/metrics"):
         request = urllib.request.Request(f"{sluice.api_url}{probe}")
         with urllib.request.urlopen(request, timeout=10) as response:
