@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import ipaddress
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,7 +29,7 @@ from daemon.api.contract import READING, Scope, check_parameters, endpoint_of
 from daemon.errors import Forbidden, Misdirected, TooLarge, Unauthorized, UnsupportedMediaType
 from daemon.store import tokens as token_store
 
-SCOPES: tuple[Scope, ...] = ("read", "run", "publish", "admin")
+SCOPES: tuple[Scope, ...] = typing.get_args(Scope)
 _GRANTS: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
     "run": frozenset({"read", "run"}),

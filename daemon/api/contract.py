@@ -62,7 +62,9 @@ def whole(schema: Schema, *values: str) -> None:
             raise ValueError(f"{value!r} does not match {schema['pattern']}")
 
 
-LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 100
+LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
 CURSOR: Schema = {"type": "string", "maxLength": 1024, "description": "next_cursor of the page before"}
 PAGED = {"limit": LIMIT, "cursor": CURSOR}
 

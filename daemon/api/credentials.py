@@ -6,7 +6,7 @@ the public key.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
@@ -16,7 +16,7 @@ from daemon.api.contract import IDENTITY, NAME, Identity, Name, endpoint, whole
 from daemon.api.http import json_response, read_body
 from daemon.errors import BadRequest, Invalid, Unavailable
 from daemon.trust import authority
-from daemon.trust.permissions import ServiceGrant, SubjectError
+from daemon.trust.permissions import Role, ServiceGrant, SubjectError
 
 routes = web.RouteTableDef()
 
@@ -26,7 +26,7 @@ Subject = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 class NewCredentials(msgspec.Struct, forbid_unknown_fields=True):
     name: Identity
-    role: Literal["agent", "service", "admin"]
+    role: Role
     submit: list[Name] | None = None
     follow: list[Name] | None = None
     publish: list[Subject] = msgspec.field(default_factory=list)

@@ -12,13 +12,11 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from daemon.api.contract import endpoint_of
+from daemon.api.contract import DEFAULT_LIMIT, MAX_LIMIT, endpoint_of
 from daemon.errors import BadRequest
 from daemon.limits import INT32_MAX, INT64_MAX
 
 T = TypeVar("T")
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 100
 
 _encoder = msgspec.json.Encoder()
 

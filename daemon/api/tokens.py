@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Literal
 
 import msgspec
 import structlog
@@ -13,7 +12,7 @@ from aiohttp import web
 
 from daemon.api.access import ACCESS, digest
 from daemon.api.context import POOL
-from daemon.api.contract import IDENTITY, Identity, endpoint, whole
+from daemon.api.contract import IDENTITY, Identity, Scope, endpoint, whole
 from daemon.api.http import json_response, read_body
 from daemon.errors import NotFound
 from daemon.private_files import write_private
@@ -26,7 +25,7 @@ TOKEN_PREFIX = "slc_"
 
 class NewToken(msgspec.Struct, forbid_unknown_fields=True):
     name: Identity
-    scope: Literal["read", "run", "publish", "admin"]
+    scope: Scope
 
     def __post_init__(self) -> None:
         whole(IDENTITY, self.name)

@@ -95,10 +95,12 @@ async def insert_credential(
     return CredentialRecord.from_row(row)
 
 
-async def active_roles(db: Db, name: str) -> set[str]:
-    """The roles of ``name``'s credentials that are not revoked."""
+async def roles(db: Db, name: str, *, active: bool = False) -> set[str]:
+    """The roles of ``name``'s credentials (only those not revoked, with ``active``)."""
     rows = await db.fetch(
-        "SELECT DISTINCT role FROM nats_credentials WHERE name = $1 AND revoked_at IS NULL", name
+        "SELECT DISTINCT role FROM nats_credentials WHERE name = $1 AND (revoked_at IS NULL OR NOT $2)",
+        name,
+        active,
     )
     return {row["role"] for row in rows}
 

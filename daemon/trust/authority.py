@@ -12,6 +12,7 @@ newest account JWT it was given across restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -67,13 +68,11 @@ class Trust:
         return claims.public_key(self.record.account_seed)
 
     def operator_jwt(self) -> str:
-        issued = int(self.record.created_at.timestamp())
-        return claims.encode(
+        return claims.operator_jwt(
             self.record.operator_seed,
-            subject=self.operator,
             name=OPERATOR,
-            nats={"type": "operator", "version": 2, "system_account": self.system_account},
-            issued_at=issued,
+            system_account=self.system_account,
+            issued_at=int(self.record.created_at.timestamp()),
         )
 
     def system_account_jwt(self) -> str:
@@ -216,7 +215,7 @@ async def issue(pool: asyncpg.Pool, role: Role, name: str, grant: ServiceGrant |
                 "Sluice has no NATS trust: its NATS is not embedded and `sluice credentials init` "
                 "was not run, so NATS credentials come from that server's operator"
             )
-        others = await store.active_roles(conn, name) - {role}
+        others = await store.roles(conn, name, active=True) - {role}
         if others:
             raise Conflict(
                 f"{name} already names credentials of a {others.pop()}; revoke them or pick another name"
@@ -235,8 +234,8 @@ async def revoke(pool: asyncpg.Pool, name: str) -> tuple[Trust, Revoked]:
     """
     async with pool.acquire() as conn, conn.transaction():
         record = await store.get_trust(conn, lock=True)
-        known = [item for item in await store.list_credentials(conn) if item.name == name]
-        if record is None or not known:
+        roles = await store.roles(conn, name)
+        if record is None or not roles:
             raise NotFound(f"no NATS credentials named {name}")
         keys = await store.revoke(conn, name)
         issued_at = max(int(time.time()), record.account_issued_at)
@@ -248,10 +247,9 @@ async def revoke(pool: asyncpg.Pool, name: str) -> tuple[Trust, Revoked]:
         revocations = dict.fromkeys(await store.revoked_keys(conn), EVERY_JWT)
         account_jwt = _account_jwt(seeds, revocations, issued_at)
         await store.set_account(conn, account_jwt, issued_at)
-        record = await store.get_trust(conn)
-    assert record is not None
     log.info("nats_credentials_revoked", name=name, keys=[key.public_key for key in keys])
-    return Trust(record), Revoked(name, keys, {item.role for item in known})
+    record = dataclasses.replace(record, account_jwt=account_jwt, account_issued_at=issued_at)
+    return Trust(record), Revoked(name, keys, roles)
 
 
 async def push(options: NatsOptions, trust: Trust) -> None:

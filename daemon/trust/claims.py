@@ -72,13 +72,13 @@ def _allow_deny(allow: Sequence[str], deny: Sequence[str]) -> dict[str, list[str
     return rule
 
 
-def operator_jwt(operator_seed: str, *, name: str, system_account: str) -> str:
-    operator = public_key(operator_seed)
+def operator_jwt(operator_seed: str, *, name: str, system_account: str, issued_at: int) -> str:
     return encode(
         operator_seed,
-        subject=operator,
+        subject=public_key(operator_seed),
         name=name,
         nats={"type": "operator", "version": 2, "system_account": system_account},
+        issued_at=issued_at,
     )
 
 

@@ -31,7 +31,6 @@ from runners.protocol import (
 )
 
 Role = Literal["agent", "service", "admin"]
-ROLES: tuple[Role, ...] = ("agent", "service", "admin")
 
 SUBMIT = "sluice.submit"
 RUNS = "sluice.runs"
