@@ -11,6 +11,7 @@ from daemon.announce import Announcer
 from daemon.config import DispatchSettings
 from daemon.contexts import Datastores, RunContexts, Specs
 from daemon.dispatcher import Dispatcher
+from daemon.planning.creation import RunCreation
 from daemon.registry import Registry
 from daemon.reuse import ReusePlanner
 
@@ -27,3 +28,4 @@ class Engine:
     announcer: Announcer
     dispatcher: Dispatcher
     reuse: ReusePlanner
+    creation: RunCreation

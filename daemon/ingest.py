@@ -11,19 +11,15 @@ A batch, in three round trips (contract §3: each event creates at most one run 
 
 1. read each trigger's target — its version (the pin, or the pipeline's default *now*), the
    version's status, whether the trigger is paused — and take an id for each event;
-2. decide, per event: text PostgreSQL cannot store → ``rejected``; a paused trigger → ``skipped``; a
-   disabled version → ``rejected``; params templated from the event's fields that do not validate →
-   ``rejected``; else a run, whose reuse is planned for the whole batch in one look-up
-   (:meth:`daemon.reuse.ReusePlanner.plan_many`);
+2. the rules that need no planning (``daemon.rules.admission``): unstorable text, a paused trigger,
+   a disabled version, params templated from the event's fields that do not validate; the other
+   events become drafts of runs for the one creation path (``daemon.planning.creation``: reuse,
+   the concurrency rule, capacity claimed);
 3. write every event with its outcome and every run with its steps in one statement, unique on
    (trigger, dedupe key): a repeat writes nothing and is answered ``duplicate`` with the first
    event's run (one more round trip, only then). A version disabled (or a trigger deleted) between 1
    and 3 makes the statement fail as a whole on a foreign key, and the batch is read and written
    again.
-
-A batch with runs of a pipeline that has ``concurrency`` writes in a transaction that first locks
-those pipelines and counts their active runs: a run past the limit is held (``on_limit: queue``) or
-its event ``skipped`` (``on_limit: skip``).
 
 After the write each trigger's ``last_event_at`` moves (at most once a second per trigger: it is a
 status field, and writing the trigger row with the events would serialise all events of a trigger on
@@ -37,7 +33,7 @@ import asyncio
 import collections
 import hashlib
 import time
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,14 +42,12 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from daemon import runs
-from daemon.dispatcher import Claims
 from daemon.engine import Engine
 from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.limits import storable
+from daemon.planning.creation import Draft, Written
 from daemon.resolver import resolve_params
-from daemon.reuse import Decision, PlanRequest, all_reused, reused_links, step_plans
-from daemon.store import runs as run_store
+from daemon.rules.admission import RUN, Verdict, refuse_event, refuse_version
 from daemon.store import triggering as trigger_store
 from daemon.store.db import HeldConnection
 from triggers.base import EventResult, TriggerEvent
@@ -68,10 +62,6 @@ COMMITTERS = 2
 
 _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 MAX_KEY_CHARS = 512
-UNSTORABLE = (
-    "the event holds text that cannot be stored (a NUL character or a lone surrogate), replaced by "
-    "U+FFFD or '?' here: no run"
-)
 
 
 @dataclass(slots=True)
@@ -82,31 +72,29 @@ class _Queued:
 
 
 @dataclass(slots=True)
-class _Draft:
-    """An event read against its trigger, before it is written: a run to plan (``request``, then
-    ``decisions``) or an outcome that is no run, with its reason."""
+class _Event:
+    """An event read against its trigger, before it is written: a run to make (``run``, whose
+    verdict planning gives), or the verdict that it makes none, with the reason."""
 
     queued: _Queued
     event_id: int
     key: str
     fields: dict[str, Any]
     target: trigger_store.Target
-    outcome: str = "run"
-    reason: str | None = None
-    request: PlanRequest | None = None
-    decisions: dict[str, Decision] = field(default_factory=dict)
-    links: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """Reused step -> (run id, step) whose outputs it links."""
-    claims: Claims = field(default_factory=Claims)
-    """Its run's steps placed on agents already (``daemon.runs.claim_ready``)."""
+    verdict: Verdict = RUN
+    run: Draft | None = None
     repeat: bool = False
     """Recorded already, or earlier in the batch: answered as a duplicate, nothing written."""
+
+    @property
+    def decided(self) -> Verdict:
+        return self.run.verdict if self.run is not None else self.verdict
 
 
 @dataclass(slots=True)
 class _Decided:
     result: EventResult | Exception
-    handover: runs.Inserted | None = None
+    handover: Written | None = None
 
 
 class Ingest:
@@ -199,7 +187,7 @@ class Ingest:
                 continue
             try:
                 if outcome.handover is not None:
-                    await runs.hand_over(self.engine, outcome.handover)
+                    await self.engine.creation.hand_over(outcome.handover)
                 if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
                     await self._touch(queued.event.trigger, queued.received)
             except Exception:
@@ -248,48 +236,36 @@ class Ingest:
         read = await trigger_store.read_batch(conn, keys)
         # Each (trigger, dedupe key) -> its first event's id and run: what a repeat is answered with.
         first = dict(read.recorded)
-        drafts: list[_Draft | _Decided] = []
+        events: list[_Event | _Decided] = []
         for queued, (trigger, key), event_id in zip(batch, keys, read.ids, strict=True):
-            draft = await self._draft(conn, queued, key, event_id, read.targets.get(trigger))
-            if isinstance(draft, _Draft):
+            event = await self._read(conn, queued, key, event_id, read.targets.get(trigger))
+            if isinstance(event, _Event):
                 # Recorded already (a redelivery), or twice in this batch: answered as a duplicate,
                 # with no planning, and taking no concurrency slot.
-                draft.repeat = (trigger, key) in first or any(
-                    isinstance(other, _Draft) and (other.queued.event.trigger, other.key) == (trigger, key)
-                    for other in drafts
+                event.repeat = (trigger, key) in first or any(
+                    isinstance(other, _Event) and (other.queued.event.trigger, other.key) == (trigger, key)
+                    for other in events
                 )
-            drafts.append(draft)
-        wanted = [
-            draft for draft in drafts if isinstance(draft, _Draft) and draft.request and not draft.repeat
-        ]
-        plans = await self.engine.reuse.plan_many(conn, [draft.request for draft in wanted])
-        for draft, decisions in zip(wanted, plans, strict=True):
-            draft.decisions = decisions
-        limited = {
-            draft.request.version.pipeline for draft in wanted if draft.request.version.spec.concurrency
-        }
-        try:
-            if not limited:
-                events, written = await self._write(conn, drafts, {})
-            else:
-                async with conn.transaction():
-                    active = await run_store.lock_active_counts(conn, limited)
-                    events, written = await self._write(conn, drafts, active)
-        except BaseException:
-            for draft in wanted:  # nothing was written
-                self.engine.dispatcher.unclaim(draft.claims)
-            raise
+            events.append(event)
+        new = [event for event in events if isinstance(event, _Event) and not event.repeat]
+        drafts = [event.run for event in new if event.run is not None]
+
+        async def write(_: Sequence[Draft]) -> tuple[list[trigger_store.NewEvent], trigger_store.Written]:
+            rows = [self._row(event) for event in new]
+            return rows, await trigger_store.insert_events(conn, rows)
+
+        rows, written = await self.engine.creation.create(conn, drafts, write)
         # Committed: nothing below may undo it, or leave a written run without its answer.
-        for event in events:
-            if (earlier := written.earlier.get(event.id)) is not None:
-                first[event.trigger, event.dedupe_key] = earlier
-            elif event.id in written.events:
-                first[event.trigger, event.dedupe_key] = (event.id, event.run.id if event.run else None)
+        for row in rows:
+            if (earlier := written.earlier.get(row.id)) is not None:
+                first[row.trigger, row.dedupe_key] = earlier
+            elif row.id in written.events:
+                first[row.trigger, row.dedupe_key] = (row.id, row.run.id if row.run else None)
         # A repeat of an event committed while the write ran (a race) is looked up now.
         raced = [
             key
-            for key, draft in zip(keys, drafts, strict=True)
-            if isinstance(draft, _Draft) and key not in first
+            for key, event in zip(keys, events, strict=True)
+            if isinstance(event, _Event) and key not in first
         ]
         lost: Exception | None = None
         if raced:
@@ -297,91 +273,91 @@ class Ingest:
                 first |= await trigger_store.find_events(conn, raced)
             except _DATABASE_ERRORS as exc:  # only those repeats go unanswered: offered again
                 lost = exc
-        return [self._answer(draft, written, first, lost) for draft in drafts]
+        return [self._answer(event, written, first, lost) for event in events]
 
-    async def _draft(
+    async def _read(
         self,
         conn: asyncpg.Connection,
         queued: _Queued,
         key: str,
         event_id: int,
         target: trigger_store.Target | None,
-    ) -> _Draft | _Decided:
-        """What becomes of the event, short of reuse and concurrency: a run to plan (``request``), or an
-        outcome and its reason; a ``_Decided`` NotFound when the trigger is gone (nothing is written)."""
+    ) -> _Event | _Decided:
+        """The facts of the event and the rules that need no planning: a run to make (``run``), or
+        the verdict that it makes none; a ``_Decided`` NotFound when the trigger is gone (nothing is
+        written)."""
         event, name = queued.event, queued.event.trigger
         if target is None:
             return _Decided(NotFound(f"trigger {name} does not exist"))
         fields, unstorable = storable({**event.fields, "time": queued.received.isoformat(), "trigger": name})
         fields["id"] = event_id
-        draft = _Draft(queued, event_id, key, fields, target)
+        read = _Event(queued, event_id, key, fields, target)
         pipeline, version = target.pipeline, target.version
-        if unstorable:
-            draft.outcome, draft.reason = "rejected", UNSTORABLE
-        elif target.paused:
-            draft.outcome, draft.reason = "skipped", f"trigger {name} is paused"
-        elif target.version_status == "disabled":
-            draft.outcome, draft.reason = "rejected", runs.disabled(pipeline, version).message
+        refused = refuse_event(name, unstorable=unstorable, paused=target.paused) or refuse_version(
+            pipeline, version, target.version_status
+        )
+        if refused is not None:
+            read.verdict = refused
+            return read
+        spec = self.engine.specs.cached(pipeline, version) or await self.engine.specs.load(
+            conn, pipeline, version
+        )
+        try:
+            params = resolve_params(
+                spec.spec.params,
+                target.bindings,
+                fields,
+                what=f"pipeline {pipeline} version {version}",
+                max_bytes=self.engine.settings.params_max_bytes,
+            )
+        except Invalid as exc:
+            read.verdict = Verdict("rejected", exc)
         else:
-            spec = self.engine.specs.cached(pipeline, version) or await self.engine.specs.load(
-                conn, pipeline, version
-            )
-            try:
-                params = resolve_params(
-                    spec.spec.params,
-                    target.bindings,
-                    fields,
-                    what=f"pipeline {pipeline} version {version}",
-                    max_bytes=self.engine.settings.params_max_bytes,
-                )
-            except Invalid as exc:
-                draft.outcome, draft.reason = "rejected", exc.message
-            else:
-                draft.request = PlanRequest(spec, params, uuid.uuid4())
-        return draft
+            read.run = Draft(spec, params)
+        return read
 
-    async def _write(
-        self,
-        conn: asyncpg.Connection,
-        drafts: list[_Draft | _Decided],
-        active: dict[str, int],
-    ) -> tuple[list[trigger_store.NewEvent], trigger_store.Written]:
-        """Writes the events that are no repeats, with their runs, in one statement. ``active``: the
-        slots taken in each concurrency-limited pipeline (locked by the caller's transaction)."""
-        events: list[trigger_store.NewEvent] = []
-        for draft in drafts:
-            if not isinstance(draft, _Draft) or draft.repeat:
-                continue
-            run = None if draft.request is None else self._new_run(draft, active)
-            events.append(
-                trigger_store.NewEvent(
-                    id=draft.event_id,
-                    trigger=draft.queued.event.trigger,
-                    dedupe_key=draft.key,
-                    received_at=draft.queued.received,
-                    fields=draft.fields,
-                    outcome=draft.outcome,
-                    reason=draft.reason,
-                    run=run,
-                )
+    def _row(self, event: _Event) -> trigger_store.NewEvent:
+        """The event as it is written, with the run it makes (held or not)."""
+        draft, verdict = event.run, event.decided
+        run = None
+        if draft is not None and verdict.creates:
+            run = trigger_store.NewRun(
+                id=draft.run_id,
+                pipeline=draft.version.pipeline,
+                version=draft.version.version,
+                params=draft.params,
+                resolution="pinned" if event.target.pinned else "default",
+                held=draft.held,
+                finished=draft.finished,
+                steps=draft.steps,
             )
-        return events, await trigger_store.insert_events(conn, events)
+        return trigger_store.NewEvent(
+            id=event.event_id,
+            trigger=event.queued.event.trigger,
+            dedupe_key=event.key,
+            received_at=event.queued.received,
+            fields=event.fields,
+            outcome="run" if verdict.creates else verdict.outcome,
+            reason=verdict.reason,
+            run=run,
+        )
 
     def _answer(
         self,
-        draft: _Draft | _Decided,
+        event: _Event | _Decided,
         written: trigger_store.Written,
         first: dict[tuple[str, str], tuple[int, UUID | None]],
         lost: Exception | None,
     ) -> _Decided:
-        if not isinstance(draft, _Draft):
-            return draft
-        trigger = draft.queued.event.trigger
-        if draft.repeat or draft.event_id not in written.events:
-            self.engine.dispatcher.unclaim(draft.claims)  # its run was not written either
-            found = first.get((trigger, draft.key))
+        if not isinstance(event, _Event):
+            return event
+        trigger = event.queued.event.trigger
+        if event.repeat or event.event_id not in written.events:
+            if event.run is not None:
+                self.engine.creation.unclaim(event.run)  # its run was not written either
+            found = first.get((trigger, event.key))
             if found is None:
-                what = f"event {draft.key!r} of trigger {trigger} repeats one that"
+                what = f"event {event.key!r} of trigger {trigger} repeats one that"
                 return _Decided(
                     Unavailable(f"{what} could not be read: {lost}")
                     if lost is not None
@@ -389,53 +365,16 @@ class Ingest:
                 )
             event_id, first_run = found
             return _Decided(EventResult(event_id=event_id, outcome="duplicate", run_id=_str(first_run)))
-        if draft.request is None:
-            return _Decided(EventResult(event_id=draft.event_id, outcome=draft.outcome, reason=draft.reason))
-        run_id = draft.request.run_id
+        verdict = event.decided
+        if event.run is None or not verdict.creates:
+            return _Decided(
+                EventResult(event_id=event.event_id, outcome=verdict.outcome, reason=verdict.reason)
+            )
+        run_id = event.run.run_id
         record, steps = written.runs[run_id]
-        inserted = runs.Inserted(record, steps, draft.request.version, record.held, draft.links, draft.claims)
-        return _Decided(EventResult(event_id=draft.event_id, outcome="run", run_id=str(run_id)), inserted)
-
-    def _new_run(self, draft: _Draft, active: dict[str, int]) -> trigger_store.NewRun | None:
-        """The run the event becomes, held when its pipeline is at its concurrency limit
-        (``on_limit: queue``); None (the event ``skipped``) at the limit with ``on_limit: skip``."""
-        request, decisions = draft.request, draft.decisions
-        assert request is not None
-        version = request.version
-        finished = all_reused(decisions)
-        held = False
-        # A run that reused every step is over at once and takes no slot. Every other run of a
-        # counted pipeline takes one, whether or not its own version sets the limit.
-        if version.pipeline in active and not finished:
-            taken = active[version.pipeline]
-            if (limit := version.spec.concurrency) is not None:
-                held = taken >= limit.max_active_runs
-                if held and limit.on_limit == "skip":
-                    draft.outcome, draft.reason = (
-                        "skipped",
-                        runs.at_limit(version.pipeline, taken, limit).message,
-                    )
-                    draft.request = None
-                    return None
-            active[version.pipeline] = taken + (not held)
-        draft.links = {} if held else reused_links(decisions)
-        steps, draft.claims = runs.claim_ready(
-            self.engine,
-            version,
-            request.run_id,
-            request.params,
-            step_plans(version, decisions, held=held),
-            draft.links,
-        )
-        return trigger_store.NewRun(
-            id=request.run_id,
-            pipeline=version.pipeline,
-            version=version.version,
-            params=request.params,
-            resolution="pinned" if draft.target.pinned else "default",
-            held=held,
-            finished=finished,
-            steps=steps,
+        return _Decided(
+            EventResult(event_id=event.event_id, outcome="run", run_id=str(run_id)),
+            Written(record, steps, event.run),
         )
 
 

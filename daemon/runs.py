@@ -1,40 +1,29 @@
-"""Manual runs: creating one for a pipeline version (params checked, reuse planned, concurrency
-applied, exactly once per idempotency key) and cancelling one.
+"""Manual runs (REST, CLI, ``sluice.submit``): creating one for a pipeline version, exactly once per
+idempotency key, through the one creation path; and cancelling one.
 
-Reuse is decided as the run is created (``daemon.reuse``): reused steps are inserted final, the steps
-they unblock ready; a run whose every step is reused is created ``succeeded``. A held run is
-planned again when it is admitted (``daemon.transitions.admit_next``): its data may have changed,
-or the outputs it would reuse be gone, by then.
-
-``concurrency.max_active_runs`` counts the pipeline's queued and running runs that are not held. With
-``on_limit: queue`` a run beyond the limit is created *held*: queued, every step pending, until a run
-of the pipeline ends and frees a slot. With ``on_limit: skip`` no run is created: a 409 Conflict says
-why (a trigger records that as a skipped event).
+A run beyond its pipeline's concurrency limit is created held (``on_limit: queue``) or not at all
+(``on_limit: skip``: a 409 Conflict says why); the rule is ``daemon.rules.admission``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import structlog
 
-from daemon.contexts import VersionSpec, run_context
-from daemon.dispatcher import Claims, ReadyStep
-from daemon.documents.specs import Concurrency
+from daemon.contexts import VersionSpec
 from daemon.engine import Engine
 from daemon.errors import Conflict, Invalid, NotFound
 from daemon.params import validate_params
 from daemon.planner import FINAL_RUN
-from daemon.reuse import Decision, all_reused, reused_links, step_plans
+from daemon.planning.creation import Draft, Written
+from daemon.rules.admission import refuse_version
 from daemon.store import runs as run_store
-from daemon.store.pipelines import get_version
+from daemon.store.pipelines import get_version, pipeline_exists
 from daemon.transitions import Effects, admit_next, send_cancels
 
 log = structlog.get_logger(__name__)
@@ -44,20 +33,6 @@ log = structlog.get_logger(__name__)
 class Created:
     run: run_store.RunRecord
     created: bool  # False: an earlier request with the same idempotency key created it
-
-
-@dataclass(frozen=True, slots=True)
-class Inserted:
-    """A run just inserted, to hand over after its transaction commits (:func:`hand_over`)."""
-
-    run: run_store.RunRecord
-    steps: list[run_store.NewStep]
-    spec: VersionSpec
-    held: bool
-    reused: dict[str, tuple[str, str]]
-    """Reused step -> (run id, step) whose outputs it links."""
-    claims: Claims = field(default_factory=Claims)
-    """Its steps placed on agents as it was created, whose assignments go out after the commit."""
 
 
 async def create_run(
@@ -72,9 +47,9 @@ async def create_run(
     event_id: int | None = None,
     resolution: str | None = None,
 ) -> Created:
-    """Creates a run of ``pipeline`` (its default version, or ``version``) in one transaction: the run
-    (queued) and all its step runs (ready when they wait for nothing, else pending); then hands the
-    ready steps to the dispatcher.
+    """Creates a run of ``pipeline`` (its default version, or ``version``) through the one creation
+    path (``daemon.planning.creation``), a batch of one: the run (queued, held, or succeeded when
+    every step is reused) and all its step runs in one statement; then hands it over.
 
     The version's spec comes from the cache when it is there (versions never change), so the hot path
     reads only what reuse planning needs before the insert; the insert itself checks that the
@@ -99,49 +74,47 @@ async def create_run(
             existing = await run_store.find_run_by_key(conn, pipeline, idempotency_key)
             if existing is not None:
                 return Created(existing, False)
-        inserted = None
+        written = None
         if (cached := engine.specs.cached(pipeline, version)) is not None:
             try:
-                inserted = await _insert(
+                written = await _insert(
                     engine, conn, cached, params, only_if_default=version is None, **options
                 )
             except Invalid:
                 if version is not None:  # an explicit version's schema never changes
                     raise
                 # The default may have moved to a version with other params: decided below.
-        if inserted is None:
+        if written is None:
             record = await get_version(conn, pipeline, version)
             if record is None:
-                if version is not None and await conn.fetchval(
-                    "SELECT 1 FROM pipelines WHERE name = $1", pipeline
-                ):
+                if version is not None and await pipeline_exists(conn, pipeline):
                     raise NotFound(f"pipeline {pipeline} has no version {version}")
                 raise NotFound(f"pipeline {pipeline} does not exist")
             if version is None:
                 engine.specs.seen_default(pipeline, record.version)
-            if record.status == "disabled":
-                raise disabled(pipeline, record.version)
-            inserted = await _insert(
+            if (refused := refuse_version(pipeline, record.version, record.status)) is not None:
+                raise refused.error
+            written = await _insert(
                 engine, conn, engine.specs.of(record), params, only_if_default=False, **options
             )
-            if inserted is None:
+            if written is None:
                 existing = None
                 if idempotency_key is not None:  # a concurrent request with the same key won
                     existing = await run_store.find_run_by_key(conn, pipeline, idempotency_key)
                 if existing is None:  # disabled between the read and the insert
-                    raise disabled(pipeline, record.version)
+                    raise refuse_version(pipeline, record.version, "disabled").error
                 return Created(existing, False)
         # Handed over before the connection goes back to the pool: the hot path.
-        await hand_over(engine, inserted)
+        await engine.creation.hand_over(written)
     log.debug(
         "run_created",
-        run_id=str(inserted.run.id),
+        run_id=str(written.run.id),
         pipeline=pipeline,
-        version=inserted.run.version,
-        held=inserted.held,
-        reused=len(inserted.reused),
+        version=written.run.version,
+        held=written.run.held,
+        reused=len(written.draft.links),
     )
-    return Created(inserted.run, True)
+    return Created(written.run, True)
 
 
 async def _insert(
@@ -151,142 +124,44 @@ async def _insert(
     params: Mapping[str, Any],
     *,
     only_if_default: bool,
-    run_id: UUID | None = None,
     **options: Any,
-) -> Inserted | None:
-    """Validates ``params`` against ``spec``, plans reuse and inserts the run, held when the pipeline
-    is at its concurrency limit (``on_limit: queue``); None when nothing was inserted (see
+) -> Written | None:
+    """Validates ``params`` against ``spec`` and makes the run; None when nothing was inserted (see
     :func:`run_store.insert_run`).
 
     Raises:
         Invalid: the params do not match the version's schema.
         Conflict: at the concurrency limit with ``on_limit: skip``.
     """
-    pipeline = spec.pipeline
     values = validate_params(
         spec.spec.params,
         params,
-        what=f"pipeline {pipeline} version {spec.version}",
+        what=f"pipeline {spec.pipeline} version {spec.version}",
         max_bytes=engine.settings.params_max_bytes,
     )
-    run_id = run_id or uuid.uuid4()
-    decisions = await engine.reuse.plan(conn, spec, values, run_id=run_id, reuse=options["reuse"])
-    finished = all_reused(decisions)
-    insert = functools.partial(
-        run_store.insert_run,
-        conn,
-        pipeline=pipeline,
-        version=spec.version,
-        params=values,
-        only_if_default=only_if_default,
-        run_id=run_id,
-        finished=finished,
-        **options,
-    )
-    if (limit := spec.spec.concurrency) is None or finished:
-        # The insert is one statement, no explicit transaction: the hot path of a manual run.
-        return await _insert_claimed(engine, insert, spec, decisions, run_id, values, held=False)
-    inserted = None
-    try:
-        async with conn.transaction():
-            # Serialises run creation per limited pipeline: two requests cannot take the last slot.
-            default = await conn.fetchval(
-                "SELECT default_version FROM pipelines WHERE name = $1 FOR UPDATE", pipeline
-            )
-            if only_if_default and default != spec.version:
-                return None  # the default moved: the caller reads it again
-            active = await run_store.count_active_runs(conn, pipeline)
-            held = active >= limit.max_active_runs
-            if held and limit.on_limit == "skip":
-                raise at_limit(pipeline, active, limit)
-            inserted = await _insert_claimed(engine, insert, spec, decisions, run_id, values, held=held)
-    except BaseException:
-        if inserted is not None:  # the commit failed
-            engine.dispatcher.unclaim(inserted.claims)
-        raise
-    return inserted
+    draft = Draft(spec, values, reuse=options["reuse"])
 
+    async def write(drafts: Sequence[Draft]) -> Written | None:
+        if draft.verdict.error is not None:
+            raise draft.verdict.error
+        inserted = await run_store.insert_run(
+            conn,
+            pipeline=spec.pipeline,
+            version=spec.version,
+            params=values,
+            only_if_default=only_if_default,
+            run_id=draft.run_id,
+            finished=draft.finished,
+            steps=draft.steps,
+            held=draft.held,
+            **options,
+        )
+        return None if inserted is None else Written(*inserted, draft)
 
-async def _insert_claimed(
-    engine: Engine,
-    insert: Callable[..., Awaitable[tuple[run_store.RunRecord, list[run_store.NewStep]] | None]],
-    version: VersionSpec,
-    decisions: Mapping[str, Decision],
-    run_id: UUID,
-    params: Mapping[str, Any],
-    *,
-    held: bool,
-) -> Inserted | None:
-    """Inserts the run with ``insert``, its ready steps placed on agents already when no step waits
-    for one (:func:`claim_ready`)."""
-    links = {} if held else reused_links(decisions)
-    steps, claims = claim_ready(
-        engine, version, run_id, params, step_plans(version, decisions, held=held), links
-    )
-    try:
-        inserted = await insert(steps=steps, held=held)
-    except BaseException:
-        engine.dispatcher.unclaim(claims)
-        raise
-    if inserted is None:
-        engine.dispatcher.unclaim(claims)
-        return None
-    return Inserted(*inserted, version, held, links, claims)
-
-
-def claim_ready(
-    engine: Engine,
-    version: VersionSpec,
-    run_id: UUID,
-    params: Mapping[str, Any],
-    plans: Mapping[str, run_store.StepPlan],
-    links: Mapping[str, tuple[str, str]],
-) -> tuple[dict[str, run_store.StepPlan], Claims]:
-    """The steps of a run about to be inserted, those ready placed on agents already when the
-    dispatcher has nothing waiting (:meth:`Dispatcher.claim`): the insert records their first
-    attempts, and the run starts as it is created — one commit fewer on the way to an agent. The
-    caller ends the claims: :func:`hand_over` after the commit, ``Dispatcher.unclaim`` otherwise."""
-    ready = [name for name, plan in plans.items() if plan.status == "ready"]
-    if not ready:
-        return dict(plans), Claims()
-    context = run_context(version, run_id, params, links)
-    claims = engine.dispatcher.claim(context, version, ready)
-    return claims.apply(plans), claims
-
-
-def disabled(pipeline: str, version: int) -> Conflict:
-    """Why no run of a disabled version is created."""
-    return Conflict(f"version {version} of {pipeline} is disabled and takes no new runs")
-
-
-def at_limit(pipeline: str, active: int, limit: Concurrency) -> Conflict:
-    """Why no run is created at the concurrency limit with ``on_limit: skip``."""
-    return Conflict(
-        f"pipeline {pipeline} already has {active} active run{'s' if active != 1 else ''} "
-        f"(concurrency.max_active_runs {limit.max_active_runs}, on_limit skip): no run created"
-    )
-
-
-async def hand_over(engine: Engine, inserted: Inserted) -> None:
-    """After the commit of a run: the assignments of its claimed steps go out, its creation is
-    announced (a run whose every step was reused as succeeded, one placed as it was created as
-    running) and its ready steps go to the dispatcher."""
-    run = inserted.run
-    engine.contexts.put(run, inserted.spec, inserted.reused)
-    # Before any await: a claimed step's reservation must become its attempt's, whatever follows.
-    engine.dispatcher.claimed(inserted.claims, inserted.steps)
-    for name in inserted.reused:
-        engine.announcer.step_changed(run.id, name, "reused")
-    await engine.announcer.run_changed(run)
-    ready = [ReadyStep(step.id, run.id, step.name) for step in inserted.steps if step.status == "ready"]
-    if ready:
-        engine.dispatcher.add(ready)
-    if run.status in FINAL_RUN:
-        engine.contexts.drop(run.id)
-    if ready or inserted.claims:
-        # Lets the dispatcher place and record the steps (or send their assignments) before the
-        # caller spends its time on the log line and the response.
-        await asyncio.sleep(0)
+    written = await engine.creation.create(conn, [draft], write)
+    if written is None:
+        engine.creation.unclaim(draft)
+    return written
 
 
 async def cancel_run(

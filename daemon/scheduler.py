@@ -30,6 +30,7 @@ from daemon.dispatcher import Dispatcher
 from daemon.engine import Engine
 from daemon.leader import Election
 from daemon.placement import Need
+from daemon.planning.creation import RunCreation
 from daemon.registry import AgentState, Registry
 from daemon.reuse import ReusePlanner
 from daemon.step_events import StepEvents
@@ -86,8 +87,9 @@ class Scheduler:
             settings=settings,
         )
         reuse = ReusePlanner(datastores, DataFingerprints())
+        creation = RunCreation(reuse=reuse, dispatcher=dispatcher, contexts=contexts, announcer=announcer)
         engine = Engine(
-            pool, nc, settings, specs, contexts, datastores, registry, announcer, dispatcher, reuse
+            pool, nc, settings, specs, contexts, datastores, registry, announcer, dispatcher, reuse, creation
         )
 
         async def on_hopeless(run_id: UUID, step: str, error: str, attempt_id: int | None) -> None:

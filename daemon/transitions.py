@@ -23,8 +23,8 @@ from daemon.dispatcher import ReadyStep
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.engine import Engine
 from daemon.planner import FINAL_STEP, advance, after_attempt
+from daemon.planning.creation import Written, admit_held
 from daemon.rendering import in_datastore, output_path
-from daemon.reuse import reused_links, step_plans
 from daemon.store import runs as run_store
 from runners.protocol import Cancel, CancelReply, StepFinished, StepStarted, cancel_subject
 
@@ -43,6 +43,8 @@ class Effects:
     released: list[int] = field(default_factory=list)
     discarded: list[int] = field(default_factory=list)
     finished_runs: list[UUID] = field(default_factory=list)
+    admitted: list[Written] = field(default_factory=list)
+    """Held runs admitted, handed over as every new run is."""
 
     async def apply(self, engine: Engine) -> None:
         for attempt_id in self.released:
@@ -56,6 +58,8 @@ class Effects:
             await engine.announcer.run_changed(run)
         if self.ready or self.released:
             engine.dispatcher.add(self.ready)
+        for admitted in self.admitted:
+            await engine.creation.hand_over(admitted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,33 +334,17 @@ async def admit_next(
     version: VersionSpec | None,
     effects: Effects,
 ) -> None:
-    """Admits held runs of ``pipeline`` while their version's ``max_active_runs`` allows, oldest first.
+    """Admits held runs of ``pipeline`` as the concurrency rule allows (``admit_held``), handed over
+    with ``effects``.
 
     Only pipelines whose finishing run had a limit are checked here (``version`` None: always); the
     safety sweep admits what a change of limits between versions leaves behind.
     """
     if version is not None and version.spec.concurrency is None:
         return
-    await conn.execute("SELECT 1 FROM pipelines WHERE name = $1 FOR UPDATE", pipeline)
-    while (held := await run_store.oldest_held_run(conn, pipeline)) is not None:
-        held_version = await engine.specs.load(conn, held.pipeline, held.version)
-        limit = held_version.spec.concurrency
-        if limit is not None and await run_store.count_active_runs(conn, pipeline) >= limit.max_active_runs:
-            return
-        # Planned again now: the data it reads may have changed, the outputs it would reuse be gone.
-        decisions = await engine.reuse.plan(conn, held_version, held.params, run_id=held.id, reuse=held.reuse)
-        steps = await run_store.admit_run(conn, held.id, step_plans(held_version, decisions, held=False))
-        log.info("run_admitted", run_id=str(held.id), pipeline=pipeline)
-        engine.contexts.put(held, held_version, reused_links(decisions))
-        for step in steps:
-            effects.steps.append((held.id, step.name, step.status, {}))
-            if step.status == "ready":
-                effects.ready.append(ReadyStep(step.id, held.id, step.name))
-        if all(step.status == "reused" for step in steps):
-            ended = await run_store.finish_run(conn, held.id, "succeeded")
-            if ended is not None:
-                effects.runs.append(ended)
-                effects.finished_runs.append(held.id)
+    for admitted in await admit_held(engine.creation, engine.specs.load, conn, pipeline):
+        log.info("run_admitted", run_id=str(admitted.run.id), pipeline=pipeline)
+        effects.admitted.append(admitted)
 
 
 async def send_cancels(engine: Engine, attempts: Sequence[tuple[int, str]], reason: str) -> None:
@@ -368,14 +356,13 @@ async def send_cancels(engine: Engine, attempts: Sequence[tuple[int, str]], reas
 
 
 async def _send_cancel(engine: Engine, attempt_id: int, agent_id: str, reason: str) -> None:
-    if True:
-        try:
-            reply = await engine.nc.request(
-                cancel_subject(agent_id),
-                Cancel(attempt_id=attempt_id, reason=reason).encode(),
-                timeout=CANCEL_TIMEOUT_S,
-            )
-            found = CancelReply.decode(reply.data).found
-            log.info("attempt_cancel_sent", attempt=attempt_id, agent=agent_id, found=found)
-        except Exception as exc:  # an agent gone or slow is handled by heartbeats; keep cancelling others
-            log.warning("attempt_cancel_failed", attempt=attempt_id, agent=agent_id, error=repr(exc))
+    try:
+        reply = await engine.nc.request(
+            cancel_subject(agent_id),
+            Cancel(attempt_id=attempt_id, reason=reason).encode(),
+            timeout=CANCEL_TIMEOUT_S,
+        )
+        found = CancelReply.decode(reply.data).found
+        log.info("attempt_cancel_sent", attempt=attempt_id, agent=agent_id, found=found)
+    except Exception as exc:  # an agent gone or slow is handled by heartbeats; keep cancelling others
+        log.warning("attempt_cancel_failed", attempt=attempt_id, agent=agent_id, error=repr(exc))

@@ -232,9 +232,13 @@ async def list_versions(
         before,
         limit,
     )
-    if not rows and not await db.fetchval("SELECT 1 FROM pipelines WHERE name = $1", pipeline):
+    if not rows and not await pipeline_exists(db, pipeline):
         raise NotFound(f"pipeline {pipeline} does not exist")
     return [VersionRecord.from_row(row) for row in rows]
+
+
+async def pipeline_exists(db: Db, pipeline: str) -> bool:
+    return bool(await db.fetchval("SELECT 1 FROM pipelines WHERE name = $1", pipeline))
 
 
 async def get_version(db: Db, pipeline: str, version: int | None = None) -> VersionRecord | None:
