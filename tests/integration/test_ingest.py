@@ -413,3 +413,27 @@ async def test_runs_of_unlimited_versions_count_against_a_limited_one(system: Ha
     assert second.outcome == "skipped"
     assert "max_active_runs 1" in (second.reason or "")
     assert await count_runs(system) == 1
+
+
+async def test_trigger_events_manual_runs_and_admissions_share_one_concurrency_rule(system: Harness) -> None:
+    """Every way in counts against the same slots: the limit of the run's version, counted over the
+    pipeline's active runs; a slot that frees admits the oldest held run, whichever way it came."""
+    await system.apply(
+        PIPELINES.replace("name: scoring\n", "name: scoring\nconcurrency: {max_active_runs: 1}\n")
+    )
+    await add_trigger(system)
+    manual = await system.start_run("scoring", params={"date": "a"})  # no agent: it holds the slot
+    assert manual["held"] is False
+    event = await send(system, "k1", date="b")
+    assert event.outcome == "run"
+    later = await system.start_run("scoring", params={"date": "c"})
+    assert later["held"] is True
+    held = "SELECT held FROM runs WHERE id = $1::uuid"
+    assert await system.pool.fetchval(held, event.run_id) is True
+
+    assert system.client is not None
+    response = await system.client.post(f"/api/v1/runs/{manual['run_id']}/cancel")
+    assert response.status == 200, await response.text()
+    # The cancel commits the admission before it answers: the oldest held run, made by an event.
+    assert await system.pool.fetchval(held, event.run_id) is False
+    assert await system.pool.fetchval(held, later["run_id"]) is True
