@@ -27,46 +27,16 @@ import asyncpg
 
 from daemon.contexts import Datastores, VersionSpec, run_context
 from daemon.datafingerprint import MISSING, DataFingerprints, DataUnreadable
-from daemon.documents.specs import FromDatastore, StepSpec
+from daemon.documents.specs import FromDatastore
 from daemon.documents.template import TemplateError, render
-from daemon.fingerprints import StepShape, changed, fingerprint, shape_of, step_components
-from daemon.planner import settle
+from daemon.fingerprints import StepShape, fingerprint, shape_of, step_components
 from daemon.rendering import in_datastore, run_values
+from daemon.rules.reuse import Decision, Earlier, decide, first_statuses, key_of
 from daemon.store.images import image_digests
+from daemon.store.reuse import look_up
 from daemon.store.runs import StepPlan
 
 UNREADABLE = "unreadable"
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """The earlier step run whose outputs a reused step links."""
-
-    step_run_id: int
-    run_id: UUID
-    step: str
-    outputs: dict[str, str]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"run_id": str(self.run_id), "step": self.step, "step_run_id": self.step_run_id}
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One step's fingerprint and whether it is reused (``origin``), with the explanation shown by
-    ``GET /runs/{id}`` and ``sluice runs show`` under ``reuse``."""
-
-    fingerprint: str
-    components: dict[str, str]
-    origin: Origin | None
-    explanation: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Earlier:
-    run_id: UUID
-    status: str
-    components: dict[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +98,7 @@ class ReusePlanner:
             self._fingerprint(request, data, blind, images)
             for request, (data, blind) in zip(requests, found, strict=True)
         ]
-        candidates, earlier = await _look_up(
+        candidates, earlier = await look_up(
             conn,
             sorted({request.version.pipeline for request in requests}),
             [printed.fingerprints[name] for printed in prints for name in printed.wanted],
@@ -140,25 +110,19 @@ class ReusePlanner:
             decisions = {}
             for name, step in request.version.steps.items():
                 candidate = candidates.get(printed.fingerprints[name]) if name in printed.wanted else None
-                reused = candidate is not None and present[candidate.step_run_id]
-                explanation = _explain(
+                decisions[name] = decide(
                     step,
+                    fingerprint=printed.fingerprints[name],
+                    components=printed.components[name],
                     run_reuse=request.reuse,
                     candidate=candidate,
-                    reused=reused,
+                    present=candidate is not None and present[candidate.step_run_id],
                     earlier=previous.get(name),
-                    components=printed.components[name],
                     blind=printed.blind[name],
-                )
-                decisions[name] = Decision(
-                    printed.fingerprints[name],
-                    printed.components[name],
-                    candidate if reused else None,
-                    explanation,
                 )
             planned.append(decisions)
             earlier[request.version.pipeline] = {
-                name: _Earlier(
+                name: Earlier(
                     request.run_id, "reused" if decision.origin else "pending", decision.components
                 )
                 for name, decision in decisions.items()
@@ -243,16 +207,10 @@ class ReusePlanner:
 
 
 def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held: bool) -> dict[str, StepPlan]:
-    """Each step of a run as it is inserted (or admitted): reused, or as the graph allows (ready when
-    everything it waits for was reused). A held run's steps all wait: it is planned again when it is
-    admitted, and only then does reuse apply."""
-    statuses = {
-        name: "pending" if held or decisions[name].origin is None else "reused" for name in version.graph
-    }
-    if not held:
-        statuses |= settle(statuses, version.graph)
+    """Each step of a run as it is written (made or admitted): its first status
+    (:func:`first_statuses`) and what reuse decided for it."""
     plans = {}
-    for name, status in statuses.items():
+    for name, status in first_statuses(version.graph, decisions, held=held).items():
         decision = decisions[name]
         origin = decision.origin if status == "reused" else None
         plans[name] = StepPlan(
@@ -266,105 +224,9 @@ def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held:
     return plans
 
 
-def all_reused(decisions: Mapping[str, Decision]) -> bool:
-    """Whether every step of the run is reused: the run is over as soon as it is created."""
-    return all(decision.origin is not None for decision in decisions.values())
-
-
-def reused_links(decisions: Mapping[str, Decision]) -> dict[str, tuple[str, str]]:
-    """Reused step -> (run id, step) whose outputs it links (``RunContext.reused``)."""
-    return {
-        name: (str(decision.origin.run_id), decision.origin.step)
-        for name, decision in decisions.items()
-        if decision.origin is not None
-    }
-
-
-def key_of(source: FromDatastore) -> str:
-    """What identifies a datastore input's data: the datastore, the path as written, the mode (the
-    rendered path follows from it and the run's values, which are the same for every step)."""
-    return f"{source.datastore}\0{source.path}\0{source.hash}"
-
-
-_LOOK_UP = """
-SELECT 'match' AS kind, NULL AS pipeline, * FROM (
-    SELECT DISTINCT ON (fingerprint) fingerprint, id, run_id, name, outputs, status, NULL::jsonb AS components
-    FROM step_runs WHERE fingerprint = ANY($2::text[]) AND status = 'succeeded'
-    ORDER BY fingerprint, finished_at DESC
-) matches
-UNION ALL
-SELECT 'previous', p.name, s.fingerprint, s.id, s.run_id, s.name, NULL, s.status, s.components
-FROM unnest($1::text[]) AS p(name)
-CROSS JOIN LATERAL (
-    SELECT id FROM runs WHERE pipeline = p.name ORDER BY created_at DESC, id DESC LIMIT 1
-) latest
-JOIN step_runs s ON s.run_id = latest.id
-"""
-
-
-async def _look_up(
-    conn: asyncpg.Connection, pipelines: list[str], fingerprints: list[str]
-) -> tuple[dict[str, Origin], dict[str, dict[str, _Earlier]]]:
-    """In one round trip: the latest succeeded step run of each of ``fingerprints``, and the steps
-    of each pipeline's latest run (what a miss is compared with), by pipeline and step name."""
-    matches: dict[str, Origin] = {}
-    previous: dict[str, dict[str, _Earlier]] = {}
-    for row in await conn.fetch(_LOOK_UP, pipelines, fingerprints):
-        if row["kind"] == "match":
-            matches[row["fingerprint"]] = Origin(row["id"], row["run_id"], row["name"], row["outputs"])
-        else:
-            earlier = _Earlier(row["run_id"], row["status"], row["components"])
-            previous.setdefault(row["pipeline"], {})[row["name"]] = earlier
-    return matches, previous
-
-
 def _outputs_present(candidates: Any) -> dict[int, bool]:
     """Whether every output directory of each candidate still exists (blocking: run in a thread)."""
     return {
         origin.step_run_id: all(os.path.isdir(path) for path in origin.outputs.values())
         for origin in candidates
     }
-
-
-def _explain(
-    step: StepSpec,
-    *,
-    run_reuse: bool,
-    candidate: Origin | None,
-    reused: bool,
-    earlier: _Earlier | None,
-    components: dict[str, str],
-    blind: list[str],
-) -> dict[str, Any]:
-    """The ``reuse`` object of a step: ``outcome`` (reused | executed | off), ``reused_from``,
-    ``changed`` (component names that differ from the pipeline's previous run of the step) and
-    ``reason``, one line for a person."""
-    differs = changed(earlier.components, components) if earlier is not None and earlier.components else []
-    explanation: dict[str, Any] = {"outcome": "executed", "reused_from": None, "changed": differs}
-    if reused:
-        assert candidate is not None
-        explanation |= {
-            "outcome": "reused",
-            "reused_from": candidate.to_json(),
-            "changed": [],
-            "reason": f"nothing changed: the outputs of step {candidate.step} of run {candidate.run_id}",
-        }
-    elif not run_reuse:
-        explanation |= {"outcome": "off", "reason": "the run asked for no reuse (--no-reuse)"}
-    elif not step.reuse:
-        explanation |= {"outcome": "off", "reason": "reuse: false on this step"}
-    elif blind:
-        explanation["reason"] = "the daemon cannot see an input's data: " + "; ".join(blind)
-    elif candidate is not None:
-        explanation["reason"] = (
-            f"unchanged since run {candidate.run_id}, but the outputs of its step {candidate.step} are gone"
-        )
-    elif earlier is None or not earlier.components:
-        explanation["reason"] = "first run of this step"
-    elif differs:
-        explanation["reason"] = f"changed since run {earlier.run_id}: " + ", ".join(differs)
-    else:
-        explanation["reason"] = (
-            f"unchanged since run {earlier.run_id}, which has not succeeded (step {earlier.status})"
-        )
-    return explanation

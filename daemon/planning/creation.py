@@ -31,8 +31,9 @@ from daemon.announce import Announcer
 from daemon.contexts import RunContexts, VersionSpec, run_context
 from daemon.dispatcher import Claims, Dispatcher, ReadyStep
 from daemon.planner import FINAL_RUN
-from daemon.reuse import Decision, PlanRequest, ReusePlanner, all_reused, reused_links, step_plans
+from daemon.reuse import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
+from daemon.rules.reuse import Decision, all_reused, reused_links
 from daemon.store import runs as run_store
 
 T = TypeVar("T")
