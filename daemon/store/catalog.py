@@ -13,15 +13,11 @@ from typing import Any, Literal, get_args
 import asyncpg
 
 from daemon.errors import Invalid, NotFound
-from daemon.store.db import Db, transaction
+from daemon.store.db import Db, iso, transaction
 
 UpsertResult = Literal["created", "updated", "unchanged"]
 TriggerSource = Literal["cron", "files", "nats", "run"]
 TRIGGER_SOURCES: tuple[TriggerSource, ...] = get_args(TriggerSource)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +93,7 @@ class TriggerRecord:
             "source": self.source,
             "paused": self.paused,
             "spec": self.spec,
-            "last_event_at": _iso(self.last_event_at),
+            "last_event_at": iso(self.last_event_at),
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
