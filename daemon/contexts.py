@@ -16,7 +16,8 @@ from daemon.rendering import RunContext
 from daemon.store.catalog import DatastoreRecord
 from daemon.store.db import Db
 from daemon.store.pipelines import VersionRecord, get_version
-from daemon.store.runs import RunRecord, get_run, reused_steps
+from daemon.store.runs import RunRecord, get_run
+from daemon.store.steps import reused_steps
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from daemon.fingerprints import StepShape, changed, fingerprint, shape_of, step_
 from daemon.planner import settle
 from daemon.rendering import in_datastore, run_values
 from daemon.store.images import image_digests
-from daemon.store.runs import StepPlan
+from daemon.store.new_runs import StepPlan
 
 UNREADABLE = "unreadable"
 

@@ -33,7 +33,10 @@ from daemon.errors import Conflict, Invalid, NotFound
 from daemon.params import validate_params
 from daemon.planner import FINAL_RUN
 from daemon.reuse import Decision, all_reused, reused_links, step_plans
+from daemon.store import attempts as attempt_store
+from daemon.store import new_runs as new_run_store
 from daemon.store import runs as run_store
+from daemon.store import steps as step_store
 from daemon.store.pipelines import get_version
 from daemon.transitions import Effects, admit_next, send_cancels
 
@@ -51,7 +54,7 @@ class Inserted:
     """A run just inserted, to hand over after its transaction commits (:func:`hand_over`)."""
 
     run: run_store.RunRecord
-    steps: list[run_store.NewStep]
+    steps: list[step_store.NewStep]
     spec: VersionSpec
     held: bool
     reused: dict[str, tuple[str, str]]
@@ -156,7 +159,7 @@ async def _insert(
 ) -> Inserted | None:
     """Validates ``params`` against ``spec``, plans reuse and inserts the run, held when the pipeline
     is at its concurrency limit (``on_limit: queue``); None when nothing was inserted (see
-    :func:`run_store.insert_run`).
+    :func:`new_run_store.insert_run`).
 
     Raises:
         Invalid: the params do not match the version's schema.
@@ -173,7 +176,7 @@ async def _insert(
     decisions = await engine.reuse.plan(conn, spec, values, run_id=run_id, reuse=options["reuse"])
     finished = all_reused(decisions)
     insert = functools.partial(
-        run_store.insert_run,
+        new_run_store.insert_run,
         conn,
         pipeline=pipeline,
         version=spec.version,
@@ -209,7 +212,7 @@ async def _insert(
 
 async def _insert_claimed(
     engine: Engine,
-    insert: Callable[..., Awaitable[tuple[run_store.RunRecord, list[run_store.NewStep]] | None]],
+    insert: Callable[..., Awaitable[tuple[run_store.RunRecord, list[step_store.NewStep]] | None]],
     version: VersionSpec,
     decisions: Mapping[str, Decision],
     run_id: UUID,
@@ -239,9 +242,9 @@ def claim_ready(
     version: VersionSpec,
     run_id: UUID,
     params: Mapping[str, Any],
-    plans: Mapping[str, run_store.StepPlan],
+    plans: Mapping[str, new_run_store.StepPlan],
     links: Mapping[str, tuple[str, str]],
-) -> tuple[dict[str, run_store.StepPlan], Claims]:
+) -> tuple[dict[str, new_run_store.StepPlan], Claims]:
     """The steps of a run about to be inserted, those ready placed on agents already when the
     dispatcher has nothing waiting (:meth:`Dispatcher.claim`): the insert records their first
     attempts, and the run starts as it is created — one commit fewer on the way to an agent. The
@@ -314,10 +317,10 @@ async def cancel_run(
             )
         ended = await run_store.finish_run(conn, run.id, "cancelled", reason)
         assert ended is not None
-        changed = await run_store.set_step_statuses(
-            conn, run.id, {step.name: "cancelled" for step in steps if step.status in ("pending", "ready")}
+        changed = await step_store.set_step_statuses(
+            conn, {step.id: "cancelled" for step in steps if step.status in ("pending", "ready")}
         )
-        attempts = await run_store.cancellable_attempts(conn, run.id)
+        attempts = await attempt_store.cancellable_attempts(conn, run.id)
         if not run.held:
             version = await engine.specs.load(conn, run.pipeline, run.version)
             await admit_next(engine, conn, run.pipeline, version, effects)

@@ -33,6 +33,7 @@ from daemon.placement import Need
 from daemon.registry import AgentState, Registry
 from daemon.reuse import ReusePlanner
 from daemon.step_events import StepEvents
+from daemon.store import attempts as attempt_store
 from daemon.store import runs as run_store
 from daemon.store import triggering as trigger_store
 from daemon.submit import Submissions
@@ -143,7 +144,7 @@ class Scheduler:
         """Active attempts hold their agent's capacity again; their agents have until the heartbeat
         timeout (from now) to show up and list them."""
         registry = self.engine.registry
-        for attempt in await run_store.active_attempts(self.engine.pool):
+        for attempt in await attempt_store.active_attempts(self.engine.pool):
             if attempt.agent_id is None:
                 continue
             if attempt.agent_id not in registry.agents:
