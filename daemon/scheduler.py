@@ -168,11 +168,10 @@ class Scheduler:
             await self._admit_held()
 
     async def _admit_held(self) -> None:
-        pipelines = await self.engine.pool.fetch("SELECT DISTINCT pipeline FROM runs WHERE held")
-        for row in pipelines:
+        for pipeline in await run_store.pipelines_holding_runs(self.engine.pool):
             effects = Effects()
             async with self.engine.pool.acquire() as conn, conn.transaction():
-                await admit_next(self.engine, conn, row["pipeline"], None, effects)
+                await admit_next(self.engine, conn, pipeline, None, effects)
             await effects.apply(self.engine)
 
     # --- operations the API offers ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from daemon.rendering import log_path
 from daemon.scheduler import Scheduler
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
+from daemon.store.catalog import get_datastore
 
 routes = web.RouteTableDef()
 
@@ -179,10 +180,10 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def _default_root(pool) -> str:
-    row = await pool.fetchrow("SELECT spec FROM datastores WHERE name = $1", DEFAULT_DATASTORE)
-    if row is None or not row["spec"].get("path"):
+    datastore = await get_datastore(pool, DEFAULT_DATASTORE)
+    if datastore is None or not datastore.spec.get("path"):
         raise Unavailable("the default datastore has no path")
-    return row["spec"]["path"]
+    return datastore.spec["path"]
 
 
 def _read_all(path: Path) -> str:

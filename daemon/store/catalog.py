@@ -134,8 +134,11 @@ async def _get_existing_datastore(db: Db, name: str) -> DatastoreRecord:
     return record
 
 
-async def list_datastores(db: Db, *, limit: int, after: str | None = None) -> list[DatastoreRecord]:
-    """Up to ``limit`` datastores by name, starting after the name ``after`` (keyset pagination)."""
+async def list_datastores(
+    db: Db, *, limit: int | None = None, after: str | None = None
+) -> list[DatastoreRecord]:
+    """Up to ``limit`` datastores (None: all of them) by name, starting after the name ``after``
+    (keyset pagination)."""
     rows = await db.fetch(
         f"SELECT {_DATASTORE_COLUMNS} FROM datastores "
         "WHERE $1::text IS NULL OR name > $1 ORDER BY name LIMIT $2",

@@ -152,6 +152,11 @@ def _unavailable(dsn: str, exc: BaseException) -> Unavailable:
     return Unavailable(f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {reason}")
 
 
+async def ping(db: Db) -> None:
+    """A round trip to the server (raises what a lost server raises: :data:`DATABASE_ERRORS`)."""
+    await db.fetchval("SELECT 1")
+
+
 @asynccontextmanager
 async def transaction(db: Db) -> AsyncIterator[asyncpg.Connection]:
     """A transaction on ``db``: a borrowed pool connection, or a savepoint when ``db`` is already in one."""

@@ -155,6 +155,11 @@ async def lock_active_counts(conn: asyncpg.Connection, pipelines: Collection[str
     return {row["name"]: row["active"] for row in rows}
 
 
+async def pipelines_holding_runs(db: Db) -> list[str]:
+    """The pipelines that have held runs (waiting for a concurrency slot)."""
+    return [row["pipeline"] for row in await db.fetch("SELECT DISTINCT pipeline FROM runs WHERE held")]
+
+
 async def oldest_held_run(conn: asyncpg.Connection, pipeline: str) -> RunRecord | None:
     """The held run of ``pipeline`` that is next in line, locked until the transaction ends."""
     row = await conn.fetchrow(
