@@ -24,7 +24,7 @@ from daemon.engine import Engine
 from daemon.refusals import Refusals
 from daemon.registry import AgentState
 from daemon.store import agents as agent_store
-from daemon.store import runs as run_store
+from daemon.store import attempts as attempt_store
 from daemon.transitions import send_cancels
 from runners.options import check_agent_name
 from runners.protocol import HEARTBEATS, Capacity, Heartbeat, heartbeat_sender
@@ -137,7 +137,7 @@ class AgentMonitor:
             return
         for attempt_id in strays:
             self._stray_checked[attempt_id] = now
-        statuses = await run_store.attempt_statuses(self._engine.pool, strays)
+        statuses = await attempt_store.attempt_statuses(self._engine.pool, strays)
         written_off = [
             (attempt_id, agent.id)
             for attempt_id in strays
@@ -186,8 +186,8 @@ class AgentMonitor:
         """The agent is gone: its active attempts are lost (their steps ready again elsewhere)."""
         engine = self._engine
         async with engine.pool.acquire() as conn, conn.transaction():
-            ids = await run_store.active_attempt_ids(conn, agent.id)
-            requeued = await run_store.lose_attempts(conn, dict.fromkeys(ids, reason))
+            ids = await attempt_store.active_attempt_ids(conn, agent.id)
+            requeued = await attempt_store.lose_attempts(conn, dict.fromkeys(ids, reason))
             await agent_store.set_agent_status(conn, agent.id, "lost")
         engine.registry.mark_lost(agent.id)
         for attempt_id in [*ids, *engine.registry.attempts_of(agent.id)]:
@@ -207,7 +207,7 @@ class AgentMonitor:
     async def _lose_attempts(self, agent: AgentState, attempts: dict[int, str]) -> None:
         engine = self._engine
         async with engine.pool.acquire() as conn, conn.transaction():
-            requeued = await run_store.lose_attempts(conn, attempts)
+            requeued = await attempt_store.lose_attempts(conn, attempts)
         for attempt_id in attempts:
             engine.registry.release(attempt_id)
         log.warning("attempts_lost", agent=agent.id, attempts=list(attempts))

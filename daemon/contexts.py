@@ -13,10 +13,11 @@ from daemon.documents import PipelineSpec, StepSpec, spec_from_json
 from daemon.errors import NotFound
 from daemon.planner import step_graph
 from daemon.rendering import RunContext
-from daemon.store.catalog import DatastoreRecord
+from daemon.store.catalog import list_datastores
 from daemon.store.db import Db
 from daemon.store.pipelines import VersionRecord, get_version
-from daemon.store.runs import RunRecord, get_run, reused_steps
+from daemon.store.runs import RunRecord, get_run
+from daemon.store.steps import reused_steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +148,7 @@ class Datastores:
         self.paths: dict[str, str] = {}
 
     async def refresh(self, db: Db) -> None:
-        rows = await db.fetch("SELECT name, type, spec, created_at, updated_at FROM datastores")
-        records = [DatastoreRecord.from_row(row) for row in rows]
+        records = await list_datastores(db)
         self.paths = {record.name: str(record.spec.get("path", "")) for record in records}
 
     def for_agent(self, overrides: dict[str, str]) -> dict[str, str]:

@@ -34,7 +34,9 @@ from daemon.errors import NotFound
 from daemon.placement import AgentRoom, Need, Placed, Waiting, place
 from daemon.registry import Registry
 from daemon.rendering import RenderedStep, RunContext, assignment, render_step
-from daemon.store import runs as run_store
+from daemon.store import attempts as attempt_store
+from daemon.store import new_runs as new_run_store
+from daemon.store import steps as step_store
 from daemon.store.db import HeldConnection
 from daemon.tasks import TaskSet
 from runners.protocol import AssignReply, assign_subject
@@ -88,8 +90,8 @@ class _Planned:
     key: int
     """What holds its capacity in the registry until its attempt has an id."""
 
-    def placement(self) -> run_store.Placement:
-        return run_store.Placement(self.agent_id, msgspec.to_builtins(self.spec.resources), self.gpus)
+    def placement(self) -> attempt_store.Placement:
+        return attempt_store.Placement(self.agent_id, msgspec.to_builtins(self.spec.resources), self.gpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,7 @@ class Claims:
     def __bool__(self) -> bool:
         return bool(self.planned)
 
-    def apply(self, plans: Mapping[str, run_store.StepPlan]) -> dict[str, run_store.StepPlan]:
+    def apply(self, plans: Mapping[str, new_run_store.StepPlan]) -> dict[str, new_run_store.StepPlan]:
         """``plans`` with the claimed steps ``dispatched``, each with the agent it is placed on."""
         placed = {planned.step.name: planned for planned in self.planned}
         return {
@@ -189,7 +191,7 @@ class Dispatcher:
             claims.planned.append(planned)
         return claims
 
-    def claimed(self, claims: Claims, steps: Iterable[run_store.NewStep]) -> None:
+    def claimed(self, claims: Claims, steps: Iterable[step_store.NewStep]) -> None:
         """The run was written with its steps, the claimed ones with their first attempts: the
         assignments go out."""
         written = {step.name: step for step in steps if step.attempt_id is not None}
@@ -199,7 +201,7 @@ class Dispatcher:
                 self._release(planned.key)
                 continue
             planned.step.step_run_id = step.id
-            self._assign(planned, run_store.Dispatched(step.id, step.attempt_id, 1, planned.step.run_id))
+            self._assign(planned, attempt_store.Dispatched(step.id, step.attempt_id, 1, planned.step.run_id))
 
     def unclaim(self, claims: Claims) -> None:
         """Nothing was written: the claimed capacity is free again."""
@@ -345,10 +347,10 @@ class Dispatcher:
             self._announcer.step_changed(step.run_id, step.name, "ready", waiting_reason=reason)
 
     async def _commit(self, batch: list[_Planned]) -> int:
-        items = [run_store.Dispatch(planned.step.step_run_id, planned.placement()) for planned in batch]
+        items = [attempt_store.Dispatch(planned.step.step_run_id, planned.placement()) for planned in batch]
         try:
             conn = await self._conn.get()
-            dispatched, started = await run_store.dispatch(conn, items)
+            dispatched, started = await attempt_store.dispatch(conn, items)
         except BaseException:
             # Nothing was recorded (one statement): the steps are still ready in the database.
             for planned in batch:
@@ -369,7 +371,7 @@ class Dispatcher:
             await self._announcer.run_changed(run)
         return len(dispatched)
 
-    def _assign(self, planned: _Planned, record: run_store.Dispatched) -> None:
+    def _assign(self, planned: _Planned, record: attempt_store.Dispatched) -> None:
         """After the attempt was recorded: its reservation takes the attempt's id, and the
         assignment goes to the agent."""
         self._registry.rekey(planned.key, record.attempt_id)
@@ -391,7 +393,7 @@ class Dispatcher:
             agent=planned.agent_id,
         )
 
-    async def _send(self, planned: _Planned, record: run_store.Dispatched, message) -> None:
+    async def _send(self, planned: _Planned, record: attempt_store.Dispatched, message) -> None:
         agent_id = planned.agent_id
         timeout = self._settings.assign_timeout_s
         payload = message.encode()
@@ -449,15 +451,15 @@ class Dispatcher:
         )
         await asyncio.shield(self._unassign(planned, record, reason))
 
-    async def _unassign(self, planned: _Planned, record: run_store.Dispatched, reason: str) -> None:
+    async def _unassign(self, planned: _Planned, record: attempt_store.Dispatched, reason: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            requeued = await run_store.lose_attempts(conn, {record.attempt_id: reason})
+            requeued = await attempt_store.lose_attempts(conn, {record.attempt_id: reason})
         self._registry.release(record.attempt_id)
         until = time.monotonic() + REFUSED_AGENT_PAUSE_S
         self.requeue(requeued, exclude={planned.agent_id: until})
 
     def requeue(
-        self, requeued: Iterable[run_store.Requeued], exclude: dict[str, float] | None = None
+        self, requeued: Iterable[attempt_store.Requeued], exclude: dict[str, float] | None = None
     ) -> None:
         """Steps whose attempt was lost: ready again (announced), or cancelled in a cancelled run."""
         ready = []
@@ -490,7 +492,7 @@ class Dispatcher:
     async def sweep(self) -> None:
         """Re-reads ready steps from the database (hints may be lost; the database is the truth) and
         stores changed waiting reasons."""
-        rows = await run_store.ready_steps(self._pool)
+        rows = await step_store.ready_steps(self._pool)
         known = set(self._ready) | set(self._delayed_steps) | self._in_flight
         now_wall, now = time.time(), time.monotonic()
         found = [
@@ -514,7 +516,7 @@ class Dispatcher:
             if step.reason != step.stored_reason and step.reason is not None
         }
         if changed:
-            await run_store.set_waiting_reasons(self._pool, changed)
+            await step_store.set_waiting_reasons(self._pool, changed)
             for step_run_id, reason in changed.items():
                 if (step := self._ready.get(step_run_id)) is not None:
                     step.stored_reason = reason

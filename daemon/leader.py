@@ -32,7 +32,8 @@ import structlog
 
 from daemon.errors import Unavailable
 from daemon.metrics import LEADER
-from daemon.store.db import DATABASE_ERRORS, connect
+from daemon.store import leadership
+from daemon.store.db import DATABASE_ERRORS, connect, ping
 from daemon.tasks import Supervisor
 
 log = structlog.get_logger(__name__)
@@ -47,15 +48,6 @@ APPLICATION_PREFIX = "sluice-election "
 Lead = Callable[[contextlib.AsyncExitStack, asyncpg.Connection], Awaitable[None]]
 
 _SESSION_ERRORS = (*DATABASE_ERRORS, Unavailable)
-
-# The holder of an advisory lock on a bigint key: pg_locks splits the key into classid (high 32
-# bits) and objid (low 32 bits), with objsubid 1.
-_HOLDER = """
-SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid
-"""
 
 
 def lock_key(name: str) -> int:
@@ -138,8 +130,8 @@ class Election:
         try:
             conn = await self._session()
             async with asyncio.timeout(PING_TIMEOUT_S):
-                acquired = await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key)
-                holder = None if acquired else await conn.fetchval(_HOLDER, *_halves(self.key))
+                acquired = await leadership.try_lock(conn, self.key)
+                holder = None if acquired else await leadership.lock_holder(conn, self.key)
         except _SESSION_ERRORS as exc:
             if not self._failing:
                 error = str(exc) or type(exc).__name__
@@ -196,7 +188,7 @@ class Election:
             return "session closed"
         try:
             async with asyncio.timeout(PING_TIMEOUT_S):
-                await conn.fetchval("SELECT 1")
+                await ping(conn)
         except TimeoutError:
             return f"the server did not answer within {PING_TIMEOUT_S:g}s"
         except _SESSION_ERRORS as exc:
@@ -214,7 +206,7 @@ class Election:
             timeout_ms = int(idle_session_timeout_s(self.interval) * 1000)
             async with asyncio.timeout(PING_TIMEOUT_S):
                 try:
-                    await conn.execute(f"SET idle_session_timeout = {timeout_ms}")
+                    await leadership.set_idle_session_timeout(conn, timeout_ms)
                 except asyncpg.UndefinedObjectError:
                     log.warning("leader_idle_timeout_unsupported", election=self.name)
         except BaseException:
@@ -250,8 +242,3 @@ async def _close_term(term: contextlib.AsyncExitStack, name: str) -> None:
         await term.aclose()
     except Exception:
         log.exception("leader_stop_failed", election=name)
-
-
-def _halves(key: int) -> tuple[int, int]:
-    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
-    return unsigned >> 32, unsigned & 0xFFFF_FFFF

@@ -250,10 +250,6 @@ class Registry:
             self._rooms = {agent.id: agent.room() for agent in self.agents.values() if agent.accepts_work}
         return self._rooms
 
-    def has_room(self) -> bool:
-        """Whether any agent has any CPU left (a cheap test before placing anything)."""
-        return any(room.free_cpu > 1e-9 for room in self.rooms().values())
-
     def attempts_of(self, agent_id: str) -> list[int]:
         agent = self.agents.get(agent_id)
         return [] if agent is None else list(agent.reservations)

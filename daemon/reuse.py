@@ -33,8 +33,8 @@ from daemon.fingerprints import StepShape, fingerprint, shape_of, step_component
 from daemon.rendering import in_datastore, run_values
 from daemon.rules.reuse import Decision, Earlier, decide, first_statuses, key_of
 from daemon.store.images import image_digests
+from daemon.store.new_runs import StepPlan
 from daemon.store.reuse import look_up
-from daemon.store.runs import StepPlan
 
 UNREADABLE = "unreadable"
 
@@ -122,9 +122,7 @@ class ReusePlanner:
                 )
             planned.append(decisions)
             earlier[request.version.pipeline] = {
-                name: Earlier(
-                    request.run_id, "reused" if decision.origin else "pending", decision.components
-                )
+                name: Earlier(request.run_id, "reused" if decision.origin else "pending", decision.components)
                 for name, decision in decisions.items()
             }
         return planned

@@ -22,7 +22,10 @@ from daemon.params import validate_params
 from daemon.planner import FINAL_RUN
 from daemon.planning.creation import Draft, Written
 from daemon.rules.admission import refuse_version
+from daemon.store import attempts as attempt_store
+from daemon.store import new_runs as new_run_store
 from daemon.store import runs as run_store
+from daemon.store import steps as step_store
 from daemon.store.pipelines import get_version, pipeline_exists
 from daemon.transitions import Effects, admit_next, send_cancels
 
@@ -127,7 +130,7 @@ async def _insert(
     **options: Any,
 ) -> Written | None:
     """Validates ``params`` against ``spec`` and makes the run; None when nothing was inserted (see
-    :func:`run_store.insert_run`).
+    :func:`new_run_store.insert_run`).
 
     Raises:
         Invalid: the params do not match the version's schema.
@@ -144,7 +147,7 @@ async def _insert(
     async def write(drafts: Sequence[Draft]) -> Written | None:
         if draft.verdict.error is not None:
             raise draft.verdict.error
-        inserted = await run_store.insert_run(
+        inserted = await new_run_store.insert_run(
             conn,
             pipeline=spec.pipeline,
             version=spec.version,
@@ -189,10 +192,10 @@ async def cancel_run(
             )
         ended = await run_store.finish_run(conn, run.id, "cancelled", reason)
         assert ended is not None
-        changed = await run_store.set_step_statuses(
-            conn, run.id, {step.name: "cancelled" for step in steps if step.status in ("pending", "ready")}
+        changed = await step_store.set_step_statuses(
+            conn, {step.id: "cancelled" for step in steps if step.status in ("pending", "ready")}
         )
-        attempts = await run_store.cancellable_attempts(conn, run.id)
+        attempts = await attempt_store.cancellable_attempts(conn, run.id)
         if not run.held:
             version = await engine.specs.load(conn, run.pipeline, run.version)
             await admit_next(engine, conn, run.pipeline, version, effects)

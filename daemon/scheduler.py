@@ -34,6 +34,7 @@ from daemon.planning.creation import RunCreation
 from daemon.registry import AgentState, Registry
 from daemon.reuse import ReusePlanner
 from daemon.step_events import StepEvents
+from daemon.store import attempts as attempt_store
 from daemon.store import runs as run_store
 from daemon.store import triggering as trigger_store
 from daemon.submit import Submissions
@@ -145,7 +146,7 @@ class Scheduler:
         """Active attempts hold their agent's capacity again; their agents have until the heartbeat
         timeout (from now) to show up and list them."""
         registry = self.engine.registry
-        for attempt in await run_store.active_attempts(self.engine.pool):
+        for attempt in await attempt_store.active_attempts(self.engine.pool):
             if attempt.agent_id is None:
                 continue
             if attempt.agent_id not in registry.agents:
@@ -169,11 +170,10 @@ class Scheduler:
             await self._admit_held()
 
     async def _admit_held(self) -> None:
-        pipelines = await self.engine.pool.fetch("SELECT DISTINCT pipeline FROM runs WHERE held")
-        for row in pipelines:
+        for pipeline in await run_store.pipelines_holding_runs(self.engine.pool):
             effects = Effects()
             async with self.engine.pool.acquire() as conn, conn.transaction():
-                await admit_next(self.engine, conn, row["pipeline"], None, effects)
+                await admit_next(self.engine, conn, pipeline, None, effects)
             await effects.apply(self.engine)
 
     # --- operations the API offers ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from nats.js.client import JetStreamContext
 
 from daemon.engine import Engine
 from daemon.refusals import Refusals
-from daemon.store import runs as run_store
+from daemon.store import attempts as attempt_store
 from daemon.store.db import DATABASE_ERRORS
 from daemon.tasks import TaskSet
 from daemon.transitions import Reported, apply_events, send_cancels
@@ -211,7 +211,7 @@ class StepEvents:
     async def _refuse_foreign(self, unchanged: list[Reported]) -> None:
         """Of the events that changed nothing (mostly repeats and late events), logs those from an
         agent the attempt was never assigned to."""
-        holders = await run_store.attempt_agents(
+        holders = await attempt_store.attempt_agents(
             self._engine.pool, [item.event.attempt_id for item in unchanged]
         )
         for item in unchanged:

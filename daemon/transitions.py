@@ -25,7 +25,9 @@ from daemon.engine import Engine
 from daemon.planner import FINAL_STEP, advance, after_attempt
 from daemon.planning.creation import Written, admit_held
 from daemon.rendering import in_datastore, output_path
+from daemon.store import attempts as attempt_store
 from daemon.store import runs as run_store
+from daemon.store import steps as step_store
 from runners.protocol import Cancel, CancelReply, StepFinished, StepStarted, cancel_subject
 
 log = structlog.get_logger(__name__)
@@ -98,7 +100,7 @@ async def apply_events(engine: Engine, events: Sequence[Reported]) -> Applied:
     applied = Applied([False] * len(events))
     # The first start of each attempt from each agent: only the attempt's own agent can start it.
     starts: dict[tuple[int, str], int] = {}
-    start_rows: list[run_store.AttemptStart] = []
+    start_rows: list[attempt_store.AttemptStart] = []
     ends: list[tuple[int, str, StepFinished]] = []
     for index, (agent_id, event) in enumerate((item.agent_id, item.event) for item in events):
         if isinstance(event, StepFinished):
@@ -106,17 +108,17 @@ async def apply_events(engine: Engine, events: Sequence[Reported]) -> Applied:
         elif (event.attempt_id, agent_id) not in starts:
             starts[(event.attempt_id, agent_id)] = index
             start_rows.append(
-                run_store.AttemptStart(event.attempt_id, agent_id, event.started_at, event.image_digest)
+                attempt_store.AttemptStart(event.attempt_id, agent_id, event.started_at, event.image_digest)
             )
     effects = Effects()
     if not ends:
-        started = await run_store.start_attempts(engine.pool, start_rows)
+        started = await attempt_store.start_attempts(engine.pool, start_rows)
         _note_started(started, events, starts, effects, applied)
     else:
         async with engine.pool.acquire() as conn, conn.transaction():
-            attempts = await run_store.lock_attempts(conn, {item.event.attempt_id for item in events})
+            attempts = await attempt_store.lock_attempts(conn, {item.event.attempt_id for item in events})
             runs = await run_store.lock_runs(conn, {attempt.run_id for attempt in attempts.values()})
-            started = await run_store.start_attempts(conn, start_rows)
+            started = await attempt_store.start_attempts(conn, start_rows)
             _note_started(started, events, starts, effects, applied)
             running = {item.attempt_id for item in started}
             await _finish(engine, conn, ends, attempts, runs, running, effects, applied)
@@ -125,7 +127,7 @@ async def apply_events(engine: Engine, events: Sequence[Reported]) -> Applied:
 
 
 def _note_started(
-    started: list[run_store.Started],
+    started: list[attempt_store.Started],
     events: Sequence[Reported],
     starts: Mapping[tuple[int, str], int],
     effects: Effects,
@@ -147,7 +149,7 @@ async def _finish(
     engine: Engine,
     conn: asyncpg.Connection,
     ends: Sequence[tuple[int, str, StepFinished]],
-    attempts: Mapping[int, run_store.LockedAttempt],
+    attempts: Mapping[int, attempt_store.LockedAttempt],
     runs: Mapping[UUID, tuple[run_store.RunRecord, list[run_store.StepState]]],
     running: set[int],
     effects: Effects,
@@ -155,27 +157,27 @@ async def _finish(
 ) -> None:
     """Ends the attempts (locked by the caller) that are still active on the agent that reports them,
     records each step's fate and settles their runs."""
-    by_run: dict[UUID, list[tuple[int, StepFinished, run_store.LockedAttempt, str | None]]] = {}
-    attempt_ends: list[run_store.AttemptEnd] = []
+    by_run: dict[UUID, list[tuple[int, StepFinished, attempt_store.LockedAttempt, str | None]]] = {}
+    attempt_ends: list[attempt_store.AttemptEnd] = []
     ended: set[int] = set()  # an attempt ends once; a repeat of its event in the batch changes nothing
     for index, agent_id, event in ends:
         attempt = attempts.get(event.attempt_id)
         if attempt is None or attempt.agent_id != agent_id or attempt.id in ended:
             continue
-        if attempt.id not in running and attempt.status not in run_store.ACTIVE_ATTEMPT:
+        if attempt.id not in running and attempt.status not in attempt_store.ACTIVE_ATTEMPT:
             continue
         ended.add(attempt.id)
         error = event.error
         if error is None and event.status == "failed":
             error = f"exit code {event.exit_code}"
         attempt_ends.append(
-            run_store.AttemptEnd(
+            attempt_store.AttemptEnd(
                 attempt.id, event.status, event.exit_code, error, event.started_at, event.finished_at
             )
         )
         by_run.setdefault(attempt.run_id, []).append((index, event, attempt, error))
-    await run_store.finish_attempts(conn, attempt_ends)
-    results: list[run_store.StepResult] = []
+    await attempt_store.finish_attempts(conn, attempt_ends)
+    results: list[step_store.StepResult] = []
     changes: dict[int, str] = {}
     outcomes: dict[UUID, str] = {}
     run_of_step: dict[int, UUID] = {}
@@ -209,7 +211,7 @@ async def _finish(
                     for name in spec.outputs
                 }
             results.append(
-                run_store.StepResult(
+                step_store.StepResult(
                     attempt.step_run_id,
                     decision.status,
                     outputs,
@@ -251,8 +253,8 @@ async def _finish(
             outcomes[run.id] = plan.outcome
         if set({**statuses, **plan.changes}.values()) <= FINAL_STEP:
             effects.finished_runs.append(run.id)
-    await run_store.record_step_results(conn, results)
-    for step in await run_store.set_statuses_by_id(conn, changes):
+    await step_store.record_step_results(conn, results)
+    for step in await step_store.set_step_statuses(conn, changes):
         run_id = run_of_step[step.id]
         effects.steps.append((run_id, step.name, step.status, {}))
         if step.status == "ready":
@@ -276,18 +278,19 @@ async def fail_step(
     effects = Effects()
     async with engine.pool.acquire() as conn, conn.transaction():
         if attempt_id is not None:
-            locked = (await run_store.lock_attempts(conn, {attempt_id})).get(attempt_id)
-            if locked is None or locked.status not in run_store.ACTIVE_ATTEMPT:
+            locked = (await attempt_store.lock_attempts(conn, {attempt_id})).get(attempt_id)
+            if locked is None or locked.status not in attempt_store.ACTIVE_ATTEMPT:
                 return  # it ended meanwhile (a cancel, a lost agent): that end stands
-            end = run_store.AttemptEnd(attempt_id, "failed", None, error, None, time.time())
-            await run_store.finish_attempts(conn, [end])
+            end = attempt_store.AttemptEnd(attempt_id, "failed", None, error, None, time.time())
+            await attempt_store.finish_attempts(conn, [end])
             effects.released.append(attempt_id)
         run, steps = await _lock(conn, run_id)
         _, version = await engine.contexts.load(conn, run.id, run)
-        if await run_store.set_step_statuses(conn, run.id, {name: "failed"}, error=error):
+        ids = {step.name: step.id for step in steps}
+        if name in ids and await step_store.set_step_statuses(conn, {ids[name]: "failed"}, error=error):
             effects.steps.append((run.id, name, "failed", {}))
             statuses = {step.name: step.status for step in steps} | {name: "failed"}
-            await _settle(engine, conn, run, version, statuses, effects)
+            await _settle(engine, conn, run, version, ids, statuses, effects)
     await effects.apply(engine)  # also when the step had ended: the attempt's capacity is free
 
 
@@ -305,12 +308,16 @@ async def _settle(
     conn: asyncpg.Connection,
     run: run_store.RunRecord,
     version: VersionSpec,
+    ids: Mapping[str, int],
     statuses: Mapping[str, str],
     effects: Effects,
 ) -> None:
-    """Applies the planner to the run (readies, skips, cancels, ends it) inside the transaction."""
+    """Applies the planner to the run (readies, skips, cancels, ends it) inside the transaction;
+    ``ids``: the run's step run ids by name."""
     plan = advance(statuses, version.graph, run_status=run.status)
-    changed = await run_store.set_step_statuses(conn, run.id, plan.changes)
+    changed = await step_store.set_step_statuses(
+        conn, {ids[name]: status for name, status in plan.changes.items()}
+    )
     for step in changed:
         effects.steps.append((run.id, step.name, step.status, {}))
         if step.status == "ready":

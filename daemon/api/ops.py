@@ -14,6 +14,7 @@ from daemon.api.access import OPEN_PATHS
 from daemon.api.context import NATS_ACCESS, NATS_CLIENT, POOL
 from daemon.api.contract import READING, Endpoint, endpoint_of
 from daemon.api.http import json_response
+from daemon.store.db import ping
 
 routes = web.RouteTableDef()
 READY_TIMEOUT_S = 2.0
@@ -33,7 +34,7 @@ async def readyz(request: web.Request) -> web.Response:
     problems = []
     try:
         async with asyncio.timeout(READY_TIMEOUT_S), request.app[POOL].acquire() as conn:
-            await conn.fetchval("SELECT 1")
+            await ping(conn)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         problems.append(f"postgresql: {exc or type(exc).__name__}")
     if not request.app[NATS_CLIENT].is_connected:

@@ -21,6 +21,8 @@ from daemon.planner import FINAL_STEP
 from daemon.rendering import log_path
 from daemon.scheduler import Scheduler
 from daemon.store import runs as run_store
+from daemon.store import steps as step_store
+from daemon.store.catalog import get_datastore
 
 routes = web.RouteTableDef()
 
@@ -124,7 +126,7 @@ async def get_run(request: web.Request) -> web.Response:
         run = await run_store.get_run(conn, run_id)
         if run is None:
             raise NotFound(f"run {run_id} does not exist")
-        steps = await run_store.get_steps(conn, run_id)
+        steps = await step_store.get_steps(conn, run_id)
     waiting = {}
     if (scheduler := request.app.get(SCHEDULER)) is not None:
         waiting = scheduler.waiting_reasons()
@@ -153,7 +155,7 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
     run_id, name = await run_id_arg(request), request.match_info["step"]
     wanted = int_query(request, "attempt")
     pool = request.app[POOL]
-    step = await run_store.get_step(pool, run_id, name)
+    step = await step_store.get_step(pool, run_id, name)
     if step is None:
         if await run_store.get_run(pool, run_id) is None:
             raise NotFound(f"run {run_id} does not exist")
@@ -178,10 +180,10 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def _default_root(pool) -> str:
-    row = await pool.fetchrow("SELECT spec FROM datastores WHERE name = $1", DEFAULT_DATASTORE)
-    if row is None or not row["spec"].get("path"):
+    datastore = await get_datastore(pool, DEFAULT_DATASTORE)
+    if datastore is None or not datastore.spec.get("path"):
         raise Unavailable("the default datastore has no path")
-    return row["spec"]["path"]
+    return datastore.spec["path"]
 
 
 def _read_all(path: Path) -> str:
@@ -210,7 +212,7 @@ async def _follow(
     await response.prepare(request)
     pool = request.app[POOL]
     number, offset, partial = wanted, 0, b""
-    step = await run_store.get_step(pool, run_id, name)
+    step = await step_store.get_step(pool, run_id, name)
     checked = asyncio.get_running_loop().time()
     while True:
         latest = step.attempts[-1].number if step and step.attempts else None
@@ -245,7 +247,7 @@ async def _follow(
         now = asyncio.get_running_loop().time()
         if now - checked >= STATUS_POLL_S:
             checked = now
-            step = await run_store.get_step(pool, run_id, name)
+            step = await step_store.get_step(pool, run_id, name)
     await response.write_eof()
     return response
 

@@ -6,6 +6,7 @@ locally, sends one or a few requests, and prints a table, one line per item, or 
 
 from __future__ import annotations
 
+import abc
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,13 +43,18 @@ def _client() -> ApiClient:
 # --- records as the CLI reads them; unknown fields are ignored, missing ones are a bad answer ---
 
 
-class Row(msgspec.Struct):
+class _AbstractStruct(msgspec.structs.StructMeta, abc.ABCMeta):
+    """A struct type that may declare abstract methods (``abc``): it cannot be made until they are."""
+
+
+class Row(msgspec.Struct, metaclass=_AbstractStruct):
     """One item of an API list, printable as a table row under ``COLUMNS``."""
 
     COLUMNS: ClassVar[tuple[str, ...]]
 
+    @abc.abstractmethod
     def cells(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        """The row's cells, one per column of ``COLUMNS``."""
 
 
 class PipelineRow(Row):

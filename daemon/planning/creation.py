@@ -34,7 +34,9 @@ from daemon.planner import FINAL_RUN
 from daemon.reuse import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
 from daemon.rules.reuse import Decision, all_reused, reused_links
+from daemon.store import new_runs as new_run_store
 from daemon.store import runs as run_store
+from daemon.store import steps as step_store
 
 T = TypeVar("T")
 
@@ -50,7 +52,7 @@ class Draft:
     reuse: bool = True
     decisions: dict[str, Decision] = field(default_factory=dict)
     verdict: Verdict = RUN
-    steps: dict[str, run_store.StepPlan] = field(default_factory=dict)
+    steps: dict[str, new_run_store.StepPlan] = field(default_factory=dict)
     links: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Reused step -> (run id, step) whose outputs it links."""
     claims: Claims = field(default_factory=Claims)
@@ -70,7 +72,7 @@ class Written:
     """A run the write committed (made, or admitted), to hand over."""
 
     run: run_store.RunRecord
-    steps: list[run_store.NewStep]
+    steps: list[step_store.NewStep]
     draft: Draft
 
 
@@ -194,7 +196,7 @@ async def admit_held(
             [draft] = drafts
             if not draft.verdict.creates or draft.held:
                 return None
-            steps = await run_store.admit_run(conn, held.id, draft.steps)
+            steps = await new_run_store.admit_run(conn, held.id, draft.steps)
             run = dataclasses.replace(held, held=False)
             if draft.finished:
                 run = await run_store.finish_run(conn, held.id, "succeeded") or run

@@ -4,8 +4,9 @@ Every function takes a pool or a connection first (:data:`Db`), so callers can c
 inside one transaction of their own. Errors a user can cause are :mod:`daemon.errors` types.
 """
 
-from daemon.store import agents, images, runs
+from daemon.store import agents, attempts, images, new_runs, runs, steps
 from daemon.store.agents import AgentRecord
+from daemon.store.attempts import AttemptRecord
 from daemon.store.catalog import (
     TRIGGER_SOURCES,
     DatastoreRecord,
@@ -38,8 +39,9 @@ from daemon.store.pipelines import (
     set_default,
     set_status,
 )
-from daemon.store.runs import AttemptRecord, RunRecord, StepRunRecord
+from daemon.store.runs import RunRecord
 from daemon.store.schema import migrate, migrations
+from daemon.store.steps import StepRunRecord
 
 __all__ = [
     "TRIGGER_SOURCES",
@@ -59,6 +61,7 @@ __all__ = [
     "VersionRecord",
     "VersionStatus",
     "agents",
+    "attempts",
     "create_pool",
     "datastore_names",
     "delete_trigger",
@@ -76,11 +79,13 @@ __all__ = [
     "list_versions",
     "migrate",
     "migrations",
+    "new_runs",
     "publish_version",
     "runs",
     "set_default",
     "set_status",
     "set_trigger_paused",
+    "steps",
     "transaction",
     "upsert_datastore",
     "upsert_trigger",

@@ -13,15 +13,11 @@ from typing import Any, Literal, get_args
 import asyncpg
 
 from daemon.errors import Invalid, NotFound
-from daemon.store.db import Db, transaction
+from daemon.store.db import Db, iso, transaction
 
 UpsertResult = Literal["created", "updated", "unchanged"]
 TriggerSource = Literal["cron", "files", "nats", "run"]
 TRIGGER_SOURCES: tuple[TriggerSource, ...] = get_args(TriggerSource)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +93,7 @@ class TriggerRecord:
             "source": self.source,
             "paused": self.paused,
             "spec": self.spec,
-            "last_event_at": _iso(self.last_event_at),
+            "last_event_at": iso(self.last_event_at),
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
@@ -138,8 +134,11 @@ async def _get_existing_datastore(db: Db, name: str) -> DatastoreRecord:
     return record
 
 
-async def list_datastores(db: Db, *, limit: int, after: str | None = None) -> list[DatastoreRecord]:
-    """Up to ``limit`` datastores by name, starting after the name ``after`` (keyset pagination)."""
+async def list_datastores(
+    db: Db, *, limit: int | None = None, after: str | None = None
+) -> list[DatastoreRecord]:
+    """Up to ``limit`` datastores (None: all of them) by name, starting after the name ``after``
+    (keyset pagination)."""
     rows = await db.fetch(
         f"SELECT {_DATASTORE_COLUMNS} FROM datastores "
         "WHERE $1::text IS NULL OR name > $1 ORDER BY name LIMIT $2",

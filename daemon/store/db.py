@@ -1,10 +1,12 @@
-"""Connections: the pool, the JSON codecs every connection gets, and transactions over either."""
+"""Connections: the pool, the JSON codecs every connection gets, and transactions over either; and
+how a record's JSON shape writes a timestamp."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -19,6 +21,11 @@ so that callers can compose several store calls in one transaction of their own.
 
 DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 """What a lost, unreachable or refusing server raises (a bug in a statement raises these too)."""
+
+
+def iso(value: datetime | None) -> str | None:
+    """A timestamp as records' JSON shapes write it (ISO 8601), None as None."""
+    return None if value is None else value.isoformat()
 
 
 def _encode_json(value: Any) -> str:
@@ -143,6 +150,11 @@ def _unavailable(dsn: str, exc: BaseException) -> Unavailable:
     if password := urlsplit(dsn).password:
         reason = reason.replace(password, "***")
     return Unavailable(f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {reason}")
+
+
+async def ping(db: Db) -> None:
+    """A round trip to the server (raises what a lost server raises: :data:`DATABASE_ERRORS`)."""
+    await db.fetchval("SELECT 1")
 
 
 @asynccontextmanager

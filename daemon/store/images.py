@@ -1,6 +1,6 @@
 """Container images: the latest digest agents reported for each image reference as steps write it.
 
-Reports are written by :func:`daemon.store.runs.start_attempts`, in the statement that marks an
+Reports are written by :func:`daemon.store.attempts.start_attempts`, in the statement that marks an
 attempt running (each attempt keeps its own ``image_digest`` too); the last report applied wins.
 """
 

@@ -21,18 +21,18 @@ from uuid import UUID
 import msgspec
 
 from daemon.store.db import Db
-from daemon.store.runs import (
+from daemon.store.new_runs import (
     FIRST_STATUS,
-    RUN_COLUMNS,
     STEP_ARRAYS,
-    NewStep,
-    RunRecord,
     StepPlan,
     dispatching,
     new_steps,
     step_arrays,
     steps_cte,
 )
+from daemon.store.runs import RUN_COLUMNS, RunRecord
+from daemon.store.sql import qualified
+from daemon.store.steps import NewStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,10 +304,8 @@ async def finished_runs(
     """Up to ``limit`` runs of ``pipeline`` that ended with one of ``statuses`` after ``after`` and that
     ``trigger`` has no event for yet (its dedupe key is the run id), oldest end first."""
     rows = await db.fetch(
-        """
-        SELECT r.id, r.pipeline, r.version, r.status, r.params, r.reuse, r.trigger, r.event_id,
-               r.idempotency_key, r.resolution, r.reason, r.held, r.created_at, r.started_at,
-               r.finished_at
+        f"""
+        SELECT {qualified(RUN_COLUMNS, "r")}
         FROM runs r
         WHERE r.pipeline = $2 AND r.status = ANY($3::text[]) AND r.finished_at > $4
           AND NOT EXISTS (SELECT 1 FROM events e WHERE e.trigger = $1 AND e.dedupe_key = r.id::text)
