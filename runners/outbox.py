@@ -15,8 +15,9 @@ from collections.abc import Callable
 import structlog
 from nats.js import JetStreamContext
 
-from runners.bus import NatsErrors
-from runners.protocol import STEPS_STREAM, StepFinished, StepStarted, step_event_id, step_event_subject
+from kit.nats import NatsErrors
+from kit.subjects import STEPS_STREAM
+from runners.protocol import StepFinished, StepStarted, step_event_id, step_event_subject
 
 log = structlog.get_logger(__name__)
 
