@@ -26,7 +26,7 @@ from daemon.registry import AgentState
 from daemon.store import agents as agent_store
 from daemon.store import attempts as attempt_store
 from daemon.transitions import send_cancels
-from runners.options import check_agent_name
+from kit.subjects import check_agent_name
 from runners.protocol import HEARTBEATS, Capacity, Heartbeat, heartbeat_sender
 
 log = structlog.get_logger(__name__)

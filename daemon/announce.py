@@ -16,16 +16,13 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from daemon.store.runs import RunRecord
+from kit.subjects import run_subject
 
 log = structlog.get_logger(__name__)
 
 PUBLISHED_RUN_STATUSES = frozenset({"running", "succeeded", "failed", "cancelled"})
 LISTENER_QUEUE = 10_000
 _encoder = msgspec.json.Encoder()
-
-
-def run_subject(pipeline: str, status: str) -> str:
-    return f"sluice.runs.{pipeline}.{status}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,15 @@ import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from daemon.errors import Unavailable
-from runners import bus as runners_bus
-from runners.protocol import DAEMON_INBOX, SOURCES_BUCKET
+from kit.nats import BusError, NatsErrors, NatsOptions
+from kit.nats import connect as connect_nats
+from kit.streams import sources_bucket
+from kit.subjects import SOURCES_BUCKET
+from runners.protocol import DAEMON_INBOX
 
 log = structlog.get_logger(__name__)
 
@@ -24,8 +26,8 @@ log = structlog.get_logger(__name__)
 PROBE_TIMEOUT_S = 2.0
 
 
-async def connect(options: runners_bus.NatsOptions, *, name: str = "sluice-daemon") -> NATS:
-    """Connect to NATS as an agent does (``runners.bus.connect``: the first connection within a
+async def connect(options: NatsOptions, *, name: str = "sluice-daemon") -> NATS:
+    """Connect to NATS as an agent does (``kit.nats.connect``: the first connection within a
     bounded time, later losses reconnected for as long as the daemon lives), with replies on the
     daemon's own inbox.
 
@@ -33,12 +35,12 @@ async def connect(options: runners_bus.NatsOptions, *, name: str = "sluice-daemo
         Unavailable: no server answered, or it refused the credentials.
     """
     try:
-        return await runners_bus.connect(options, name=name, inbox_prefix=DAEMON_INBOX)
-    except runners_bus.BusError as exc:
+        return await connect_nats(options, name=name, inbox_prefix=DAEMON_INBOX)
+    except BusError as exc:
         raise Unavailable(str(exc)) from exc
 
 
-async def strangers_may_publish(options: runners_bus.NatsOptions, nc: NATS) -> bool:
+async def strangers_may_publish(options: NatsOptions, nc: NATS) -> bool:
     """Whether a client without credentials can connect to the server ``nc`` is on and publish on
     ``sluice.>`` (where it could forge heartbeats, step events and assignments): it tries, and ``nc``
     listens for what arrives."""
@@ -59,7 +61,7 @@ async def strangers_may_publish(options: runners_bus.NatsOptions, nc: NATS) -> b
                 connect_timeout=PROBE_TIMEOUT_S,
                 error_cb=_ignore,
             )
-        except (*runners_bus.NatsErrors, nats.errors.NoServersError):
+        except (*NatsErrors, nats.errors.NoServersError):
             return False
         try:
             await stranger.publish(subject, b"")
@@ -67,14 +69,14 @@ async def strangers_may_publish(options: runners_bus.NatsOptions, nc: NATS) -> b
             await nc.flush(timeout=PROBE_TIMEOUT_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrived.wait(), 0.2)
-        except runners_bus.NatsErrors:
+        except NatsErrors:
             pass
         finally:
-            with contextlib.suppress(*runners_bus.NatsErrors):
+            with contextlib.suppress(*NatsErrors):
                 await stranger.close()
         return arrived.is_set()
     finally:
-        with contextlib.suppress(*runners_bus.NatsErrors):
+        with contextlib.suppress(*NatsErrors):
             await subscription.unsubscribe()
 
 
@@ -98,10 +100,7 @@ class SourceStore:
         try:
             return cls(await js.object_store(SOURCES_BUCKET))
         except BucketNotFoundError:
-            config = ObjectStoreConfig(
-                bucket=SOURCES_BUCKET, storage=StorageType.FILE, description="Sluice version source snapshots"
-            )
-            return cls(await js.create_object_store(SOURCES_BUCKET, config=config))
+            return cls(await js.create_object_store(SOURCES_BUCKET, config=sources_bucket()))
 
     async def has(self, digest: str) -> bool:
         try:

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from daemon.params import DEFAULT_MAX_BYTES
-from runners.bus import NatsOptions
-from runners.options import parse_size
+from kit.nats import NatsOptions
+from kit.units import parse_size
 from runners.protocol import ASSIGN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S
 
 DEFAULT_PORT = 8470

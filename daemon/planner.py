@@ -19,6 +19,7 @@ from typing import Literal
 
 from daemon.documents.graph import dependencies
 from daemon.documents.specs import PipelineSpec
+from kit.backoff import backoff_s
 
 StepStatus = Literal[
     "pending", "ready", "dispatched", "running", "succeeded", "failed", "reused", "skipped", "cancelled"
@@ -92,7 +93,7 @@ def run_outcome(statuses: Mapping[str, str]) -> RunStatus | None:
 def backoff(failures: int, base_s: float = 1.0) -> float:
     """Seconds before retry number ``failures`` (1 for the first retry): ``base_s`` doubling, at most
     :data:`MAX_BACKOFF_S`."""
-    return min(base_s * 2 ** max(failures - 1, 0), MAX_BACKOFF_S)
+    return backoff_s(failures, base=base_s, cap=MAX_BACKOFF_S)
 
 
 @dataclass(frozen=True, slots=True)

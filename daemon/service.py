@@ -25,8 +25,8 @@ from daemon.embedded import EmbeddedNats, EmbeddedPostgres, data_dir_lock
 from daemon.errors import SluiceError, Unavailable
 from daemon.scheduler import Scheduler
 from daemon.trust import authority, local
-from runners.bus import raw_credentials
-from runners.redaction import redacted_urls
+from kit.nats import raw_credentials
+from kit.redaction import redacted_urls
 
 log = structlog.get_logger(__name__)
 

@@ -25,8 +25,6 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.client import JetStreamContext
 
 from daemon.engine import Engine
 from daemon.refusals import Refusals
@@ -34,44 +32,23 @@ from daemon.store import attempts as attempt_store
 from daemon.store.db import DATABASE_ERRORS
 from daemon.tasks import TaskSet
 from daemon.transitions import Reported, apply_events, send_cancels
-from runners.protocol import (
-    DAEMON_INBOX,
-    STEP_EVENTS,
-    STEPS_STREAM,
-    StepFinished,
-    StepStarted,
-    step_event_origin,
+from kit.streams import (
+    STEPS_ACK_WAIT_S,
+    STEPS_CONSUMER,
+    STEPS_MAX_ACK_PENDING,
+    ensure_steps_stream,
+    steps_consumer,
 )
+from kit.subjects import STEP_EVENTS, STEPS_STREAM
+from runners.protocol import DAEMON_INBOX, StepFinished, StepStarted, step_event_origin
 
 log = structlog.get_logger(__name__)
 
-CONSUMER = "sluice-daemon"
-DUPLICATE_WINDOW_S = 120.0
-ACK_WAIT_S = 5.0
-"""What a daemon that died while holding events costs its successor: they come back after this."""
 RETRY_DELAY_S = 1.0
 MAX_BATCH = 256
-MAX_ACK_PENDING = 1024
-"""Events delivered and not yet acked: few enough (four batches) to be applied well within
-``ACK_WAIT_S`` even when the database is slow, so that none comes back while it waits its turn."""
 MAX_DELIVERIES = 5
 """An event that failed this many times is given up (terminated, logged): it can never apply (a
 value PostgreSQL refuses), and must not hold back the others for ever."""
-
-
-async def ensure_stream(js: JetStreamContext) -> None:
-    """Creates ``STEPS_STREAM`` (file storage, 2-minute duplicate window), or brings it to that config."""
-    config = StreamConfig(
-        name=STEPS_STREAM,
-        subjects=[STEP_EVENTS],
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        description="Sluice step events from agents",
-    )
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
 
 
 class StepEvents:
@@ -88,21 +65,16 @@ class StepEvents:
         self._working: tuple[list[Msg], float] | None = None  # the batch being applied, since when
 
     async def start(self) -> None:
-        await ensure_stream(self._js)
+        await ensure_steps_stream(self._js)
         await self._update_consumer()
         self._sub = await self._js.subscribe(
             STEP_EVENTS,
-            queue=CONSUMER,
-            durable=CONSUMER,
+            queue=STEPS_CONSUMER,
+            durable=STEPS_CONSUMER,
             stream=STEPS_STREAM,
             cb=self._receive,
             manual_ack=True,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT_S,
-                max_ack_pending=MAX_ACK_PENDING,
-                deliver_policy=DeliverPolicy.ALL,
-            ),
+            config=steps_consumer(),
         )
 
     async def _update_consumer(self) -> None:
@@ -110,18 +82,21 @@ class StepEvents:
         (subscribing to an existing durable would use it as it is): the ack wait, the pending bound,
         and a deliver subject under the daemon's own inbox, where no service may listen."""
         try:
-            info = await self._js.consumer_info(STEPS_STREAM, CONSUMER)
+            info = await self._js.consumer_info(STEPS_STREAM, STEPS_CONSUMER)
         except nats.js.errors.NotFoundError:
             return
         config = info.config
         private = (config.deliver_subject or "").startswith(f"{DAEMON_INBOX}.")
-        if (config.ack_wait, config.max_ack_pending, private) != (ACK_WAIT_S, MAX_ACK_PENDING, True):
-            config.ack_wait, config.max_ack_pending = ACK_WAIT_S, MAX_ACK_PENDING
+        current = (config.ack_wait, config.max_ack_pending, private)
+        if current != (STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING, True):
+            config.ack_wait, config.max_ack_pending = STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING
             if not private:
                 config.deliver_subject = self._engine.nc.new_inbox()
             await self._js.add_consumer(STEPS_STREAM, config=config)
             log.info(
-                "step_events_consumer_updated", ack_wait=ACK_WAIT_S, deliver_subject=config.deliver_subject
+                "step_events_consumer_updated",
+                ack_wait=STEPS_ACK_WAIT_S,
+                deliver_subject=config.deliver_subject,
             )
 
     async def stop(self) -> None:
@@ -144,7 +119,7 @@ class StepEvents:
     async def _keep_working(self) -> None:
         """Tells JetStream that the events of a batch applied for longer than a third of the ack wait
         are being worked on: a slow commit must not make them come back."""
-        interval = ACK_WAIT_S / 3
+        interval = STEPS_ACK_WAIT_S / 3
         while True:
             await asyncio.sleep(interval)
             if self._working is not None and time.monotonic() - self._working[1] >= interval:

@@ -29,10 +29,11 @@ from daemon.limits import Positive32, storable
 from daemon.params import UNSTORABLE
 from daemon.refusals import Refusals
 from daemon.tasks import TaskSet
+from kit.subjects import SUBMIT
 
 log = structlog.get_logger(__name__)
 
-SUBJECT = "sluice.submit.*"
+SUBJECT = f"{SUBMIT}.*"
 QUEUE_GROUP = "sluice-submit"
 MAX_IN_FLIGHT = 64
 MAX_IDEMPOTENCY_KEY = 255  # as the REST trigger's Idempotency-Key
@@ -55,9 +56,9 @@ def parse_request(subject: str, data: bytes) -> tuple[str, SubmitBody]:
         BadRequest: a subject without a pipeline, a body that is not the JSON above, a version
             below 1, an idempotency key too long.
     """
-    pipeline = subject.removeprefix("sluice.submit.")
+    pipeline = subject.removeprefix(f"{SUBMIT}.")
     if not pipeline or "." in pipeline or pipeline == subject:
-        raise BadRequest(f"submit to sluice.submit.<pipeline>, not {subject}")
+        raise BadRequest(f"submit to {SUBMIT}.<pipeline>, not {subject}")
     try:
         body = msgspec.json.decode(data, type=SubmitBody) if data.strip() else SubmitBody()
     except msgspec.ValidationError as exc:

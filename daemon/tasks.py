@@ -1,19 +1,26 @@
-"""Owned background work: supervised loops that restart after a crash, and sets of short tasks that
-are awaited (and cancelled) by their owner at shutdown. Nothing here is fire-and-forget."""
+"""Owned background work: supervised loops that restart after a crash (``kit.supervise``), and sets
+of short tasks that are awaited (and cancelled) by their owner at shutdown. Nothing here is
+fire-and-forget."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
 
+from kit.backoff import Backoff
+from kit.supervise import supervise
+
 log = structlog.get_logger(__name__)
 
-RESTART_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+RESTART_BASE_S = 0.5
+RESTART_CAP_S = 5.0
+FRESH_AFTER_S = 60.0
+"""A loop that ran this long before failing starts over with the shortest delay."""
 STOP_TIMEOUT_S = 5.0
 
 
@@ -55,31 +62,32 @@ class TaskSet:
 
 
 class Supervisor:
-    """Long-running loops that must not die silently: a loop that raises is logged with its error
-    (kept in a short history for inspection), then restarted after a growing, bounded delay."""
+    """Long-running loops that must not die silently: a loop that raises (or returns) is logged with
+    its error (kept in a short history for inspection), then restarted after a growing, bounded delay
+    (``kit.supervise``)."""
 
     def __init__(self) -> None:
         self._tasks = TaskSet("supervisor")
         self.errors: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=50)
 
-    def start(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        self._tasks.spawn(self._supervise(name, loop), name=name)
+    def start(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        def remember(exc: Exception) -> None:
+            self.errors.append((time.time(), name, repr(exc)))
 
-    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        failures = 0
-        while True:
-            started = time.monotonic()
-            try:
-                await loop()
-                log.warning("loop_returned", loop=name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.errors.append((time.time(), name, repr(exc)))
-                log.exception("loop_crashed", loop=name)
-            # A loop that ran for a while before failing starts over with the shortest delay.
-            failures = 0 if time.monotonic() - started > 60 else failures + 1
-            await asyncio.sleep(RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)])
+        delays = Backoff(RESTART_BASE_S, RESTART_CAP_S)
+        self._tasks.spawn(
+            supervise(
+                loop,
+                name=name,
+                crashed="loop_crashed",
+                returned="loop_returned",
+                delays=delays,
+                fresh_after_s=FRESH_AFTER_S,
+                context=lambda: {"loop": name},
+                on_crash=remember,
+            ),
+            name=name,
+        )
 
     async def aclose(self) -> None:
         await self._tasks.aclose()

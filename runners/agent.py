@@ -31,7 +31,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from runners.bus import DRAIN_TIMEOUT_S, BusError, NatsErrors, NatsOptions, connect, fetch_source
+from kit.nats import DRAIN_TIMEOUT_S, BusError, NatsErrors, NatsOptions, connect
 from runners.executors import STOP_GRACE_S, Executor, Job, Launch, Outcome, StopRequest
 from runners.ledger import Ledger, NoRoom
 from runners.logsink import AttemptLog
@@ -53,6 +53,7 @@ from runners.protocol import (
     cancel_subject,
     heartbeat_subject,
 )
+from runners.snapshots import fetch_source
 from runners.workspace import AttemptDirs, PrepareError, Workspace, confine, misplaced
 
 log = structlog.get_logger(__name__)

@@ -21,14 +21,16 @@ from typing import Any
 import click
 import structlog
 
+from kit.logsetup import configure_logging
+from kit.nats import BusError, NatsOptions, creds_agent
+from kit.subjects import check_agent_name
+from kit.units import parse_size
 from runners import options
 from runners.agent import Agent, AgentConfig
-from runners.bus import BusError, NatsOptions, creds_agent
 from runners.capacity import detect_capacity
 from runners.executors import Executor
 from runners.executors.docker import DockerExecutor, connect_docker
 from runners.executors.process import ProcessExecutor
-from runners.logsetup import configure_logging
 
 PARENT_CHECK_INTERVAL_S = 1.0
 PR_SET_PDEATHSIG = 1
@@ -54,7 +56,7 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
 @click.option(
     "--name",
     metavar="NAME",
-    callback=_parsed(options.check_agent_name),
+    callback=_parsed(check_agent_name),
     help="Agent name and id (default: the name in --creds, else the host's short name). "
     "Two agents on one host need distinct names.",
 )
@@ -81,7 +83,7 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
 @click.option(
     "--memory",
     metavar="SIZE",
-    callback=_parsed(options.parse_size),
+    callback=_parsed(parse_size),
     help="Memory to offer, e.g. 16Gi (default: detected).",
 )
 @click.option(

@@ -15,7 +15,7 @@ from typing import IO
 import structlog
 from nats.aio.client import Client as NATS
 
-from runners.bus import NatsErrors
+from kit.nats import NatsErrors
 from runners.lines import Stream
 from runners.protocol import Assignment, LogLines, log_subject
 

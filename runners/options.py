@@ -1,34 +1,15 @@
-"""Parsers for the values an operator gives `sluice agent`: sizes, GPU counts, labels, datastores.
+"""Parsers for the values an operator gives `sluice agent`: CPUs, GPU counts, labels, datastores and
+the agent's name (sizes and the name's syntax are ``kit``'s, shared with the daemon).
 
-Pure functions; each raises ``ValueError`` with a message fit for a user. They mirror the units the
-daemon's documents accept (``4Gi``, ``512Mi``, ``16G``) without importing the daemon.
+Pure functions; each raises ``ValueError`` with a message fit for a user.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Literal
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kKMGTPE]i?)?")
-_SIZE_UNITS = {
-    None: 1,
-    **{prefix: 1000**power for power, prefix in enumerate("kMGTPE", start=1)},
-    "K": 1000,
-    **{f"{prefix}i": 1024**power for power, prefix in enumerate("KMGTPE", start=1)},
-}
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
-
-
-def parse_size(value: str) -> int:
-    """Bytes from ``4Gi``, ``512Mi``, ``16G``, ``100M``, ``1Ki`` or a plain number of bytes (> 0)."""
-    match = _SIZE.fullmatch(value.strip())
-    if match and match.group(2) in _SIZE_UNITS:
-        size = int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])
-        if size > 0:
-            return size
-    raise ValueError(f"bad size {value!r} (use e.g. 512Mi, 16Gi)")
 
 
 def parse_cpus(value: str) -> float:
@@ -79,13 +60,6 @@ def parse_datastores(values: tuple[str, ...] | list[str]) -> dict[str, str]:
             raise ValueError(f"bad datastore {value!r}: the path must be absolute")
         datastores[name] = path.rstrip("/") or "/"
     return datastores
-
-
-def check_agent_name(name: str) -> str:
-    """An agent name is one NATS subject token: letters, digits, ``_`` and ``-``."""
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"bad agent name {name!r} (use letters, digits, '_' and '-')")
-    return name
 
 
 def agent_name(given: str | None, credentialed: str | None, hostname: str) -> str:

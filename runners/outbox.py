@@ -3,8 +3,8 @@
 Events of one attempt go out in the order they were put (started before finished); attempts do not
 wait for each other. Each event goes out on the agent's own subject with ``Nats-Msg-Id`` =
 ``step_event_id``, so a retry after a lost acknowledgement is stored once. Retries back off
-exponentially up to ``MAX_BACKOFF_S`` and go on until acknowledged or until ``close`` gives up on
-what is still pending.
+exponentially up to ``MAX_BACKOFF_S`` (``kit.offer``) and go on until acknowledged or until ``close``
+gives up on what is still pending.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from collections.abc import Callable
 import structlog
 from nats.js import JetStreamContext
 
-from runners.bus import NatsErrors
-from runners.protocol import STEPS_STREAM, StepFinished, StepStarted, step_event_id, step_event_subject
+from kit.nats import NatsErrors
+from kit.offer import offer_until_committed
+from kit.subjects import STEPS_STREAM
+from runners.protocol import StepFinished, StepStarted, step_event_id, step_event_subject
 
 log = structlog.get_logger(__name__)
 
@@ -74,30 +76,21 @@ class Outbox:
         subject = step_event_subject(self._agent, event.attempt_id, event.kind)
         event_id = step_event_id(self._agent, event.attempt_id, event.kind)
         payload = event.encode()
-        delay = FIRST_BACKOFF_S
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                await self._js.publish(
-                    subject,
-                    payload,
-                    timeout=PUBLISH_TIMEOUT_S,
-                    stream=STEPS_STREAM,
-                    headers={"Nats-Msg-Id": event_id},
-                )
-                break
-            except NatsErrors as exc:
-                log.warning(
-                    "step_event_retry",
-                    attempt=event.attempt_id,
-                    event_id=event_id,
-                    tries=tries,
-                    retry_in=delay,
-                    error=str(exc) or type(exc).__name__,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-        log.debug("step_event_stored", attempt=event.attempt_id, event_id=event_id, tries=tries)
+        await offer_until_committed(
+            lambda: self._js.publish(
+                subject,
+                payload,
+                timeout=PUBLISH_TIMEOUT_S,
+                stream=STEPS_STREAM,
+                headers={"Nats-Msg-Id": event_id},
+            ),
+            failed="step_event_retry",
+            base=FIRST_BACKOFF_S,
+            cap=MAX_BACKOFF_S,
+            errors=NatsErrors,
+            attempt=event.attempt_id,
+            event_id=event_id,
+        )
+        log.debug("step_event_stored", attempt=event.attempt_id, event_id=event_id)
         if on_acked is not None:
             on_acked()

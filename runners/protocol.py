@@ -1,8 +1,9 @@
 """The wire between the daemon and its agents: subjects and typed messages both sides agree on.
 
 Agents need NATS only. Everything they exchange with the daemon is named here, so that neither side
-hard-codes the other's subjects. Messages are msgspec structs encoded as JSON (readable with
-``nats sub``); ``decode`` raises ``msgspec.ValidationError`` naming the bad field.
+hard-codes the other's subjects (their roots, the step events' stream and the snapshot bucket are
+named in ``kit.subjects``, shared with the triggers). Messages are msgspec structs encoded as JSON
+(readable with ``nats sub``); ``decode`` raises ``msgspec.ValidationError`` naming the bad field.
 
 Every subject an agent publishes on carries its name, and no message carries it: the NATS server
 lets agent ``NAME`` publish only on subjects with its own name (its credentials say so), so the
@@ -44,14 +45,9 @@ from typing import ClassVar, Literal, Self
 
 import msgspec
 
-SOURCES_BUCKET = "sluice-sources"
-"""JetStream object store that holds version source snapshots (uncompressed tar), named by digest."""
+from kit.subjects import AGENTS, LOGS, STEPS
 
-STEPS_STREAM = "SLUICE_STEPS"
-"""JetStream stream capturing ``sluice.steps.>``: step events survive a daemon restart."""
-
-HEARTBEATS = "sluice.agents.*.heartbeat"
-STEP_EVENTS = "sluice.steps.>"
+HEARTBEATS = f"{AGENTS}.*.heartbeat"
 INBOX_ROOT = "sluice.inbox"
 """Replies to the daemon and to agents: only Sluice's own identities may subscribe below it."""
 DAEMON_INBOX = f"{INBOX_ROOT}.daemon"
@@ -68,19 +64,19 @@ StepEventKind = Literal["started", "finished"]
 
 
 def heartbeat_subject(agent: str) -> str:
-    return f"sluice.agents.{agent}.heartbeat"
+    return f"{AGENTS}.{agent}.heartbeat"
 
 
 def assign_subject(agent: str) -> str:
-    return f"sluice.agents.{agent}.assign"
+    return f"{AGENTS}.{agent}.assign"
 
 
 def cancel_subject(agent: str) -> str:
-    return f"sluice.agents.{agent}.cancel"
+    return f"{AGENTS}.{agent}.cancel"
 
 
 def step_event_subject(agent: str, attempt_id: int, kind: StepEventKind) -> str:
-    return f"sluice.steps.{agent}.{attempt_id}.{kind}"
+    return f"{STEPS}.{agent}.{attempt_id}.{kind}"
 
 
 def step_event_id(agent: str, attempt_id: int, kind: StepEventKind) -> str:
@@ -90,7 +86,7 @@ def step_event_id(agent: str, attempt_id: int, kind: StepEventKind) -> str:
 
 
 def log_subject(agent: str, run_id: str, step: str) -> str:
-    return f"sluice.logs.{agent}.{run_id}.{step}"
+    return f"{LOGS}.{agent}.{run_id}.{step}"
 
 
 def agent_inbox(agent: str) -> str:
@@ -101,7 +97,7 @@ def agent_inbox(agent: str) -> str:
 def heartbeat_sender(subject: str) -> str:
     """The agent a heartbeat subject names. Raises ``ValueError`` for another subject."""
     parts = subject.split(".")
-    if len(parts) != 4 or parts[:2] != ["sluice", "agents"] or parts[3] != "heartbeat":
+    if len(parts) != 4 or ".".join(parts[:2]) != AGENTS or parts[3] != "heartbeat":
         raise ValueError(f"not a heartbeat subject: {subject!r}")
     return parts[2]
 
@@ -110,7 +106,7 @@ def step_event_origin(subject: str) -> tuple[str, int, StepEventKind]:
     """The agent, attempt id and kind a step event subject names. Raises ``ValueError`` for
     another subject."""
     parts = subject.split(".")
-    if len(parts) != 5 or parts[:2] != ["sluice", "steps"] or parts[4] not in ("started", "finished"):
+    if len(parts) != 5 or ".".join(parts[:2]) != STEPS or parts[4] not in ("started", "finished"):
         raise ValueError(f"not a step event subject: {subject!r}")
     if not parts[3].isdigit() or not 0 < (attempt_id := int(parts[3])) < 2**63:
         raise ValueError(f"not a step event subject: {subject!r}")

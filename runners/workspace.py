@@ -26,7 +26,7 @@ from pathlib import Path
 
 import structlog
 
-from runners.bus import BusError
+from kit.nats import BusError
 from runners.protocol import Assignment
 
 log = structlog.get_logger(__name__)

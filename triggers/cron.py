@@ -6,8 +6,8 @@ store re-sorts a list on every fire (p99 273 ms late at 10,000 jobs). Here one s
 heap of ``(next fire, generation, trigger)``: ``put`` and a fire cost O(log n), a changed or removed
 trigger leaves a stale entry that is skipped (and the heap is rebuilt when stale entries outnumber live
 ones). The task sleeps until the earliest fire (at most ``MAX_SLEEP_S``, so a wall-clock step is noticed),
-and ``put``/``remove`` wake it early. Should an iteration raise, the loop logs it, rebuilds the heap from
-the triggers (no popped fire is lost) and goes on.
+and ``put``/``remove`` wake it early. Should an iteration raise, its supervisor (``kit.supervise``) logs
+it, rebuilds the heap from the triggers (no popped fire is lost) and runs it again.
 
 The hot path is kept short, since fires due in the same second (~170 a second with 10,000 once-a-minute
 triggers) reach the sink one after another: each fire's event is made when it is planned, a minute
@@ -18,8 +18,8 @@ Delivery: each due fire joins its trigger's *lane*, a queue that one task drains
 sink, then persist ``{"last_fire": ISO UTC}``. Lanes run side by side (at most ``concurrency`` sink
 calls at once), so a slow commit delays only its own trigger. A late fire still fires (there is no
 misfire grace); a fire whose sink call fails is offered again with capped exponential backoff until it
-is committed or its trigger is removed, and because the watermark moves only after a commit, a fire
-lost to a crash comes back through catch-up (its dedupe key makes a repeat harmless).
+is committed or its trigger is removed (``kit.offer``), and because the watermark moves only after a
+commit, a fire lost to a crash comes back through catch-up (its dedupe key makes a repeat harmless).
 
 Catch-up, when ``put`` starts a trigger whose state holds ``last_fire``: the fires in (last fire, now]
 that no daemon ran are skipped (``none``), offered once for the newest (``latest``) or all offered, oldest
@@ -41,6 +41,9 @@ from typing import Any
 
 import structlog
 
+from kit.backoff import Backoff
+from kit.offer import offer_until_committed
+from kit.supervise import supervise
 from triggers.base import (
     EventResult,
     EventSink,
@@ -59,8 +62,10 @@ MAX_SLEEP_S = 30.0
 SINK_TIMEOUT_S = 60.0
 SAVE_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
-RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-LOOP_RESTART_DELAY_S = 1.0
+RETRY_BASE_S = 0.1
+RETRY_CAP_S = 30.0
+RESTART_BASE_S = 1.0
+RESTART_CAP_S = 30.0
 SWEEP_S = 1.0
 
 
@@ -133,7 +138,16 @@ class CronSource(Source):
         if self._loop_task is not None:
             raise RuntimeError("cron source already started")
         self._sink, self._save_state = sink, save_state
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="cron-scheduler")
+        scheduler = supervise(
+            self._serve,
+            name="cron-scheduler-serve",
+            crashed="cron_scheduler_crashed",
+            delays=Backoff(RESTART_BASE_S, RESTART_CAP_S),
+            fresh_after_s=RESTART_CAP_S,
+            context=lambda: {"triggers": len(self._triggers)},
+            on_crash=lambda _exc: self._rebuild(),  # fires popped but not queued are still next_fire
+        )
+        self._loop_task = asyncio.get_running_loop().create_task(scheduler, name="cron-scheduler")
         stack.push_async_callback(self._stop)
 
     async def put(self, trigger: TriggerConfig) -> None:
@@ -217,17 +231,9 @@ class CronSource(Source):
         heapq.heappush(self._heap, (entry.next_fire.timestamp(), entry.generation, entry.name))
         self._wake.set()
 
-    async def _run(self) -> None:
-        """The scheduler loop, restarted (after a pause) should an iteration ever raise."""
-        while True:
-            try:
-                await self._serve()
-            except Exception:
-                log.exception("cron_scheduler_crashed", triggers=len(self._triggers))
-                await asyncio.sleep(LOOP_RESTART_DELAY_S)
-                self._rebuild()  # fires popped but not queued are still each trigger's next_fire
-
     async def _serve(self) -> None:
+        """The scheduler loop; should an iteration raise, ``start``'s supervisor rebuilds the heap and
+        runs it again."""
         while True:
             self._wake.clear()
             due = self._pop_due(time.time())
@@ -330,41 +336,38 @@ class CronSource(Source):
 
     async def _offer(self, lane: _Lane, fire: datetime, event: TriggerEvent) -> None:
         """Await the sink with ``event`` until it commits (then persist the watermark) or ``lane`` closes."""
-        for attempt in itertools.count(1):
-            if lane.closed:
-                return
-            try:
-                async with self._limit:
-                    if lane.closed:
-                        return
-                    result = await self._commit(lane, event)
-            except Exception as exc:
-                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
-                (log.error if attempt >= len(RETRY_DELAYS_S) else log.warning)(
-                    "cron_fire_not_committed",
-                    trigger=lane.name,
-                    scheduled=event.dedupe_key,
-                    attempt=attempt,
-                    retry_in_s=delay,
-                    error=repr(exc),
-                )
-                await asyncio.sleep(delay)
-                continue
-            # Fires due together reach the sink first; the bookkeeping of each waits its turn after them.
-            await asyncio.sleep(0)
-            log.debug(
-                "cron_fired",
-                trigger=lane.name,
-                scheduled=event.dedupe_key,
-                late_ms=round((time.time() - fire.timestamp()) * 1000, 1),
-                outcome=result.outcome,
-                run_id=result.run_id,
-            )
-            entry = self._triggers.get(lane.name)
-            if entry is not None and (entry.last_fire is None or fire > entry.last_fire):
-                entry.last_fire = fire
-            await self._persist(lane.name, fire)
+        result = await offer_until_committed(
+            lambda: self._try(lane, event),
+            failed="cron_fire_not_committed",
+            base=RETRY_BASE_S,
+            cap=RETRY_CAP_S,
+            closed=lambda: lane.closed,
+            trigger=lane.name,
+            scheduled=event.dedupe_key,
+        )
+        if result is None:
             return
+        # Fires due together reach the sink first; the bookkeeping of each waits its turn after them.
+        await asyncio.sleep(0)
+        log.debug(
+            "cron_fired",
+            trigger=lane.name,
+            scheduled=event.dedupe_key,
+            late_ms=round((time.time() - fire.timestamp()) * 1000, 1),
+            outcome=result.outcome,
+            run_id=result.run_id,
+        )
+        entry = self._triggers.get(lane.name)
+        if entry is not None and (entry.last_fire is None or fire > entry.last_fire):
+            entry.last_fire = fire
+        await self._persist(lane.name, fire)
+
+    async def _try(self, lane: _Lane, event: TriggerEvent) -> EventResult | None:
+        """One offer, within the limit of sink calls at once; None when ``lane`` closed meanwhile."""
+        async with self._limit:
+            if lane.closed:
+                return None
+            return await self._commit(lane, event)
 
     async def _commit(self, lane: _Lane, event: TriggerEvent) -> EventResult:
         """One sink call, bounded by ``sink_timeout_s``: the scheduler's sweep cancels an overdue one (a

@@ -30,6 +30,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
+from kit.subjects import run_subject
 from triggers.base import EventSink, SaveState, Source, TriggerConfig, TriggerError, TriggerEvent
 from triggers.specs import RunSource as RunSpec
 
@@ -81,7 +82,7 @@ class _Watch:
 
     @property
     def subjects(self) -> list[str]:
-        return [f"sluice.runs.{self.spec.pipeline}.{status}" for status in self.spec.status]
+        return [run_subject(self.spec.pipeline, status) for status in self.spec.status]
 
     def catch_up_after(self) -> datetime:
         if self.finished_after is None:

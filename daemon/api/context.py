@@ -9,7 +9,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from daemon.bus import SourceStore
-from runners.bus import NatsOptions
+from kit.nats import NatsOptions
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 NATS_CLIENT = web.AppKey("nats", NATS)

@@ -23,6 +23,7 @@ from daemon.cli import output
 from daemon.cli.catalog import _convert
 from daemon.cli.http import ApiClient, ApiError, ApiUnreachable, BadAnswer, ServerSentEvent, path
 from daemon.cli.records import RUN_FINISHED, STEP_FINISHED, Run, Step, short_id
+from kit.backoff import backoff_s
 
 # A daemon that sends a heartbeat comment every few seconds never trips this; without heartbeats a
 # quiet stream is simply reopened (and the snapshot re-read) once a minute.
@@ -212,7 +213,7 @@ class RunFollower:
         fruitless = 0
         while fruitless < STREAM_CONNECTS:
             if fruitless:
-                time.sleep(min(RECONNECT_DELAY * 2 ** (fruitless - 1), RECONNECT_DELAY_MAX))
+                time.sleep(backoff_s(fruitless, base=RECONNECT_DELAY, cap=RECONNECT_DELAY_MAX))
             fruitless += 1
             try:
                 events = self._client.stream(

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 from daemon.config import Settings
 from daemon.errors import BadRequest, SluiceError, Unavailable
-from runners.redaction import redacted_url
+from kit.redaction import redacted_url
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT = 30.0

@@ -10,8 +10,8 @@ import click
 
 from daemon.config import DEFAULT_PORT, Settings
 from daemon.errors import SluiceError
-from runners.logsetup import configure_logging
-from runners.redaction import redacted_urls
+from kit.logsetup import configure_logging
+from kit.redaction import redacted_urls
 
 HOST_HELP = "Address the API listens on; anything but loopback requires SLUICE_API_TOKEN."
 

@@ -11,7 +11,6 @@ import re
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # Params, inputs, outputs and env keys: they become parts of environment variable names.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SUBJECT_TOKEN = re.compile(r"[^\s.*>]+")
 _STREAM = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 
@@ -25,21 +24,6 @@ def identifier_problem(name: str) -> str | None:
     if IDENTIFIER.fullmatch(name):
         return None
     return f"bad name {name!r} (use letters, digits and '_', not starting with a digit)"
-
-
-def subject_problem(subject: str) -> str | None:
-    """NATS subject syntax: non-empty tokens separated by '.', where a token may be the wildcard
-    ``*`` and the last token may be ``>``."""
-    tokens = subject.split(".")
-    for index, token in enumerate(tokens):
-        if token == "*" or (token == ">" and index == len(tokens) - 1):
-            continue
-        if not _SUBJECT_TOKEN.fullmatch(token):
-            return (
-                f"bad NATS subject {subject!r} (tokens separated by '.', no spaces, "
-                "'*' as a whole token, '>' only as the last token)"
-            )
-    return None
 
 
 def stream_problem(stream: str) -> str | None:

@@ -12,6 +12,7 @@ from daemon.documents.problems import Reporter
 from daemon.documents.raw import RawFiles, RawOn, RawTrigger
 from daemon.documents.specs import CronSource, EventSource, FilesSource, NatsSource, RunSource, TriggerSpec
 from daemon.documents.template import TemplateError, references
+from kit.subjects import subject_problem
 from triggers.crontab import cron_trigger, zone
 
 _SOURCES = ("cron", "files", "nats", "run")
@@ -112,7 +113,7 @@ def _files(raw: RawFiles, report: Reporter) -> FilesSource:
 
 def _nats(source: NatsSource, report: Reporter) -> NatsSource:
     path = child("on", "nats")
-    if problem := names.subject_problem(source.subject):
+    if problem := subject_problem(source.subject):
         report.add(child(path, "subject"), problem)
     if source.stream is not None and (problem := names.stream_problem(source.stream)):
         report.add(child(path, "stream"), problem)

@@ -8,13 +8,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kKMGTPE]i?)?")
-_SIZE_UNITS = {
-    None: 1,
-    **{prefix: 1000**power for power, prefix in enumerate("kMGTPE", start=1)},
-    "K": 1000,
-    **{f"{prefix}i": 1024**power for power, prefix in enumerate("KMGTPE", start=1)},
-}
+from kit.units import size_in_bytes
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": Decimal("0.001"), "s": 1, "m": 60, "h": 3600, "d": 86400}
 _CPU = re.compile(r"(\d+(?:\.\d+)?)(m?)")
@@ -25,13 +20,10 @@ def parse_size(value: int | str) -> int:
     if isinstance(value, int):
         if value >= 0:
             return value
-    else:
-        match = _SIZE.fullmatch(value.strip())
-        if match and (match.group(2) in _SIZE_UNITS):
-            size = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)]
-            if size == size.to_integral_value():
-                return int(size)
-            raise ValueError(f"bad size {value!r}: not a whole number of bytes (use e.g. 512Mi, 4Gi)")
+    elif (size := size_in_bytes(value)) is not None:
+        if size == size.to_integral_value():
+            return int(size)
+        raise ValueError(f"bad size {value!r}: not a whole number of bytes (use e.g. 512Mi, 4Gi)")
     raise ValueError(f"bad size {value!r} (use e.g. 512Mi, 4Gi)")
 
 

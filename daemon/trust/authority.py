@@ -28,7 +28,7 @@ from daemon.store import credentials as store
 from daemon.store.db import Db
 from daemon.trust import claims, permissions
 from daemon.trust.permissions import Role, ServiceGrant
-from runners.bus import AGENT_TAG, BusError, NatsErrors, NatsOptions, connect, raw_credentials
+from kit.nats import AGENT_TAG, BusError, NatsErrors, NatsOptions, connect, raw_credentials
 
 log = structlog.get_logger(__name__)
 

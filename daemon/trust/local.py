@@ -13,7 +13,7 @@ from daemon.private_files import write_private
 from daemon.store import credentials as store
 from daemon.trust import authority
 from daemon.trust.permissions import Role, ServiceGrant
-from runners.bus import read_creds_claims
+from kit.nats import read_creds_claims
 
 log = structlog.get_logger(__name__)
 

@@ -19,36 +19,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from daemon.documents.names import subject_problem
 from daemon.trust.claims import Permissions
-from runners.protocol import (
-    INBOX_ROOT,
-    SOURCES_BUCKET,
-    agent_inbox,
-    assign_subject,
-    cancel_subject,
-    heartbeat_subject,
+from kit.subjects import (
+    AGENTS,
+    JS_API,
+    LOGS,
+    RUNS,
+    SOURCES_STREAM,
+    SOURCES_SUBJECTS,
+    STEPS,
+    SUBMIT,
+    subject_problem,
 )
+from runners.protocol import INBOX_ROOT, agent_inbox, assign_subject, cancel_subject, heartbeat_subject
 
 Role = Literal["agent", "service", "admin"]
 
-SUBMIT = "sluice.submit"
-RUNS = "sluice.runs"
 SERVICE_INBOX = "_INBOX.>"
 """Services reply on NATS's default inboxes, so that any client works as it is."""
 
-_SOURCES_STREAM = f"OBJ_{SOURCES_BUCKET}"
 SOURCE_READER = (
     # Open the bucket, then read an object's meta and its chunks one message at a time. Never a
     # consumer: the server does not check where a consumer delivers, so it would let an agent have
     # JetStream publish on any subject.
-    f"$JS.API.STREAM.INFO.{_SOURCES_STREAM}",
-    f"$JS.API.STREAM.MSG.GET.{_SOURCES_STREAM}",
+    f"{JS_API}.STREAM.INFO.{SOURCES_STREAM}",
+    f"{JS_API}.STREAM.MSG.GET.{SOURCES_STREAM}",
 )
 RESERVED = (
-    "sluice.agents.>",
-    "sluice.steps.>",
-    "sluice.logs.>",
+    f"{AGENTS}.>",
+    f"{STEPS}.>",
+    f"{LOGS}.>",
     f"{RUNS}.>",
     f"{INBOX_ROOT}.>",
     "$JS.>",
@@ -68,7 +68,7 @@ def daemon() -> Permissions:
     # server would track the reply subject of every message the daemon receives (each JetStream
     # delivery has one), which costs it more than the daemon's whole share of the work.
     return Permissions(
-        publish=("sluice.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", f"$O.{SOURCES_BUCKET}.>", SERVICE_INBOX),
+        publish=("sluice.>", f"{JS_API}.>", "$JS.ACK.>", "$JS.FC.>", f"{SOURCES_SUBJECTS}.>", SERVICE_INBOX),
         subscribe=(">",),
     )
 
@@ -77,8 +77,8 @@ def agent(name: str) -> Permissions:
     return Permissions(
         publish=(
             heartbeat_subject(name),
-            f"sluice.steps.{name}.>",
-            f"sluice.logs.{name}.>",
+            f"{STEPS}.{name}.>",
+            f"{LOGS}.{name}.>",
             *SOURCE_READER,
         ),
         subscribe=(assign_subject(name), cancel_subject(name), f"{agent_inbox(name)}.>"),

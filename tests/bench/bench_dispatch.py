@@ -39,9 +39,10 @@ from daemon.api import make_app
 from daemon.config import DispatchSettings
 from daemon.embedded import EmbeddedPostgres, free_port
 from daemon.scheduler import Scheduler
+from kit.logsetup import configure_logging
+from kit.subjects import STEPS_STREAM
 from runners import bus as runners_bus
-from runners.logsetup import configure_logging
-from runners.protocol import STEPS_STREAM, agent_inbox
+from runners.protocol import agent_inbox
 from tests.bench.harness import Bus, embedded_servers, report, temp_dir
 from tests.integration.fake_agent import ACCESS, AS_ADMIN, FakeAgent, GiB, Outcome
 

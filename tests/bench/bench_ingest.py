@@ -40,7 +40,7 @@ from nats.js.api import StreamConfig
 
 from daemon.tasks import TaskSet
 from daemon.trust import permissions
-from runners.logsetup import configure_logging
+from kit.logsetup import configure_logging
 from tests.bench.bench_dispatch import PIPELINE, System, percentile
 from tests.bench.harness import embedded_servers, report, temp_dir
 from tests.integration.fake_agent import Outcome

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from daemon.config import DispatchSettings
 from daemon.embedded import EmbeddedPostgres
-from runners.logsetup import configure_logging
+from kit.logsetup import configure_logging
 from runners.protocol import HEARTBEAT_INTERVAL_S
 from tests.bench.bench_dispatch import System
 from tests.bench.harness import Bus, embedded_servers, report, temp_dir

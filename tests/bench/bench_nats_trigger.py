@@ -35,10 +35,11 @@ import nats
 from nats.aio.client import Client as NATS
 
 from daemon.embedded import EmbeddedNats
-from runners.logsetup import configure_logging
+from kit.logsetup import configure_logging
 from tests.bench.harness import report, temp_dir
 from triggers.base import EventResult, TriggerConfig, TriggerEvent
-from triggers.nats import MAX_IN_FLIGHT, NatsSource
+from triggers.nats import NatsSource
+from triggers.nats.source import MAX_IN_FLIGHT
 from triggers.specs import NatsSource as NatsSpec
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from runners.logsetup import configure_logging
+from kit.logsetup import configure_logging
 from tests.bench.bench_dispatch import System
 from tests.bench.harness import embedded_servers, report, temp_dir
 from tests.integration.fake_agent import Outcome

@@ -23,7 +23,7 @@ from daemon.trust import authority, permissions
 from daemon.trust.authority import Trust
 from daemon.trust.claims import Permissions
 from daemon.trust.permissions import ServiceGrant
-from runners.bus import NatsOptions, raw_credentials
+from kit.nats import NatsOptions, raw_credentials
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 
 import msgspec
 
-from runners.bus import NatsOptions, connect
+from kit.nats import NatsOptions, connect
 
 
 async def main(args: argparse.Namespace) -> list[float]:

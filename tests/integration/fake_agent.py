@@ -22,9 +22,9 @@ from daemon.api.access import AccessSettings
 from daemon.config import DispatchSettings
 from daemon.scheduler import Scheduler
 from daemon.store import upsert_datastore
-from runners.bus import NatsOptions
+from kit.nats import NatsOptions
+from kit.subjects import STEPS_STREAM
 from runners.protocol import (
-    STEPS_STREAM,
     Assignment,
     AssignReply,
     Cancel,

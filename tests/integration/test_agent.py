@@ -22,16 +22,16 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.object_store import ObjectStore
 
-from daemon.step_events import ensure_stream
+from kit.nats import BusError, NatsOptions, connect
+from kit.streams import ensure_steps_stream
+from kit.subjects import SOURCES_BUCKET
 from runners.agent import Agent, AgentConfig
-from runners.bus import BusError, NatsOptions, connect
 from runners.executors import Executor
 from runners.executors.docker import DockerExecutor, connect_docker
 from runners.executors.process import ProcessExecutor
 from runners.metrics import parse_metrics
 from runners.protocol import (
     HEARTBEATS,
-    SOURCES_BUCKET,
     Assignment,
     AssignReply,
     Cancel,
@@ -159,7 +159,7 @@ class Daemon:
 @pytest.fixture
 async def daemon(nats_url: str, tmp_path: Path) -> AsyncIterator[Daemon]:
     nc = await nats.connect(nats_url, connect_timeout=5)
-    await ensure_stream(nc.jetstream())  # as the daemon does: agents publish into it, never make it
+    await ensure_steps_stream(nc.jetstream())  # as the daemon does: agents publish into it, never make it
     fake = Daemon(nc=nc, tmp_path=tmp_path)
 
     async def on_beat(msg) -> None:

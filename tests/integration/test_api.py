@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from daemon import bus
 from daemon.api import make_app
 from daemon.api.access import AccessSettings
-from runners.bus import NatsOptions
+from kit.nats import NatsOptions
 from tests.integration.fake_agent import ACCESS, AS_ADMIN
 
 PIPELINE = """

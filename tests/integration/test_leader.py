@@ -23,7 +23,7 @@ from daemon.api import make_app
 from daemon.leader import APPLICATION_PREFIX
 from daemon.scheduler import Scheduler
 from daemon.store import upsert_datastore
-from runners.bus import NatsOptions
+from kit.nats import NatsOptions
 from tests.integration.fake_agent import ACCESS, AS_ADMIN, FAST, Harness
 
 RETRY_S = 0.2

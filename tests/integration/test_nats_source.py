@@ -21,17 +21,13 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 
+from kit.backoff import backoff_s
+from kit.streams import trigger_durable
+from kit.subjects import subject_problem
 from triggers.base import EventResult, EventSink, TriggerConfig, TriggerError, TriggerEvent
-from triggers.nats import (
-    NatsSource,
-    core_dedupe_key,
-    decode_data,
-    durable_name,
-    matches,
-    retry_delay,
-    stream_dedupe_key,
-    subject_problem,
-)
+from triggers.nats import NatsSource
+from triggers.nats.events import core_dedupe_key, decode_data, matches, stream_dedupe_key
+from triggers.nats.runner import NAK_BASE_DELAY_S, NAK_MAX_DELAY_S
 from triggers.specs import NatsSource as NatsSpec
 
 WAIT_S = 15.0
@@ -141,8 +137,9 @@ def test_dedupe_keys_and_backoff() -> None:
     assert stream_dedupe_key(None, "S", 5) == "S:5"
     assert core_dedupe_key({"Nats-Msg-Id": "x"}) == "x"
     assert core_dedupe_key(None) != core_dedupe_key(None)
-    assert [retry_delay(n) for n in (1, 2, 3, 7, 100)] == [0.5, 1.0, 2.0, 30.0, 30.0]
-    assert durable_name("nightly") == "sluice-trigger-nightly"
+    delays = [backoff_s(n, base=NAK_BASE_DELAY_S, cap=NAK_MAX_DELAY_S) for n in (1, 2, 3, 7, 100)]
+    assert delays == [0.5, 1.0, 2.0, 30.0, 30.0]
+    assert trigger_durable("nightly") == "sluice-trigger-nightly"
 
 
 def test_subject_problems() -> None:
@@ -231,8 +228,8 @@ async def test_invalid_subject_is_a_trigger_error(nc: NATS, uid: str) -> None:
     async with running(nc, Sink()) as source:
         with pytest.raises(TriggerError, match=f"bad-{uid}"):
             await source.put(trigger(f"bad-{uid}", subject="a..b"))
-        assert "empty token" in source.status(f"bad-{uid}")["error"]
-        with pytest.raises(TriggerError, match="empty token"):  # unchanged, and still unwatchable
+        assert "bad NATS subject" in source.status(f"bad-{uid}")["error"]
+        with pytest.raises(TriggerError, match="bad NATS subject"):  # unchanged, and still unwatchable
             await source.put(trigger(f"bad-{uid}", subject="a..b"))
         await source.remove(f"bad-{uid}")
         assert source.status(f"bad-{uid}") == {}
@@ -300,7 +297,7 @@ async def test_jetstream_exactly_once_across_two_crashes(nats_url: str, nc: NATS
     assert len(repeats) >= 2  # at least the two events whose ack the crashes lost
     for event in repeats:
         assert event.fields == distinct[event.dedupe_key].fields
-    info = await js.consumer_info(stream, durable_name(name))
+    info = await js.consumer_info(stream, trigger_durable(name))
     assert info.num_pending == 0
     assert info.num_ack_pending == 0
 
@@ -344,7 +341,7 @@ async def test_sink_failure_naks_and_the_message_is_acked_after_success(nc: NATS
         assert gaps[0] >= 0.45
         assert gaps[1] >= 0.95
         await eventually(lambda: _acked(source, name))
-        info = await js.consumer_info(stream, durable_name(name))
+        info = await js.consumer_info(stream, trigger_durable(name))
         assert info.num_ack_pending == 0
         assert info.num_pending == 0
         assert info.num_redelivered == 0  # redeliveries are counted only while unacked
@@ -395,7 +392,7 @@ async def test_remove_then_put_resumes_without_losing_messages(nc: NATS, uid: st
             await js.publish(f"pause.{uid}", json.dumps({"n": n}).encode())
         await asyncio.sleep(0.3)
         assert len(sink.events) == 10
-        info = await js.consumer_info(stream, durable_name(name))  # pausing keeps the consumer
+        info = await js.consumer_info(stream, trigger_durable(name))  # pausing keeps the consumer
         assert info.num_pending == 20
         assert info.num_ack_pending == 0  # nothing went to the ended pull request
 
@@ -471,7 +468,7 @@ async def test_changed_match_keeps_the_position_and_changed_subject_updates_the_
         assert [event.fields["data"]["n"] for event in sink.events] == [1, 3]  # n=2 is not replayed
 
         await source.put(trigger(name, subject=f"chg.{uid}.b", stream=stream))
-        info = await js.consumer_info(stream, durable_name(name))
+        info = await js.consumer_info(stream, trigger_durable(name))
         assert info.config.filter_subject == f"chg.{uid}.b"
         await js.publish(f"chg.{uid}.a", b'{"kind": "y", "n": 4}')
         await js.publish(f"chg.{uid}.b", b'{"kind": "z", "n": 5}')
@@ -488,11 +485,11 @@ async def test_delete_consumer_forgets_a_deleted_trigger(nc: NATS, uid: str) -> 
     js = nc.jetstream()
     async with running(nc, Sink()) as source:
         await source.put(trigger(name, subject=f"del.{uid}", stream=stream))
-        await js.consumer_info(stream, durable_name(name))
+        await js.consumer_info(stream, trigger_durable(name))
         await source.delete_consumer(name, stream)
         assert source.status(name) == {}
         with pytest.raises(nats.js.errors.NotFoundError):
-            await js.consumer_info(stream, durable_name(name))
+            await js.consumer_info(stream, trigger_durable(name))
         await source.delete_consumer(name, stream)  # already gone: fine
 
 
@@ -505,9 +502,9 @@ async def test_forget_deletes_the_consumer_while_remove_keeps_it(nc: NATS, uid: 
             await source.put(trigger(name, subject=f"fgt.{uid}.{name}", stream=stream))
         await source.remove(paused)
         await source.forget(deleted, trigger(deleted, subject=f"fgt.{uid}.{deleted}", stream=stream).on)
-        await js.consumer_info(stream, durable_name(paused))
+        await js.consumer_info(stream, trigger_durable(paused))
         with pytest.raises(nats.js.errors.NotFoundError):
-            await js.consumer_info(stream, durable_name(deleted))
+            await js.consumer_info(stream, trigger_durable(deleted))
 
 
 async def test_a_stream_deleted_under_a_running_trigger_shows_and_recovers(nc: NATS, uid: str) -> None:
@@ -549,6 +546,6 @@ async def test_a_sink_call_longer_than_ack_wait_is_not_redelivered(nc: NATS, uid
         await eventually(lambda: returned == 1, within=10)
         await asyncio.sleep(1.5)
         assert calls == 1  # in-progress acks kept JetStream from redelivering it meanwhile
-        info = await js.consumer_info(stream, durable_name(name))
+        info = await js.consumer_info(stream, trigger_durable(name))
         assert info.num_ack_pending == 0
         assert info.num_redelivered == 0

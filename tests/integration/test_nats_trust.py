@@ -16,12 +16,14 @@ from nats.aio.client import Client as NATS
 from nats.js.api import ObjectStoreConfig
 
 from daemon.embedded import EmbeddedNats
-from daemon.step_events import ensure_stream
 from daemon.trust import authority, claims, permissions
 from daemon.trust.authority import Trust
 from daemon.trust.permissions import ServiceGrant
-from runners.bus import AGENT_TAG, BusError, NatsOptions, connect, fetch_source, raw_credentials
-from runners.protocol import DAEMON_INBOX, SOURCES_BUCKET, agent_inbox
+from kit.nats import AGENT_TAG, BusError, NatsOptions, connect, raw_credentials
+from kit.streams import ensure_steps_stream
+from kit.subjects import SOURCES_BUCKET
+from runners.protocol import DAEMON_INBOX, agent_inbox
+from runners.snapshots import fetch_source
 
 WAIT_S = 5.0
 
@@ -105,7 +107,7 @@ async def test_an_agent_does_its_work_and_nothing_of_another_agent(
         clients, secured, secured.creds("daemon", permissions.daemon()), inbox_prefix=DAEMON_INBOX
     )
     js = daemon.jetstream()
-    await ensure_stream(js)
+    await ensure_steps_stream(js)
     bucket = await js.create_object_store(SOURCES_BUCKET, config=ObjectStoreConfig(bucket=SOURCES_BUCKET))
     snapshot = bytes(range(256)) * 16 * 1024  # 4 MiB: the ordered consumer asks for flow control
     await bucket.put("sha256:feed", snapshot)

@@ -15,9 +15,10 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from daemon.step_events import ACK_WAIT_S, CONSUMER, MAX_ACK_PENDING, ensure_stream
 from daemon.transitions import Reported, apply_events
-from runners.protocol import STEPS_STREAM, Assignment, StepFinished, StepStarted
+from kit.streams import STEPS_ACK_WAIT_S, STEPS_CONSUMER, STEPS_MAX_ACK_PENDING, ensure_steps_stream
+from kit.subjects import STEPS_STREAM
+from runners.protocol import Assignment, StepFinished, StepStarted
 from tests.integration.fake_agent import FAST, FakeAgent, Harness, Outcome, harness
 
 ONE_STEP = "kind: Pipeline\nname: once\nsteps:\n  - name: only\n    command: [x]\n"
@@ -164,13 +165,13 @@ async def test_a_consumer_from_an_earlier_release_takes_todays_ack_wait(
         js = nc.jetstream()
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(STEPS_STREAM)
-        await ensure_stream(js)
+        await ensure_steps_stream(js)
         await js.add_consumer(
             STEPS_STREAM,
             config=ConsumerConfig(
-                durable_name=CONSUMER,
+                durable_name=STEPS_CONSUMER,
                 deliver_subject="_INBOX.old",  # where any service could listen
-                deliver_group=CONSUMER,
+                deliver_group=STEPS_CONSUMER,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=30.0,
                 max_ack_pending=65536,
@@ -178,8 +179,11 @@ async def test_a_consumer_from_an_earlier_release_takes_todays_ack_wait(
         )
         async with harness(pool, nats_url, tmp_path) as system:
             await system.apply(ONE_STEP)
-            info = await js.consumer_info(STEPS_STREAM, CONSUMER)
-            assert (info.config.ack_wait, info.config.max_ack_pending) == (ACK_WAIT_S, MAX_ACK_PENDING)
+            info = await js.consumer_info(STEPS_STREAM, STEPS_CONSUMER)
+            assert (info.config.ack_wait, info.config.max_ack_pending) == (
+                STEPS_ACK_WAIT_S,
+                STEPS_MAX_ACK_PENDING,
+            )
             assert info.config.deliver_subject.startswith("sluice.inbox.daemon.")
             agent = await system.agent("a1")
             run = await system.start_run("once")

@@ -11,7 +11,7 @@ import structlog
 from daemon.api.access import _host_name, granted
 from daemon.api.contract import NAME, RUN_ID, VERSION, _check
 from daemon.errors import BadRequest
-from runners.logsetup import configure_logging
+from kit.logsetup import configure_logging
 
 
 @pytest.mark.parametrize(

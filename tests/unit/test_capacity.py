@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from kit.subjects import check_agent_name
+from kit.units import parse_size
 from runners import options
 from runners.capacity import declared_gpus, detect_capacity, detect_cpus, detect_gpus, detect_memory
 from runners.ledger import Ledger, NoRoom
@@ -114,13 +116,13 @@ def test_cgroup_limits_cap_what_is_detected(tmp_path: Path) -> None:
     ("text", "size"), [("4Gi", 4 * GiB), ("512Mi", 512 * 1024**2), ("16G", 16 * 10**9), ("1000", 1000)]
 )
 def test_sizes(text: str, size: int) -> None:
-    assert options.parse_size(text) == size
+    assert parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "4GB", "-1", "0", "lots"])
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError, match="bad size"):
-        options.parse_size(text)
+        parse_size(text)
 
 
 def test_cpus_and_gpus_options() -> None:
@@ -152,10 +154,10 @@ def test_labels_and_datastores() -> None:
 def test_agent_names_are_one_subject_token() -> None:
     assert options.default_agent_name("gpu01.example.com") == "gpu01"
     assert options.default_agent_name("my host") == "my-host"
-    assert options.check_agent_name("gpu-01_a") == "gpu-01_a"
+    assert check_agent_name("gpu-01_a") == "gpu-01_a"
     for bad in ("a.b", "a b", "a*", ""):
         with pytest.raises(ValueError, match="bad agent name"):
-            options.check_agent_name(bad)
+            check_agent_name(bad)
 
 
 def _capacity() -> Capacity:

@@ -12,8 +12,9 @@ import structlog
 from daemon.refusals import Refusals
 from daemon.trust import authority, claims, permissions
 from daemon.trust.permissions import ServiceGrant, SubjectError, is_within, overlaps
+from kit.nats import AGENT_TAG, creds_agent, jwt_claims, read_creds_claims
+from kit.redaction import redacted_urls
 from runners import options
-from runners.bus import AGENT_TAG, creds_agent, jwt_claims, read_creds_claims
 from runners.protocol import (
     Assignment,
     Resources,
@@ -23,7 +24,6 @@ from runners.protocol import (
     step_event_origin,
     step_event_subject,
 )
-from runners.redaction import redacted_urls
 from runners.workspace import misplaced
 
 

@@ -20,6 +20,9 @@ from typing import Any
 
 import structlog
 
+from kit.backoff import Backoff
+from kit.offer import offer_until_committed
+from kit.supervise import supervise
 from triggers.base import EventSink, SaveState, Source, TriggerConfig, TriggerError, TriggerEvent
 from triggers.files.matching import Matcher
 from triggers.files.settle import Batcher, Settled, Settler, Signature, batch_key, classify, wanted
@@ -29,6 +32,8 @@ from triggers.specs import FilesSource as FilesSpec
 log = structlog.get_logger(__name__)
 
 _WORKERS = 8
+RESTART_BASE_S = 1.0
+RESTART_CAP_S = 60.0
 
 
 def _resolve_root(root: str) -> tuple[str, bool]:
@@ -112,7 +117,16 @@ class _Watched:
                 raise TriggerError(f"trigger {self.name}: cannot watch {self.root}: {exc2}") from exc2
         self.watch = watch
         log.info("files_trigger_watching", trigger=self.name, root=self.root, watch=watch.mode)
-        self._task = asyncio.create_task(self._run(), name=f"files:{self.name}")
+        loops = supervise(
+            self._loops,
+            name=f"files:{self.name}:loops",
+            crashed="files_trigger_crashed",
+            delays=Backoff(RESTART_BASE_S, RESTART_CAP_S),
+            fresh_after_s=RESTART_CAP_S,
+            context=lambda: {"trigger": self.name},
+            on_crash=self._crashed,
+        )
+        self._task = asyncio.create_task(loops, name=f"files:{self.name}")
 
     async def close(self) -> None:
         """Stop watching; after this no sink call of this trigger is in flight and what was
@@ -137,27 +151,19 @@ class _Watched:
     def request_rescan(self) -> None:
         self._rescan_requested.set()
 
-    async def _run(self) -> None:
-        """Supervises the trigger's loops: one that fails is logged and all restart, after a full
-        rescan, with capped backoff."""
-        backoff = 1.0
-        while True:
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._settle_loop(), name=f"files:{self.name}:settle")
-                    for i, queue in enumerate(self._queues):
-                        tg.create_task(self._worker(queue), name=f"files:{self.name}:deliver{i}")
-                    tg.create_task(self._save_loop(), name=f"files:{self.name}:save")
-                    tg.create_task(self._maintain_loop(), name=f"files:{self.name}:maintain")
-            except Exception as exc:
-                log.exception("files_trigger_crashed", trigger=self.name, retry_in=backoff)
-                self.error = f"internal error, restarting: {exc!r}"
-                self._reset()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
+    async def _loops(self) -> None:
+        """The trigger's loops; one that fails stops them all, and ``open``'s supervisor restarts them
+        (after a full rescan) with capped backoff."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._settle_loop(), name=f"files:{self.name}:settle")
+            for i, queue in enumerate(self._queues):
+                tg.create_task(self._worker(queue), name=f"files:{self.name}:deliver{i}")
+            tg.create_task(self._save_loop(), name=f"files:{self.name}:save")
+            tg.create_task(self._maintain_loop(), name=f"files:{self.name}:maintain")
 
-    def _reset(self) -> None:
+    def _crashed(self, exc: Exception) -> None:
         """Forget every transient record; the rescan that follows finds again what was not saved."""
+        self.error = f"internal error, restarting: {exc!r}"
         self.settler = Settler(self.spec.settle)
         self.batcher = Batcher(self.spec.batch) if self.spec.batch > 0 else None
         for queue in self._queues:
@@ -287,23 +293,15 @@ class _Watched:
         while True:
             items = await queue.get()
             event = self._event(items)
-            attempt = 0
-            while True:
-                try:
-                    result = await sink(event)
-                    break
-                except Exception as exc:
-                    attempt += 1
-                    delay = min(self._source.retry_base * 2 ** (attempt - 1), self._source.retry_cap)
-                    log.warning(
-                        "files_sink_failed",
-                        trigger=self.name,
-                        path=items[0].path,
-                        attempt=attempt,
-                        retry_in=delay,
-                        error=str(exc),
-                    )
-                    await asyncio.sleep(delay)
+            result = await offer_until_committed(
+                lambda event=event: sink(event),
+                failed="files_sink_failed",
+                base=self._source.retry_base,
+                cap=self._source.retry_cap,
+                trigger=self.name,
+                path=items[0].path,
+            )
+            assert result is not None  # never closed: cancelled with the trigger instead
             log.debug(
                 "files_event_committed",
                 trigger=self.name,
@@ -389,7 +387,7 @@ class _Watched:
 
     async def _maintain_loop(self) -> None:
         source = self._source
-        backoff = source.restart_base
+        delays = Backoff(source.restart_base, source.restart_cap)
         healthy = True
         try:
             await self._rescan()
@@ -402,7 +400,7 @@ class _Watched:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._rescan_requested.wait(), source.health_interval)
             else:
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(delays.next())
             problem = await self._check()
             if problem is not None or not healthy:
                 if problem is not None and healthy and problem != self.error:
@@ -410,9 +408,9 @@ class _Watched:
                 self.error = problem or self.error
                 if not await self._restart_watch():
                     healthy = False
-                    backoff = min(backoff * 2, source.restart_cap)
                     continue
-                healthy, backoff = True, source.restart_base
+                healthy = True
+                delays.reset()
                 self._rescan_requested.set()
             if self._rescan_requested.is_set() or self._loop.time() >= next_rescan:
                 self._rescan_requested.clear()

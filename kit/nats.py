@@ -1,12 +1,11 @@
-"""How Sluice's processes reach NATS: servers, credentials, TLS and a private inbox; the source
-snapshot bucket agents read."""
+"""How Sluice's processes reach NATS: servers, credentials (and the claims a ``.creds`` file holds),
+TLS, a private inbox, and the one error type for a NATS that cannot be reached or refuses."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import dataclasses
-import hashlib
 import json
 import os
 import ssl
@@ -15,14 +14,11 @@ from collections.abc import Callable, Mapping
 
 import nats
 import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
-from nats.js import JetStreamContext
 
-from runners.protocol import SOURCES_BUCKET
-from runners.redaction import redacted_urls
+from kit.redaction import redacted_urls
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +28,6 @@ FIRST_CONNECT_TIMEOUT_S = 30.0
 """All tries at the first connection; after it the client reconnects for as long as the process
 lives, unless the server refuses it for good (its credentials were revoked)."""
 DRAIN_TIMEOUT_S = 5
-SOURCE_FETCH_TIMEOUT_S = 300.0
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 NatsErrors = (nats.errors.Error, OSError, TimeoutError)
@@ -247,35 +242,3 @@ def _is_refusal(exc: Exception) -> bool:
     """The server refused who we say we are (a verdict that holds until the credentials change)."""
     text = str(exc).lower()
     return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text
-
-
-async def fetch_source(js: JetStreamContext, digest: str) -> bytes:
-    """The snapshot archive named ``digest`` in ``SOURCES_BUCKET``, read a chunk at a time with
-    stream message gets: an agent may read the bucket, never make a consumer on it (a consumer
-    delivers to whatever subject its maker names).
-
-    Raises ``BusError`` when the bucket or the object does not exist, the chunks do not add up to
-    what the object's metadata says, or NATS fails.
-    """
-    try:
-        return await asyncio.wait_for(_read_object(js, digest), SOURCE_FETCH_TIMEOUT_S)
-    except nats.js.errors.BucketNotFoundError:
-        raise BusError(f"no source bucket {SOURCES_BUCKET} on NATS") from None
-    except nats.js.errors.ObjectNotFoundError:
-        raise BusError(f"source snapshot {digest} is not in {SOURCES_BUCKET}") from None
-    except NatsErrors as exc:
-        raise BusError(f"cannot fetch source snapshot {digest}: {exc or type(exc).__name__}") from exc
-
-
-async def _read_object(js: JetStreamContext, name: str) -> bytes:
-    info = await (await js.object_store(SOURCES_BUCKET)).get_info(name)
-    stream, chunks = f"OBJ_{SOURCES_BUCKET}", f"$O.{SOURCES_BUCKET}.C.{info.nuid}"
-    data, seq = bytearray(), 1
-    for _ in range(info.chunks or 0):
-        message = await js.get_msg(stream, seq=seq, subject=chunks, next=True)
-        data += message.data or b""
-        seq = (message.seq or seq) + 1
-    expected = base64.urlsafe_b64decode((info.digest or "").partition("=")[2] + "==")
-    if len(data) != (info.size or 0) or hashlib.sha256(data).digest() != expected:
-        raise BusError(f"source snapshot {name} is damaged in {SOURCES_BUCKET} (size or digest differ)")
-    return bytes(data)
