@@ -13,7 +13,6 @@ import asyncpg
 import msgspec
 
 from daemon import store
-from daemon.bus import SourceStore
 from daemon.documents import (
     Document,
     DocumentErrors,
@@ -28,6 +27,7 @@ from daemon.documents import (
     version_digest,
 )
 from daemon.metrics import VERSIONS_PUBLISHED
+from daemon.runtime.bus import SourceStore
 
 SOURCE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 Action = Literal["created", "updated", "unchanged", "published"]

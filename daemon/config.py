@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from daemon.params import DEFAULT_MAX_BYTES
+from daemon.rules.params import DEFAULT_MAX_BYTES
 from kit.nats import NatsOptions
 from kit.units import parse_size
 from runners.protocol import ASSIGN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S

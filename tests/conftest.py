@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.embedded import EmbeddedNats, EmbeddedPostgres
+from daemon.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 
 TEMPLATE = "sluice_template"
 

@@ -16,10 +16,10 @@ from daemon.api import agents, apply, credentials, events, ops, pipelines, runs,
 from daemon.api.access import ACCESS, Access, AccessSettings, guard
 from daemon.api.context import NATS_ACCESS, NATS_CLIENT, POOL, SCHEDULER, SOURCES, NatsAccess
 from daemon.api.http import OPEN_STREAMS, end_streams, json_response
-from daemon.bus import SourceStore
 from daemon.errors import SluiceError
 from daemon.metrics import HTTP_REQUESTS, HTTP_SECONDS
-from daemon.scheduler import Scheduler
+from daemon.runtime.bus import SourceStore
+from daemon.runtime.scheduler import Scheduler
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from daemon.bus import SourceStore
+from daemon.runtime.bus import SourceStore
 from kit.nats import NatsOptions
 
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -29,7 +29,7 @@ NATS_ACCESS = web.AppKey("nats_settings", NatsAccess)
 
 
 def _scheduler_key():
-    from daemon.scheduler import Scheduler
+    from daemon.runtime.scheduler import Scheduler
 
     return web.AppKey("scheduler", Scheduler)
 

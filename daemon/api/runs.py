@@ -17,9 +17,9 @@ from daemon.api.http import decode_cursor, int_query, json_response, limit_arg, 
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.errors import BadRequest, NotFound, Unavailable
 from daemon.limits import Positive32
-from daemon.planner import FINAL_STEP
-from daemon.rendering import log_path
-from daemon.scheduler import Scheduler
+from daemon.rules.rendering import log_path
+from daemon.rules.states import FINAL_STEP
+from daemon.runtime.scheduler import Scheduler
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
 from daemon.store.catalog import get_datastore

@@ -99,7 +99,7 @@ def announcement(endpoints) -> str:
 
 def _serve(settings: Settings, host: str, port: int, *, announce: bool, agents: int) -> None:
     from daemon.cli.output import fail
-    from daemon.service import ConfigurationError, Endpoints, run_daemon
+    from daemon.runtime.service import ConfigurationError, Endpoints, run_daemon
 
     try:
         configure_logging(settings.log_format)
@@ -111,7 +111,7 @@ def _serve(settings: Settings, host: str, port: int, *, announce: bool, agents: 
             click.echo(announcement(endpoints))
 
     async def main() -> None:
-        from daemon.local_agents import agent_names, local_agents
+        from daemon.runtime.local_agents import agent_names, local_agents
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -27,13 +27,13 @@ from uuid import UUID
 
 import asyncpg
 
-from daemon.announce import Announcer
-from daemon.contexts import RunContexts, VersionSpec, run_context
-from daemon.dispatcher import Claims, Dispatcher, ReadyStep
-from daemon.planner import FINAL_RUN
-from daemon.reuse import PlanRequest, ReusePlanner, step_plans
+from daemon.dispatch.announce import Announcer
+from daemon.dispatch.dispatcher import Claims, Dispatcher, ReadyStep
+from daemon.planning.contexts import RunContexts, VersionSpec, run_context
+from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
 from daemon.rules.reuse import Decision, all_reused, reused_links
+from daemon.rules.states import FINAL_RUN
 from daemon.store import new_runs as new_run_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store

@@ -14,8 +14,8 @@ from typing import Any
 from uuid import UUID
 
 from daemon.documents.specs import FromDatastore, StepSpec
-from daemon.fingerprints import changed
-from daemon.planner import settle
+from daemon.rules.states import settle
+from daemon.rules.step_fingerprints import changed
 
 
 @dataclass(frozen=True, slots=True)

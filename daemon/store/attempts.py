@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from daemon.planner import ACTIVE_STEP
+from daemon.rules.states import ACTIVE_STEP
 from daemon.store.db import Db, iso
 from daemon.store.runs import ACTIVE, RUN_COLUMNS, RunRecord
 from daemon.store.sql import qualified, values_list

@@ -1,4 +1,4 @@
-"""The advisory lock of a leader election (:mod:`daemon.leader`), on the election's own session: take
+"""The advisory lock of a leader election (:mod:`daemon.runtime.leader`), on the election's own session: take
 it, name the session that holds it, and bound how long the server keeps a silent session (and so
 the lock)."""
 

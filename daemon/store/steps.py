@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from daemon.planner import FINAL_STEP
+from daemon.rules.states import FINAL_STEP
 from daemon.store.attempts import AttemptRecord, attempts_by_step
 from daemon.store.db import Db, iso
 from daemon.store.runs import ACTIVE
@@ -69,7 +69,7 @@ class StepRunRecord:
             "status": self.status,
             "reused": self.status == "reused",
             "fingerprint": self.fingerprint,
-            # Why the step was reused or executed (``daemon.reuse``); None for runs from before reuse.
+            # Why the step was reused or executed (``daemon.rules.reuse``); None for runs from before reuse.
             "reuse": self.explanation,
             "outputs": self.outputs,
             "metrics": self.metrics,
@@ -156,7 +156,7 @@ async def set_step_statuses(
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """What an attempt's end did to its step (from :func:`daemon.planner.after_attempt`)."""
+    """What an attempt's end did to its step (from :func:`daemon.rules.states.after_attempt`)."""
 
     step_run_id: int
     status: str

@@ -8,7 +8,7 @@ import contextlib
 
 from daemon import store
 from daemon.config import Settings
-from daemon.embedded import EmbeddedPostgres, data_dir_lock
+from daemon.runtime.embedded import EmbeddedPostgres, data_dir_lock
 from daemon.trust import authority
 
 

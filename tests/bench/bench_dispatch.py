@@ -34,11 +34,12 @@ import asyncpg
 import nats.js.errors
 from aiohttp import web
 
-from daemon import bus, store
+from daemon import store
 from daemon.api import make_app
 from daemon.config import DispatchSettings
-from daemon.embedded import EmbeddedPostgres, free_port
-from daemon.scheduler import Scheduler
+from daemon.runtime import bus
+from daemon.runtime.embedded import EmbeddedPostgres, free_port
+from daemon.runtime.scheduler import Scheduler
 from kit.logsetup import configure_logging
 from kit.subjects import STEPS_STREAM
 from runners import bus as runners_bus

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from daemon.datafingerprint import DEFAULT_MIN_AGE_S, DataFingerprints
+from daemon.planning.data_fingerprints import DEFAULT_MIN_AGE_S, DataFingerprints
 from tests.bench.harness import report, summary, temp_dir
 
 

@@ -5,7 +5,7 @@ Everything runs in this process against embedded PostgreSQL and NATS: the schedu
 manager and its sources) and the HTTP API as the daemon runs them, and fake agents (real NATS peers,
 ``tests/integration/fake_agent.py``) that accept at once and finish at once.
 
-1. sink: ``--events`` events handed straight to the daemon's sink (``daemon.ingest.Ingest``), 32 at a
+1. sink: ``--events`` events handed straight to the daemon's sink (``daemon.intake.events.Ingest``), 32 at a
    time: committed runs per second; then 1,000 one after the other: latency of one commit.
 2. jetstream: ``--events`` messages stored on a stream while their trigger is paused, then the trigger
    is resumed: committed runs per second through the nats source (pull consumer, acked after commit),
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 import msgspec
 from nats.js.api import StreamConfig
 
-from daemon.tasks import TaskSet
+from daemon.runtime.tasks import TaskSet
 from daemon.trust import permissions
 from kit.logsetup import configure_logging
 from tests.bench.bench_dispatch import PIPELINE, System, percentile

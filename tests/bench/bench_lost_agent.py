@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from daemon.config import DispatchSettings
-from daemon.embedded import EmbeddedPostgres
+from daemon.runtime.embedded import EmbeddedPostgres
 from kit.logsetup import configure_logging
 from runners.protocol import HEARTBEAT_INTERVAL_S
 from tests.bench.bench_dispatch import System

@@ -34,7 +34,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
-from daemon.embedded import EmbeddedNats
+from daemon.runtime.embedded import EmbeddedNats
 from kit.logsetup import configure_logging
 from tests.bench.harness import report, temp_dir
 from triggers.base import EventResult, TriggerConfig, TriggerEvent

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
-from daemon.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from daemon.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from daemon.trust import authority, permissions
 from daemon.trust.authority import Trust
 from daemon.trust.claims import Permissions

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.embedded import free_port
+from daemon.runtime.embedded import free_port
 from tests.e2e.sluice import FAST_TIMINGS, Background, SluiceAgent, SluiceUp
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.embedded import EmbeddedNats
+from daemon.runtime.embedded import EmbeddedNats
 from tests.e2e.sluice import SluiceAgent, apply, cli, wait_for
 
 pytestmark = pytest.mark.e2e

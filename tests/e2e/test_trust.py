@@ -16,7 +16,7 @@ import nats
 import nats.errors
 import pytest
 
-from daemon.embedded import EmbeddedNats, free_port, nats_server_binary, port_is_free
+from daemon.runtime.embedded import EmbeddedNats, free_port, nats_server_binary, port_is_free
 from runners.protocol import (
     Assignment,
     Capacity,

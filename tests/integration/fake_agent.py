@@ -16,11 +16,11 @@ import nats.js.errors
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client as NATS
 
-from daemon import bus
 from daemon.api import make_app
 from daemon.api.access import AccessSettings
 from daemon.config import DispatchSettings
-from daemon.scheduler import Scheduler
+from daemon.runtime import bus
+from daemon.runtime.scheduler import Scheduler
 from daemon.store import upsert_datastore
 from kit.nats import NatsOptions
 from kit.subjects import STEPS_STREAM

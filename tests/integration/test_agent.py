@@ -638,7 +638,7 @@ def test_metrics_lines() -> None:
 
 async def open_sources(nc: NATS) -> ObjectStore:
     """The source bucket, created as the daemon creates it (a different config would clash)."""
-    from daemon.bus import SourceStore
+    from daemon.runtime.bus import SourceStore
 
     await SourceStore.open(nc)
     return await nc.jetstream().object_store(SOURCES_BUCKET)

@@ -103,7 +103,7 @@ def test_bad_options_exit_2_naming_the_option(args: list[str], option: str, tmp_
 
 
 def test_sluice_agent_stops_cleanly_while_nats_is_away(tmp_path: Path) -> None:
-    from daemon.embedded import EmbeddedNats
+    from daemon.runtime.embedded import EmbeddedNats
 
     server = EmbeddedNats(tmp_path / "nats")
     url = server.start()

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon import bus
 from daemon.api import make_app
 from daemon.api.access import AccessSettings
+from daemon.runtime import bus
 from kit.nats import NatsOptions
 from tests.integration.fake_agent import ACCESS, AS_ADMIN
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon.dispatch.transitions import Reported, apply_events
 from daemon.store.images import image_digests
-from daemon.transitions import Reported, apply_events
 from runners.protocol import StepFinished, StepStarted
 from tests.integration.fake_agent import Harness, Outcome, harness
 

@@ -18,10 +18,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nats.aio.client import Client as NATS
 
-from daemon import bus
 from daemon.api import make_app
-from daemon.leader import APPLICATION_PREFIX
-from daemon.scheduler import Scheduler
+from daemon.runtime import bus
+from daemon.runtime.leader import APPLICATION_PREFIX
+from daemon.runtime.scheduler import Scheduler
 from daemon.store import upsert_datastore
 from kit.nats import NatsOptions
 from tests.integration.fake_agent import ACCESS, AS_ADMIN, FAST, Harness

@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import ObjectStoreConfig
 
-from daemon.embedded import EmbeddedNats
+from daemon.runtime.embedded import EmbeddedNats
 from daemon.trust import authority, claims, permissions
 from daemon.trust.authority import Trust
 from daemon.trust.permissions import ServiceGrant

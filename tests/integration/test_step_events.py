@@ -15,7 +15,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from daemon.transitions import Reported, apply_events
+from daemon.dispatch.transitions import Reported, apply_events
 from kit.streams import STEPS_ACK_WAIT_S, STEPS_CONSUMER, STEPS_MAX_ACK_PENDING, ensure_steps_stream
 from kit.subjects import STEPS_STREAM
 from runners.protocol import Assignment, StepFinished, StepStarted

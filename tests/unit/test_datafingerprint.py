@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import datafingerprint
-from daemon.datafingerprint import MISSING, DataFingerprints, DataUnreadable
+from daemon.planning import data_fingerprints as datafingerprint
+from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
 
 AN_HOUR_AGO_NS = time.time_ns() - 3600 * 10**9
 

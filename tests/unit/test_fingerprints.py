@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from daemon.documents.specs import FromDatastore, FromStep, StepSpec
-from daemon.fingerprints import changed, fingerprint, shape_of, step_components
+from daemon.rules.step_fingerprints import changed, fingerprint, shape_of, step_components
 
 STEP = StepSpec(
     name="score",

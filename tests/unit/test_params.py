@@ -7,8 +7,8 @@ import pytest
 
 from daemon.documents.specs import ParamSpec, PipelineSpec
 from daemon.errors import Invalid
-from daemon.params import validate_params
-from daemon.rendering import RunContext, assignment, render_step
+from daemon.rules.params import validate_params
+from daemon.rules.rendering import RunContext, assignment, render_step
 
 SCHEMA = {
     "date": ParamSpec(type="string"),

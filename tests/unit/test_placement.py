@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.placement import AgentRoom, Need, Placed, Waiting, format_size, place
+from daemon.rules.placement import AgentRoom, Need, Placed, Waiting, format_size, place
 from runners.protocol import Gpu
 
 GiB = 1024**3

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.planner import advance, after_attempt, backoff, downstream, run_outcome, settle
+from daemon.rules.states import advance, after_attempt, backoff, downstream, run_outcome, settle
 
 # prep → left, prep → right, left + right → report
 GRAPH = {"prep": (), "left": ("prep",), "right": ("prep",), "report": ("left", "right")}

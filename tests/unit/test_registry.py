@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from daemon.placement import Need
-from daemon.registry import Registry
+from daemon.dispatch.registry import Registry
+from daemon.rules.placement import Need
 from runners.protocol import Capacity, Heartbeat
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.documents.specs import ParamSpec
-from daemon.resolver import Rejected, coerce, lookup, resolve_params, template
+from daemon.rules.event_params import Rejected, coerce, lookup, resolve_params, template
 
 FIELDS = {
     "id": 7,

@@ -9,7 +9,7 @@ import nkeys
 import pytest
 import structlog
 
-from daemon.refusals import Refusals
+from daemon.runtime.refusals import Refusals
 from daemon.trust import authority, claims, permissions
 from daemon.trust.permissions import ServiceGrant, SubjectError, is_within, overlaps
 from kit.nats import AGENT_TAG, creds_agent, jwt_claims, read_creds_claims

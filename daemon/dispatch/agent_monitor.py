@@ -20,12 +20,12 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
-from daemon.engine import Engine
-from daemon.refusals import Refusals
-from daemon.registry import AgentState
+from daemon.dispatch.cancel import send_cancels
+from daemon.dispatch.registry import AgentState
+from daemon.runtime.engine import Engine
+from daemon.runtime.refusals import Refusals
 from daemon.store import agents as agent_store
 from daemon.store import attempts as attempt_store
-from daemon.transitions import send_cancels
 from kit.subjects import check_agent_name
 from runners.protocol import HEARTBEATS, Capacity, Heartbeat, heartbeat_sender
 

@@ -11,8 +11,8 @@ from uuid import UUID
 
 from daemon.documents import PipelineSpec, StepSpec, spec_from_json
 from daemon.errors import NotFound
-from daemon.planner import step_graph
-from daemon.rendering import RunContext
+from daemon.rules.rendering import RunContext
+from daemon.rules.states import step_graph
 from daemon.store.catalog import list_datastores
 from daemon.store.db import Db
 from daemon.store.pipelines import VersionRecord, get_version

@@ -25,20 +25,20 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from daemon.announce import Announcer
 from daemon.config import DispatchSettings
-from daemon.contexts import Datastores, RunContexts, VersionSpec
+from daemon.dispatch.announce import Announcer
+from daemon.dispatch.registry import Registry
 from daemon.documents.specs import StepSpec
 from daemon.documents.template import TemplateError
 from daemon.errors import NotFound
-from daemon.placement import AgentRoom, Need, Placed, Waiting, place
-from daemon.registry import Registry
-from daemon.rendering import RenderedStep, RunContext, assignment, render_step
+from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
+from daemon.rules.placement import AgentRoom, Need, Placed, Waiting, place
+from daemon.rules.rendering import RenderedStep, RunContext, assignment, render_step
+from daemon.runtime.tasks import TaskSet
 from daemon.store import attempts as attempt_store
 from daemon.store import new_runs as new_run_store
 from daemon.store import steps as step_store
 from daemon.store.db import HeldConnection
-from daemon.tasks import TaskSet
 from runners.protocol import AssignReply, assign_subject
 
 log = structlog.get_logger(__name__)

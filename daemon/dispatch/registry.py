@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.placement import AgentRoom, Need
+from daemon.rules.placement import AgentRoom, Need
 from runners.protocol import Capacity, Gpu, Heartbeat
 
 

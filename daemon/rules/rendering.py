@@ -16,7 +16,7 @@ from typing import Any
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, FromStep, PipelineSpec, StepSpec
 from daemon.documents.template import TemplateError, render
-from daemon.params import param_text
+from daemon.rules.params import param_text
 from runners.protocol import Assignment, Resources
 
 

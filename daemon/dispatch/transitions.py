@@ -8,7 +8,6 @@ are applied in batches (whatever the consumer has received), one transaction per
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,21 +17,19 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from daemon.contexts import VersionSpec
-from daemon.dispatcher import ReadyStep
+from daemon.dispatch.dispatcher import ReadyStep
 from daemon.documents.references import DEFAULT_DATASTORE
-from daemon.engine import Engine
-from daemon.planner import FINAL_STEP, advance, after_attempt
+from daemon.planning.contexts import VersionSpec
 from daemon.planning.creation import Written, admit_held
-from daemon.rendering import in_datastore, output_path
+from daemon.rules.rendering import in_datastore, output_path
+from daemon.rules.states import FINAL_STEP, advance, after_attempt
+from daemon.runtime.engine import Engine
 from daemon.store import attempts as attempt_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
-from runners.protocol import Cancel, CancelReply, StepFinished, StepStarted, cancel_subject
+from runners.protocol import StepFinished, StepStarted
 
 log = structlog.get_logger(__name__)
-
-CANCEL_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -352,24 +349,3 @@ async def admit_next(
     for admitted in await admit_held(engine.creation, engine.specs.load, conn, pipeline):
         log.info("run_admitted", run_id=str(admitted.run.id), pipeline=pipeline)
         effects.admitted.append(admitted)
-
-
-async def send_cancels(engine: Engine, attempts: Sequence[tuple[int, str]], reason: str) -> None:
-    """Asks each agent to cancel its attempt (best effort, bounded, all at once); the finish events
-    follow."""
-    await asyncio.gather(
-        *(_send_cancel(engine, attempt_id, agent_id, reason) for attempt_id, agent_id in attempts)
-    )
-
-
-async def _send_cancel(engine: Engine, attempt_id: int, agent_id: str, reason: str) -> None:
-    try:
-        reply = await engine.nc.request(
-            cancel_subject(agent_id),
-            Cancel(attempt_id=attempt_id, reason=reason).encode(),
-            timeout=CANCEL_TIMEOUT_S,
-        )
-        found = CancelReply.decode(reply.data).found
-        log.info("attempt_cancel_sent", attempt=attempt_id, agent=agent_id, found=found)
-    except Exception as exc:  # an agent gone or slow is handled by heartbeats; keep cancelling others
-        log.warning("attempt_cancel_failed", attempt=attempt_id, agent=agent_id, error=repr(exc))

@@ -24,7 +24,7 @@ import msgspec
 from daemon.documents.specs import ParamSpec, Scalar
 from daemon.documents.template import TemplateError, references, render
 from daemon.errors import Invalid
-from daemon.params import DEFAULT_MAX_BYTES, validate_params
+from daemon.rules.params import DEFAULT_MAX_BYTES, validate_params
 
 _WHOLE = re.compile(r"^\$\{([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)\}$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")

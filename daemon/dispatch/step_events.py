@@ -26,12 +26,13 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 
-from daemon.engine import Engine
-from daemon.refusals import Refusals
+from daemon.dispatch.cancel import send_cancels
+from daemon.dispatch.transitions import Reported, apply_events
+from daemon.runtime.engine import Engine
+from daemon.runtime.refusals import Refusals
+from daemon.runtime.tasks import TaskSet
 from daemon.store import attempts as attempt_store
 from daemon.store.db import DATABASE_ERRORS
-from daemon.tasks import TaskSet
-from daemon.transitions import Reported, apply_events, send_cancels
 from kit.streams import (
     STEPS_ACK_WAIT_S,
     STEPS_CONSUMER,

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from daemon.announce import Announcer
 from daemon.config import DispatchSettings
-from daemon.contexts import Datastores, RunContexts, Specs
-from daemon.dispatcher import Dispatcher
+from daemon.dispatch.announce import Announcer
+from daemon.dispatch.dispatcher import Dispatcher
+from daemon.dispatch.registry import Registry
+from daemon.planning.contexts import Datastores, RunContexts, Specs
 from daemon.planning.creation import RunCreation
-from daemon.registry import Registry
-from daemon.reuse import ReusePlanner
+from daemon.planning.reuse_planner import ReusePlanner
 
 
 @dataclass(frozen=True, slots=True)

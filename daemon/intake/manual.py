@@ -1,5 +1,5 @@
 """Manual runs (REST, CLI, ``sluice.submit``): creating one for a pipeline version, exactly once per
-idempotency key, through the one creation path; and cancelling one.
+idempotency key, through the one creation path (``daemon.planning.creation``).
 
 A run beyond its pipeline's concurrency limit is created held (``on_limit: queue``) or not at all
 (``on_limit: skip``: a 409 Conflict says why); the rule is ``daemon.rules.admission``'s.
@@ -10,24 +10,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 import structlog
 
-from daemon.contexts import VersionSpec
-from daemon.engine import Engine
-from daemon.errors import Conflict, Invalid, NotFound
-from daemon.params import validate_params
-from daemon.planner import FINAL_RUN
+from daemon.errors import Invalid, NotFound
+from daemon.planning.contexts import VersionSpec
 from daemon.planning.creation import Draft, Written
 from daemon.rules.admission import refuse_version
-from daemon.store import attempts as attempt_store
+from daemon.rules.params import validate_params
+from daemon.runtime.engine import Engine
 from daemon.store import new_runs as new_run_store
 from daemon.store import runs as run_store
-from daemon.store import steps as step_store
 from daemon.store.pipelines import get_version, pipeline_exists
-from daemon.transitions import Effects, admit_next, send_cancels
 
 log = structlog.get_logger(__name__)
 
@@ -165,47 +160,3 @@ async def _insert(
     if written is None:
         engine.creation.unclaim(draft)
     return written
-
-
-async def cancel_run(
-    engine: Engine, run_id: UUID, reason: str = "cancelled by request"
-) -> run_store.RunRecord:
-    """Cancels the run: it ends ``cancelled`` at once, steps not started are cancelled, and agents are
-    asked to stop its running attempts (whose finish events then mark their steps cancelled).
-    Cancelling a cancelled run changes nothing.
-
-    Raises:
-        NotFound: no such run.
-        Conflict: the run already succeeded or failed.
-    """
-    effects = Effects()
-    async with engine.pool.acquire() as conn, conn.transaction():
-        locked = await run_store.lock_run(conn, run_id)
-        if locked is None:
-            raise NotFound(f"run {run_id} does not exist")
-        run, steps = locked
-        if run.status in FINAL_RUN:
-            if run.status == "cancelled":
-                return run
-            raise Conflict(
-                f"run {run_id} already {run.status}; only a queued or running run can be cancelled"
-            )
-        ended = await run_store.finish_run(conn, run.id, "cancelled", reason)
-        assert ended is not None
-        changed = await step_store.set_step_statuses(
-            conn, {step.id: "cancelled" for step in steps if step.status in ("pending", "ready")}
-        )
-        attempts = await attempt_store.cancellable_attempts(conn, run.id)
-        if not run.held:
-            version = await engine.specs.load(conn, run.pipeline, run.version)
-            await admit_next(engine, conn, run.pipeline, version, effects)
-    effects.runs.insert(0, ended)
-    for step in changed:
-        effects.steps.append((run.id, step.name, step.status, {}))
-        effects.discarded.append(step.id)
-    if not attempts:
-        effects.finished_runs.append(run.id)
-    log.info("run_cancelled", run_id=str(run.id), attempts=len(attempts))
-    await effects.apply(engine)
-    await send_cancels(engine, attempts, reason)
-    return ended

@@ -1,6 +1,6 @@
 """The scheduling side of the daemon, started and stopped as one: dispatcher, step events, agent
 supervision and the safety sweep, over state rebuilt from the database at start; and, while this
-daemon leads (:mod:`daemon.leader`), the trigger sources.
+daemon leads (:mod:`daemon.runtime.leader`), the trigger sources.
 
 ``Scheduler.start(exit_stack, …)`` registers its own teardown on the stack: loops stop, subscriptions
 end and assignments in flight are cancelled (their attempts stay ``dispatched`` in the database and are
@@ -20,27 +20,29 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
-from daemon import leader, runs
-from daemon.agents import AgentMonitor
-from daemon.announce import Announcer
 from daemon.config import DispatchSettings
-from daemon.contexts import Datastores, RunContexts, Specs
-from daemon.datafingerprint import DataFingerprints
-from daemon.dispatcher import Dispatcher
-from daemon.engine import Engine
-from daemon.leader import Election
-from daemon.placement import Need
+from daemon.dispatch import cancel
+from daemon.dispatch.agent_monitor import AgentMonitor
+from daemon.dispatch.announce import Announcer
+from daemon.dispatch.dispatcher import Dispatcher
+from daemon.dispatch.registry import AgentState, Registry
+from daemon.dispatch.step_events import StepEvents
+from daemon.dispatch.transitions import Effects, admit_next, fail_step
+from daemon.intake import manual
+from daemon.intake.submit import Submissions
+from daemon.intake.trigger_sources import Triggering, applied_changes
+from daemon.planning.contexts import Datastores, RunContexts, Specs
 from daemon.planning.creation import RunCreation
-from daemon.registry import AgentState, Registry
-from daemon.reuse import ReusePlanner
-from daemon.step_events import StepEvents
+from daemon.planning.data_fingerprints import DataFingerprints
+from daemon.planning.reuse_planner import ReusePlanner
+from daemon.rules.placement import Need
+from daemon.runtime import leader
+from daemon.runtime.engine import Engine
+from daemon.runtime.leader import Election
+from daemon.runtime.tasks import Supervisor
 from daemon.store import attempts as attempt_store
 from daemon.store import runs as run_store
 from daemon.store import triggering as trigger_store
-from daemon.submit import Submissions
-from daemon.tasks import Supervisor
-from daemon.transitions import Effects, admit_next, fail_step
-from daemon.triggering import Triggering, applied_changes
 
 log = structlog.get_logger(__name__)
 
@@ -178,11 +180,11 @@ class Scheduler:
 
     # --- operations the API offers ------------------------------------------------------------------
 
-    async def create_run(self, pipeline: str, **options: Any) -> runs.Created:
-        return await runs.create_run(self.engine, pipeline, **options)
+    async def create_run(self, pipeline: str, **options: Any) -> manual.Created:
+        return await manual.create_run(self.engine, pipeline, **options)
 
     async def cancel_run(self, run_id: UUID) -> run_store.RunRecord:
-        return await runs.cancel_run(self.engine, run_id)
+        return await cancel.cancel_run(self.engine, run_id)
 
     async def agent_revoked(self, agent_id: str) -> None:
         """Agent ``agent_id``'s credentials were revoked: NATS cuts it off, and what it ran is lost

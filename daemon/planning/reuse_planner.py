@@ -3,9 +3,10 @@ matches an earlier succeeded step run whose outputs still exist is ``reused`` â€
 outputs and never reaches an agent. Every decision says why (``Decision.explanation``).
 
 A whole run is planned at once, before it is inserted: a step's fingerprint stands for its outputs
-downstream (``daemon.fingerprints``), so a step below one that must run is still reused when its own
-fingerprint is unchanged (its upstream re-runs only because, say, its outputs were deleted). Datastore
-inputs are fingerprinted as they are when the run is created, concurrently and off the event loop.
+downstream (``daemon.rules.step_fingerprints``), so a step below one that must run is still reused
+when its own fingerprint is unchanged (its upstream re-runs only because, say, its outputs were
+deleted). Datastore inputs are fingerprinted as they are when the run is created, concurrently and
+off the event loop.
 
 Database work: one round trip for the earlier step runs with the same fingerprints and the steps of
 the pipeline's previous run (what a miss is compared with); one before it for the digests agents
@@ -25,13 +26,13 @@ from uuid import UUID
 
 import asyncpg
 
-from daemon.contexts import Datastores, VersionSpec, run_context
-from daemon.datafingerprint import MISSING, DataFingerprints, DataUnreadable
 from daemon.documents.specs import FromDatastore
 from daemon.documents.template import TemplateError, render
-from daemon.fingerprints import StepShape, fingerprint, shape_of, step_components
-from daemon.rendering import in_datastore, run_values
+from daemon.planning.contexts import Datastores, VersionSpec, run_context
+from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
+from daemon.rules.rendering import in_datastore, run_values
 from daemon.rules.reuse import Decision, Earlier, decide, first_statuses, key_of
+from daemon.rules.step_fingerprints import StepShape, fingerprint, shape_of, step_components
 from daemon.store.images import image_digests
 from daemon.store.new_runs import StepPlan
 from daemon.store.reuse import look_up

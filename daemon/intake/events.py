@@ -42,12 +42,12 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from daemon.engine import Engine
 from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.limits import storable
 from daemon.planning.creation import Draft, Written
-from daemon.resolver import resolve_params
 from daemon.rules.admission import RUN, Verdict, refuse_event, refuse_version
+from daemon.rules.event_params import resolve_params
+from daemon.runtime.engine import Engine
 from daemon.store import triggering as trigger_store
 from daemon.store.db import HeldConnection
 from triggers.base import EventResult, TriggerEvent

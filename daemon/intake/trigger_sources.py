@@ -2,7 +2,7 @@
 store as triggers are applied, paused, resumed and deleted — without a restart.
 
 At start it loads all triggers, starts each kind of source once (on the scheduler's exit stack, so
-sources stop before the dispatcher) with the daemon's sink (:class:`daemon.ingest.Ingest`), and
+sources stop before the dispatcher) with the daemon's sink (:class:`daemon.intake.events.Ingest`), and
 ``put``s every active trigger. A trigger its source cannot watch (``TriggerError``, or any failure of
 the source) is logged and kept in its status; the others keep running.
 
@@ -17,7 +17,7 @@ resume is ``put`` with the state the source saved, so a source's own catch-up ru
 does about the time it was paused. Delete is ``remove``; the trigger's events go with its row.
 
 One daemon runs the triggers: with several daemons on one database, only the leader
-(:mod:`daemon.leader`) starts a ``Triggering``, and stops it when it loses the lead.
+(:mod:`daemon.runtime.leader`) starts a ``Triggering``, and stops it when it loses the lead.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from typing import Any
 import msgspec
 import structlog
 
-from daemon.engine import Engine
-from daemon.ingest import Ingest
+from daemon.intake.events import Ingest
+from daemon.runtime.engine import Engine
+from daemon.runtime.tasks import Supervisor
 from daemon.store import triggering as trigger_store
 from daemon.store.runs import RunRecord
-from daemon.tasks import Supervisor
 from triggers.base import Source, TriggerConfig, TriggerError
 from triggers.run import CATCH_UP_BATCH, RunStatusSource
 from triggers.specs import EventSource, FilesSource

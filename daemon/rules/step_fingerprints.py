@@ -32,7 +32,7 @@ import msgspec
 
 from daemon.documents.specs import FromDatastore, FromStep, StepSpec
 from daemon.documents.template import references
-from daemon.params import param_text
+from daemon.rules.params import param_text
 
 FORMAT = "sluice-step-fingerprint/1"
 """Hashed first: bump it when what goes into a fingerprint changes, so that old ones never match."""

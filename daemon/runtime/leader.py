@@ -32,9 +32,9 @@ import structlog
 
 from daemon.errors import Unavailable
 from daemon.metrics import LEADER
+from daemon.runtime.tasks import Supervisor
 from daemon.store import leadership
 from daemon.store.db import DATABASE_ERRORS, connect, ping
-from daemon.tasks import Supervisor
 
 log = structlog.get_logger(__name__)
 

@@ -16,14 +16,15 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from daemon import bus, store
+from daemon import store
 from daemon.api import NatsAccess, make_app
 from daemon.api.access import AccessSettings
 from daemon.api.tokens import admin_token_file
 from daemon.config import Settings, is_loopback
-from daemon.embedded import EmbeddedNats, EmbeddedPostgres, data_dir_lock
 from daemon.errors import SluiceError, Unavailable
-from daemon.scheduler import Scheduler
+from daemon.runtime import bus
+from daemon.runtime.embedded import EmbeddedNats, EmbeddedPostgres, data_dir_lock
+from daemon.runtime.scheduler import Scheduler
 from daemon.trust import authority, local
 from kit.nats import raw_credentials
 from kit.redaction import redacted_urls

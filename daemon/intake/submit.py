@@ -1,9 +1,10 @@
 """``sluice.submit.<pipeline>``: the NATS request/reply trigger (contract §5).
 
 A request ``{"params": {…}, "version": n?, "idempotency_key": "…"?, "reuse": bool?}`` creates a run
-exactly as ``POST /pipelines/{name}/runs`` does (the same checks, the same code: ``daemon.runs``) and
-is answered ``{"run_id": …, "created": bool, …}``, or ``{"error": {"code", "message", "details"}}``
-for anything wrong — bad JSON included. No request can end the subscription.
+exactly as ``POST /pipelines/{name}/runs`` does (the same checks, the same code:
+``daemon.intake.manual``) and is answered ``{"run_id": …, "created": bool, …}``, or
+``{"error": {"code", "message", "details"}}`` for anything wrong — bad JSON included. No request can
+end the subscription.
 
 Requests are handled concurrently, at most ``MAX_IN_FLIGHT`` at a time; beyond that the subscription
 waits (NATS holds the rest in the subscription's pending buffer). Daemons subscribe in one queue
@@ -22,13 +23,13 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from daemon import runs
-from daemon.engine import Engine
 from daemon.errors import BadRequest, SluiceError
+from daemon.intake import manual
 from daemon.limits import Positive32, storable
-from daemon.params import UNSTORABLE
-from daemon.refusals import Refusals
-from daemon.tasks import TaskSet
+from daemon.rules.params import UNSTORABLE
+from daemon.runtime.engine import Engine
+from daemon.runtime.refusals import Refusals
+from daemon.runtime.tasks import TaskSet
 from kit.subjects import SUBMIT
 
 log = structlog.get_logger(__name__)
@@ -130,7 +131,7 @@ class Submissions:
         """The reply to one request; never raises for a bad request (the reply says what was wrong)."""
         try:
             pipeline, body = parse_request(subject, data)
-            created = await runs.create_run(
+            created = await manual.create_run(
                 self.engine,
                 pipeline,
                 params=body.params,
