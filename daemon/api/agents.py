@@ -17,7 +17,7 @@ async def list_agents(request: web.Request) -> web.Response:
     """Agents with capacity, free capacity, labels, running attempts, last heartbeat and status."""
     live = {}
     if (scheduler := request.app.get(SCHEDULER)) is not None:
-        live = {agent.id: agent.to_json() for agent in scheduler.engine.registry.all()}
+        live = {agent.id: agent.to_json() for agent in scheduler.registry.all()}
     items = []
     for record in await agent_store.list_agents(request.app[POOL]):
         item = live.pop(record.id, None)

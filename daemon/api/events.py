@@ -25,7 +25,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     scheduler = request.app.get(SCHEDULER)
     if scheduler is None:
         raise Unavailable("this daemon does not run the scheduler")
-    announcer = scheduler.engine.announcer
+    announcer = scheduler.announcer
     listener = announcer.listen(request.query.get("run") or None)
     try:
         with open_stream(request):

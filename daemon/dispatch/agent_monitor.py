@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
 import msgspec
 import nats.errors
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from daemon.dispatch.cancel import send_cancels
-from daemon.dispatch.registry import AgentState
-from daemon.runtime.engine import Engine
+from daemon.config import DispatchSettings
+from daemon.dispatch.cancel import Cancels
+from daemon.dispatch.dispatcher import Dispatcher
+from daemon.dispatch.registry import AgentState, Registry
 from daemon.runtime.refusals import Refusals
 from daemon.store import agents as agent_store
 from daemon.store import attempts as attempt_store
@@ -37,18 +40,32 @@ SILENCE_MARGIN_S = 0.002
 
 
 class AgentMonitor:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        nc: NATS,
+        registry: Registry,
+        dispatcher: Dispatcher,
+        cancels: Cancels,
+        settings: DispatchSettings,
+    ) -> None:
+        self._pool = pool
+        self._nc = nc
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._cancels = cancels
+        self._settings = settings
         self._sub = None
         self._stray_checked: dict[int, float] = {}
         self._refusals = Refusals("heartbeat_refused")
 
     async def load(self, started: float) -> None:
         """Agents known from the database count as silent since ``started`` (monotonic)."""
-        for record in await agent_store.list_agents(self._engine.pool):
+        for record in await agent_store.list_agents(self._pool):
             if record.status in ("lost", "stopped"):
                 continue
-            self._engine.registry.known(
+            self._registry.known(
                 AgentState(
                     id=record.id,
                     name=record.name,
@@ -62,7 +79,7 @@ class AgentMonitor:
             )
 
     async def start(self) -> None:
-        self._sub = await self._engine.nc.subscribe(HEARTBEATS, cb=self._on_heartbeat)
+        self._sub = await self._nc.subscribe(HEARTBEATS, cb=self._on_heartbeat)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -85,9 +102,8 @@ class AgentMonitor:
             log.exception("heartbeat_failed", agent=agent_id)
 
     async def heartbeat(self, agent_id: str, beat: Heartbeat) -> None:
-        engine = self._engine
         now = time.monotonic()
-        was = engine.registry.agents.get(agent_id)
+        was = self._registry.agents.get(agent_id)
         if beat.stopped:
             if was is not None and was.status != "stopped":
                 await self._stopped(was, now)
@@ -96,20 +112,20 @@ class AgentMonitor:
         if was is None or not was.written:
             # Attempts reference the agent's row: it must exist before the agent can take work.
             await self._write(agent_id, beat, "draining" if beat.draining else "ready")
-        agent, more_room = engine.registry.beat(agent_id, beat, now)
+        agent, more_room = self._registry.beat(agent_id, beat, now)
         if came_back or was is None or not was.seen:
             log.info("agent_joined", agent=agent.id, name=agent.name, came_back=came_back)
         if more_room:
-            engine.dispatcher.wake()
+            self._dispatcher.wake()
         descriptor = agent.descriptor()
-        if descriptor != agent.written or now - agent.written_at >= engine.settings.agent_write_interval_s:
+        if descriptor != agent.written or now - agent.written_at >= self._settings.agent_write_interval_s:
             agent.written, agent.written_at = descriptor, now
             await self._write(agent_id, beat, agent.db_status)
         await self._reconcile(agent, now)
 
     async def _write(self, agent_id: str, beat: Heartbeat, status: str) -> None:
         await agent_store.upsert_agent(
-            self._engine.pool,
+            self._pool,
             id=agent_id,
             name=agent_id,
             labels=dict(beat.labels),
@@ -137,7 +153,7 @@ class AgentMonitor:
             return
         for attempt_id in strays:
             self._stray_checked[attempt_id] = now
-        statuses = await attempt_store.attempt_statuses(self._engine.pool, strays)
+        statuses = await attempt_store.attempt_statuses(self._pool, strays)
         written_off = [
             (attempt_id, agent.id)
             for attempt_id in strays
@@ -145,28 +161,27 @@ class AgentMonitor:
         ]
         if written_off:
             log.info("stray_attempts", agent=agent.id, attempts=[item[0] for item in written_off])
-            await send_cancels(self._engine, written_off, "attempt is no longer assigned to this agent")
+            await self._cancels.send(written_off, "attempt is no longer assigned to this agent")
 
     async def run(self) -> None:
         """Checks for unlisted attempts several times per heartbeat timeout, and for a silent agent
         as soon as its timeout runs out (not at the next tick: a lost agent's steps move on sooner)."""
-        timeout = self._engine.settings.heartbeat_timeout_s
+        timeout = self._settings.heartbeat_timeout_s
         interval = min(0.5, timeout / 5)
         while True:
             delay = interval
-            if (due := self._engine.registry.next_silence(timeout)) is not None:
+            if (due := self._registry.next_silence(timeout)) is not None:
                 delay = min(delay, max(due - time.monotonic(), 0.0) + SILENCE_MARGIN_S)
             await asyncio.sleep(delay)
             await self.run_iteration()
 
     async def run_iteration(self) -> None:
-        engine = self._engine
         now = time.monotonic()
-        timeout = engine.settings.heartbeat_timeout_s
-        for agent in engine.registry.silent(now, timeout):
+        timeout = self._settings.heartbeat_timeout_s
+        for agent in self._registry.silent(now, timeout):
             await self.lose_agent(agent, f"agent {agent.name} sent no heartbeat for {timeout:g} s")
-        grace = engine.settings.unlisted_grace_s
-        for agent in list(engine.registry.all()):
+        grace = self._settings.unlisted_grace_s
+        for agent in list(self._registry.all()):
             if agent.status == "lost" or not agent.seen:
                 continue
             overdue = [attempt for attempt, since in agent.unlisted_since.items() if now - since > grace]
@@ -184,31 +199,29 @@ class AgentMonitor:
 
     async def lose_agent(self, agent: AgentState, reason: str) -> None:
         """The agent is gone: its active attempts are lost (their steps ready again elsewhere)."""
-        engine = self._engine
-        async with engine.pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction():
             ids = await attempt_store.active_attempt_ids(conn, agent.id)
             requeued = await attempt_store.lose_attempts(conn, dict.fromkeys(ids, reason))
             await agent_store.set_agent_status(conn, agent.id, "lost")
-        engine.registry.mark_lost(agent.id)
-        for attempt_id in [*ids, *engine.registry.attempts_of(agent.id)]:
-            engine.registry.release(attempt_id)
+        self._registry.mark_lost(agent.id)
+        for attempt_id in [*ids, *self._registry.attempts_of(agent.id)]:
+            self._registry.release(attempt_id)
         log.warning("agent_lost", agent=agent.id, name=agent.name, attempts=ids, reason=reason)
-        engine.dispatcher.requeue(requeued)
+        self._dispatcher.requeue(requeued)
 
     async def _stopped(self, agent: AgentState, now: float) -> None:
         """The agent said it stopped: it takes no more work at once. What it still held ends with the
         step events it stored before stopping (their consumption may lag this beat); what none ends
         within the unlisted grace is lost."""
-        await agent_store.set_agent_status(self._engine.pool, agent.id, "stopped")
-        self._engine.registry.stopped(agent.id)
+        await agent_store.set_agent_status(self._pool, agent.id, "stopped")
+        self._registry.stopped(agent.id)
         await self._reconcile(agent, now)
         log.info("agent_stopped", agent=agent.id, name=agent.name, attempts=sorted(agent.reservations))
 
     async def _lose_attempts(self, agent: AgentState, attempts: dict[int, str]) -> None:
-        engine = self._engine
-        async with engine.pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction():
             requeued = await attempt_store.lose_attempts(conn, attempts)
         for attempt_id in attempts:
-            engine.registry.release(attempt_id)
+            self._registry.release(attempt_id)
         log.warning("attempts_lost", agent=agent.id, attempts=list(attempts))
-        engine.dispatcher.requeue(requeued)
+        self._dispatcher.requeue(requeued)

@@ -20,15 +20,16 @@ import asyncio
 import contextlib
 import time
 
+import asyncpg
 import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from daemon.dispatch.cancel import send_cancels
-from daemon.dispatch.transitions import Reported, apply_events
-from daemon.runtime.engine import Engine
+from daemon.dispatch.cancel import Cancels
+from daemon.dispatch.transitions import Reported, Transitions
 from daemon.runtime.refusals import Refusals
 from daemon.runtime.tasks import TaskSet
 from daemon.store import attempts as attempt_store
@@ -55,9 +56,12 @@ value PostgreSQL refuses), and must not hold back the others for ever."""
 class StepEvents:
     """The consumer. :meth:`start` binds it; :meth:`run` (a supervised loop) applies what arrives."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._js = engine.nc.jetstream()
+    def __init__(self, *, pool: asyncpg.Pool, nc: NATS, transitions: Transitions, cancels: Cancels) -> None:
+        self._pool = pool
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._transitions = transitions
+        self._cancels = cancels
         self._sub = None
         # Bounded by the consumer's max_ack_pending: messages stay unacked until applied.
         self._inbox: asyncio.Queue[Msg] = asyncio.Queue()
@@ -92,7 +96,7 @@ class StepEvents:
         if current != (STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING, True):
             config.ack_wait, config.max_ack_pending = STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING
             if not private:
-                config.deliver_subject = self._engine.nc.new_inbox()
+                config.deliver_subject = self._nc.new_inbox()
             await self._js.add_consumer(STEPS_STREAM, config=config)
             log.info(
                 "step_events_consumer_updated",
@@ -170,13 +174,13 @@ class StepEvents:
             self._working = None
 
     async def _apply(self, decoded: list[tuple[Msg, Reported]]) -> None:
-        applied = await apply_events(self._engine, [item for _, item in decoded])
+        applied = await self._transitions.apply_events([item for _, item in decoded])
         unchanged = [item for (_, item), changed in zip(decoded, applied.changed, strict=True) if not changed]
         for msg, _ in decoded:
             await _ack(msg)
         if applied.cancels:
             self._followups.spawn(
-                send_cancels(self._engine, applied.cancels, "run cancelled"), name="cancel-late-starts"
+                self._cancels.send(applied.cancels, "run cancelled"), name="cancel-late-starts"
             )
         if unchanged:
             try:
@@ -188,7 +192,7 @@ class StepEvents:
         """Of the events that changed nothing (mostly repeats and late events), logs those from an
         agent the attempt was never assigned to."""
         holders = await attempt_store.attempt_agents(
-            self._engine.pool, [item.event.attempt_id for item in unchanged]
+            self._pool, [item.event.attempt_id for item in unchanged]
         )
         for item in unchanged:
             holder = holders.get(item.event.attempt_id)

@@ -17,13 +17,14 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from daemon.dispatch.dispatcher import ReadyStep
+from daemon.dispatch.announce import Announcer
+from daemon.dispatch.dispatcher import Dispatcher, ReadyStep
+from daemon.dispatch.registry import Registry
 from daemon.documents.references import DEFAULT_DATASTORE
-from daemon.planning.contexts import VersionSpec
-from daemon.planning.creation import Written, admit_held
+from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
+from daemon.planning.creation import RunCreation, Written, admit_held
 from daemon.rules.rendering import in_datastore, output_path
 from daemon.rules.states import FINAL_STEP, advance, after_attempt
-from daemon.runtime.engine import Engine
 from daemon.store import attempts as attempt_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
@@ -45,20 +46,32 @@ class Effects:
     admitted: list[Written] = field(default_factory=list)
     """Held runs admitted, handed over as every new run is."""
 
-    async def apply(self, engine: Engine) -> None:
-        for attempt_id in self.released:
-            engine.registry.release(attempt_id)
-        engine.dispatcher.discard(self.discarded)
-        for run_id in self.finished_runs:
-            engine.contexts.drop(run_id)
-        for run_id, name, status, extra in self.steps:
-            engine.announcer.step_changed(run_id, name, status, **extra)
-        for run in self.runs:
-            await engine.announcer.run_changed(run)
-        if self.ready or self.released:
-            engine.dispatcher.add(self.ready)
-        for admitted in self.admitted:
-            await engine.creation.hand_over(admitted)
+
+@dataclass(frozen=True, slots=True)
+class Aftermath:
+    """Where a committed transition's effects go: capacity, the dispatcher, the cached contexts,
+    the announcements, and admitted runs' hand-over."""
+
+    registry: Registry
+    dispatcher: Dispatcher
+    contexts: RunContexts
+    announcer: Announcer
+    creation: RunCreation
+
+    async def apply(self, effects: Effects) -> None:
+        for attempt_id in effects.released:
+            self.registry.release(attempt_id)
+        self.dispatcher.discard(effects.discarded)
+        for run_id in effects.finished_runs:
+            self.contexts.drop(run_id)
+        for run_id, name, status, extra in effects.steps:
+            self.announcer.step_changed(run_id, name, status, **extra)
+        for run in effects.runs:
+            await self.announcer.run_changed(run)
+        if effects.ready or effects.released:
+            self.dispatcher.add(effects.ready)
+        for admitted in effects.admitted:
+            await self.creation.hand_over(admitted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,49 +91,276 @@ class Applied:
     cancels: list[tuple[int, str]] = field(default_factory=list)
 
 
-async def apply_events(engine: Engine, events: Sequence[Reported]) -> Applied:
-    """Applies a batch of step events in one transaction, then their effects in memory.
+class Transitions:
+    """Run and step transitions, each in one transaction, their effects handed to ``aftermath`` once it
+    committed."""
 
-    Per attempt, a started event applies before a finished one; an event repeated in the batch, or
-    for an attempt that is unknown or no longer active on that agent, changes nothing. A started
-    attempt keeps the image digest its agent reported, which also becomes the latest digest of the
-    step's image (:mod:`daemon.store.images`). A finished attempt decides its step's fate
-    (succeeded, retry later, failed for good); the planner then settles each run touched once
-    (readies, skips, ends it). Locks follow the store's order across the whole batch: its attempts
-    (by id), their runs' steps (by id), the runs (by id), then the images started attempts reported
-    (by reference). A batch of starts only is one statement without an explicit transaction (the
-    common case after dispatch).
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        contexts: RunContexts,
+        datastores: Datastores,
+        creation: RunCreation,
+        aftermath: Aftermath,
+        retry_backoff_s: float,
+    ) -> None:
+        self._pool = pool
+        self._contexts = contexts
+        self._datastores = datastores
+        self._creation = creation
+        self.aftermath = aftermath
+        self._retry_backoff_s = retry_backoff_s
 
-    Raises what the database raises, having applied nothing; the caller may retry the events one by
-    one so that one that cannot be applied does not hold back the others.
-    """
-    applied = Applied([False] * len(events))
-    # The first start of each attempt from each agent: only the attempt's own agent can start it.
-    starts: dict[tuple[int, str], int] = {}
-    start_rows: list[attempt_store.AttemptStart] = []
-    ends: list[tuple[int, str, StepFinished]] = []
-    for index, (agent_id, event) in enumerate((item.agent_id, item.event) for item in events):
-        if isinstance(event, StepFinished):
-            ends.append((index, agent_id, event))
-        elif (event.attempt_id, agent_id) not in starts:
-            starts[(event.attempt_id, agent_id)] = index
-            start_rows.append(
-                attempt_store.AttemptStart(event.attempt_id, agent_id, event.started_at, event.image_digest)
-            )
-    effects = Effects()
-    if not ends:
-        started = await attempt_store.start_attempts(engine.pool, start_rows)
-        _note_started(started, events, starts, effects, applied)
-    else:
-        async with engine.pool.acquire() as conn, conn.transaction():
-            attempts = await attempt_store.lock_attempts(conn, {item.event.attempt_id for item in events})
-            runs = await run_store.lock_runs(conn, {attempt.run_id for attempt in attempts.values()})
-            started = await attempt_store.start_attempts(conn, start_rows)
+    async def apply_events(self, events: Sequence[Reported]) -> Applied:
+        """Applies a batch of step events in one transaction, then their effects in memory.
+
+        Per attempt, a started event applies before a finished one; an event repeated in the batch, or
+        for an attempt that is unknown or no longer active on that agent, changes nothing. A started
+        attempt keeps the image digest its agent reported, which also becomes the latest digest of the
+        step's image (:mod:`daemon.store.images`). A finished attempt decides its step's fate
+        (succeeded, retry later, failed for good); the planner then settles each run touched once
+        (readies, skips, ends it). Locks follow the store's order across the whole batch: its attempts
+        (by id), their runs' steps (by id), the runs (by id), then the images started attempts reported
+        (by reference). A batch of starts only is one statement without an explicit transaction (the
+        common case after dispatch).
+
+        Raises what the database raises, having applied nothing; the caller may retry the events one by
+        one so that one that cannot be applied does not hold back the others.
+        """
+        applied = Applied([False] * len(events))
+        # The first start of each attempt from each agent: only the attempt's own agent can start it.
+        starts: dict[tuple[int, str], int] = {}
+        start_rows: list[attempt_store.AttemptStart] = []
+        ends: list[tuple[int, str, StepFinished]] = []
+        for index, (agent_id, event) in enumerate((item.agent_id, item.event) for item in events):
+            if isinstance(event, StepFinished):
+                ends.append((index, agent_id, event))
+            elif (event.attempt_id, agent_id) not in starts:
+                starts[(event.attempt_id, agent_id)] = index
+                start_rows.append(
+                    attempt_store.AttemptStart(
+                        event.attempt_id, agent_id, event.started_at, event.image_digest
+                    )
+                )
+        effects = Effects()
+        if not ends:
+            started = await attempt_store.start_attempts(self._pool, start_rows)
             _note_started(started, events, starts, effects, applied)
-            running = {item.attempt_id for item in started}
-            await _finish(engine, conn, ends, attempts, runs, running, effects, applied)
-    await effects.apply(engine)
-    return applied
+        else:
+            async with self._pool.acquire() as conn, conn.transaction():
+                attempts = await attempt_store.lock_attempts(conn, {item.event.attempt_id for item in events})
+                runs = await run_store.lock_runs(conn, {attempt.run_id for attempt in attempts.values()})
+                started = await attempt_store.start_attempts(conn, start_rows)
+                _note_started(started, events, starts, effects, applied)
+                running = {item.attempt_id for item in started}
+                await self._finish(conn, ends, attempts, runs, running, effects, applied)
+        await self.aftermath.apply(effects)
+        return applied
+
+    async def _finish(
+        self,
+        conn: asyncpg.Connection,
+        ends: Sequence[tuple[int, str, StepFinished]],
+        attempts: Mapping[int, attempt_store.LockedAttempt],
+        runs: Mapping[UUID, tuple[run_store.RunRecord, list[run_store.StepState]]],
+        running: set[int],
+        effects: Effects,
+        applied: Applied,
+    ) -> None:
+        """Ends the attempts (locked by the caller) that are still active on the agent that reports them,
+        records each step's fate and settles their runs."""
+        by_run: dict[UUID, list[tuple[int, StepFinished, attempt_store.LockedAttempt, str | None]]] = {}
+        attempt_ends: list[attempt_store.AttemptEnd] = []
+        ended: set[int] = set()  # an attempt ends once; a repeat of its event in the batch changes nothing
+        for index, agent_id, event in ends:
+            attempt = attempts.get(event.attempt_id)
+            if attempt is None or attempt.agent_id != agent_id or attempt.id in ended:
+                continue
+            if attempt.id not in running and attempt.status not in attempt_store.ACTIVE_ATTEMPT:
+                continue
+            ended.add(attempt.id)
+            error = event.error
+            if error is None and event.status == "failed":
+                error = f"exit code {event.exit_code}"
+            attempt_ends.append(
+                attempt_store.AttemptEnd(
+                    attempt.id, event.status, event.exit_code, error, event.started_at, event.finished_at
+                )
+            )
+            by_run.setdefault(attempt.run_id, []).append((index, event, attempt, error))
+        await attempt_store.finish_attempts(conn, attempt_ends)
+        results: list[step_store.StepResult] = []
+        changes: dict[int, str] = {}
+        outcomes: dict[UUID, str] = {}
+        run_of_step: dict[int, UUID] = {}
+        versions: dict[UUID, VersionSpec] = {}
+        for run_id, items in by_run.items():
+            if run_id not in runs:
+                raise LookupError(f"run {run_id} vanished")  # runs are never deleted while they have attempts
+            run, steps = runs[run_id]
+            _, version = await self._contexts.load(conn, run.id, run)
+            versions[run.id] = version
+            # A step started in this batch is still ``dispatched`` here: the planner treats both alike.
+            statuses = {step.name: step.status for step in steps}
+            states = {step.name: step for step in steps}
+            for index, event, attempt, error in items:
+                spec = version.steps[attempt.step]
+                decision = after_attempt(
+                    event.status,
+                    failures_before=states[attempt.step].attempts_made,
+                    retries=spec.retries,
+                    run_cancelled=run.status == "cancelled",
+                    backoff_base_s=self._retry_backoff_s,
+                )
+                outputs = {}
+                if decision.status == "succeeded":
+                    outputs = {
+                        name: in_datastore(
+                            self._datastores.paths,
+                            DEFAULT_DATASTORE,
+                            output_path(str(run.id), attempt.step, name),
+                        )
+                        for name in spec.outputs
+                    }
+                results.append(
+                    step_store.StepResult(
+                        attempt.step_run_id,
+                        decision.status,
+                        outputs,
+                        [{"name": m.name, "value": m.value, **m.extra} for m in event.metrics],
+                        decision.counts_as_failure,
+                        decision.retry_in_s,
+                        error,
+                    )
+                )
+                statuses[attempt.step] = decision.status
+                applied.changed[index] = True
+                effects.released.append(attempt.id)
+                effects.steps.append(
+                    (
+                        run.id,
+                        attempt.step,
+                        decision.status,
+                        {"attempt": attempt.number, "agent": attempt.agent_id},
+                    )
+                )
+                if decision.status == "ready":
+                    due = time.monotonic() + (decision.retry_in_s or 0.0)
+                    effects.ready.append(ReadyStep(attempt.step_run_id, run.id, attempt.step, due=due))
+                (log.debug if event.status == "succeeded" else log.info)(
+                    "attempt_finished",
+                    run_id=str(run.id),
+                    step=attempt.step,
+                    attempt=attempt.id,
+                    agent=attempt.agent_id,
+                    outcome=event.status,
+                    step_status=decision.status,
+                )
+            plan = advance(statuses, version.graph, run_status=run.status)
+            ids = {step.name: step.id for step in steps}
+            for name, status in plan.changes.items():
+                changes[ids[name]] = status
+                run_of_step[ids[name]] = run.id
+            if plan.outcome is not None:
+                outcomes[run.id] = plan.outcome
+            if set({**statuses, **plan.changes}.values()) <= FINAL_STEP:
+                effects.finished_runs.append(run.id)
+        await step_store.record_step_results(conn, results)
+        for step in await step_store.set_step_statuses(conn, changes):
+            run_id = run_of_step[step.id]
+            effects.steps.append((run_id, step.name, step.status, {}))
+            if step.status == "ready":
+                effects.ready.append(ReadyStep(step.id, run_id, step.name))
+            else:
+                effects.discarded.append(step.id)
+        finished_runs = await run_store.finish_runs(conn, outcomes)
+        effects.runs.extend(finished_runs)
+        # A run that ended frees a concurrency slot of its pipeline (only limited pipelines are checked).
+        limited = sorted(
+            {run.pipeline for run in finished_runs if versions[run.id].spec.concurrency is not None}
+        )
+        for pipeline in limited:
+            await self.admit_next(conn, pipeline, None, effects)
+
+    async def fail_step(self, run_id: UUID, name: str, error: str, attempt_id: int | None = None) -> None:
+        """A step that can never run fails for good, without a retry: it cannot be rendered (it has no
+        attempt), or its attempt ``attempt_id`` can never be delivered (an assignment too large for NATS,
+        one agents refuse as malformed)."""
+        effects = Effects()
+        async with self._pool.acquire() as conn, conn.transaction():
+            if attempt_id is not None:
+                locked = (await attempt_store.lock_attempts(conn, {attempt_id})).get(attempt_id)
+                if locked is None or locked.status not in attempt_store.ACTIVE_ATTEMPT:
+                    return  # it ended meanwhile (a cancel, a lost agent): that end stands
+                end = attempt_store.AttemptEnd(attempt_id, "failed", None, error, None, time.time())
+                await attempt_store.finish_attempts(conn, [end])
+                effects.released.append(attempt_id)
+            run, steps = await _lock(conn, run_id)
+            _, version = await self._contexts.load(conn, run.id, run)
+            ids = {step.name: step.id for step in steps}
+            if name in ids and await step_store.set_step_statuses(conn, {ids[name]: "failed"}, error=error):
+                effects.steps.append((run.id, name, "failed", {}))
+                statuses = {step.name: step.status for step in steps} | {name: "failed"}
+                await self._settle(conn, run, version, ids, statuses, effects)
+        await self.aftermath.apply(effects)  # also when the step had ended: the attempt's capacity is free
+
+    async def _settle(
+        self,
+        conn: asyncpg.Connection,
+        run: run_store.RunRecord,
+        version: VersionSpec,
+        ids: Mapping[str, int],
+        statuses: Mapping[str, str],
+        effects: Effects,
+    ) -> None:
+        """Applies the planner to the run (readies, skips, cancels, ends it) inside the transaction;
+        ``ids``: the run's step run ids by name."""
+        plan = advance(statuses, version.graph, run_status=run.status)
+        changed = await step_store.set_step_statuses(
+            conn, {ids[name]: status for name, status in plan.changes.items()}
+        )
+        for step in changed:
+            effects.steps.append((run.id, step.name, step.status, {}))
+            if step.status == "ready":
+                effects.ready.append(ReadyStep(step.id, run.id, step.name))
+            else:
+                effects.discarded.append(step.id)
+        final = {**statuses, **plan.changes}
+        if plan.outcome is not None:
+            ended = await run_store.finish_run(conn, run.id, plan.outcome)
+            if ended is not None:
+                effects.runs.append(ended)
+                await self.admit_next(conn, run.pipeline, version, effects)
+        if set(final.values()) <= FINAL_STEP:
+            effects.finished_runs.append(run.id)
+
+    async def admit_next(
+        self,
+        conn: asyncpg.Connection,
+        pipeline: str,
+        version: VersionSpec | None,
+        effects: Effects,
+    ) -> None:
+        """Admits held runs of ``pipeline`` as the concurrency rule allows (``admit_held``), handed over
+        with ``effects``.
+
+        Only pipelines whose finishing run had a limit are checked here (``version`` None: always); the
+        safety sweep admits what a change of limits between versions leaves behind.
+        """
+        if version is not None and version.spec.concurrency is None:
+            return
+        for admitted in await admit_held(self._creation, self._contexts.specs.load, conn, pipeline):
+            log.info("run_admitted", run_id=str(admitted.run.id), pipeline=pipeline)
+            effects.admitted.append(admitted)
+
+    async def admit_held_runs(self) -> None:
+        """The safety sweep's admissions: every pipeline with held runs, whatever ended its runs."""
+        for pipeline in await run_store.pipelines_holding_runs(self._pool):
+            effects = Effects()
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self.admit_next(conn, pipeline, None, effects)
+            await self.aftermath.apply(effects)
 
 
 def _note_started(
@@ -142,155 +382,6 @@ def _note_started(
             applied.cancels.append((item.attempt_id, agent_id))
 
 
-async def _finish(
-    engine: Engine,
-    conn: asyncpg.Connection,
-    ends: Sequence[tuple[int, str, StepFinished]],
-    attempts: Mapping[int, attempt_store.LockedAttempt],
-    runs: Mapping[UUID, tuple[run_store.RunRecord, list[run_store.StepState]]],
-    running: set[int],
-    effects: Effects,
-    applied: Applied,
-) -> None:
-    """Ends the attempts (locked by the caller) that are still active on the agent that reports them,
-    records each step's fate and settles their runs."""
-    by_run: dict[UUID, list[tuple[int, StepFinished, attempt_store.LockedAttempt, str | None]]] = {}
-    attempt_ends: list[attempt_store.AttemptEnd] = []
-    ended: set[int] = set()  # an attempt ends once; a repeat of its event in the batch changes nothing
-    for index, agent_id, event in ends:
-        attempt = attempts.get(event.attempt_id)
-        if attempt is None or attempt.agent_id != agent_id or attempt.id in ended:
-            continue
-        if attempt.id not in running and attempt.status not in attempt_store.ACTIVE_ATTEMPT:
-            continue
-        ended.add(attempt.id)
-        error = event.error
-        if error is None and event.status == "failed":
-            error = f"exit code {event.exit_code}"
-        attempt_ends.append(
-            attempt_store.AttemptEnd(
-                attempt.id, event.status, event.exit_code, error, event.started_at, event.finished_at
-            )
-        )
-        by_run.setdefault(attempt.run_id, []).append((index, event, attempt, error))
-    await attempt_store.finish_attempts(conn, attempt_ends)
-    results: list[step_store.StepResult] = []
-    changes: dict[int, str] = {}
-    outcomes: dict[UUID, str] = {}
-    run_of_step: dict[int, UUID] = {}
-    versions: dict[UUID, VersionSpec] = {}
-    for run_id, items in by_run.items():
-        if run_id not in runs:
-            raise LookupError(f"run {run_id} vanished")  # runs are never deleted while they have attempts
-        run, steps = runs[run_id]
-        _, version = await engine.contexts.load(conn, run.id, run)
-        versions[run.id] = version
-        # A step started in this batch is still ``dispatched`` here: the planner treats both alike.
-        statuses = {step.name: step.status for step in steps}
-        states = {step.name: step for step in steps}
-        for index, event, attempt, error in items:
-            spec = version.steps[attempt.step]
-            decision = after_attempt(
-                event.status,
-                failures_before=states[attempt.step].attempts_made,
-                retries=spec.retries,
-                run_cancelled=run.status == "cancelled",
-                backoff_base_s=engine.settings.retry_backoff_s,
-            )
-            outputs = {}
-            if decision.status == "succeeded":
-                outputs = {
-                    name: in_datastore(
-                        engine.datastores.paths,
-                        DEFAULT_DATASTORE,
-                        output_path(str(run.id), attempt.step, name),
-                    )
-                    for name in spec.outputs
-                }
-            results.append(
-                step_store.StepResult(
-                    attempt.step_run_id,
-                    decision.status,
-                    outputs,
-                    [{"name": m.name, "value": m.value, **m.extra} for m in event.metrics],
-                    decision.counts_as_failure,
-                    decision.retry_in_s,
-                    error,
-                )
-            )
-            statuses[attempt.step] = decision.status
-            applied.changed[index] = True
-            effects.released.append(attempt.id)
-            effects.steps.append(
-                (
-                    run.id,
-                    attempt.step,
-                    decision.status,
-                    {"attempt": attempt.number, "agent": attempt.agent_id},
-                )
-            )
-            if decision.status == "ready":
-                due = time.monotonic() + (decision.retry_in_s or 0.0)
-                effects.ready.append(ReadyStep(attempt.step_run_id, run.id, attempt.step, due=due))
-            (log.debug if event.status == "succeeded" else log.info)(
-                "attempt_finished",
-                run_id=str(run.id),
-                step=attempt.step,
-                attempt=attempt.id,
-                agent=attempt.agent_id,
-                outcome=event.status,
-                step_status=decision.status,
-            )
-        plan = advance(statuses, version.graph, run_status=run.status)
-        ids = {step.name: step.id for step in steps}
-        for name, status in plan.changes.items():
-            changes[ids[name]] = status
-            run_of_step[ids[name]] = run.id
-        if plan.outcome is not None:
-            outcomes[run.id] = plan.outcome
-        if set({**statuses, **plan.changes}.values()) <= FINAL_STEP:
-            effects.finished_runs.append(run.id)
-    await step_store.record_step_results(conn, results)
-    for step in await step_store.set_step_statuses(conn, changes):
-        run_id = run_of_step[step.id]
-        effects.steps.append((run_id, step.name, step.status, {}))
-        if step.status == "ready":
-            effects.ready.append(ReadyStep(step.id, run_id, step.name))
-        else:
-            effects.discarded.append(step.id)
-    finished_runs = await run_store.finish_runs(conn, outcomes)
-    effects.runs.extend(finished_runs)
-    # A run that ended frees a concurrency slot of its pipeline (only limited pipelines are checked).
-    limited = sorted({run.pipeline for run in finished_runs if versions[run.id].spec.concurrency is not None})
-    for pipeline in limited:
-        await admit_next(engine, conn, pipeline, None, effects)
-
-
-async def fail_step(
-    engine: Engine, run_id: UUID, name: str, error: str, *, attempt_id: int | None = None
-) -> None:
-    """A step that can never run fails for good, without a retry: it cannot be rendered (it has no
-    attempt), or its attempt ``attempt_id`` can never be delivered (an assignment too large for NATS,
-    one agents refuse as malformed)."""
-    effects = Effects()
-    async with engine.pool.acquire() as conn, conn.transaction():
-        if attempt_id is not None:
-            locked = (await attempt_store.lock_attempts(conn, {attempt_id})).get(attempt_id)
-            if locked is None or locked.status not in attempt_store.ACTIVE_ATTEMPT:
-                return  # it ended meanwhile (a cancel, a lost agent): that end stands
-            end = attempt_store.AttemptEnd(attempt_id, "failed", None, error, None, time.time())
-            await attempt_store.finish_attempts(conn, [end])
-            effects.released.append(attempt_id)
-        run, steps = await _lock(conn, run_id)
-        _, version = await engine.contexts.load(conn, run.id, run)
-        ids = {step.name: step.id for step in steps}
-        if name in ids and await step_store.set_step_statuses(conn, {ids[name]: "failed"}, error=error):
-            effects.steps.append((run.id, name, "failed", {}))
-            statuses = {step.name: step.status for step in steps} | {name: "failed"}
-            await _settle(engine, conn, run, version, ids, statuses, effects)
-    await effects.apply(engine)  # also when the step had ended: the attempt's capacity is free
-
-
 async def _lock(
     conn: asyncpg.Connection, run_id: UUID
 ) -> tuple[run_store.RunRecord, list[run_store.StepState]]:
@@ -298,54 +389,3 @@ async def _lock(
     if locked is None:
         raise LookupError(f"run {run_id} vanished")  # runs are never deleted while they have attempts
     return locked
-
-
-async def _settle(
-    engine: Engine,
-    conn: asyncpg.Connection,
-    run: run_store.RunRecord,
-    version: VersionSpec,
-    ids: Mapping[str, int],
-    statuses: Mapping[str, str],
-    effects: Effects,
-) -> None:
-    """Applies the planner to the run (readies, skips, cancels, ends it) inside the transaction;
-    ``ids``: the run's step run ids by name."""
-    plan = advance(statuses, version.graph, run_status=run.status)
-    changed = await step_store.set_step_statuses(
-        conn, {ids[name]: status for name, status in plan.changes.items()}
-    )
-    for step in changed:
-        effects.steps.append((run.id, step.name, step.status, {}))
-        if step.status == "ready":
-            effects.ready.append(ReadyStep(step.id, run.id, step.name))
-        else:
-            effects.discarded.append(step.id)
-    final = {**statuses, **plan.changes}
-    if plan.outcome is not None:
-        ended = await run_store.finish_run(conn, run.id, plan.outcome)
-        if ended is not None:
-            effects.runs.append(ended)
-            await admit_next(engine, conn, run.pipeline, version, effects)
-    if set(final.values()) <= FINAL_STEP:
-        effects.finished_runs.append(run.id)
-
-
-async def admit_next(
-    engine: Engine,
-    conn: asyncpg.Connection,
-    pipeline: str,
-    version: VersionSpec | None,
-    effects: Effects,
-) -> None:
-    """Admits held runs of ``pipeline`` as the concurrency rule allows (``admit_held``), handed over
-    with ``effects``.
-
-    Only pipelines whose finishing run had a limit are checked here (``version`` None: always); the
-    safety sweep admits what a change of limits between versions leaves behind.
-    """
-    if version is not None and version.spec.concurrency is None:
-        return
-    for admitted in await admit_held(engine.creation, engine.specs.load, conn, pipeline):
-        log.info("run_admitted", run_id=str(admitted.run.id), pipeline=pipeline)
-        effects.admitted.append(admitted)

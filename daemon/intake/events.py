@@ -44,10 +44,10 @@ import structlog
 
 from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.limits import storable
-from daemon.planning.creation import Draft, Written
+from daemon.planning.contexts import Specs
+from daemon.planning.creation import Draft, RunCreation, Written
 from daemon.rules.admission import RUN, Verdict, refuse_event, refuse_version
 from daemon.rules.event_params import resolve_params
-from daemon.runtime.engine import Engine
 from daemon.store import triggering as trigger_store
 from daemon.store.db import HeldConnection
 from triggers.base import EventResult, TriggerEvent
@@ -100,8 +100,13 @@ class _Decided:
 class Ingest:
     """Commits trigger events; an instance is the ``EventSink`` every source is started with."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(
+        self, *, pool: asyncpg.Pool, specs: Specs, creation: RunCreation, params_max_bytes: int
+    ) -> None:
+        self._pool = pool
+        self._specs = specs
+        self._creation = creation
+        self._params_max_bytes = params_max_bytes
         self._touched: dict[str, float] = {}
         self._queue: collections.deque[_Queued] = collections.deque()
         self._committers: set[asyncio.Task] = set()
@@ -145,7 +150,7 @@ class Ingest:
         return result
 
     async def _commit_queued(self) -> None:
-        held = self._connections.pop() if self._connections else HeldConnection(self.engine.pool)
+        held = self._connections.pop() if self._connections else HeldConnection(self._pool)
         batch: list[_Queued] = []
         try:
             while self._queue:
@@ -187,7 +192,7 @@ class Ingest:
                 continue
             try:
                 if outcome.handover is not None:
-                    await self.engine.creation.hand_over(outcome.handover)
+                    await self._creation.hand_over(outcome.handover)
                 if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
                     await self._touch(queued.event.trigger, queued.received)
             except Exception:
@@ -219,7 +224,7 @@ class Ingest:
             return
         self._touched[trigger] = now
         try:
-            await trigger_store.touch_trigger(self.engine.pool, trigger, received)
+            await trigger_store.touch_trigger(self._pool, trigger, received)
         except _DATABASE_ERRORS as exc:
             log.warning("trigger_touch_failed", trigger=trigger, error=str(exc))
 
@@ -254,7 +259,7 @@ class Ingest:
             rows = [self._row(event) for event in new]
             return rows, await trigger_store.insert_events(conn, rows)
 
-        rows, written = await self.engine.creation.create(conn, drafts, write)
+        rows, written = await self._creation.create(conn, drafts, write)
         # Committed: nothing below may undo it, or leave a written run without its answer.
         for row in rows:
             if (earlier := written.earlier.get(row.id)) is not None:
@@ -299,16 +304,14 @@ class Ingest:
         if refused is not None:
             read.verdict = refused
             return read
-        spec = self.engine.specs.cached(pipeline, version) or await self.engine.specs.load(
-            conn, pipeline, version
-        )
+        spec = self._specs.cached(pipeline, version) or await self._specs.load(conn, pipeline, version)
         try:
             params = resolve_params(
                 spec.spec.params,
                 target.bindings,
                 fields,
                 what=f"pipeline {pipeline} version {version}",
-                max_bytes=self.engine.settings.params_max_bytes,
+                max_bytes=self._params_max_bytes,
             )
         except Invalid as exc:
             read.verdict = Verdict("rejected", exc)
@@ -354,7 +357,7 @@ class Ingest:
         trigger = event.queued.event.trigger
         if event.repeat or event.event_id not in written.events:
             if event.run is not None:
-                self.engine.creation.unclaim(event.run)  # its run was not written either
+                self._creation.unclaim(event.run)  # its run was not written either
             found = first.get((trigger, event.key))
             if found is None:
                 what = f"event {event.key!r} of trigger {trigger} repeats one that"

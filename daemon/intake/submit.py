@@ -24,10 +24,9 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from daemon.errors import BadRequest, SluiceError
-from daemon.intake import manual
+from daemon.intake.manual import ManualRuns
 from daemon.limits import Positive32, storable
 from daemon.rules.params import UNSTORABLE
-from daemon.runtime.engine import Engine
 from daemon.runtime.refusals import Refusals
 from daemon.runtime.tasks import TaskSet
 from kit.subjects import SUBMIT
@@ -80,17 +79,16 @@ def error_reply(exc: SluiceError) -> bytes:
 class Submissions:
     """The subscription and the requests in flight; :meth:`start` registers their end on a stack."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, manual: ManualRuns) -> None:
+        self._manual = manual
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks = TaskSet("submit")
         self._subscription: Any = None
         self._refusals = Refusals("submit_refused_reply")
 
     @classmethod
-    async def start(cls, stack: contextlib.AsyncExitStack, engine: Engine) -> Submissions:
-        submissions = cls(engine)
-        nc: NATS = engine.nc
+    async def start(cls, stack: contextlib.AsyncExitStack, nc: NATS, manual: ManualRuns) -> Submissions:
+        submissions = cls(manual)
         submissions._subscription = await nc.subscribe(SUBJECT, queue=QUEUE_GROUP, cb=submissions._receive)
         stack.push_async_callback(submissions._stop)
         log.info("submit_listening", subject=SUBJECT)
@@ -131,8 +129,7 @@ class Submissions:
         """The reply to one request; never raises for a bad request (the reply says what was wrong)."""
         try:
             pipeline, body = parse_request(subject, data)
-            created = await manual.create_run(
-                self.engine,
+            created = await self._manual.create(
                 pipeline,
                 params=body.params,
                 version=body.version,

@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
+from nats.aio.client import Client as NATS
 
 from daemon.intake.events import Ingest
-from daemon.runtime.engine import Engine
+from daemon.planning.contexts import Datastores
 from daemon.runtime.tasks import Supervisor
 from daemon.store import triggering as trigger_store
 from daemon.store.runs import RunRecord
@@ -57,9 +59,18 @@ class _Known:
 
 
 class Triggering:
-    def __init__(self, engine: Engine, sources: Mapping[str, Source], unavailable: Mapping[str, str]) -> None:
-        self.engine = engine
-        self.sink = Ingest(engine)
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        datastores: Datastores,
+        sink: Ingest,
+        sources: Mapping[str, Source],
+        unavailable: Mapping[str, str],
+    ) -> None:
+        self._pool = pool
+        self._datastores = datastores
+        self.sink = sink
         self.sources = dict(sources)
         self.unavailable = dict(unavailable)
         self._known: dict[str, _Known] = {}
@@ -69,10 +80,19 @@ class Triggering:
         self._datastores_changed = False
 
     @classmethod
-    async def start(cls, stack: contextlib.AsyncExitStack, engine: Engine) -> Triggering:
-        """Starts every source kind and puts every active trigger; stops them all with ``stack``."""
-        sources, unavailable = make_sources(engine)
-        manager = cls(engine, sources, unavailable)
+    async def start(
+        cls,
+        stack: contextlib.AsyncExitStack,
+        *,
+        pool: asyncpg.Pool,
+        nc: NATS,
+        datastores: Datastores,
+        sink: Ingest,
+    ) -> Triggering:
+        """Starts every source kind, committing events to ``sink``, and puts every active trigger;
+        stops them all with ``stack``."""
+        sources, unavailable = make_sources(pool, nc)
+        manager = cls(pool=pool, datastores=datastores, sink=sink, sources=sources, unavailable=unavailable)
         stack.push_async_callback(manager.sink.aclose)  # after the sources stopped
         for source in sources.values():
             await source.start(stack, manager.sink, manager._save_state)
@@ -89,7 +109,7 @@ class Triggering:
         return manager
 
     async def _save_state(self, name: str, state: dict[str, Any]) -> None:
-        await trigger_store.save_state(self.engine.pool, name, state)
+        await trigger_store.save_state(self._pool, name, state)
 
     async def sync(self, names: Iterable[str] | None = None, *, force: bool = False) -> None:
         """Brings the sources in step with the store for the triggers ``names`` (None: all of them):
@@ -97,7 +117,7 @@ class Triggering:
         alone unless ``force`` (after a datastore changed: a files trigger's root may have moved)."""
         async with self._lock:
             wanted = None if names is None else sorted(set(names))
-            rows = await trigger_store.load_triggers(self.engine.pool, wanted)
+            rows = await trigger_store.load_triggers(self._pool, wanted)
             found = {row.name for row in rows}
             gone = (set(self._known) if wanted is None else set(wanted) & set(self._known)) - found
             for name in sorted(gone):
@@ -105,7 +125,7 @@ class Triggering:
                 del self._known[name]
                 log.info("trigger_removed", trigger=name, why="deleted")
             if any(row.source == "files" for row in rows):
-                await self.engine.datastores.refresh(self.engine.pool)
+                await self._datastores.refresh(self._pool)
             for row in rows:
                 known = self._known.get(row.name)
                 # A trigger its source refused is tried again: the stream or directory may exist now.
@@ -124,7 +144,7 @@ class Triggering:
             await self.sync(names)
 
     async def _refresh_files(self) -> None:
-        await self.engine.datastores.refresh(self.engine.pool)
+        await self._datastores.refresh(self._pool)
         files = [name for name, known in self._known.items() if known.kind == "files"]
         await self.sync(files, force=True)
 
@@ -181,7 +201,7 @@ class Triggering:
         on = msgspec.convert(row.spec["on"], EventSource)
         root = None
         if isinstance(on, FilesSource):
-            root = self.engine.datastores.paths.get(on.datastore)
+            root = self._datastores.paths.get(on.datastore)
             if not root:
                 raise TriggerError(f"trigger {row.name}: datastore {on.datastore} has no local path")
         return TriggerConfig(name=row.name, on=on, root=root, state=row.state)
@@ -221,18 +241,18 @@ def applied_changes(items: Iterable[Any]) -> tuple[list[str], bool]:
     )
 
 
-def make_sources(engine: Engine) -> tuple[dict[str, Source], dict[str, str]]:
+def make_sources(pool: asyncpg.Pool, nc: NATS) -> tuple[dict[str, Source], dict[str, str]]:
     """One source per kind this build has, and why each missing kind is missing."""
 
     async def finished_since(
         trigger: str, pipeline: str, statuses: Sequence[str], after: datetime
     ) -> list[dict[str, Any]]:
         found: list[RunRecord] = await trigger_store.finished_runs(
-            engine.pool, trigger, pipeline, statuses, after, limit=CATCH_UP_BATCH
+            pool, trigger, pipeline, statuses, after, limit=CATCH_UP_BATCH
         )
         return [run.summary() for run in found]
 
-    sources: dict[str, Source] = {"run": RunStatusSource(engine.nc, finished_since)}
+    sources: dict[str, Source] = {"run": RunStatusSource(nc, finished_since)}
     unavailable: dict[str, str] = {}
     try:
         from triggers.cron import CronSource
@@ -249,7 +269,7 @@ def make_sources(engine: Engine) -> tuple[dict[str, Source], dict[str, str]]:
     try:
         from triggers.nats import NatsSource
 
-        sources["nats"] = NatsSource(engine.nc)
+        sources["nats"] = NatsSource(nc)
     except ImportError as exc:
         unavailable["nats"] = f"the nats source is not available: {exc}"
     return sources, unavailable

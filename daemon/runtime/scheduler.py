@@ -21,14 +21,15 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from daemon.config import DispatchSettings
-from daemon.dispatch import cancel
 from daemon.dispatch.agent_monitor import AgentMonitor
 from daemon.dispatch.announce import Announcer
+from daemon.dispatch.cancel import Cancels
 from daemon.dispatch.dispatcher import Dispatcher
 from daemon.dispatch.registry import AgentState, Registry
 from daemon.dispatch.step_events import StepEvents
-from daemon.dispatch.transitions import Effects, admit_next, fail_step
-from daemon.intake import manual
+from daemon.dispatch.transitions import Aftermath, Transitions
+from daemon.intake.events import Ingest
+from daemon.intake.manual import Created, ManualRuns
 from daemon.intake.submit import Submissions
 from daemon.intake.trigger_sources import Triggering, applied_changes
 from daemon.planning.contexts import Datastores, RunContexts, Specs
@@ -37,7 +38,6 @@ from daemon.planning.data_fingerprints import DataFingerprints
 from daemon.planning.reuse_planner import ReusePlanner
 from daemon.rules.placement import Need
 from daemon.runtime import leader
-from daemon.runtime.engine import Engine
 from daemon.runtime.leader import Election
 from daemon.runtime.tasks import Supervisor
 from daemon.store import attempts as attempt_store
@@ -48,15 +48,57 @@ log = structlog.get_logger(__name__)
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, monitor: AgentMonitor, step_events: StepEvents) -> None:
-        self.engine = engine
-        self.monitor = monitor
-        self.step_events = step_events
+    """Makes the scheduling parts, each given what it needs, and starts and stops them as one."""
+
+    def __init__(self, *, pool: asyncpg.Pool, nc: NATS, settings: DispatchSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.specs = Specs()
+        self.contexts = RunContexts(self.specs)
+        self.datastores = Datastores()
+        self.announcer = Announcer(nc)
+        self.registry = Registry()
+        self.dispatcher = Dispatcher(
+            pool=pool,
+            nc=nc,
+            registry=self.registry,
+            contexts=self.contexts,
+            datastores=self.datastores,
+            announcer=self.announcer,
+            settings=settings,
+        )
+        self.reuse = ReusePlanner(self.datastores, DataFingerprints())
+        self.creation = RunCreation(
+            reuse=self.reuse, dispatcher=self.dispatcher, contexts=self.contexts, announcer=self.announcer
+        )
+        self.transitions = Transitions(
+            pool=pool,
+            contexts=self.contexts,
+            datastores=self.datastores,
+            creation=self.creation,
+            aftermath=Aftermath(self.registry, self.dispatcher, self.contexts, self.announcer, self.creation),
+            retry_backoff_s=settings.retry_backoff_s,
+        )
+        self.dispatcher.on_hopeless = self.transitions.fail_step
+        self.cancels = Cancels(pool=pool, nc=nc, specs=self.specs, transitions=self.transitions)
+        self.manual = ManualRuns(
+            pool=pool, specs=self.specs, creation=self.creation, params_max_bytes=settings.params_max_bytes
+        )
+        self.monitor = AgentMonitor(
+            pool=pool,
+            nc=nc,
+            registry=self.registry,
+            dispatcher=self.dispatcher,
+            cancels=self.cancels,
+            settings=settings,
+        )
+        self.step_events = StepEvents(pool=pool, nc=nc, transitions=self.transitions, cancels=self.cancels)
         self.supervisor = Supervisor()
         self.triggering: Triggering | None = None
         """The trigger sources, while this daemon leads; None while it stands by."""
         self.election: Election | None = None
         self.submissions: Submissions | None = None
+        self._nc = nc
 
     @classmethod
     async def start(
@@ -75,33 +117,10 @@ class Scheduler:
         without it, this scheduler is alone and runs them unconditionally.
         """
         started = time.monotonic()
-        specs = Specs()
-        contexts = RunContexts(specs)
-        datastores = Datastores()
-        announcer = Announcer(nc)
-        registry = Registry()
-        dispatcher = Dispatcher(
-            pool=pool,
-            nc=nc,
-            registry=registry,
-            contexts=contexts,
-            datastores=datastores,
-            announcer=announcer,
-            settings=settings,
-        )
-        reuse = ReusePlanner(datastores, DataFingerprints())
-        creation = RunCreation(reuse=reuse, dispatcher=dispatcher, contexts=contexts, announcer=announcer)
-        engine = Engine(
-            pool, nc, settings, specs, contexts, datastores, registry, announcer, dispatcher, reuse, creation
-        )
-
-        async def on_hopeless(run_id: UUID, step: str, error: str, attempt_id: int | None) -> None:
-            await fail_step(engine, run_id, step, error, attempt_id=attempt_id)
-
-        dispatcher.on_hopeless = on_hopeless
-        scheduler = cls(engine, AgentMonitor(engine), StepEvents(engine))
+        scheduler = cls(pool=pool, nc=nc, settings=settings)
+        dispatcher, registry = scheduler.dispatcher, scheduler.registry
         stack.push_async_callback(scheduler._stop)
-        await datastores.refresh(pool)
+        await scheduler.datastores.refresh(pool)
         await scheduler.monitor.load(started)
         await scheduler._adopt_attempts(started)
         await dispatcher.sweep()
@@ -123,14 +142,22 @@ class Scheduler:
                 lead=scheduler._lead,
             )
         # Every daemon answers submissions: they share a queue group, so each request is answered once.
-        scheduler.submissions = await Submissions.start(stack, engine)
+        scheduler.submissions = await Submissions.start(stack, nc, scheduler.manual)
         log.info("scheduler_started", ready=len(dispatcher), agents=len(registry.agents))
         return scheduler
 
     async def _lead(self, term: contextlib.AsyncExitStack, session: asyncpg.Connection | None) -> None:
         """One term as the leader: the trigger sources run until ``term`` closes. Standby daemons'
         APIs NOTIFY on the election's ``session``, which lives exactly as long as the term."""
-        triggering = await Triggering.start(term, self.engine)
+        sink = Ingest(
+            pool=self.pool,
+            specs=self.specs,
+            creation=self.creation,
+            params_max_bytes=self.settings.params_max_bytes,
+        )
+        triggering = await Triggering.start(
+            term, pool=self.pool, nc=self._nc, datastores=self.datastores, sink=sink
+        )
         if session is not None:
 
             def changed(_conn: object, _pid: int, _channel: str, payload: str) -> None:
@@ -147,8 +174,8 @@ class Scheduler:
     async def _adopt_attempts(self, started: float) -> None:
         """Active attempts hold their agent's capacity again; their agents have until the heartbeat
         timeout (from now) to show up and list them."""
-        registry = self.engine.registry
-        for attempt in await attempt_store.active_attempts(self.engine.pool):
+        registry = self.registry
+        for attempt in await attempt_store.active_attempts(self.pool):
             if attempt.agent_id is None:
                 continue
             if attempt.agent_id not in registry.agents:
@@ -160,36 +187,29 @@ class Scheduler:
         await self.monitor.stop()
         await self.step_events.stop()
         await self.supervisor.aclose()
-        await self.engine.dispatcher.aclose()
+        await self.dispatcher.aclose()
         log.info("scheduler_stopped")
 
     async def _sweep_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.engine.settings.sweep_interval_s)
+            await asyncio.sleep(self.settings.sweep_interval_s)
             # Datastores change rarely (apply); re-reading them here keeps rendering current.
-            await self.engine.datastores.refresh(self.engine.pool)
-            await self.engine.dispatcher.sweep()
-            await self._admit_held()
-
-    async def _admit_held(self) -> None:
-        for pipeline in await run_store.pipelines_holding_runs(self.engine.pool):
-            effects = Effects()
-            async with self.engine.pool.acquire() as conn, conn.transaction():
-                await admit_next(self.engine, conn, pipeline, None, effects)
-            await effects.apply(self.engine)
+            await self.datastores.refresh(self.pool)
+            await self.dispatcher.sweep()
+            await self.transitions.admit_held_runs()
 
     # --- operations the API offers ------------------------------------------------------------------
 
-    async def create_run(self, pipeline: str, **options: Any) -> manual.Created:
-        return await manual.create_run(self.engine, pipeline, **options)
+    async def create_run(self, pipeline: str, **options: Any) -> Created:
+        return await self.manual.create(pipeline, **options)
 
     async def cancel_run(self, run_id: UUID) -> run_store.RunRecord:
-        return await cancel.cancel_run(self.engine, run_id)
+        return await self.cancels.cancel_run(run_id)
 
     async def agent_revoked(self, agent_id: str) -> None:
         """Agent ``agent_id``'s credentials were revoked: NATS cuts it off, and what it ran is lost
         now (run again elsewhere) rather than after its heartbeat timeout."""
-        agent = self.engine.registry.agents.get(agent_id) or AgentState(id=agent_id, name=agent_id)
+        agent = self.registry.agents.get(agent_id) or AgentState(id=agent_id, name=agent_id)
         await self.monitor.lose_agent(agent, f"agent {agent_id}'s NATS credentials were revoked")
 
     async def triggers_applied(self, items: Iterable[Any]) -> None:
@@ -212,7 +232,7 @@ class Scheduler:
     async def _tell_leader(self, *, datastores: bool) -> None:
         # A hint: the change is committed, and the leader's reconcile finds it without being told.
         try:
-            await trigger_store.notify_changed(self.engine.pool, datastores=datastores)
+            await trigger_store.notify_changed(self.pool, datastores=datastores)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("leader_notify_failed", error=str(exc) or type(exc).__name__)
 
@@ -224,7 +244,7 @@ class Scheduler:
         return {"standby": True, "leader": None if self.election is None else self.election.leader}
 
     def waiting_reasons(self) -> dict[int, str | None]:
-        return self.engine.dispatcher.waiting()
+        return self.dispatcher.waiting()
 
 
 def need_of_resources(resources: Mapping[str, Any]) -> Need:

@@ -127,7 +127,7 @@ class System:
             await agent.start()
             self.stack.push_async_callback(agent.stop)
             agents.append(agent)
-        registry = self.scheduler.engine.registry
+        registry = self.scheduler.registry
         while not all((a := registry.agents.get(agent.id)) and a.accepts_work for agent in agents):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return agents
@@ -187,7 +187,7 @@ async def throughput(system: System, ready: int, cpus: float) -> dict:
     created_s = time.perf_counter() - created_started
     finished: set[str] = set()
     done = asyncio.Event()
-    listener = system.scheduler.engine.announcer.listen()
+    listener = system.scheduler.announcer.listen()
 
     async def follow() -> None:
         while len(finished) < len(run_ids):

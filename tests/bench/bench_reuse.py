@@ -74,11 +74,11 @@ async def wait_finished(system: System, run_id: str) -> str:
 
 
 async def plan_ms(system: System, day: str) -> tuple[float, int]:
-    engine = system.scheduler.engine
-    version = await engine.specs.load(system.pool, "wide", 1)
+    scheduler = system.scheduler
+    version = await scheduler.specs.load(system.pool, "wide", 1)
     async with system.pool.acquire() as conn:
         started = time.perf_counter()
-        decisions = await engine.reuse.plan(conn, version, {"day": day}, run_id=uuid.uuid4(), reuse=True)
+        decisions = await scheduler.reuse.plan(conn, version, {"day": day}, run_id=uuid.uuid4(), reuse=True)
         elapsed = (time.perf_counter() - started) * 1000
     return elapsed, sum(1 for decision in decisions.values() if decision.origin is not None)
 

@@ -265,7 +265,7 @@ class Harness:
 
     def _knows(self, agent_id: str) -> bool:
         assert self.scheduler is not None
-        agent = self.scheduler.engine.registry.agents.get(agent_id)
+        agent = self.scheduler.registry.agents.get(agent_id)
         return agent is not None and agent.accepts_work
 
     async def apply(self, text: str) -> None:

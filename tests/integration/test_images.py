@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.dispatch.transitions import Reported, apply_events
+from daemon.dispatch.transitions import Reported
 from daemon.store.images import image_digests
 from runners.protocol import StepFinished, StepStarted
 from tests.integration.fake_agent import Harness, Outcome, harness
@@ -110,7 +110,7 @@ async def test_in_one_batch_the_attempt_that_started_last_wins(system: Harness) 
         ),
     ]
 
-    applied = await apply_events(system.scheduler.engine, events)
+    applied = await system.scheduler.transitions.apply_events(events)
 
     assert applied.changed == [True, True, True]
     assert await image_digests(system.pool, [IMAGE]) == {IMAGE: "sha256:new"}

@@ -322,7 +322,7 @@ async def test_a_version_disabled_while_its_event_is_planned_rejects_the_event(s
     the event, tried again, is rejected with the reason."""
     await add_trigger(system, pin="version: 1")
     assert system.scheduler is not None
-    reuse = system.scheduler.engine.reuse
+    reuse = system.scheduler.reuse
     plan_many = reuse.plan_many
 
     async def disabling_first(conn, requests):
@@ -353,7 +353,7 @@ async def test_capacity_placed_for_an_event_that_writes_no_run_is_given_back(sys
     await system.agent("a1", cpu=4, behaviour=lambda assignment: Outcome(hold=True))
     await add_trigger(system)
     assert system.scheduler is not None
-    agent = system.scheduler.engine.registry.agents["a1"]
+    agent = system.scheduler.registry.agents["a1"]
     first = await send(system, "k1", date="2024-05-01")
     assert first.outcome == "run"
     assert (

@@ -15,7 +15,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from daemon.dispatch.transitions import Reported, apply_events
+from daemon.dispatch.transitions import Reported
 from kit.streams import STEPS_ACK_WAIT_S, STEPS_CONSUMER, STEPS_MAX_ACK_PENDING, ensure_steps_stream
 from kit.subjects import STEPS_STREAM
 from runners.protocol import Assignment, StepFinished, StepStarted
@@ -49,7 +49,7 @@ async def test_a_duplicate_inside_one_batch_changes_nothing(system: Harness) -> 
     run_id, assignment = await running(system, agent)
     event = finished(assignment)
 
-    applied = await apply_events(system.scheduler.engine, [event, event])
+    applied = await system.scheduler.transitions.apply_events([event, event])
 
     assert applied.changed == [True, False]
     run = await system.get_run(run_id)
@@ -71,7 +71,7 @@ async def test_started_and_finished_of_one_attempt_in_one_batch(system: Harness)
     assert (await system.get_run(run_id))["steps"][0]["status"] == "dispatched"
     started = Reported("a1", StepStarted(attempt_id=assignment.attempt_id, started_at=time.time()))
 
-    applied = await apply_events(system.scheduler.engine, [started, finished(assignment, exit_code=0)])
+    applied = await system.scheduler.transitions.apply_events([started, finished(assignment, exit_code=0)])
 
     assert applied.changed == [True, True]
     run = await system.get_run(run_id)
@@ -89,7 +89,7 @@ async def test_events_that_change_nothing_do_not_hold_back_the_others(system: Ha
     elsewhere = finished(first, agent_id="a2")  # not the agent the attempt runs on
     failed = finished(second, status="failed", exit_code=3)
 
-    applied = await apply_events(system.scheduler.engine, [unknown, elsewhere, finished(first), failed])
+    applied = await system.scheduler.transitions.apply_events([unknown, elsewhere, finished(first), failed])
 
     assert applied.changed == [False, False, True, True]
     assert (await system.get_run(first_id))["status"] == "succeeded"
