@@ -1,6 +1,6 @@
 """Fingerprints of datastore data: has what a step reads changed since an earlier run?
 
-A step's fingerprint includes one of these for each datastore input (issue 6), so a step is reused
+A step's fingerprint includes one of these for each datastore input, so a step is reused
 only when these match. A fingerprint is ``sha256:<hex>`` over a list of entries, one per thing found
 under the path, sorted by its path relative to the fingerprinted path (POSIX separators):
 

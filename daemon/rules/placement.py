@@ -1,6 +1,6 @@
 """Where a ready step runs: pure placement over the agents' free capacity as the daemon accounts it.
 
-Rules (issue 4): the step's selector labels must match the agent's; the agent must have the executor
+Rules: the step's selector labels must match the agent's; the agent must have the executor
 (``docker`` for a step with an image); the step must fit the agent's *free* capacity (capacity minus
 what the daemon has reserved for its active attempts: never oversubscribed); a GPU step needs that
 many free GPUs, each with at least ``gpu_memory`` when given, and gets specific indices; a CPU-only

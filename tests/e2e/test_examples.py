@@ -94,7 +94,7 @@ def test_the_nightly_trigger_scores_on_the_gpu_agent_and_the_second_run_reuses_p
     assert shown.returncode == 0, shown.stderr
     assert "nightly-scoring" in shown.stdout
 
-    # Waits for the reuse engine (issue 6) from here on.
+    # From here on: output reuse.
     assert ran["prep"]["reuse"]["outcome"] == "executed"
     # Nothing changed since: same source, params and landing files, so prep (and score after it) are reused.
     again = steps_of(second)

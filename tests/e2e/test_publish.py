@@ -1,4 +1,4 @@
-"""Issue 3's promise, end to end with real processes: publish versioned pipelines into `sluice up`."""
+"""Publishing, end to end with real processes: publish versioned pipelines into `sluice up`."""
 
 from __future__ import annotations
 

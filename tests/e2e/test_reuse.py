@@ -1,4 +1,4 @@
-"""Issue 6's promise through the CLI with a real `sluice up`: an unchanged re-run executes nothing, a
+"""Output reuse through the CLI with a real `sluice up`: an unchanged re-run executes nothing, a
 changed source file re-runs every step of the new version, `--no-reuse` re-runs all, and `runs show`
 says why for each step."""
 

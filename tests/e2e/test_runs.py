@@ -1,4 +1,4 @@
-"""Issue 4's promise, end to end: published pipelines run on real `sluice agent` processes.
+"""Runs on agents, end to end: published pipelines run on real `sluice agent` processes.
 
 One daemon (`sluice up --agents 0`) and separate agents with declared capacity, driven through the
 CLI as a user would. Steps are small shell scripts; what they leave on disk (pid files, markers,

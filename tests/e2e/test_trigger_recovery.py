@@ -1,4 +1,4 @@
-"""Issue 5's promises across daemon restarts and crashes, end to end with real `sluice up` processes
+"""Triggers' promises across daemon restarts and crashes, end to end with real `sluice up` processes
 (``--agents 0``: runs stay queued; what is counted is the runs that triggers create):
 
 - cron catch-up: three every-second triggers, ``catchup: all | latest | none``, and a daemon stopped

@@ -1,4 +1,4 @@
-"""Issue 5's promises, end to end with a real `sluice up` (one local agent), driven through the CLI and
+"""Triggers' promises, end to end with a real `sluice up` (one local agent), driven through the CLI and
 NATS as a user and another service would: a cron trigger every second, an event whose params do not
 validate shown by `sluice triggers events`, and `sluice.submit.<pipeline>` with a follower of
 `sluice.runs.<pipeline>.*`."""
