@@ -10,7 +10,7 @@ from aiohttp import web
 from daemon.api.context import POOL, SCHEDULER, SOURCES
 from daemon.api.contract import BOOLEAN, DOCUMENT_TYPES, YAML_TYPES, endpoint
 from daemon.api.http import json_response, read_body
-from daemon.catalog import SOURCE_DIGEST, SourceRef, apply_documents
+from daemon.apply import SOURCE_DIGEST, SourceRef, apply_documents
 from daemon.documents import SourceText
 from daemon.documents.source import archive_digest
 from daemon.errors import BadRequest, Invalid, NotFound

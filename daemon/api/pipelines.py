@@ -12,7 +12,7 @@ from daemon.api.apply import document_text, flag_arg
 from daemon.api.context import POOL, SOURCES
 from daemon.api.contract import BOOLEAN, DOCUMENT_TYPES, FILE_NAME, PAGED, endpoint
 from daemon.api.http import decode_cursor, int_arg, json_response, limit_arg, page, read_body
-from daemon.catalog import apply_documents
+from daemon.apply import apply_documents
 from daemon.errors import Invalid, NotFound
 from daemon.limits import Positive32
 

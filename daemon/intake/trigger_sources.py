@@ -135,7 +135,7 @@ class Triggering:
                 await self._apply(row, known)
 
     async def applied(self, items: Iterable[Any]) -> None:
-        """After an apply committed (``daemon.catalog.Applied`` items): changed triggers are synced;
+        """After an apply committed (``daemon.apply.Applied`` items): changed triggers are synced;
         a changed datastore re-puts the files triggers, whose root may have moved."""
         names, datastores = applied_changes(items)
         if datastores:
@@ -233,7 +233,7 @@ class Triggering:
 
 
 def applied_changes(items: Iterable[Any]) -> tuple[list[str], bool]:
-    """What an apply (``daemon.catalog.Applied`` items) changed for the trigger sources: the triggers
+    """What an apply (``daemon.apply.Applied`` items) changed for the trigger sources: the triggers
     it created or changed, and whether it changed a datastore (files triggers' roots)."""
     changed = [item for item in items if item.action != "unchanged"]
     return [item.name for item in changed if item.kind == "Trigger"], any(

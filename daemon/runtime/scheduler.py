@@ -213,7 +213,7 @@ class Scheduler:
         await self.monitor.lose_agent(agent, f"agent {agent_id}'s NATS credentials were revoked")
 
     async def triggers_applied(self, items: Iterable[Any]) -> None:
-        """After an apply committed (``daemon.catalog.Applied`` items): the leader's sources follow it,
+        """After an apply committed (``daemon.apply.Applied`` items): the leader's sources follow it,
         here at once, or, on a standby daemon, when the leader is told."""
         if (triggering := self.triggering) is not None:
             await triggering.applied(items)
