@@ -44,7 +44,6 @@ import structlog
 
 from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.limits import storable
-from daemon.planning.contexts import Specs
 from daemon.planning.creation import Draft, RunCreation, Written
 from daemon.rules.admission import RUN, Verdict, refuse_event, refuse_version
 from daemon.rules.event_params import resolve_params
@@ -100,13 +99,10 @@ class _Decided:
 class Ingest:
     """Commits trigger events; an instance is the ``EventSink`` every source is started with."""
 
-    def __init__(
-        self, *, pool: asyncpg.Pool, specs: Specs, creation: RunCreation, params_max_bytes: int
-    ) -> None:
+    def __init__(self, *, pool: asyncpg.Pool, creation: RunCreation) -> None:
         self._pool = pool
-        self._specs = specs
         self._creation = creation
-        self._params_max_bytes = params_max_bytes
+        self._specs = creation.specs
         self._touched: dict[str, float] = {}
         self._queue: collections.deque[_Queued] = collections.deque()
         self._committers: set[asyncio.Task] = set()
@@ -311,7 +307,7 @@ class Ingest:
                 target.bindings,
                 fields,
                 what=f"pipeline {pipeline} version {version}",
-                max_bytes=self._params_max_bytes,
+                max_bytes=self._creation.params_max_bytes,
             )
         except Invalid as exc:
             read.verdict = Verdict("rejected", exc)

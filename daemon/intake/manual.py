@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 
 from daemon.errors import Invalid, NotFound
-from daemon.planning.contexts import Specs, VersionSpec
+from daemon.planning.contexts import VersionSpec
 from daemon.planning.creation import Draft, RunCreation, Written
 from daemon.rules.admission import refuse_version
 from daemon.rules.params import validate_params
@@ -35,13 +35,10 @@ class Created:
 class ManualRuns:
     """Runs asked for by a person or a service: REST, the CLI and ``sluice.submit``."""
 
-    def __init__(
-        self, *, pool: asyncpg.Pool, specs: Specs, creation: RunCreation, params_max_bytes: int
-    ) -> None:
+    def __init__(self, *, pool: asyncpg.Pool, creation: RunCreation) -> None:
         self._pool = pool
-        self._specs = specs
         self._creation = creation
-        self._params_max_bytes = params_max_bytes
+        self._specs = creation.specs
 
     async def create(
         self,
@@ -144,7 +141,7 @@ class ManualRuns:
             spec.spec.params,
             params,
             what=f"pipeline {spec.pipeline} version {spec.version}",
-            max_bytes=self._params_max_bytes,
+            max_bytes=self._creation.params_max_bytes,
         )
         draft = Draft(spec, values, reuse=options["reuse"])
 

@@ -84,7 +84,12 @@ class RunCreation:
         dispatcher: Dispatcher,
         contexts: RunContexts,
         announcer: Announcer,
+        params_max_bytes: int,
     ) -> None:
+        self.specs = contexts.specs
+        """The versions' specs, which callers read to validate a run's params."""
+        self.params_max_bytes = params_max_bytes
+        """The bound on a run's params, which callers apply as they validate them."""
         self._reuse = reuse
         self._dispatcher = dispatcher
         self._contexts = contexts

@@ -69,7 +69,11 @@ class Scheduler:
         )
         self.reuse = ReusePlanner(self.datastores, DataFingerprints())
         self.creation = RunCreation(
-            reuse=self.reuse, dispatcher=self.dispatcher, contexts=self.contexts, announcer=self.announcer
+            reuse=self.reuse,
+            dispatcher=self.dispatcher,
+            contexts=self.contexts,
+            announcer=self.announcer,
+            params_max_bytes=settings.params_max_bytes,
         )
         self.transitions = Transitions(
             pool=pool,
@@ -81,9 +85,7 @@ class Scheduler:
         )
         self.dispatcher.on_hopeless = self.transitions.fail_step
         self.cancels = Cancels(pool=pool, nc=nc, specs=self.specs, transitions=self.transitions)
-        self.manual = ManualRuns(
-            pool=pool, specs=self.specs, creation=self.creation, params_max_bytes=settings.params_max_bytes
-        )
+        self.manual = ManualRuns(pool=pool, creation=self.creation)
         self.monitor = AgentMonitor(
             pool=pool,
             nc=nc,
@@ -149,12 +151,7 @@ class Scheduler:
     async def _lead(self, term: contextlib.AsyncExitStack, session: asyncpg.Connection | None) -> None:
         """One term as the leader: the trigger sources run until ``term`` closes. Standby daemons'
         APIs NOTIFY on the election's ``session``, which lives exactly as long as the term."""
-        sink = Ingest(
-            pool=self.pool,
-            specs=self.specs,
-            creation=self.creation,
-            params_max_bytes=self.settings.params_max_bytes,
-        )
+        sink = Ingest(pool=self.pool, creation=self.creation)
         triggering = await Triggering.start(
             term, pool=self.pool, nc=self._nc, datastores=self.datastores, sink=sink
         )
