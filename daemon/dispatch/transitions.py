@@ -24,7 +24,7 @@ from daemon.planning.creation import Written, admit_held
 from daemon.rules.rendering import in_datastore, output_path
 from daemon.rules.states import FINAL_STEP, advance, after_attempt
 from daemon.runtime.engine import Engine
-from daemon.store import attempts as attempt_store
+from daemon.store import attempt_reports as attempt_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
 from runners.protocol import StepFinished, StepStarted
