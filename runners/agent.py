@@ -32,10 +32,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from kit.nats import DRAIN_TIMEOUT_S, BusError, NatsErrors, NatsOptions, connect
-from runners.executors import STOP_GRACE_S, Executor, Job, Launch, Outcome, StopRequest
+from runners.execution import AcceptedAttempt, AttemptExecution
+from runners.executors import STOP_GRACE_S, Executor, Outcome
 from runners.ledger import Ledger, NoRoom
-from runners.logsink import AttemptLog
-from runners.metrics import read_metrics
 from runners.outbox import Outbox
 from runners.protocol import (
     HEARTBEAT_INTERVAL_S,
@@ -45,16 +44,14 @@ from runners.protocol import (
     CancelReply,
     Capacity,
     Heartbeat,
-    Metric,
     StepFinished,
-    StepStarted,
     agent_inbox,
     assign_subject,
     cancel_subject,
     heartbeat_subject,
 )
 from runners.snapshots import fetch_source
-from runners.workspace import AttemptDirs, PrepareError, Workspace, confine, misplaced
+from runners.workspace import Workspace, misplaced
 
 log = structlog.get_logger(__name__)
 
@@ -85,17 +82,6 @@ class AgentConfig:
         return self.name
 
 
-@dataclass(slots=True)
-class _Attempt:
-    """An accepted attempt, from its reply until its StepFinished is acknowledged."""
-
-    assignment: Assignment
-    gpus: tuple[int, ...]
-    stop: StopRequest = field(default_factory=StopRequest)
-    task: asyncio.Task[None] | None = None
-    executing: bool = True  # False once the command is over and its resources are released
-
-
 class Agent:
     def __init__(self, config: AgentConfig, capacity: Capacity, executors: dict[str, Executor]) -> None:
         self.config = config
@@ -104,7 +90,7 @@ class Agent:
         self.ready = asyncio.Event()
         """Set once the agent listens for assignments and has sent its first heartbeat."""
         self._ledger = Ledger(capacity)
-        self._attempts: dict[int, _Attempt] = {}
+        self._attempts: dict[int, AcceptedAttempt] = {}
         self._finished: deque[int] = deque(maxlen=REMEMBERED_FINISHED)
         self._draining = False
         self._closing = False  # our own drain or close: a closed connection is expected
@@ -114,7 +100,7 @@ class Agent:
         self._stopped = asyncio.Event()
         self._nc: NATS | None = None
         self._outbox: Outbox | None = None
-        self._workspace: Workspace | None = None
+        self._execution: AttemptExecution | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._log = log.bind(agent=config.agent_id)
 
@@ -182,7 +168,16 @@ class Agent:
     async def _serve(self, nc: NATS, stop: asyncio.Event) -> None:
         js = nc.jetstream()
         self._outbox = Outbox(js, self.config.agent_id)
-        self._workspace = Workspace(self.config.cache_dir, lambda digest: fetch_source(js, digest))
+        self._execution = AttemptExecution(
+            agent_id=self.config.agent_id,
+            cache_dir=self.config.cache_dir,
+            keep_work_dirs=self.config.keep_work_dirs,
+            executors=self.executors,
+            nc=nc,
+            workspace=Workspace(self.config.cache_dir, lambda digest: fetch_source(js, digest)),
+            outbox=self._outbox,
+            log=self._log,
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -261,7 +256,7 @@ class Agent:
             gpus = self._ledger.reserve(assignment.attempt_id, assignment.resources, assignment.gpus)
         except NoRoom as exc:
             return f"no room: {exc}"
-        self._attempts[assignment.attempt_id] = _Attempt(assignment=assignment, gpus=gpus)
+        self._attempts[assignment.attempt_id] = AcceptedAttempt(assignment=assignment, gpus=gpus)
         return None
 
     async def _reply(self, msg: Msg, reply: AssignReply) -> bool:
@@ -289,7 +284,7 @@ class Agent:
 
     # -- one attempt -------------------------------------------------------------------------------
 
-    async def _execute(self, attempt: _Attempt) -> None:
+    async def _execute(self, attempt: AcceptedAttempt) -> None:
         """Runs one accepted attempt to its StepFinished. Never raises but for cancellation."""
         assignment = attempt.assignment
         with structlog.contextvars.bound_contextvars(
@@ -297,7 +292,8 @@ class Agent:
         ):
             self._log.info("attempt_accepted", number=assignment.number, image=assignment.image)
             try:
-                outcome, metrics = await self._run_attempt(attempt)
+                assert self._execution is not None
+                outcome, metrics = await self._execution.run(attempt)
             except Exception as exc:  # a bug here must cost one attempt, not the agent
                 self._log.exception("attempt_crashed")
                 outcome, metrics = Outcome(status="failed", error=f"agent error: {exc!r}"), []
@@ -327,77 +323,6 @@ class Agent:
                 metrics=len(metrics),
             )
             self._beat_now.set()
-
-    async def _run_attempt(self, attempt: _Attempt) -> tuple[Outcome, list[Metric]]:
-        assignment = attempt.assignment
-        assert self._workspace is not None
-        try:
-            await asyncio.to_thread(confine, assignment, self.config.cache_dir)
-        except PrepareError as exc:
-            return Outcome(status="failed", error=str(exc)), []
-        output = AttemptLog(self._nc, self.config.agent_id, assignment)
-        try:
-            await output.open()
-        except OSError as exc:
-            return Outcome(status="failed", error=f"cannot write the log {assignment.log_path}: {exc}"), []
-        try:
-            try:
-                dirs = await self._workspace.prepare(assignment)
-            except PrepareError as exc:
-                output.note(str(exc))
-                return Outcome(status="failed", error=str(exc)), []
-            try:
-                outcome = await self._run_in(attempt, dirs, output)
-                metrics = await asyncio.to_thread(read_metrics, dirs.metrics, attempt=assignment.attempt_id)
-                return outcome, metrics
-            finally:
-                if not self.config.keep_work_dirs:
-                    await self._workspace.cleanup(dirs)
-        finally:
-            await output.close()
-
-    async def _run_in(self, attempt: _Attempt, dirs: AttemptDirs, output: AttemptLog) -> Outcome:
-        """Executes the attempt in its prepared directories, its output going to ``output``."""
-        assignment = attempt.assignment
-        if attempt.stop.requested:  # cancelled, or the agent gave up, while it was preparing
-            output.note(attempt.stop.reason)
-            return Outcome(status=attempt.stop.status, error=attempt.stop.reason)
-        executor = self.executors["docker" if assignment.image is not None else "process"]
-        job = Job(
-            attempt_id=assignment.attempt_id,
-            run_id=assignment.run_id,
-            step=assignment.step,
-            number=assignment.number,
-            argv=list(assignment.argv),
-            env=assignment.env | {"SLUICE_METRICS": str(dirs.metrics)},
-            work_dir=dirs.work,
-            resources=assignment.resources,
-            image=assignment.image,
-            gpus=list(attempt.gpus),
-            mounts=_mounts(assignment, dirs.root),
-            timeout_s=assignment.timeout_s,
-        )
-
-        def on_started(launch: Launch) -> None:
-            assert self._outbox is not None
-            self._outbox.put(
-                StepStarted(
-                    attempt_id=assignment.attempt_id,
-                    started_at=launch.started_at,
-                    image_digest=launch.image_digest,
-                )
-            )
-            self._log.info("attempt_started", image_digest=launch.image_digest)
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(output.run(), name=f"log-{assignment.attempt_id}")
-            try:
-                outcome = await executor.execute(job, output, attempt.stop, on_started)
-                if outcome.error:
-                    output.note(outcome.error)  # the log says why, too
-            finally:
-                await output.close()
-        return outcome
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
@@ -465,11 +390,3 @@ class Agent:
             if not self._stopped.is_set():
                 await self._heartbeat(nc)
                 await asyncio.sleep(BEAT_SPACING_S)
-
-
-def _mounts(assignment: Assignment, attempt_root: Path) -> list[str]:
-    """What a container must see at the same paths: the attempt's directory (work dir and metrics
-    file), the datastores the attempt uses, and the directories holding the outputs."""
-    paths = [str(attempt_root), *assignment.datastores.values()]
-    paths.extend(str(Path(output).parent) for output in assignment.outputs.values())
-    return list(dict.fromkeys(paths))

@@ -9,7 +9,7 @@ import click
 import msgspec
 
 from daemon.cli import output
-from daemon.cli.catalog import Row, _show_list, json_option
+from daemon.cli.commands import Row, json_option, show_list
 
 
 def register(group: click.Group) -> None:
@@ -73,4 +73,4 @@ def agents(as_json: bool) -> None:
 
     Shows free/total CPU, memory and GPUs, labels, running steps and the last heartbeat's age.
     """
-    _show_list("/agents", AgentRow, as_json=as_json, empty="no agents")
+    show_list("/agents", AgentRow, as_json=as_json, empty="no agents")

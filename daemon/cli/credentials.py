@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from daemon.cli import output
-from daemon.cli.catalog import Row, _client, _done, _show_list, json_option
+from daemon.cli.commands import Row, api_client, confirm, json_option, show_list
 from daemon.cli.http import path
 from daemon.config import Settings
 from daemon.private_files import write_private
@@ -75,7 +75,7 @@ def list_command(as_json: bool) -> None:
 
 
 def _list(as_json: bool) -> None:
-    _show_list("/credentials", CredentialRow, as_json=as_json, empty="no NATS credentials")
+    show_list("/credentials", CredentialRow, as_json=as_json, empty="no NATS credentials")
 
 
 @credentials.command()
@@ -142,7 +142,7 @@ def admin(name: str, output_path: Path | None) -> None:
 
 
 def _mint(body: dict[str, Any], output_path: Path | None) -> None:
-    answer = _client().request("POST", "/credentials", json=body)
+    answer = api_client().request("POST", "/credentials", json=body)
     if output_path is None:
         click.echo(answer["creds"], nl=False)
         return
@@ -157,8 +157,8 @@ def _mint(body: dict[str, Any], output_path: Path | None) -> None:
 def revoke(name: str, as_json: bool) -> None:
     """Revoke every key of NAME: NATS drops its connections and refuses it from then on. A revoked
     agent's running steps run again elsewhere."""
-    answer = _client().request("POST", path("credentials", name, "revoke"))
-    _done(answer, as_json=as_json, line=f"{name}: revoked ({len(answer['revoked'])} key(s) newly revoked)")
+    answer = api_client().request("POST", path("credentials", name, "revoke"))
+    confirm(answer, as_json=as_json, line=f"{name}: revoked ({len(answer['revoked'])} key(s) newly revoked)")
 
 
 @credentials.command()

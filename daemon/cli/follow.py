@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from daemon.cli import output
-from daemon.cli.catalog import _convert
+from daemon.cli.commands import convert
 from daemon.cli.http import ApiClient, ApiError, ApiUnreachable, BadAnswer, ServerSentEvent, path
 from daemon.cli.records import RUN_FINISHED, STEP_FINISHED, Run, Step, short_id
 from kit.backoff import backoff_s
@@ -115,10 +115,10 @@ class RunView:
     def apply_event(self, event: ServerSentEvent, now: dt.datetime) -> list[str]:
         """Take in one event of ``/events``; events of other runs and of unknown types are ignored."""
         if event.event == "run":
-            run = _convert(event.json(), RunEvent)
+            run = convert(event.json(), RunEvent)
             return self._set_status(run.status) if run.id == self.run_id else []
         if event.event == "step":
-            step = _convert(event.json(), StepEvent)
+            step = convert(event.json(), StepEvent)
             if step.run_id not in (None, self.run_id):
                 return []
             line = self._update(step, now)
@@ -255,7 +255,7 @@ class RunFollower:
 
     def _refresh(self) -> Run:
         self.answer = self._client.request("GET", path("runs", self._view.run_id))
-        run = _convert(self.answer, Run)
+        run = convert(self.answer, Run)
         self._changed(self._view.apply_run(run, _now()))
         return run
 

@@ -1,7 +1,7 @@
 """Runs, their steps and attempts as the CLI reads them from the API (contract §4).
 
 Unknown fields are ignored and missing optional ones take defaults, so the CLI keeps working while
-the API grows; a missing required field is a bad answer (see ``catalog._convert``).
+the API grows; a missing required field is a bad answer (see ``commands.convert``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from daemon.cli import output
-from daemon.cli.catalog import Row
+from daemon.cli.commands import Row
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 RUN_FINISHED = frozenset({"succeeded", "failed", "cancelled"})

@@ -15,7 +15,7 @@ import click
 import msgspec
 
 from daemon.cli import output
-from daemon.cli.catalog import VERSION, Page, _client, _convert, _done, json_option
+from daemon.cli.commands import VERSION, Page, api_client, confirm, convert, json_option
 from daemon.cli.follow import RunFollower, RunView, steps_table
 from daemon.cli.http import ApiClient, ApiUnreachable, BadAnswer, path
 from daemon.cli.records import RUN_STATUSES, Run, Step
@@ -114,14 +114,14 @@ def run(
     if version is not None:
         body["version"] = version
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-    client = _client()
+    client = api_client()
     answer = client.request("POST", path("pipelines", name, "runs"), json=body, headers=headers)
-    submitted = _convert(answer, Submitted)
+    submitted = convert(answer, Submitted)
     run_id = submitted.run_id or submitted.id
     if not run_id:
         raise BadAnswer("the Sluice API started a run without saying its run_id")
     if not wait:
-        _done(answer, as_json=as_json, line=run_id)
+        confirm(answer, as_json=as_json, line=run_id)
         return
     if not as_json:
         click.echo(run_id)
@@ -186,11 +186,11 @@ def runs(ctx: click.Context, pipeline: str | None, status: str | None, limit: in
     if ctx.invoked_subcommand is not None:
         return
     filters = {key: value for key, value in (("pipeline", pipeline), ("status", status)) if value}
-    items = _newest_runs(_client(), filters, limit)
+    items = _newest_runs(api_client(), filters, limit)
     if as_json:
         output.print_json({"items": items})
     else:
-        rows = (item.cells() for item in _convert(items, list[Run]))
+        rows = (item.cells() for item in convert(items, list[Run]))
         output.print_table(Run.COLUMNS, rows, empty="no runs")
 
 
@@ -200,7 +200,7 @@ def _newest_runs(client: ApiClient, filters: dict[str, str], limit: int) -> list
     query: dict[str, str | int] = dict(filters)
     while len(items) < limit:
         query["limit"] = min(limit - len(items), _PAGE_LIMIT)
-        page = _convert(client.request("GET", "/runs", query=query), Page)
+        page = convert(client.request("GET", "/runs", query=query), Page)
         items.extend(page.items)
         if not page.items or not page.next_cursor:
             break
@@ -219,11 +219,11 @@ def show(run_id: str, as_json: bool) -> None:
     exit code, reuse and reason to wait, why each step was reused or executed, the attempts that
     failed, and the steps' outputs and metrics.
     """
-    answer = _client().request("GET", path("runs", run_id))
+    answer = api_client().request("GET", path("runs", run_id))
     if as_json:
         output.print_json(answer)
         return
-    record = _convert(answer, Run)
+    record = convert(answer, Run)
     output.print_fields(_run_fields(record))
     steps = record.steps
     sections = (
@@ -318,7 +318,7 @@ def logs(run_id: str, step: str | None, attempt: int | None, follow: bool) -> No
     With STEP, that step's log; without, the log of every step that ran, in order, each under a
     `==> STEP <==` header.
     """
-    client = _client()
+    client = api_client()
     if step is None:
         if attempt is not None or follow:
             raise click.UsageError("--attempt and --follow need a STEP")
@@ -333,7 +333,7 @@ def logs(run_id: str, step: str | None, attempt: int | None, follow: bool) -> No
 
 
 def _print_all_logs(client: ApiClient, run_id: str) -> None:
-    record = _convert(client.request("GET", path("runs", run_id)), Run)
+    record = convert(client.request("GET", path("runs", run_id)), Run)
     ran = [step for step in record.steps if step.attempts]
     if not ran:
         click.echo(f"no step of run {run_id} has run yet", err=True)
@@ -351,7 +351,7 @@ def _follow_log(client: ApiClient, logs_path: str, query: dict[str, str | int], 
                 return
             if event.event != "line":
                 continue
-            line = _convert(event.json(), LogLine)
+            line = convert(event.json(), LogLine)
             if shown is not None and line.attempt not in (None, shown):
                 click.echo(f"==> attempt {line.attempt} <==")
             shown = line.attempt if line.attempt is not None else shown
@@ -372,12 +372,12 @@ def cancel(run_id: str, as_json: bool) -> None:
 
     Its steps that have not started never start; its running steps are stopped.
     """
-    answer = _client().request("POST", path("runs", run_id, "cancel"))
-    record = _convert(answer, Run)
+    answer = api_client().request("POST", path("runs", run_id, "cancel"))
+    record = convert(answer, Run)
     if record.status == "cancelled":
         line = f"run {record.id} cancelled"
     elif record.finished:
         line = f"run {record.id} had already {record.status}"
     else:
         line = f"run {record.id} is being cancelled"
-    _done(answer, as_json=as_json, line=line)
+    confirm(answer, as_json=as_json, line=line)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from daemon.cli import output
-from daemon.cli.catalog import Row, _client, _done, _show_list, json_option
+from daemon.cli.commands import Row, api_client, confirm, json_option, show_list
 from daemon.cli.http import path
 
 
@@ -36,7 +36,7 @@ def tokens(ctx: click.Context, as_json: bool) -> None:
     included).
     """
     if ctx.invoked_subcommand is None:
-        _show_list("/tokens", TokenRow, as_json=as_json, empty="no tokens")
+        show_list("/tokens", TokenRow, as_json=as_json, empty="no tokens")
 
 
 @tokens.command()
@@ -48,8 +48,8 @@ def tokens(ctx: click.Context, as_json: bool) -> None:
 @output.reports_errors
 def create(name: str, scope: str, as_json: bool) -> None:
     """Make token NAME with SCOPE and print it (once: Sluice keeps only its digest)."""
-    answer = _client().request("POST", "/tokens", json={"name": name, "scope": scope})
-    _done(answer, as_json=as_json, line=answer["token"])
+    answer = api_client().request("POST", "/tokens", json={"name": name, "scope": scope})
+    confirm(answer, as_json=as_json, line=answer["token"])
 
 
 @tokens.command()
@@ -58,5 +58,5 @@ def create(name: str, scope: str, as_json: bool) -> None:
 @output.reports_errors
 def revoke(name: str, as_json: bool) -> None:
     """Revoke token NAME: the API refuses it from now on."""
-    answer = _client().request("POST", path("tokens", name, "revoke"))
-    _done(answer, as_json=as_json, line=f"token/{name} revoked")
+    answer = api_client().request("POST", path("tokens", name, "revoke"))
+    confirm(answer, as_json=as_json, line=f"token/{name} revoked")

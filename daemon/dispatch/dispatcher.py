@@ -3,20 +3,19 @@
 Ready steps live in memory (rebuilt from the database at start; a slow sweep re-reads them in case a
 hint was missed). Whoever makes a step ready hands it over with :meth:`Dispatcher.add`, which wakes
 the loop at once. One pass places every ready step it can *in memory* (reserving capacity on the
-chosen agent, so passes can never oversubscribe), records the whole batch in one transaction (attempt
-rows, steps → dispatched, first dispatch → run running), then sends the assignments concurrently
-(bounded). An assignment that is refused or unanswered marks its attempt ``lost`` (it does not count
-as a retry) and the step is ready again, kept off that agent for a moment.
+chosen agent, so passes can never oversubscribe: :mod:`daemon.dispatch.batch_plan`), records the
+whole batch in one transaction (attempt rows, steps → dispatched, first dispatch → run running), then
+sends the assignments concurrently (bounded). An assignment that is refused or unanswered marks its
+attempt ``lost`` (it does not count as a retry) and the step is ready again, kept off that agent for
+a moment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable
 from uuid import UUID
 
 import asyncpg
@@ -27,96 +26,22 @@ from nats.aio.client import Client as NATS
 
 from daemon.config import DispatchSettings
 from daemon.dispatch.announce import Announcer
+from daemon.dispatch.batch_plan import BatchPlanner, Claims, Planned, ReadyStep
 from daemon.dispatch.registry import Registry
-from daemon.documents.specs import StepSpec
-from daemon.documents.template import TemplateError
 from daemon.errors import NotFound
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
-from daemon.rules.placement import AgentRoom, Need, Placed, Waiting, place
-from daemon.rules.rendering import RenderedStep, RunContext, assignment, render_step
+from daemon.rules.rendering import RunContext, assignment
 from daemon.runtime.tasks import TaskSet
 from daemon.store import attempts as attempt_store
-from daemon.store import new_runs as new_run_store
 from daemon.store import steps as step_store
 from daemon.store.db import HeldConnection
 from runners.protocol import AssignReply, assign_subject
 
 log = structlog.get_logger(__name__)
 
-MAX_BATCH = 512
 MAX_CONCURRENT_ASSIGNMENTS = 256
 REFUSED_AGENT_PAUSE_S = 2.0
 """How long a step stays off an agent that refused it or did not answer."""
-
-
-def need_of(step: StepSpec) -> Need:
-    resources = step.resources
-    return Need(
-        cpu=resources.cpu,
-        memory=resources.memory,
-        gpu=resources.gpu,
-        gpu_memory=resources.gpu_memory,
-        selector=step.selector,
-        executor="docker" if step.image else "process",
-    )
-
-
-@dataclass(slots=True)
-class ReadyStep:
-    """A step waiting for an agent. ``due`` (monotonic) delays a retry; ``excluded`` keeps the step
-    off agents (id -> until, monotonic) that just refused it."""
-
-    step_run_id: int
-    run_id: UUID
-    name: str
-    due: float = 0.0
-    excluded: dict[str, float] = field(default_factory=dict)
-    reason: str | None = None
-    stored_reason: str | None = None
-    need: Need | None = None
-    waited_at: int | None = None
-    """The registry's epoch when no agent could take the step (None: not placed yet)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    step: ReadyStep
-    context: RunContext
-    spec: StepSpec
-    agent_id: str
-    gpus: tuple[int, ...]
-    rendered: RenderedStep
-    datastores: dict[str, str]
-    key: int
-    """What holds its capacity in the registry until its attempt has an id."""
-
-    def placement(self) -> attempt_store.Placement:
-        return attempt_store.Placement(self.agent_id, msgspec.to_builtins(self.spec.resources), self.gpus)
-
-
-@dataclass(frozen=True, slots=True)
-class Claims:
-    """Steps of a run about to be created, placed on agents before it is written (see
-    :meth:`Dispatcher.claim`): the statement that creates the run records their first attempts."""
-
-    planned: list[_Planned] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.planned)
-
-    def apply(self, plans: Mapping[str, new_run_store.StepPlan]) -> dict[str, new_run_store.StepPlan]:
-        """``plans`` with the claimed steps ``dispatched``, each with the agent it is placed on."""
-        placed = {planned.step.name: planned for planned in self.planned}
-        return {
-            name: plan
-            if (planned := placed.get(name)) is None
-            else replace(plan, status="dispatched", placement=planned.placement())
-            for name, plan in plans.items()
-        }
-
-
-_CLAIM_KEYS = itertools.count(-(2**62), -1)
-"""Registry keys of claimed steps, which have no id yet: far below any step run id's negation."""
 
 
 class Dispatcher:
@@ -135,7 +60,7 @@ class Dispatcher:
         self._nc = nc
         self._registry = registry
         self._contexts = contexts
-        self._datastores = datastores
+        self._planner = BatchPlanner(registry, contexts, datastores)
         self._announcer = announcer
         self._settings = settings
         self._ready: dict[int, ReadyStep] = {}
@@ -173,23 +98,9 @@ class Dispatcher:
         waiting step goes first); steps that fit nowhere are left out, inserted ready. The caller
         ends the claim: :meth:`claimed` after the commit, :meth:`unclaim` when nothing was written.
         """
-        claims = Claims()
         if self._ready or self._delayed_steps:
-            return claims
-        now = time.monotonic()
-        rooms = dict(self._registry.rooms())
-        for name in names:
-            spec = version.steps[name]
-            need = need_of(spec)
-            placed = place(need, rooms.values())
-            if isinstance(placed, Waiting):
-                continue
-            step = ReadyStep(0, UUID(context.id), name, need=need)
-            planned = self._take(step, context, spec, placed, rooms, now, [])
-            if planned is None:
-                continue  # the dispatcher fails the step, with the reason, once it is ready
-            claims.planned.append(planned)
-        return claims
+            return Claims()
+        return self._planner.claim(context, version, names, time.monotonic())
 
     def claimed(self, claims: Claims, steps: Iterable[step_store.NewStep]) -> None:
         """The run was written with its steps, the claimed ones with their first attempts: the
@@ -252,14 +163,21 @@ class Dispatcher:
         self._promote(now)
         if not self._ready:
             return 0
-        batch, missing, broken = self._plan(now)
-        for step, error in broken:
+        plan = self._planner.plan(list(self._ready.values()), now)
+        for planned in plan.batch:
+            del self._ready[planned.step.step_run_id]
+            self._in_flight.add(planned.step.step_run_id)
+        for step in plan.waiting:
+            self._announcer.step_changed(step.run_id, step.name, "ready", waiting_reason=step.reason)
+        if plan.more:
+            self._wake.set()
+        for step, error in plan.broken:
             await self._fail_hopeless(step, error)
-        if missing:
-            await self._load_contexts(missing)
-        if not batch:
+        if plan.missing:
+            await self._load_contexts(plan.missing)
+        if not plan.batch:
             return 0
-        return await self._commit(batch)
+        return await self._commit(plan.batch)
 
     def _promote(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
@@ -268,85 +186,7 @@ class Dispatcher:
             if step is not None:
                 self._ready.setdefault(step_run_id, step)
 
-    def _plan(self, now: float) -> tuple[list[_Planned], set[UUID], list[tuple[ReadyStep, str]]]:
-        """Places ready steps in memory, reserving capacity for each one placed."""
-        rooms = dict(self._registry.rooms())
-        epoch = self._registry.epoch
-        batch: list[_Planned] = []
-        missing: set[UUID] = set()
-        broken: list[tuple[ReadyStep, str]] = []
-        failed_shapes: dict[tuple, Waiting] = {}
-        for step in list(self._ready.values()):
-            if step.waited_at == epoch and not step.excluded:
-                continue  # no agent can take more than when this step last found none
-            if len(batch) >= MAX_BATCH:
-                self._wake.set()  # the rest in the next pass, after this batch is recorded
-                break
-            entry = self._contexts.get(step.run_id)
-            if entry is None:
-                missing.add(step.run_id)
-                continue
-            context, version = entry
-            spec = version.steps.get(step.name)
-            if spec is None:
-                broken.append((step, f"step {step.name} is not in version {version.version}"))
-                continue
-            need = step.need or need_of(spec)
-            step.need = need
-            excluded = {agent for agent, until in step.excluded.items() if until > now}
-            if not excluded and (known := failed_shapes.get(need.shape)) is not None:
-                step.waited_at = epoch
-                self._set_reason(step, known.reason)
-                continue
-            candidates = (
-                rooms.values() if not excluded else [r for r in rooms.values() if r.id not in excluded]
-            )
-            result = place(need, candidates)
-            if isinstance(result, Waiting):
-                if not excluded:
-                    failed_shapes[need.shape] = result
-                    step.waited_at = epoch
-                self._set_reason(step, result.reason)
-                continue
-            planned = self._take(step, context, spec, result, rooms, now, broken)
-            if planned is None:
-                continue
-            del self._ready[step.step_run_id]
-            self._in_flight.add(step.step_run_id)
-            batch.append(planned)
-        return batch, missing, broken
-
-    def _take(
-        self,
-        step: ReadyStep,
-        context: RunContext,
-        spec: StepSpec,
-        placed: Placed,
-        rooms: dict[str, AgentRoom],
-        now: float,
-        broken: list[tuple[ReadyStep, str]],
-    ) -> _Planned | None:
-        """Renders ``step`` for the agent it was placed on and reserves that capacity (``rooms``
-        follows); None, with the reason in ``broken``, when it cannot be rendered there."""
-        assert step.need is not None
-        agent = self._registry.agents[placed.agent_id]
-        datastores = self._datastores.for_agent(agent.datastores)
-        try:
-            rendered = render_step(context, spec, datastores)
-        except TemplateError as exc:
-            broken.append((step, f"cannot render step {step.name} for agent {agent.name}: {exc.message}"))
-            return None
-        key = -step.step_run_id if step.step_run_id else next(_CLAIM_KEYS)
-        self._registry.reserve(placed.agent_id, key, step.need, placed.gpus, now)
-        rooms[placed.agent_id] = agent.room()
-        return _Planned(step, context, spec, placed.agent_id, placed.gpus, rendered, datastores, key)
-
-    def _set_reason(self, step: ReadyStep, reason: str) -> None:
-        if step.reason != reason:
-            step.reason = reason
-            self._announcer.step_changed(step.run_id, step.name, "ready", waiting_reason=reason)
-
-    async def _commit(self, batch: list[_Planned]) -> int:
+    async def _commit(self, batch: list[Planned]) -> int:
         items = [attempt_store.Dispatch(planned.step.step_run_id, planned.placement()) for planned in batch]
         try:
             conn = await self._conn.get()
@@ -371,7 +211,7 @@ class Dispatcher:
             await self._announcer.run_changed(run)
         return len(dispatched)
 
-    def _assign(self, planned: _Planned, record: attempt_store.Dispatched) -> None:
+    def _assign(self, planned: Planned, record: attempt_store.Dispatched) -> None:
         """After the attempt was recorded: its reservation takes the attempt's id, and the
         assignment goes to the agent."""
         self._registry.rekey(planned.key, record.attempt_id)
@@ -393,7 +233,7 @@ class Dispatcher:
             agent=planned.agent_id,
         )
 
-    async def _send(self, planned: _Planned, record: attempt_store.Dispatched, message) -> None:
+    async def _send(self, planned: Planned, record: attempt_store.Dispatched, message) -> None:
         agent_id = planned.agent_id
         timeout = self._settings.assign_timeout_s
         payload = message.encode()
@@ -451,7 +291,7 @@ class Dispatcher:
         )
         await asyncio.shield(self._unassign(planned, record, reason))
 
-    async def _unassign(self, planned: _Planned, record: attempt_store.Dispatched, reason: str) -> None:
+    async def _unassign(self, planned: Planned, record: attempt_store.Dispatched, reason: str) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             requeued = await attempt_store.lose_attempts(conn, {record.attempt_id: reason})
         self._registry.release(record.attempt_id)

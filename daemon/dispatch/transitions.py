@@ -25,9 +25,10 @@ from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
 from daemon.planning.creation import RunCreation, Written, admit_held
 from daemon.rules.rendering import in_datastore, output_path
 from daemon.rules.states import FINAL_STEP, advance, after_attempt
-from daemon.store import attempts as attempt_store
+from daemon.store import attempt_reports as report_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
+from daemon.store.attempts import ACTIVE_ATTEMPT
 from runners.protocol import StepFinished, StepStarted
 
 log = structlog.get_logger(__name__)
@@ -131,7 +132,7 @@ class Transitions:
         applied = Applied([False] * len(events))
         # The first start of each attempt from each agent: only the attempt's own agent can start it.
         starts: dict[tuple[int, str], int] = {}
-        start_rows: list[attempt_store.AttemptStart] = []
+        start_rows: list[report_store.AttemptStart] = []
         ends: list[tuple[int, str, StepFinished]] = []
         for index, (agent_id, event) in enumerate((item.agent_id, item.event) for item in events):
             if isinstance(event, StepFinished):
@@ -139,19 +140,19 @@ class Transitions:
             elif (event.attempt_id, agent_id) not in starts:
                 starts[(event.attempt_id, agent_id)] = index
                 start_rows.append(
-                    attempt_store.AttemptStart(
+                    report_store.AttemptStart(
                         event.attempt_id, agent_id, event.started_at, event.image_digest
                     )
                 )
         effects = Effects()
         if not ends:
-            started = await attempt_store.start_attempts(self._pool, start_rows)
+            started = await report_store.start_attempts(self._pool, start_rows)
             _note_started(started, events, starts, effects, applied)
         else:
             async with self._pool.acquire() as conn, conn.transaction():
-                attempts = await attempt_store.lock_attempts(conn, {item.event.attempt_id for item in events})
+                attempts = await report_store.lock_attempts(conn, {item.event.attempt_id for item in events})
                 runs = await run_store.lock_runs(conn, {attempt.run_id for attempt in attempts.values()})
-                started = await attempt_store.start_attempts(conn, start_rows)
+                started = await report_store.start_attempts(conn, start_rows)
                 _note_started(started, events, starts, effects, applied)
                 running = {item.attempt_id for item in started}
                 await self._finish(conn, ends, attempts, runs, running, effects, applied)
@@ -162,7 +163,7 @@ class Transitions:
         self,
         conn: asyncpg.Connection,
         ends: Sequence[tuple[int, str, StepFinished]],
-        attempts: Mapping[int, attempt_store.LockedAttempt],
+        attempts: Mapping[int, report_store.LockedAttempt],
         runs: Mapping[UUID, tuple[run_store.RunRecord, list[run_store.StepState]]],
         running: set[int],
         effects: Effects,
@@ -170,26 +171,26 @@ class Transitions:
     ) -> None:
         """Ends the attempts (locked by the caller) that are still active on the agent that reports them,
         records each step's fate and settles their runs."""
-        by_run: dict[UUID, list[tuple[int, StepFinished, attempt_store.LockedAttempt, str | None]]] = {}
-        attempt_ends: list[attempt_store.AttemptEnd] = []
+        by_run: dict[UUID, list[tuple[int, StepFinished, report_store.LockedAttempt, str | None]]] = {}
+        attempt_ends: list[report_store.AttemptEnd] = []
         ended: set[int] = set()  # an attempt ends once; a repeat of its event in the batch changes nothing
         for index, agent_id, event in ends:
             attempt = attempts.get(event.attempt_id)
             if attempt is None or attempt.agent_id != agent_id or attempt.id in ended:
                 continue
-            if attempt.id not in running and attempt.status not in attempt_store.ACTIVE_ATTEMPT:
+            if attempt.id not in running and attempt.status not in ACTIVE_ATTEMPT:
                 continue
             ended.add(attempt.id)
             error = event.error
             if error is None and event.status == "failed":
                 error = f"exit code {event.exit_code}"
             attempt_ends.append(
-                attempt_store.AttemptEnd(
+                report_store.AttemptEnd(
                     attempt.id, event.status, event.exit_code, error, event.started_at, event.finished_at
                 )
             )
             by_run.setdefault(attempt.run_id, []).append((index, event, attempt, error))
-        await attempt_store.finish_attempts(conn, attempt_ends)
+        await report_store.finish_attempts(conn, attempt_ends)
         results: list[step_store.StepResult] = []
         changes: dict[int, str] = {}
         outcomes: dict[UUID, str] = {}
@@ -290,11 +291,11 @@ class Transitions:
         effects = Effects()
         async with self._pool.acquire() as conn, conn.transaction():
             if attempt_id is not None:
-                locked = (await attempt_store.lock_attempts(conn, {attempt_id})).get(attempt_id)
-                if locked is None or locked.status not in attempt_store.ACTIVE_ATTEMPT:
+                locked = (await report_store.lock_attempts(conn, {attempt_id})).get(attempt_id)
+                if locked is None or locked.status not in ACTIVE_ATTEMPT:
                     return  # it ended meanwhile (a cancel, a lost agent): that end stands
-                end = attempt_store.AttemptEnd(attempt_id, "failed", None, error, None, time.time())
-                await attempt_store.finish_attempts(conn, [end])
+                end = report_store.AttemptEnd(attempt_id, "failed", None, error, None, time.time())
+                await report_store.finish_attempts(conn, [end])
                 effects.released.append(attempt_id)
             run, steps = await _lock(conn, run_id)
             _, version = await self._contexts.load(conn, run.id, run)
@@ -364,7 +365,7 @@ class Transitions:
 
 
 def _note_started(
-    started: list[attempt_store.Started],
+    started: list[report_store.Started],
     events: Sequence[Reported],
     starts: Mapping[tuple[int, str], int],
     effects: Effects,

@@ -1,7 +1,8 @@
 """Container images: the latest digest agents reported for each image reference as steps write it.
 
-Reports are written by :func:`daemon.store.attempts.start_attempts`, in the statement that marks an
-attempt running (each attempt keeps its own ``image_digest`` too); the last report applied wins.
+Reports are written by :func:`daemon.store.attempt_reports.start_attempts`, in the statement that
+marks an attempt running (each attempt keeps its own ``image_digest`` too); the last report applied
+wins.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Runs: the run record, reading and counting runs, the held runs waiting for a concurrency slot,
 locking a run with its step states for a transition, and ending runs.
 
-Transitions here and in :mod:`daemon.store.steps` and :mod:`daemon.store.attempts` are guarded in SQL
-(``UPDATE … WHERE status IN (expected)``) and return the rows they changed, so a replayed or late
-event changes nothing. Functions that change several rows expect to run inside the caller's
-transaction (they take a connection). Lock order, to keep transactions from deadlocking each other:
-an attempt row, then the run's step rows (by id), then the run row, then the ``images`` rows a start
-reports (by reference).
+Transitions here and in :mod:`daemon.store.steps`, :mod:`daemon.store.attempts` and
+:mod:`daemon.store.attempt_reports` are guarded in SQL (``UPDATE … WHERE status IN (expected)``) and
+return the rows they changed, so a replayed or late event changes nothing. Functions that change
+several rows expect to run inside the caller's transaction (they take a connection). Lock order, to
+keep transactions from deadlocking each other: an attempt row, then the run's step rows (by id), then
+the run row, then the ``images`` rows a start reports (by reference).
 """
 
 from __future__ import annotations
