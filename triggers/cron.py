@@ -161,7 +161,7 @@ class CronSource(Source):
                 for entry, fire, event in due:
                     entry.queued = fire
                     lanes.enqueue(lanes[entry.name], fire, event)
-                # Let the deliveries reach the sink before the next fires are planned (~50 µs each).
+                # Let the deliveries reach the sink before the next fires are planned.
                 await asyncio.sleep(0)
                 for entry, fire, _ in due:
                     if self._triggers.get(entry.name) is entry and entry.next_fire == fire:
