@@ -40,9 +40,9 @@ from daemon.config import DispatchSettings
 from daemon.runtime import bus
 from daemon.runtime.embedded import EmbeddedPostgres, free_port
 from daemon.runtime.scheduler import Scheduler
+from kit import nats as kit_nats
 from kit.logsetup import configure_logging
 from kit.subjects import STEPS_STREAM
-from runners import bus as runners_bus
 from runners.protocol import agent_inbox
 from tests.bench.harness import Bus, embedded_servers, report, temp_dir
 from tests.integration.fake_agent import ACCESS, AS_ADMIN, FakeAgent, GiB, Outcome
@@ -88,7 +88,7 @@ class System:
             await store.upsert_datastore(conn, "default", "local", {"path": str(default)})
         self.nc = await bus.connect(self.nats.daemon())
         stack.push_async_callback(self.nc.drain)
-        self.admin = await runners_bus.connect(self.nats.admin(), name="bench")
+        self.admin = await kit_nats.connect(self.nats.admin(), name="bench")
         stack.push_async_callback(self.admin.drain)
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self.admin.jetstream().delete_stream(STEPS_STREAM)
@@ -112,7 +112,7 @@ class System:
         agents = []
         for index in range(count):
             name = f"{prefix or self.name}-{index}"
-            agent_nc = await runners_bus.connect(
+            agent_nc = await kit_nats.connect(
                 self.nats.agent(name), name=name, inbox_prefix=agent_inbox(name)
             )
             self.stack.push_async_callback(agent_nc.drain)
