@@ -10,15 +10,11 @@ from typing import Any, TypeVar
 import structlog
 
 from kit.backoff import backoff_s
-from kit.supervise import describe
+from kit.supervise import describe, never
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-
-def _never() -> bool:
-    return False
 
 
 async def offer_until_committed(
@@ -28,7 +24,7 @@ async def offer_until_committed(
     base: float,
     cap: float,
     attempts: int | None = None,
-    closed: Callable[[], bool] = _never,
+    closed: Callable[[], bool] = never,
     errors: tuple[type[Exception], ...] = (Exception,),
     **fields: Any,
 ) -> T | None:

@@ -33,7 +33,8 @@ def raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _never() -> bool:
+def never() -> bool:
+    """The default of a stop condition: not stopping."""
     return False
 
 
@@ -48,7 +49,7 @@ async def supervise(
     on_crash: Callable[[Exception], object] | None = None,
     traceback: bool = True,
     returned: str | None = None,
-    stopping: Callable[[], bool] = _never,
+    stopping: Callable[[], bool] = never,
 ) -> None:
     """Run ``body()`` (in a task named ``name``) until ``stopping()``; each time it raises, log
     ``crashed`` (with ``error``, ``retry_in`` and the fields ``context()`` gives at that moment; the

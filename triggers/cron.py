@@ -200,13 +200,12 @@ class CronSource(Source):
 
     async def _stop(self) -> None:
         """Stop planning, then cancel and await every delivery: no sink call is in flight afterwards."""
-        tasks = [task for task in (self._loop_task, *self._lanes.tasks) if task is not None]
-        for task in tasks:
+        if (task := self._loop_task) is not None:
             task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            _, pending = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
             if pending:
-                log.warning("cron_tasks_not_stopped", count=len(pending))
+                log.warning("cron_scheduler_not_stopped")
+        await self._lanes.tasks.aclose()
         self._loop_task = None
         log.info("cron_source_stopped", triggers=len(self._triggers))
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 import structlog
 
 from kit.offer import offer_until_committed
+from kit.tasks import TaskSet
 from triggers.base import EventResult, EventSink, SaveState, TriggerEvent
 
 log = structlog.get_logger(__name__)
@@ -57,7 +57,8 @@ class Lanes:
         self._lanes: dict[str, Lane] = {}
         self._closing: dict[str, asyncio.Task] = {}  # removed triggers' lanes still in a sink call
         self._limit = asyncio.Semaphore(concurrency)
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks = TaskSet("cron")
+        """The lanes' deliveries, cancelled and awaited when the source stops."""
         self._in_sink: dict[Lane, float] = {}  # lanes awaiting the sink -> monotonic deadline
 
     def __getitem__(self, name: str) -> Lane:
@@ -89,18 +90,7 @@ class Lanes:
     def enqueue(self, lane: Lane, fire: datetime, event: TriggerEvent) -> None:
         lane.pending.append((fire, event))
         if lane.task is None:
-            lane.task = self._spawn(self._deliver(lane), name=f"cron-deliver:{lane.name}")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("cron_task_failed", task=task.get_name(), error=repr(exc), exc_info=exc)
+            lane.task = self.tasks.spawn(self._deliver(lane), name=f"cron-deliver:{lane.name}")
 
     async def _deliver(self, lane: Lane) -> None:
         """Offer ``lane``'s fires in order until none is left or the trigger is removed."""

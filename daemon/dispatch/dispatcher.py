@@ -31,10 +31,10 @@ from daemon.dispatch.registry import Registry
 from daemon.errors import NotFound
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
 from daemon.rules.rendering import RunContext, assignment
-from daemon.runtime.tasks import TaskSet
 from daemon.store import attempts as attempt_store
 from daemon.store import steps as step_store
 from daemon.store.db import HeldConnection
+from kit.tasks import TaskSet
 from runners.protocol import AssignReply, assign_subject
 
 log = structlog.get_logger(__name__)

@@ -31,7 +31,6 @@ from nats.aio.msg import Msg
 from daemon.dispatch.cancel import Cancels
 from daemon.dispatch.transitions import Reported, Transitions
 from daemon.runtime.refusals import Refusals
-from daemon.runtime.tasks import TaskSet
 from daemon.store import attempts as attempt_store
 from daemon.store.db import DATABASE_ERRORS
 from kit.streams import (
@@ -42,6 +41,7 @@ from kit.streams import (
     steps_consumer,
 )
 from kit.subjects import STEP_EVENTS, STEPS_STREAM
+from kit.tasks import TaskSet
 from runners.protocol import DAEMON_INBOX, StepFinished, StepStarted, step_event_origin
 
 log = structlog.get_logger(__name__)

@@ -1,6 +1,6 @@
-"""Run and step transitions driven by what agents report and by the planner, each in one transaction
-whose in-memory effects (capacity released, steps handed to the dispatcher, announcements) follow
-only after it committed.
+"""Run and step transitions driven by what agents report and by the state machine
+(``daemon.rules.states``), each in one transaction whose in-memory effects (capacity released, steps
+handed to the dispatcher, announcements) follow only after it committed.
 
 Step events are idempotent: an event for an attempt that is no longer active changes nothing. They
 are applied in batches (whatever the consumer has received), one transaction per batch.
@@ -120,7 +120,7 @@ class Transitions:
         for an attempt that is unknown or no longer active on that agent, changes nothing. A started
         attempt keeps the image digest its agent reported, which also becomes the latest digest of the
         step's image (:mod:`daemon.store.images`). A finished attempt decides its step's fate
-        (succeeded, retry later, failed for good); the planner then settles each run touched once
+        (succeeded, retry later, failed for good); the state machine then settles each run touched once
         (readies, skips, ends it). Locks follow the store's order across the whole batch: its attempts
         (by id), their runs' steps (by id), the runs (by id), then the images started attempts reported
         (by reference). A batch of starts only is one statement without an explicit transaction (the
@@ -202,7 +202,7 @@ class Transitions:
             run, steps = runs[run_id]
             _, version = await self._contexts.load(conn, run.id, run)
             versions[run.id] = version
-            # A step started in this batch is still ``dispatched`` here: the planner treats both alike.
+            # A step started in this batch is still ``dispatched`` here: the state machine treats both alike.
             statuses = {step.name: step.status for step in steps}
             states = {step.name: step for step in steps}
             for index, event, attempt, error in items:
@@ -315,7 +315,7 @@ class Transitions:
         statuses: Mapping[str, str],
         effects: Effects,
     ) -> None:
-        """Applies the planner to the run (readies, skips, cancels, ends it) inside the transaction;
+        """Applies the state machine to the run (readies, skips, cancels, ends it) inside the transaction;
         ``ids``: the run's step run ids by name."""
         plan = advance(statuses, version.graph, run_status=run.status)
         changed = await step_store.set_step_statuses(

@@ -17,11 +17,11 @@ import structlog
 from daemon.errors import Invalid, NotFound
 from daemon.planning.contexts import VersionSpec
 from daemon.planning.creation import Draft, RunCreation, Written
-from daemon.rules.admission import refuse_version
+from daemon.rules.admission import disabled, refuse_version
 from daemon.rules.params import validate_params
 from daemon.store import new_runs as new_run_store
 from daemon.store import runs as run_store
-from daemon.store.pipelines import get_version, pipeline_exists
+from daemon.store.pipelines import get_version, is_default, pipeline_exists
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +107,7 @@ class ManualRuns:
                     if idempotency_key is not None:  # a concurrent request with the same key won
                         existing = await run_store.find_run_by_key(conn, pipeline, idempotency_key)
                     if existing is None:  # disabled between the read and the insert
-                        raise refuse_version(pipeline, record.version, "disabled").error
+                        raise disabled(pipeline, record.version)
                     return Created(existing, False)
             # Handed over before the connection goes back to the pool: the hot path.
             await self._creation.hand_over(written)
@@ -147,6 +147,8 @@ class ManualRuns:
 
         async def write(drafts: Sequence[Draft]) -> Written | None:
             if draft.verdict.error is not None:
+                if only_if_default and not await is_default(conn, spec.pipeline, spec.version):
+                    return None  # decided by a stale default's limit: the caller reads the default again
                 raise draft.verdict.error
             inserted = await new_run_store.insert_run(
                 conn,

@@ -28,8 +28,8 @@ from daemon.intake.manual import ManualRuns
 from daemon.limits import Positive32, storable
 from daemon.rules.params import UNSTORABLE
 from daemon.runtime.refusals import Refusals
-from daemon.runtime.tasks import TaskSet
 from kit.subjects import SUBMIT
+from kit.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 

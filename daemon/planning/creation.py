@@ -74,6 +74,8 @@ class Written:
     run: run_store.RunRecord
     steps: list[step_store.NewStep]
     draft: Draft
+    admitted: bool = False
+    """A held run admitted: its steps changed from pending, and are announced so."""
 
 
 class RunCreation:
@@ -161,9 +163,14 @@ class RunCreation:
         self._contexts.put(run, draft.version, draft.links)
         # Before any await: a claimed step's reservation must become its attempt's, whatever follows.
         self._dispatcher.claimed(draft.claims, written.steps)
-        for name in draft.links:
-            self._announcer.step_changed(run.id, name, "reused")
-        await self._announcer.run_changed(run)
+        if written.admitted:
+            for step in written.steps:
+                self._announcer.step_changed(run.id, step.name, step.status)
+        else:
+            for name in draft.links:
+                self._announcer.step_changed(run.id, name, "reused")
+        if not written.admitted or run.status in FINAL_RUN:  # admission alone changes no status
+            await self._announcer.run_changed(run)
         ready = [ReadyStep(step.id, run.id, step.name) for step in written.steps if step.status == "ready"]
         if ready:
             self._dispatcher.add(ready)
@@ -205,7 +212,7 @@ async def admit_held(
             run = dataclasses.replace(held, held=False)
             if draft.finished:
                 run = await run_store.finish_run(conn, held.id, "succeeded") or run
-            return Written(run, steps, draft)
+            return Written(run, steps, draft, admitted=True)
 
         written = await creation.create(conn, [draft], write, claim=False)
         if written is None:

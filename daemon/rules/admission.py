@@ -62,11 +62,12 @@ def refuse_event(trigger: str, *, unstorable: bool, paused: bool) -> Verdict | N
 
 def refuse_version(pipeline: str, version: int, status: str) -> Verdict | None:
     """A version that takes no new runs (disabled), or None."""
-    if status == "disabled":
-        return Verdict(
-            "rejected", Conflict(f"version {version} of {pipeline} is disabled and takes no new runs")
-        )
-    return None
+    return Verdict("rejected", disabled(pipeline, version)) if status == "disabled" else None
+
+
+def disabled(pipeline: str, version: int) -> Conflict:
+    """Why a disabled version makes no run."""
+    return Conflict(f"version {version} of {pipeline} is disabled and takes no new runs")
 
 
 def counted(runs: Iterable[tuple[str, Concurrency | None]]) -> set[str]:

@@ -1,10 +1,8 @@
-"""Owned background work: supervised loops that restart after a crash (``kit.supervise``), and sets
-of short tasks that are awaited (and cancelled) by their owner at shutdown. Nothing here is
-fire-and-forget."""
+"""The daemon's supervised loops: each restarts after a crash (``kit.supervise``), with a short
+history of its errors; they stop with their owner (``kit.tasks``)."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import time
 from collections.abc import Callable, Coroutine
@@ -14,6 +12,7 @@ import structlog
 
 from kit.backoff import Backoff
 from kit.supervise import supervise
+from kit.tasks import TaskSet
 
 log = structlog.get_logger(__name__)
 
@@ -21,44 +20,6 @@ RESTART_BASE_S = 0.5
 RESTART_CAP_S = 5.0
 FRESH_AFTER_S = 60.0
 """A loop that ran this long before failing starts over with the shortest delay."""
-STOP_TIMEOUT_S = 5.0
-
-
-class TaskSet:
-    """Tasks with one owner: each is named, its failure is logged, and :meth:`aclose` cancels and
-    awaits whatever is still running (bounded by ``STOP_TIMEOUT_S``)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._tasks: set[asyncio.Task] = set()
-        self._closed = False
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task:
-        if self._closed:
-            coro.close()
-            raise RuntimeError(f"{self.name} is closed")
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("task_failed", owner=self.name, task=task.get_name(), error=repr(exc), exc_info=exc)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def aclose(self) -> None:
-        self._closed = True
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
-            if pending:
-                log.warning("tasks_not_stopped", owner=self.name, count=len(pending))
 
 
 class Supervisor:

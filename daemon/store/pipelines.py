@@ -241,6 +241,12 @@ async def pipeline_exists(db: Db, pipeline: str) -> bool:
     return bool(await db.fetchval("SELECT 1 FROM pipelines WHERE name = $1", pipeline))
 
 
+async def is_default(db: Db, pipeline: str, version: int) -> bool:
+    """Whether ``version`` is the default version of ``pipeline`` now."""
+    query = "SELECT 1 FROM pipelines WHERE name = $1 AND default_version = $2"
+    return bool(await db.fetchval(query, pipeline, version))
+
+
 async def get_version(db: Db, pipeline: str, version: int | None = None) -> VersionRecord | None:
     """Version ``version`` of ``pipeline`` (its default version when None), or None."""
     if version is None:

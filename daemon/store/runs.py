@@ -129,14 +129,6 @@ async def list_runs(
     return [RunRecord.from_row(row) for row in rows]
 
 
-async def count_active_runs(conn: asyncpg.Connection, pipeline: str) -> int:
-    """Runs of ``pipeline`` that hold a concurrency slot: queued or running, and not held back."""
-    return await conn.fetchval(
-        f"SELECT count(*) FROM runs WHERE pipeline = $1 AND status IN {ACTIVE} AND NOT held",
-        pipeline,
-    )
-
-
 async def lock_active_counts(conn: asyncpg.Connection, pipelines: Collection[str]) -> dict[str, int]:
     """Locks the rows of ``pipelines`` until the transaction ends (in name order, so that two
     transactions taking the same pipelines never deadlock), then counts each one's runs that hold a

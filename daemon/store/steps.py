@@ -1,5 +1,5 @@
 """Step runs: the step record with its attempts, the statuses a step moves through after its run was
-created (the planner's decisions, an attempt's result), and why a ready step waits. Guards and lock
+created (the state machine's decisions, an attempt's result), and why a ready step waits. Guards and lock
 order: :mod:`daemon.store.runs`.
 """
 

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 import msgspec
 from nats.js.api import StreamConfig
 
-from daemon.runtime.tasks import TaskSet
 from daemon.trust import permissions
 from kit.logsetup import configure_logging
+from kit.tasks import TaskSet
 from tests.bench.bench_dispatch import PIPELINE, System, percentile
 from tests.bench.harness import embedded_servers, report, temp_dir
 from tests.integration.fake_agent import Outcome

@@ -432,8 +432,16 @@ async def test_trigger_events_manual_runs_and_admissions_share_one_concurrency_r
     assert await system.pool.fetchval(held, event.run_id) is True
 
     assert system.client is not None
+    assert system.scheduler is not None
+    listener = system.scheduler.announcer.listen(event.run_id)
     response = await system.client.post(f"/api/v1/runs/{manual['run_id']}/cancel")
     assert response.status == 200, await response.text()
+    changes = [listener.queue.get_nowait() for _ in range(listener.queue.qsize())]
+    # Followers see the admitted run's step made ready (the dispatcher then says why it waits).
+    assert ("step", "score", "ready", None) in {
+        (change.kind, change.data.get("name"), change.data.get("status"), change.data.get("waiting_reason"))
+        for change in changes
+    }
     # The cancel commits the admission before it answers: the oldest held run, made by an event.
     assert await system.pool.fetchval(held, event.run_id) is False
     assert await system.pool.fetchval(held, later["run_id"]) is True

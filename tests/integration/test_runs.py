@@ -128,6 +128,19 @@ async def test_concurrency_skip_refuses_a_run(system: Harness) -> None:
     assert "max_active_runs 1" in body["error"]["message"]
 
 
+async def test_a_stale_cached_default_does_not_decide_the_limit(system: Harness) -> None:
+    """A run of "the default version" is judged by the default as the store has it: another daemon
+    may have moved it since this one cached it (here, the row is changed under the API)."""
+    limited = HELLO.replace("name: hello", "name: moving")
+    await system.apply(limited + "concurrency: {max_active_runs: 1, on_limit: skip}\n")
+    first = await system.start_run("moving", params={"who": "a"})  # no agent: it holds the slot
+    assert first["version"] == 1
+    await system.apply(limited.replace("echo", "printf"))  # version 2, without a limit
+    await system.pool.execute("UPDATE pipelines SET default_version = 2 WHERE name = 'moving'")
+    second = await system.start_run("moving", params={"who": "b"})
+    assert (second["version"], second["held"]) == (2, False)
+
+
 async def test_logs_read_and_followed(system: Harness, tmp_path: Path) -> None:
     agent = await system.agent("a1", behaviour=lambda a: Outcome(hold=True))
     run_id = (await system.start_run("hello", params={"who": "a"}))["run_id"]
