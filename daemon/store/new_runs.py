@@ -32,6 +32,11 @@ class StepPlan:
     explanation: Mapping[str, Any] | None = None
     placement: Placement | None = None
     """Placed already (status ``dispatched``): the insert records its first attempt."""
+    partition_of: str | None = None
+    """A partition of this step (``foreach``): its run name is ``step[partition]``."""
+    partition: int | None = None
+    item: Any = None
+    """What the partition's templates see as ``${item}`` (JSON)."""
 
 
 async def insert_run(
@@ -118,7 +123,10 @@ STEP_ARRAYS = ", ".join(
 )
 """A run's new step runs, in ``steps`` order, as arrays (see :func:`new_steps`)."""
 
-_STEP_ARRAY_TYPES = ("uuid", "text", "text", "text", "text", "bigint", "text", "text", "text", "text", "text")
+_STEP_ARRAY_TYPES = (
+    *("uuid", "text", "text", "text", "text", "bigint", "text", "text", "text", "text", "text"),
+    *("text", "int", "text"),
+)
 
 
 def steps_cte(runs: str, first: int) -> str:
@@ -130,13 +138,15 @@ def steps_cte(runs: str, first: int) -> str:
     return f"""step_rows AS (
             SELECT * FROM unnest({arrays})
                  WITH ORDINALITY AS x(run_id, name, status, fingerprint, components, reused_from, outputs,
-                                      explanation, agent_id, resources, gpus, position)
+                                      explanation, agent_id, resources, gpus, partition_of, partition,
+                                      item, position)
         ), steps AS (
             INSERT INTO step_runs (run_id, name, status, ready_at, finished_at, fingerprint, components,
-                                   reused_from, outputs, explanation)
+                                   reused_from, outputs, explanation, partition_of, partition, item)
             SELECT x.run_id, x.name, x.status, CASE WHEN x.status IN ('ready', 'dispatched') THEN now() END,
                    CASE WHEN x.status = 'reused' THEN now() END, x.fingerprint, x.components::jsonb,
-                   x.reused_from, coalesce(x.outputs::jsonb, '{{}}'), x.explanation::jsonb
+                   x.reused_from, coalesce(x.outputs::jsonb, '{{}}'), x.explanation::jsonb,
+                   x.partition_of, x.partition, x.item::jsonb
             FROM step_rows x WHERE x.run_id IN (SELECT id FROM {runs})
             ORDER BY x.position
             RETURNING id, run_id, name, status
@@ -152,7 +162,8 @@ def steps_cte(runs: str, first: int) -> str:
 def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[list[Any]]:
     """The step runs of new runs (run id, the run's steps by name), one array per column, for
     :func:`steps_cte`: run id, name, status, then what reuse decided (fingerprint, components,
-    reused_from, outputs, explanation; JSON as text), then the placement (:func:`placement_arrays`)."""
+    reused_from, outputs, explanation; JSON as text), then the placement (:func:`placement_arrays`),
+    then the partition (its step, index and item as JSON text)."""
     run_ids: list[UUID] = []
     names: list[str] = []
     plans: list[StepPlan] = []
@@ -166,6 +177,9 @@ def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[lis
         [plan.status for plan in plans],
         *reuse_arrays(plans),
         *placement_arrays([plan.placement for plan in plans]),
+        [plan.partition_of for plan in plans],
+        [plan.partition for plan in plans],
+        [None if plan.partition is None else msgspec.json.encode(plan.item).decode() for plan in plans],
     ]
 
 
