@@ -39,6 +39,9 @@ class StepRunRecord:
     ready_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    partition_of: str | None = None
+    partition: int | None = None
+    item: Any = None
     attempts: list[AttemptRecord] = field(default_factory=list)
 
     @classmethod
@@ -58,6 +61,9 @@ class StepRunRecord:
             ready_at=row["ready_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            partition_of=row["partition_of"],
+            partition=row["partition"],
+            item=row["item"],
             attempts=attempts or [],
         )
 
@@ -81,12 +87,17 @@ class StepRunRecord:
             "ready_at": iso(self.ready_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
+            **(
+                {}
+                if self.partition_of is None
+                else {"partition_of": self.partition_of, "partition": self.partition, "item": self.item}
+            ),
         }
 
 
 _STEP_COLUMNS = (
     "id, run_id, name, status, fingerprint, reused_from, outputs, metrics, attempts_made, waiting_reason, "
-    "explanation, ready_at, started_at, finished_at"
+    "explanation, ready_at, started_at, finished_at, partition_of, partition, item"
 )
 
 
