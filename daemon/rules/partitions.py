@@ -106,3 +106,41 @@ def fan_in(statuses: Sequence[str], allowed: int | str) -> str | None:
         return "cancelled"
     failed = sum(status in ("failed", "skipped") for status in statuses)
     return "failed" if failed > tolerated(allowed, len(statuses)) else "succeeded"
+
+
+def gathered(
+    statuses: Mapping[str, str], partitions: Mapping[str, Sequence[str]], allowed: Mapping[str, int | str]
+) -> dict[str, str]:
+    """The statuses of the steps that fan out, as their partitions make them (step -> status; only
+    those that change): ``running`` once a partition is under way, then :func:`fan_in`'s outcome
+    once all are final. ``partitions``: step -> its partitions' run names; ``allowed``: step -> its
+    ``allowed_failures``."""
+    changes = {}
+    for step, names in partitions.items():
+        if not names or statuses[step] not in ("pending", "ready", "running"):
+            continue
+        outcome = fan_in([statuses[name] for name in names], allowed.get(step, 0))
+        if outcome is None and any(statuses[name] not in ("pending",) for name in names):
+            outcome = "running"
+        if outcome is not None and outcome != statuses[step]:
+            changes[step] = outcome
+    return changes
+
+
+def spread(
+    changes: Mapping[str, str], statuses: Mapping[str, str], partitions: Mapping[str, Sequence[str]]
+) -> dict[str, str]:
+    """``changes`` the state machine made to steps, spread to the partitions of those that fan out:
+    a step made ready runs as its partitions (ready; the step itself ``running``, never dispatched),
+    and a step skipped or cancelled takes its partitions that had not started with it."""
+    spread_changes = dict(changes)
+    for step, status in changes.items():
+        names = partitions.get(step)
+        if not names:
+            continue
+        if status == "ready":
+            spread_changes[step] = "running"
+            spread_changes.update((name, "ready") for name in names if statuses[name] == "pending")
+        elif status in ("skipped", "cancelled"):
+            spread_changes.update((name, status) for name in names if statuses[name] in ("pending", "ready"))
+    return spread_changes

@@ -6,7 +6,17 @@ import random
 
 import pytest
 
-from daemon.rules.partitions import Partition, fan_in, files, items, name_of, shards, tolerated
+from daemon.rules.partitions import (
+    Partition,
+    fan_in,
+    files,
+    gathered,
+    items,
+    name_of,
+    shards,
+    spread,
+    tolerated,
+)
 
 
 def day(count: int, start: int = 0) -> list[str]:
@@ -98,3 +108,22 @@ def test_a_step_succeeds_within_its_allowed_failures_and_fails_beyond() -> None:
     assert fan_in(["succeeded", "reused", "failed"], 0) == "failed"
     assert fan_in(["succeeded", "failed", "failed"], "50%") == "failed"
     assert fan_in(["succeeded", "cancelled"], 5) == "cancelled"
+
+
+def test_a_step_is_running_while_its_partitions_are_and_ends_with_them() -> None:
+    partitions = {"score": ["score[0]", "score[1]"]}
+    statuses = {"score": "running", "score[0]": "succeeded", "score[1]": "running"}
+    assert gathered(statuses, partitions, {}) == {}
+    statuses["score[1]"] = "failed"
+    assert gathered(statuses, partitions, {"score": 1}) == {"score": "succeeded"}
+    assert gathered(statuses, partitions, {}) == {"score": "failed"}
+    waiting = {"score": "pending", "score[0]": "pending", "score[1]": "pending"}
+    assert gathered(waiting, partitions, {}) == {}
+
+
+def test_a_step_made_ready_runs_as_its_partitions() -> None:
+    partitions = {"score": ["score[0]", "score[1]"]}
+    statuses = {"prep": "succeeded", "score": "pending", "score[0]": "pending", "score[1]": "reused"}
+    assert spread({"score": "ready"}, statuses, partitions) == {"score": "running", "score[0]": "ready"}
+    assert spread({"score": "skipped"}, statuses, partitions) == {"score": "skipped", "score[0]": "skipped"}
+    assert spread({"report": "ready"}, statuses, partitions) == {"report": "ready"}
