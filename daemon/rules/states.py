@@ -19,6 +19,7 @@ from typing import Literal
 
 from daemon.documents.graph import dependencies
 from daemon.documents.specs import PipelineSpec
+from daemon.rules.partitions import gathered, spread
 from kit.backoff import backoff_s
 
 StepStatus = Literal[
@@ -131,12 +132,23 @@ class Plan:
     outcome: RunStatus | None = None
 
 
-def advance(statuses: Mapping[str, str], graph: Graph, *, run_status: str) -> Plan:
+def advance(
+    statuses: Mapping[str, str],
+    graph: Graph,
+    *,
+    run_status: str,
+    partitions: Mapping[str, Sequence[str]] | None = None,
+    allowed: Mapping[str, int | str] | None = None,
+) -> Plan:
     """What follows from ``statuses`` (already holding the latest change).
 
     For a cancelled run, steps not started are cancelled and the run keeps its status. Otherwise
-    pending steps are settled and, once every step is final, the run's outcome is given.
+    pending steps are settled and, once every step is final, the run's outcome is given. With
+    ``partitions`` (step -> its partitions' run names) and ``allowed`` (step -> its
+    ``allowed_failures``), steps that fan out follow their partitions.
     """
+    if partitions:
+        return _advance_partitioned(statuses, graph, partitions, allowed or {}, run_status=run_status)
     if run_status == "cancelled":
         return Plan(
             {name: "cancelled" for name, status in statuses.items() if status in ("pending", "ready")}
@@ -144,3 +156,20 @@ def advance(statuses: Mapping[str, str], graph: Graph, *, run_status: str) -> Pl
     changes = settle(statuses, graph)
     outcome = None if run_status in FINAL_RUN else run_outcome({**statuses, **changes})
     return Plan(changes, outcome)
+
+
+def _advance_partitioned(
+    statuses: Mapping[str, str],
+    graph: Graph,
+    partitions: Mapping[str, Sequence[str]],
+    allowed: Mapping[str, int | str],
+    *,
+    run_status: str,
+) -> Plan:
+    """:func:`advance` for a run with steps that fan out: the graph's steps take the statuses their
+    partitions give them, the state machine runs on the graph, and its changes spread to the
+    partitions (``daemon.rules.partitions``)."""
+    rolled = gathered(statuses, partitions, allowed)
+    steps = {name: rolled.get(name, statuses[name]) for name in graph}
+    plan = advance(steps, graph, run_status=run_status)
+    return Plan(rolled | spread(plan.changes, statuses, partitions), plan.outcome)

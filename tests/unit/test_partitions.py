@@ -17,6 +17,7 @@ from daemon.rules.partitions import (
     spread,
     tolerated,
 )
+from daemon.rules.states import advance
 
 
 def day(count: int, start: int = 0) -> list[str]:
@@ -127,3 +128,18 @@ def test_a_step_made_ready_runs_as_its_partitions() -> None:
     assert spread({"score": "ready"}, statuses, partitions) == {"score": "running", "score[0]": "ready"}
     assert spread({"score": "skipped"}, statuses, partitions) == {"score": "skipped", "score[0]": "skipped"}
     assert spread({"report": "ready"}, statuses, partitions) == {"report": "ready"}
+
+
+def test_the_state_machine_runs_a_fanned_out_step_through_its_partitions() -> None:
+    graph = {"prep": (), "score": ("prep",), "report": ("score",)}
+    partitions = {"score": ["score[0]", "score[1]"]}
+    statuses = {"prep": "succeeded", "score": "pending", "report": "pending"}
+    statuses |= {"score[0]": "pending", "score[1]": "pending"}
+    plan = advance(statuses, graph, run_status="running", partitions=partitions)
+    assert plan.changes == {"score": "running", "score[0]": "ready", "score[1]": "ready"}
+    statuses |= plan.changes | {"score[0]": "succeeded", "score[1]": "failed"}
+    tolerant = advance(statuses, graph, run_status="running", partitions=partitions, allowed={"score": 1})
+    assert tolerant.changes == {"score": "succeeded", "report": "ready"}
+    strict = advance(statuses, graph, run_status="running", partitions=partitions)
+    assert strict.changes == {"score": "failed", "report": "skipped"}
+    assert strict.outcome == "failed"
