@@ -42,6 +42,21 @@ def name_of(step: str, index: int) -> str:
     return f"{step}[{index}]"
 
 
+def step_of(run_name: str) -> str:
+    """The step a step run belongs to: ``score`` for the partition ``score[3]`` and for ``score``
+    itself (step names hold no brackets)."""
+    return run_name.partition("[")[0]
+
+
+def partitions_of(steps: Sequence[tuple[str, str | None]]) -> dict[str, list[str]]:
+    """Step -> its partitions' run names, from a run's step runs (run name, step it partitions)."""
+    found: dict[str, list[str]] = {}
+    for name, partition_of in steps:
+        if partition_of is not None:
+            found.setdefault(partition_of, []).append(name)
+    return found
+
+
 def shards(count: int) -> list[Partition]:
     return [Partition(index, item=index) for index in range(count)]
 

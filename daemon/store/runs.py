@@ -170,6 +170,8 @@ class StepState:
     name: str
     status: str
     attempts_made: int
+    partition_of: str | None = None
+    """The step that fans out, for a partition's step run."""
 
 
 async def lock_run(conn: asyncpg.Connection, run_id: UUID) -> tuple[RunRecord, list[StepState]] | None:
@@ -184,7 +186,7 @@ async def lock_runs(
     ordered = sorted(set(run_ids))
     steps = await conn.fetch(
         """
-        SELECT id, run_id, name, status, attempts_made FROM step_runs
+        SELECT id, run_id, name, status, attempts_made, partition_of FROM step_runs
         WHERE run_id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
         """,
         ordered,
@@ -195,7 +197,7 @@ async def lock_runs(
     by_run: dict[UUID, list[StepState]] = {}
     for step in steps:
         by_run.setdefault(step["run_id"], []).append(
-            StepState(step["id"], step["name"], step["status"], step["attempts_made"])
+            StepState(step["id"], step["name"], step["status"], step["attempts_made"], step["partition_of"])
         )
     return {row["id"]: (RunRecord.from_row(row), by_run.get(row["id"], [])) for row in runs}
 
