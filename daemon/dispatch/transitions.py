@@ -23,8 +23,9 @@ from daemon.dispatch.registry import Registry
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
 from daemon.planning.creation import RunCreation, Written, admit_held
+from daemon.rules.partitions import partitions_of, step_of
 from daemon.rules.rendering import in_datastore, output_path
-from daemon.rules.states import FINAL_STEP, advance, after_attempt
+from daemon.rules.states import FINAL_STEP, Plan, advance, after_attempt
 from daemon.store import attempt_reports as report_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
@@ -206,7 +207,7 @@ class Transitions:
             statuses = {step.name: step.status for step in steps}
             states = {step.name: step for step in steps}
             for index, event, attempt, error in items:
-                spec = version.steps[attempt.step]
+                spec = version.steps[step_of(attempt.step)]
                 decision = after_attempt(
                     event.status,
                     failures_before=states[attempt.step].attempts_made,
@@ -258,7 +259,7 @@ class Transitions:
                     outcome=event.status,
                     step_status=decision.status,
                 )
-            plan = advance(statuses, version.graph, run_status=run.status)
+            plan = _advance(version, steps, statuses, run.status)
             ids = {step.name: step.id for step in steps}
             for name, status in plan.changes.items():
                 changes[ids[name]] = status
@@ -303,7 +304,7 @@ class Transitions:
             if name in ids and await step_store.set_step_statuses(conn, {ids[name]: "failed"}, error=error):
                 effects.steps.append((run.id, name, "failed", {}))
                 statuses = {step.name: step.status for step in steps} | {name: "failed"}
-                await self._settle(conn, run, version, ids, statuses, effects)
+                await self._settle(conn, run, version, steps, statuses, effects)
         await self.aftermath.apply(effects)  # also when the step had ended: the attempt's capacity is free
 
     async def _settle(
@@ -311,13 +312,13 @@ class Transitions:
         conn: asyncpg.Connection,
         run: run_store.RunRecord,
         version: VersionSpec,
-        ids: Mapping[str, int],
+        steps: Sequence[run_store.StepState],
         statuses: Mapping[str, str],
         effects: Effects,
     ) -> None:
-        """Applies the state machine to the run (readies, skips, cancels, ends it) inside the transaction;
-        ``ids``: the run's step run ids by name."""
-        plan = advance(statuses, version.graph, run_status=run.status)
+        """Applies the state machine to the run (readies, skips, cancels, ends it) inside the transaction."""
+        ids = {step.name: step.id for step in steps}
+        plan = _advance(version, steps, statuses, run.status)
         changed = await step_store.set_step_statuses(
             conn, {ids[name]: status for name, status in plan.changes.items()}
         )
@@ -362,6 +363,15 @@ class Transitions:
             async with self._pool.acquire() as conn, conn.transaction():
                 await self.admit_next(conn, pipeline, None, effects)
             await self.aftermath.apply(effects)
+
+
+def _advance(
+    version: VersionSpec, steps: Sequence[run_store.StepState], statuses: Mapping[str, str], run_status: str
+) -> Plan:
+    """The state machine on a run, whose steps that fan out follow their partitions."""
+    partitions = partitions_of([(step.name, step.partition_of) for step in steps])
+    allowed = {name: version.steps[name].foreach.allowed_failures for name in partitions}
+    return advance(statuses, version.graph, run_status=run_status, partitions=partitions, allowed=allowed)
 
 
 def _note_started(
