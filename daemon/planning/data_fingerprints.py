@@ -43,9 +43,11 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from daemon.errors import SluiceError
+from daemon.rules.partitions import Partition, files
 
 MISSING = "missing"
 """The fingerprint of a path that does not exist: stable, and never equal to the fingerprint of data."""
@@ -118,6 +120,29 @@ class DataFingerprints:
             computing.add_done_callback(functools.partial(self._finished, key))
         return await asyncio.shield(computing)
 
+    async def partitions(
+        self,
+        path: str,
+        matches: Callable[[str], bool],
+        per: int,
+        previous: Mapping[int, Sequence[str]] | None,
+        *,
+        content: bool = False,
+        within: str | None = None,
+    ) -> list[tuple[Partition, str]]:
+        """The files under the directory ``path`` whose relative paths ``matches``, in partitions of
+        up to ``per`` (:func:`daemon.rules.partitions.files`, sticky to ``previous``), each with the
+        fingerprint of its own files only; listed and fingerprinted in a worker thread. Nothing at
+        ``path``: no partition.
+
+        Raises:
+            DataUnreadable: as :meth:`of`.
+        """
+        compute = functools.partial(
+            _partitions, path, matches, per, previous, content=content, digests=self._digests, within=within
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, compute)
+
     def _finished(self, key: tuple[str, bool, str | None], computing: asyncio.Future[str]) -> None:
         del self._computing[key]
         if not computing.cancelled():
@@ -163,6 +188,38 @@ def _fingerprint(path: str, *, content: bool, digests: _DigestCache, within: str
     for entry in sorted(entries, key=lambda entry: entry.relative):
         hasher.update(_entry_record(entry, content, digests))
     return f"sha256:{hasher.hexdigest()}"
+
+
+def _partitions(
+    path: str,
+    matches: Callable[[str], bool],
+    per: int,
+    previous: Mapping[int, Sequence[str]] | None,
+    *,
+    content: bool,
+    digests: _DigestCache,
+    within: str | None,
+) -> list[tuple[Partition, str]]:
+    """:meth:`DataFingerprints.partitions`, here and now: blocking, for a worker thread."""
+    path = os.path.abspath(path)
+    try:
+        if within is not None:
+            _confined(path, os.path.realpath(within))
+        entries = _walk(path, None if within is None else os.path.realpath(within))
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        raise DataUnreadable(path, error) from error
+    found = {
+        entry.relative: entry for entry in entries if isinstance(entry, _File) and matches(entry.relative)
+    }
+    made = []
+    for partition in files(list(found), per, previous):
+        hasher = hashlib.sha256(_record(FORMAT, "content" if content else "listing", "partition"))
+        for name in partition.files:
+            hasher.update(_entry_record(found[name], content, digests))
+        made.append((partition, f"sha256:{hasher.hexdigest()}"))
+    return made
 
 
 def _walk(root: str, within: str | None = None) -> list[_Entry]:
