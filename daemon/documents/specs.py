@@ -23,13 +23,16 @@ from triggers.specs import (  # noqa: F401 - the trigger sources' own specs, par
     Scalar,
 )
 
-ParamType = Literal["string", "integer", "number", "boolean"]
+ParamType = Literal["string", "integer", "number", "boolean", "list"]
+ParamValue = Scalar | list[Scalar]
+"""A param's value: a scalar, or for a ``list`` param a list of scalars (JSON)."""
 # How messages name a value of each param type: "must be an integer".
 PARAM_TYPE_WORDS = {
     "string": "a string",
     "integer": "an integer",
     "number": "a number",
     "boolean": "a boolean",
+    "list": "a list of strings, numbers or booleans",
 }
 
 
@@ -38,10 +41,11 @@ class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ParamSpec(_Spec, kw_only=True):
-    """A typed pipeline parameter; without a default it is required."""
+    """A typed pipeline parameter; without a default it is required. A ``list`` param's value is a
+    JSON list of scalars (what ``foreach: {items: ...}`` fans out over)."""
 
     type: ParamType
-    default: Scalar | None = None
+    default: ParamValue | None = None
     description: str = ""
 
     @property
@@ -56,6 +60,8 @@ class ParamSpec(_Spec, kw_only=True):
             return isinstance(value, bool)
         if self.type == "integer":
             return isinstance(value, int) and not isinstance(value, bool)
+        if self.type == "list":
+            return isinstance(value, list) and all(isinstance(item, str | int | float) for item in value)
         return isinstance(value, int | float) and not isinstance(value, bool)
 
 
