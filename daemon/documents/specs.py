@@ -102,9 +102,42 @@ class FromDatastore(_Spec, kw_only=True, tag="datastore", tag_field="from"):
 StepInput = FromStep | FromDatastore
 
 
+class OverFiles(_Spec, kw_only=True, tag="files", tag_field="kind"):
+    """Partitions of up to ``per`` of the files matching ``pattern`` (a glob, as files triggers
+    match) under the step's datastore input ``input``."""
+
+    input: str
+    pattern: str = "*"
+    per: int = 1
+
+
+class OverItems(_Spec, kw_only=True, tag="items", tag_field="kind"):
+    """One partition per item of the list param ``param``."""
+
+    param: str
+
+
+class OverShards(_Spec, kw_only=True, tag="shards", tag_field="kind"):
+    """``count`` partitions, numbered 0 to count - 1."""
+
+    count: int
+
+
+Over = OverFiles | OverItems | OverShards
+
+
+class Foreach(_Spec, kw_only=True):
+    """How a step fans out (see ``daemon.rules.partitions``). ``max_parallel`` None = no bound;
+    ``allowed_failures`` is a count, or a percentage of the partitions such as ``"10%"``."""
+
+    over: Over
+    max_parallel: int | None = None
+    allowed_failures: int | str = 0
+
+
 class StepSpec(_Spec, kw_only=True):
     """One step with the pipeline's defaults merged in. ``timeout`` None = no limit; ``image`` None =
-    runs as a process."""
+    runs as a process; ``foreach`` None = runs once."""
 
     name: str
     command: list[str]
@@ -118,6 +151,7 @@ class StepSpec(_Spec, kw_only=True):
     retries: int = 0
     timeout: float | None = None
     reuse: bool = True
+    foreach: Foreach | None = None
 
 
 class PipelineSpec(_Spec, kw_only=True):

@@ -14,7 +14,10 @@ IDENTIFIER_RULE = "(use letters, digits and '_', not starting with a digit)"
 LIST_WORDS = "a list of strings, numbers or booleans"
 SCALAR_WORDS = "a boolean or an integer or a number or a string, got a list"
 CPU_RULE = "(use a number of cores above 0, e.g. 2, 0.5 or 500m)"
-STEP_NAMESPACES = "params.X, inputs.X, outputs.X, steps.STEP.outputs.X, run.id, run.pipeline, run.version"
+STEP_NAMESPACES = (
+    "params.X, inputs.X, outputs.X, steps.STEP.outputs.X, run.id, run.pipeline, run.version, "
+    "item, item.index, item.files"
+)
 
 
 def pipeline(text: str) -> PipelineSpec:
