@@ -11,6 +11,7 @@ from daemon.documents.references import DEFAULT_DATASTORE, check_references
 from daemon.documents.specs import (
     DatastoreSpec,
     Document,
+    Foreach,
     Kind,
     ParamSpec,
     PipelineSpec,
@@ -27,6 +28,7 @@ __all__ = [
     "DatastoreSpec",
     "Document",
     "DocumentErrors",
+    "Foreach",
     "Kind",
     "ParamSpec",
     "PipelineSpec",

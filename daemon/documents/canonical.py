@@ -21,8 +21,15 @@ _SPEC_TYPES: dict[str, type[Spec]] = {
 def spec_to_json(spec: Spec) -> dict[str, Any]:
     """``spec`` as JSON-able builtins: every field present, sizes in bytes, durations in seconds,
     CPU in cores, step defaults merged into the steps, tagged unions carrying their tag (``from`` on
-    step inputs, ``source`` on a trigger's ``on``). ``spec_from_json`` reads it back."""
-    return msgspec.to_builtins(spec)
+    step inputs, ``source`` on a trigger's ``on``), but for a step's ``foreach``, left out when the
+    step has none so that versions published before ``foreach`` existed keep their digests.
+    ``spec_from_json`` reads it back."""
+    data = msgspec.to_builtins(spec)
+    if isinstance(spec, PipelineSpec):
+        for step in data["steps"]:
+            if step["foreach"] is None:
+                del step["foreach"]
+    return data
 
 
 def spec_from_json(kind: Kind, data: Mapping[str, Any]) -> Spec:

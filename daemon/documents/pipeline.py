@@ -17,12 +17,14 @@ from typing import Any
 from msgspec import UNSET
 
 from daemon.documents import names, units
+from daemon.documents.foreach import ITEM_REFERENCES, build_foreach, input_problem, item_problem
 from daemon.documents.graph import dependencies, find_cycle
 from daemon.documents.paths import child
 from daemon.documents.problems import Reporter
 from daemon.documents.raw import RawPipeline, RawResources, RawStepFields
 from daemon.documents.specs import (
     PARAM_TYPE_WORDS,
+    Foreach,
     FromDatastore,
     FromStep,
     ParamSpec,
@@ -36,7 +38,10 @@ from daemon.documents.template import TemplateError, references
 _RUN_FIELDS = ("id", "pipeline", "version")
 # An input from another step is exactly one reference, in the segment syntax of ``template``.
 _STEP_OUTPUT = re.compile(r"\$\{steps\.(?P<step>[A-Za-z0-9_-]+)\.outputs\.(?P<output>[A-Za-z0-9_-]+)\}")
-_STEP_NAMESPACES = "params.X, inputs.X, outputs.X, steps.STEP.outputs.X, run.id, run.pipeline, run.version"
+_STEP_NAMESPACES = (
+    "params.X, inputs.X, outputs.X, steps.STEP.outputs.X, run.id, run.pipeline, run.version, "
+    + ", ".join(ITEM_REFERENCES)
+)
 _PATH_NAMESPACES = "params.X, run.id, run.pipeline, run.version"
 # Merged key by key, the step's keys winning; every other field is taken whole from the step or defaults.
 _MERGED_BY_KEY = ("env", "selector")
@@ -52,10 +57,13 @@ def build_pipeline(name: str, raw: RawPipeline, report: Reporter) -> PipelineSpe
     defaults = checker.fields(raw.defaults, "defaults") if raw.defaults else _Part({}, "defaults")
     if not raw.steps:
         report.add("steps", "needs at least one step")
-    steps = [
-        _merge(defaults, checker.fields(step, child("steps", index)), step.name, index, report)
-        for index, step in enumerate(raw.steps)
-    ]
+    steps = []
+    for index, step in enumerate(raw.steps):
+        path = child("steps", index)
+        foreach = (
+            build_foreach(step.foreach, child(path, "foreach"), params, report) if step.foreach else None
+        )
+        steps.append(_merge(defaults, checker.fields(step, path), step.name, foreach, index, report))
     _check_steps(steps, report)
     spec = PipelineSpec(
         name=name,
@@ -113,7 +121,9 @@ class _Step:
         return f" (in step {self.spec.name})" if self.origins.get(field) == "defaults" else ""
 
 
-def _merge(defaults: _Part, own: _Part, name: str, index: int, report: Reporter) -> _Step:
+def _merge(
+    defaults: _Part, own: _Part, name: str, foreach: Foreach | None, index: int, report: Reporter
+) -> _Step:
     values: dict[str, Any] = {**defaults.values, **own.values}
     origins = {field: own.path if field in own.values else defaults.path for field in values}
     for field in _MERGED_BY_KEY:
@@ -124,7 +134,7 @@ def _merge(defaults: _Part, own: _Part, name: str, index: int, report: Reporter)
     if "command" not in values:
         report.add(child(own.path, "command"), "missing (set it in the step or in defaults)")
         values["command"] = []
-    return _Step(StepSpec(name=name, **values), origins, index)
+    return _Step(StepSpec(name=name, foreach=foreach, **values), origins, index)
 
 
 class _FieldChecker:
@@ -252,6 +262,7 @@ class _FieldChecker:
         if step_scoped and (
             (parts[0] in ("inputs", "outputs") and len(parts) == 2)
             or (parts[0] == "steps" and len(parts) == 4 and parts[2] == "outputs")
+            or expression in ITEM_REFERENCES
         ):
             return None
         allowed = _STEP_NAMESPACES if step_scoped else _PATH_NAMESPACES
@@ -275,6 +286,8 @@ def _check_steps(steps: list[_Step], report: Reporter) -> None:
 
 def _check_step(step: _Step, outputs: Mapping[str, set[str]], report: Reporter) -> None:
     spec = step.spec
+    if problem := input_problem(spec.foreach, spec.inputs):
+        report.add(f"{child('steps', step.index)}.foreach.files.input", problem)
     for name, source in spec.inputs.items():
         if name in spec.outputs:
             report.add(
@@ -313,6 +326,8 @@ def _step_scoped_problems(text: str, spec: StepSpec, outputs: Mapping[str, set[s
             problem = _step_output_problem(spec.name, parts[1], parts[3], outputs)
             if problem:
                 problems.append(f"${{{expression}}}: {problem}")
+        elif expression in ITEM_REFERENCES and (problem := item_problem(expression, spec.foreach)):
+            problems.append(problem)
     return problems
 
 

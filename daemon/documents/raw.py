@@ -24,6 +24,7 @@ from daemon.documents.specs import (
 )
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class _Raw(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -53,8 +54,27 @@ class RawStepFields(_Raw, kw_only=True):
     reuse: bool | UnsetType = UNSET
 
 
+class RawFilesOver(_Raw, kw_only=True):
+    input: str
+    pattern: str = "*"
+    per: Positive = 1
+
+
+class RawForeach(_Raw, kw_only=True):
+    """``foreach:`` names one of files, items (``${params.NAME}`` of a list param) or shards."""
+
+    files: RawFilesOver | UnsetType = UNSET
+    items: str | UnsetType = UNSET
+    shards: Positive | UnsetType = UNSET
+    max_parallel: Positive | None = None
+    allowed_failures: NonNegative | str = 0
+
+
 class RawStep(RawStepFields, kw_only=True):
+    """A step: the fields ``defaults`` may give, its name, and ``foreach``, which only a step has."""
+
     name: str
+    foreach: RawForeach | None = None
 
 
 class RawPipeline(_Raw, kw_only=True):

@@ -23,13 +23,16 @@ from triggers.specs import (  # noqa: F401 - the trigger sources' own specs, par
     Scalar,
 )
 
-ParamType = Literal["string", "integer", "number", "boolean"]
+ParamType = Literal["string", "integer", "number", "boolean", "list"]
+ParamValue = Scalar | list[Scalar]
+"""A param's value: a scalar, or for a ``list`` param a list of scalars (JSON)."""
 # How messages name a value of each param type: "must be an integer".
 PARAM_TYPE_WORDS = {
     "string": "a string",
     "integer": "an integer",
     "number": "a number",
     "boolean": "a boolean",
+    "list": "a list of strings, numbers or booleans",
 }
 
 
@@ -38,10 +41,11 @@ class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ParamSpec(_Spec, kw_only=True):
-    """A typed pipeline parameter; without a default it is required."""
+    """A typed pipeline parameter; without a default it is required. A ``list`` param's value is a
+    JSON list of scalars (what ``foreach: {items: ...}`` fans out over)."""
 
     type: ParamType
-    default: Scalar | None = None
+    default: ParamValue | None = None
     description: str = ""
 
     @property
@@ -56,6 +60,8 @@ class ParamSpec(_Spec, kw_only=True):
             return isinstance(value, bool)
         if self.type == "integer":
             return isinstance(value, int) and not isinstance(value, bool)
+        if self.type == "list":
+            return isinstance(value, list) and all(isinstance(item, str | int | float) for item in value)
         return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -96,9 +102,42 @@ class FromDatastore(_Spec, kw_only=True, tag="datastore", tag_field="from"):
 StepInput = FromStep | FromDatastore
 
 
+class OverFiles(_Spec, kw_only=True, tag="files", tag_field="kind"):
+    """Partitions of up to ``per`` of the files matching ``pattern`` (a glob, as files triggers
+    match) under the step's datastore input ``input``."""
+
+    input: str
+    pattern: str = "*"
+    per: int = 1
+
+
+class OverItems(_Spec, kw_only=True, tag="items", tag_field="kind"):
+    """One partition per item of the list param ``param``."""
+
+    param: str
+
+
+class OverShards(_Spec, kw_only=True, tag="shards", tag_field="kind"):
+    """``count`` partitions, numbered 0 to count - 1."""
+
+    count: int
+
+
+Over = OverFiles | OverItems | OverShards
+
+
+class Foreach(_Spec, kw_only=True):
+    """How a step fans out (see ``daemon.rules.partitions``). ``max_parallel`` None = no bound;
+    ``allowed_failures`` is a count, or a percentage of the partitions such as ``"10%"``."""
+
+    over: Over
+    max_parallel: int | None = None
+    allowed_failures: int | str = 0
+
+
 class StepSpec(_Spec, kw_only=True):
     """One step with the pipeline's defaults merged in. ``timeout`` None = no limit; ``image`` None =
-    runs as a process."""
+    runs as a process; ``foreach`` None = runs once."""
 
     name: str
     command: list[str]
@@ -112,6 +151,7 @@ class StepSpec(_Spec, kw_only=True):
     retries: int = 0
     timeout: float | None = None
     reuse: bool = True
+    foreach: Foreach | None = None
 
 
 class PipelineSpec(_Spec, kw_only=True):

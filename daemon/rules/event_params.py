@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from daemon.documents.specs import ParamSpec, Scalar
+from daemon.documents.specs import ParamSpec, ParamValue
 from daemon.documents.template import TemplateError, references, render
 from daemon.errors import Invalid
 from daemon.rules.params import DEFAULT_MAX_BYTES, validate_params
@@ -135,7 +135,7 @@ def resolve_params(
     *,
     what: str,
     max_bytes: int = DEFAULT_MAX_BYTES,
-) -> dict[str, Scalar]:
+) -> dict[str, ParamValue]:
     """The run's params: ``bindings`` (a trigger's ``params``) templated from the event ``fields``,
     coerced to ``schema``'s types, with defaults filled in and validated.
 

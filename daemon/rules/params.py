@@ -7,12 +7,9 @@ from typing import Any
 
 import msgspec
 
-from daemon.documents.specs import ParamSpec, Scalar
+from daemon.documents.specs import PARAM_TYPE_WORDS, ParamSpec, ParamValue
 from daemon.errors import Invalid
 from daemon.limits import storable
-
-_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean"}
-
 
 DEFAULT_MAX_BYTES = 256 * 1024
 """The most a run's params may weigh (as JSON), each and together: they travel in every assignment,
@@ -25,9 +22,10 @@ def validate_params(
     *,
     what: str,
     max_bytes: int = DEFAULT_MAX_BYTES,
-) -> dict[str, Scalar]:
+) -> dict[str, ParamValue]:
     """``given`` with defaults filled in, every value of its param's type (integers given for a
-    ``number`` become floats), each and all of them at most ``max_bytes`` as JSON.
+    ``number`` become floats; text given for a ``list`` is read as JSON, as ``-p models='["a", "b"]'``
+    sends it), each and all of them at most ``max_bytes`` as JSON.
 
     ``what`` names the target in the message (``pipeline scoring version 3``).
 
@@ -40,16 +38,17 @@ def validate_params(
         if name not in schema:
             known = ", ".join(sorted(schema)) or "none"
             problems.append({"path": f"params.{name}", "message": f"unknown param (known: {known})"})
-    values: dict[str, Scalar] = {}
+    values: dict[str, ParamValue] = {}
     for name, spec in schema.items():
         if name in given:
             value = given[name]
+            if spec.type == "list" and isinstance(value, str):
+                value = _json_or_text(value)
             if not spec.accepts(value):
-                problems.append(
-                    {"path": f"params.{name}", "message": f"must be {_TYPE_WORDS[spec.type]}, not {value!r}"}
-                )
+                message = f"must be {PARAM_TYPE_WORDS[spec.type]}, not {given[name]!r}"
+                problems.append({"path": f"params.{name}", "message": message})
                 continue
-            if isinstance(value, str) and storable(value)[1]:
+            if storable(value)[1]:
                 problems.append({"path": f"params.{name}", "message": UNSTORABLE})
                 continue
             size = len(msgspec.json.encode(value))
@@ -78,11 +77,21 @@ def validate_params(
     return values
 
 
+def _json_or_text(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
 UNSTORABLE = "holds a NUL character or a lone surrogate, which no database text can hold"
 
 
-def param_text(value: Scalar) -> str:
-    """How a param value reads inside argv and env: booleans as ``true``/``false``, like JSON."""
+def param_text(value: ParamValue) -> str:
+    """How a param value reads inside argv and env: booleans as ``true``/``false`` and lists as JSON
+    text (``["a",1]``), like JSON; other values as ``str`` gives them."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):
+        return msgspec.json.encode(value).decode()
     return str(value)

@@ -4,19 +4,28 @@ Paths are as the *chosen agent* sees its datastores (its heartbeat's paths overr
 documents'). Each output of step S is the directory ``runs/<run_id>/<S>/<output>`` in the ``default``
 datastore — for a reused step, that of the run and step it reuses; an input from a datastore is
 ``path`` (templated with params and run) under it.
+
+A partition of a ``foreach`` step (``daemon.rules.partitions``) is rendered with ``${item…}`` too:
+``${item}`` is the shard index, the list item (as a param reads), or the partition's files (JSON list
+of paths relative to the input); ``${item.index}`` its index; ``${item.files}`` the paths of its
+files under the input, as JSON text, except that an argv item that is exactly ``${item.files}``
+becomes one argv item per file (no shell ever reads them).
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from daemon.documents.references import DEFAULT_DATASTORE
-from daemon.documents.specs import FromDatastore, FromStep, PipelineSpec, StepSpec
+from daemon.documents.specs import FromDatastore, FromStep, OverFiles, PipelineSpec, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.rules.params import param_text
+from daemon.rules.partitions import Partition
 from runners.protocol import Assignment, Resources
 
 
@@ -65,9 +74,13 @@ def in_datastore(datastores: Mapping[str, str], name: str, relative: str) -> str
     root = datastores.get(name)
     if root is None:
         raise TemplateError(f"unknown datastore {name!r}")
-    if relative.startswith("/") or ".." in relative.split("/") or "\0" in relative:
+    if not _stays_inside(relative):
         raise TemplateError(f"path {relative!r} is not inside datastore {name!r}")
     return posixpath.join(root, relative) if relative else root
+
+
+def _stays_inside(relative: str) -> bool:
+    return not relative.startswith("/") and ".." not in relative.split("/") and "\0" not in relative
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +102,16 @@ def run_values(run: RunContext) -> dict[str, str]:
     return values
 
 
-def render_step(run: RunContext, step: StepSpec, datastores: Mapping[str, str]) -> RenderedStep:
+def render_step(
+    run: RunContext, step: StepSpec, datastores: Mapping[str, str], partition: Partition | None = None
+) -> RenderedStep:
     """``step`` of ``run`` with every ``${…}`` replaced, for an agent whose datastores are
-    ``datastores`` (name -> local path).
+    ``datastores`` (name -> local path); for a ``foreach`` step, as ``partition`` of it.
 
     Raises:
-        TemplateError: a reference without a value, or an unknown datastore.
+        TemplateError: a reference without a value, an unknown datastore, or a partition's file
+            outside its input.
+        ValueError: a partition of a step without ``foreach``.
     """
     values = run_values(run)
     used = {DEFAULT_DATASTORE}
@@ -116,6 +133,12 @@ def render_step(run: RunContext, step: StepSpec, datastores: Mapping[str, str]) 
             values[f"steps.{other.name}.outputs.{output}"] = in_datastore(
                 datastores, DEFAULT_DATASTORE, run.output(other.name, output)
             )
+    if partition is None:
+        argv = [render(item, values) for item in step.command]
+    else:
+        files = partition_files(step, partition, inputs)
+        values |= item_values(step, partition, files)
+        argv = _expanded_argv(step.command, values, files)
     env = {key: render(value, values) for key, value in step.env.items()}
     env |= {
         "SLUICE_RUN_ID": run.id,
@@ -126,12 +149,54 @@ def render_step(run: RunContext, step: StepSpec, datastores: Mapping[str, str]) 
     env |= {f"SLUICE_INPUT_{name.upper()}": path for name, path in inputs.items()}
     env |= {f"SLUICE_OUTPUT_{name.upper()}": path for name, path in outputs.items()}
     return RenderedStep(
-        argv=[render(item, values) for item in step.command],
+        argv=argv,
         env=env,
         inputs=inputs,
         outputs=outputs,
         datastores={name: datastores[name] for name in sorted(used)},
     )
+
+
+_ITEM_FILES = "${item.files}"
+
+
+def partition_files(step: StepSpec, partition: Partition, inputs: Mapping[str, str]) -> list[str]:
+    """The paths of ``partition``'s files under the input its step's ``foreach`` partitions (by the
+    rendered ``inputs``); none unless the step goes over files."""
+    if step.foreach is None:
+        raise ValueError(f"step {step.name!r} has no foreach, so no partitions")
+    over = step.foreach.over
+    if not isinstance(over, OverFiles):
+        return []
+    for relative in partition.files:
+        if not _stays_inside(relative) or not relative:
+            raise TemplateError(f"file {relative!r} of partition {partition.index} is not inside its input")
+    return [posixpath.join(inputs[over.input], relative) for relative in partition.files]
+
+
+def item_values(step: StepSpec, partition: Partition, files: Sequence[str]) -> dict[str, str]:
+    """The ``item``, ``item.index`` and (over files) ``item.files`` substitutions of ``partition``."""
+    values = {"item.index": str(partition.index)}
+    if step.foreach is not None and isinstance(step.foreach.over, OverFiles):
+        values["item"] = _json(list(partition.files))
+        values["item.files"] = _json(list(files))
+    else:
+        values["item"] = param_text(partition.item)
+    return values
+
+
+def _expanded_argv(command: Sequence[str], values: Mapping[str, str], files: Sequence[str]) -> list[str]:
+    argv: list[str] = []
+    for item in command:
+        if item == _ITEM_FILES and "item.files" in values:
+            argv.extend(files)
+        else:
+            argv.append(render(item, values))
+    return argv
+
+
+def _json(value: list[str]) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def assignment(

@@ -139,3 +139,38 @@ def test_version_digest_changes_with_the_spec() -> None:
     changed = PIPELINE.replace("timeout: 30m", "timeout: 31m")
 
     assert version_digest(spec_of(PIPELINE), None) != version_digest(spec_of(changed), None)
+
+
+# A digest computed before steps could have ``foreach``: publishing the same pipeline again must give
+# the same version.
+DIGEST_BEFORE_FOREACH = "sha256:ec04c556735f8e0282e34cf5b50295c13ad6d436d716d721a8bbd353cb21963c"
+
+
+def test_a_step_without_foreach_has_none_in_canonical_json_and_keeps_its_digest() -> None:
+    spec = spec_of(PIPELINE)
+
+    assert all("foreach" not in step for step in spec_to_json(spec)["steps"])
+    assert version_digest(spec, None) == DIGEST_BEFORE_FOREACH
+
+
+FANNED_OUT = PIPELINE.replace(
+    "    timeout: 30m\n",
+    "    timeout: 30m\n"
+    "    foreach: {files: {input: raw, pattern: '*.csv', per: 10}, allowed_failures: 10%}\n",
+)
+
+
+def test_foreach_is_in_canonical_json_and_changes_the_digest() -> None:
+    spec = spec_of(FANNED_OUT)
+    prep = spec_to_json(spec)["steps"][0]
+
+    assert prep["foreach"] == {
+        "over": {"kind": "files", "input": "raw", "pattern": "*.csv", "per": 10},
+        "max_parallel": None,
+        "allowed_failures": "10%",
+    }
+    assert "foreach" not in spec_to_json(spec)["steps"][1]
+    assert spec_from_json("Pipeline", json.loads(json.dumps(spec_to_json(spec)))) == spec
+    assert version_digest(spec, None) != DIGEST_BEFORE_FOREACH
+    shards = FANNED_OUT.replace("{files: {input: raw, pattern: '*.csv', per: 10}, ", "{shards: 10, ")
+    assert version_digest(spec_of(shards), None) not in (DIGEST_BEFORE_FOREACH, version_digest(spec, None))

@@ -11,8 +11,13 @@ from tests.unit.documents_helpers import parse, problems
 
 NAME_RULE = "(use a-z, 0-9 and '-', starting with a letter or digit, at most 63)"
 IDENTIFIER_RULE = "(use letters, digits and '_', not starting with a digit)"
+LIST_WORDS = "a list of strings, numbers or booleans"
+SCALAR_WORDS = "a boolean or an integer or a number or a string, got a list"
 CPU_RULE = "(use a number of cores above 0, e.g. 2, 0.5 or 500m)"
-STEP_NAMESPACES = "params.X, inputs.X, outputs.X, steps.STEP.outputs.X, run.id, run.pipeline, run.version"
+STEP_NAMESPACES = (
+    "params.X, inputs.X, outputs.X, steps.STEP.outputs.X, run.id, run.pipeline, run.version, "
+    "item, item.index, item.files"
+)
 
 
 def pipeline(text: str) -> PipelineSpec:
@@ -396,6 +401,9 @@ def test_missing_command_may_come_from_defaults_only() -> None:
         ("{type: boolean, default: no}", "p.yaml:3 params.n.default: must be a boolean"),
         ("{type: number, default: true}", "p.yaml:3 params.n.default: must be a number"),
         ("{type: string, default: 3}", "p.yaml:3 params.n.default: must be a string"),
+        ("{type: string, default: [a]}", "p.yaml:3 params.n.default: must be a string"),
+        ("{type: list, default: a}", "p.yaml:3 params.n.default: must be " + LIST_WORDS),
+        ("{type: list, default: [a, [b]]}", "p.yaml:3 params.n.default[1]: expected " + SCALAR_WORDS),
         ("{type: text}", "p.yaml:3 params.n.type: invalid enum value 'text'"),
     ],
 )
@@ -412,6 +420,16 @@ def test_number_param_default_is_a_float() -> None:
 
     assert spec.params["n"].default == 2.0
     assert isinstance(spec.params["n"].default, float)
+
+
+def test_list_param_default_keeps_its_items() -> None:
+    spec = pipeline(
+        "kind: Pipeline\nname: p\nparams: {m: {type: list, default: [a, 2, true]}}\n"
+        "steps: [{name: a, command: [x, '${params.m}']}]\n"
+    )
+
+    assert spec.params["m"].default == ["a", 2, True]
+    assert not spec.params["m"].required
 
 
 # Defaults

@@ -7,7 +7,7 @@ import pytest
 
 from daemon.documents.specs import ParamSpec, PipelineSpec
 from daemon.errors import Invalid
-from daemon.rules.params import validate_params
+from daemon.rules.params import param_text, validate_params
 from daemon.rules.rendering import RunContext, assignment, render_step
 
 SCHEMA = {
@@ -52,6 +52,41 @@ def test_params_must_fit_an_assignment_each_and_together() -> None:
 def test_a_boolean_is_no_integer() -> None:
     with pytest.raises(Invalid):
         validate_params({"n": ParamSpec(type="integer")}, {"n": True}, what="p")
+
+
+def test_a_list_param_takes_a_json_list_of_scalars_or_its_json_text() -> None:
+    schema = {"models": ParamSpec(type="list"), "tags": ParamSpec(type="list", default=[])}
+    assert validate_params(schema, {"models": ["a", 2, True]}, what="p") == {
+        "models": ["a", 2, True],
+        "tags": [],
+    }
+    assert validate_params(schema, {"models": '["a", 2.5]'}, what="p")["models"] == ["a", 2.5]
+
+
+@pytest.mark.parametrize("value", ["a,b", '{"a": 1}', [["nested"]], [None], 3])
+def test_a_list_param_refuses_anything_else_naming_the_param(value: object) -> None:
+    with pytest.raises(Invalid) as caught:
+        validate_params({"models": ParamSpec(type="list")}, {"models": value}, what="p")
+    assert caught.value.details == [
+        {"path": "params.models", "message": f"must be a list of strings, numbers or booleans, not {value!r}"}
+    ]
+
+
+def test_a_list_param_is_held_to_the_byte_bound_and_storable_text() -> None:
+    schema = {"models": ParamSpec(type="list")}
+    with pytest.raises(Invalid) as large:
+        validate_params(schema, {"models": ["x" * 200]}, what="p", max_bytes=100)
+    assert large.value.details[0]["message"] == "204 bytes, more than the 100 allowed"
+    with pytest.raises(Invalid) as nul:
+        validate_params(schema, {"models": ["a\0b"]}, what="p")
+    assert "NUL" in nul.value.details[0]["message"]
+
+
+def test_param_text_reads_like_json_for_booleans_and_lists() -> None:
+    assert param_text(True) == "true"
+    assert param_text(2.5) == "2.5"
+    assert param_text("007") == "007"
+    assert param_text(["a", 1, False]) == '["a",1,false]'
 
 
 SPEC = msgspec.convert(

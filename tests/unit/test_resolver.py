@@ -106,6 +106,13 @@ def test_resolve_templates_coerces_fills_defaults_and_validates() -> None:
     }
 
 
+def test_a_list_param_takes_a_whole_list_field_or_json_text() -> None:
+    params = schema(files="list", models="list")
+    bindings = {"files": "${event.paths}", "models": '["a", "b"]'}
+    values = resolve_params(params, bindings, FIELDS, what="p")
+    assert values == {"files": ["in/a.csv", "in/b.csv"], "models": ["a", "b"]}
+
+
 def test_text_that_does_not_fit_the_type_is_rejected_with_the_param() -> None:
     with pytest.raises(Rejected) as rejected:
         resolve_params(
