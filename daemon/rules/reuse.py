@@ -38,6 +38,8 @@ class Earlier:
     run_id: UUID
     status: str
     components: dict[str, str] | None
+    item: Any = None
+    """A partition's item (``{"files": [...]}`` for files), which new partitions stick to."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """What reuse planning reads: earlier step runs with the fingerprints a new run's steps have, and
-the steps of each pipeline's latest run (what a step that runs is compared with)."""
+the steps of each pipeline's latest run (what a step that runs is compared with, and the partitions
+a ``foreach`` step's new partitions stick to)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from daemon.store.db import Db
 
 _LOOK_UP = """
 SELECT 'match' AS kind, NULL AS pipeline, * FROM (
-    SELECT DISTINCT ON (fingerprint) fingerprint, id, run_id, name, outputs, status, NULL::jsonb AS components
+    SELECT DISTINCT ON (fingerprint) fingerprint, id, run_id, name, outputs, status,
+           NULL::jsonb AS components, NULL::jsonb AS item
     FROM step_runs WHERE fingerprint = ANY($2::text[]) AND status = 'succeeded'
     ORDER BY fingerprint, finished_at DESC
 ) matches
 UNION ALL
-SELECT 'previous', p.name, s.fingerprint, s.id, s.run_id, s.name, NULL, s.status, s.components
+SELECT 'previous', p.name, s.fingerprint, s.id, s.run_id, s.name, NULL, s.status, s.components, s.item
 FROM unnest($1::text[]) AS p(name)
 CROSS JOIN LATERAL (
     SELECT id FROM runs WHERE pipeline = p.name ORDER BY created_at DESC, id DESC LIMIT 1
@@ -35,6 +37,6 @@ async def look_up(
         if row["kind"] == "match":
             matches[row["fingerprint"]] = Origin(row["id"], row["run_id"], row["name"], row["outputs"])
         else:
-            earlier = Earlier(row["run_id"], row["status"], row["components"])
+            earlier = Earlier(row["run_id"], row["status"], row["components"], row["item"])
             previous.setdefault(row["pipeline"], {})[row["name"]] = earlier
     return matches, previous
