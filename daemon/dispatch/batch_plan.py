@@ -118,7 +118,8 @@ class BatchPlanner:
         self._datastores = datastores
 
     def plan(self, ready: Iterable[ReadyStep], now: float) -> BatchPlan:
-        """Places ``ready`` steps in memory, reserving capacity for each one placed."""
+        """Places ``ready`` steps in memory, in the order given (the dispatcher's turn order: a step
+        earlier in it takes free capacity first), reserving capacity for each one placed."""
         rooms = dict(self._registry.rooms())
         epoch = self._registry.epoch
         result = BatchPlan()

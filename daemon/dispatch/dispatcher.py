@@ -2,8 +2,9 @@
 
 Ready steps live in memory (rebuilt from the database at start; a slow sweep re-reads them in case a
 hint was missed). Whoever makes a step ready hands it over with :meth:`Dispatcher.add`, which wakes
-the loop at once. One pass places every ready step it can *in memory* (reserving capacity on the
-chosen agent, so passes can never oversubscribe: :mod:`daemon.dispatch.batch_plan`), records the
+the loop at once. One pass places every ready step it can *in memory*, the runs taking turns (one run's
+many ready steps do not starve the others: :mod:`daemon.rules.turns`) and capacity reserved on the
+chosen agent, so passes can never oversubscribe (:mod:`daemon.dispatch.batch_plan`); it records the
 whole batch in one transaction (attempt rows, steps → dispatched, first dispatch → run running), then
 sends the assignments concurrently (bounded). An assignment that is refused or unanswered marks its
 attempt ``lost`` (it does not count as a retry) and the step is ready again, kept off that agent for
@@ -31,6 +32,7 @@ from daemon.dispatch.registry import Registry
 from daemon.errors import NotFound
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
 from daemon.rules.rendering import RunContext, assignment
+from daemon.rules.turns import Turns
 from daemon.store import attempts as attempt_store
 from daemon.store import steps as step_store
 from daemon.store.db import HeldConnection
@@ -42,6 +44,12 @@ log = structlog.get_logger(__name__)
 MAX_CONCURRENT_ASSIGNMENTS = 256
 REFUSED_AGENT_PAUSE_S = 2.0
 """How long a step stays off an agent that refused it or did not answer."""
+
+
+def _run_key(step: ReadyStep) -> int:
+    """The step's run, as the turn order keys it: every pass hashes every ready step's key, and a
+    UUID hashes in Python, its int in C."""
+    return step.run_id.int
 
 
 class Dispatcher:
@@ -64,6 +72,7 @@ class Dispatcher:
         self._announcer = announcer
         self._settings = settings
         self._ready: dict[int, ReadyStep] = {}
+        self._turns: Turns[int] = Turns()
         self._delayed: list[tuple[float, int]] = []
         self._delayed_steps: dict[int, ReadyStep] = {}
         self._in_flight: set[int] = set()
@@ -95,8 +104,9 @@ class Dispatcher:
         """Places the steps ``names`` of a run about to be created — those that will be ready — on
         agents now, reserving their capacity, so that the statement creating the run records their
         first attempts too: one commit, no dispatch pass. Only when no step waits for an agent (a
-        waiting step goes first); steps that fit nowhere are left out, inserted ready. The caller
-        ends the claim: :meth:`claimed` after the commit, :meth:`unclaim` when nothing was written.
+        waiting step goes first: the new run's steps, inserted ready, join the back of the runs'
+        turn order); steps that fit nowhere are left out, inserted ready. The caller ends the
+        claim: :meth:`claimed` after the commit, :meth:`unclaim` when nothing was written.
         """
         if self._ready or self._delayed_steps:
             return Claims()
@@ -163,7 +173,8 @@ class Dispatcher:
         self._promote(now)
         if not self._ready:
             return 0
-        plan = self._planner.plan(list(self._ready.values()), now)
+        plan = self._planner.plan(self._turns.order(self._ready.values(), _run_key), now)
+        self._turns.served(_run_key(planned.step) for planned in plan.batch)
         for planned in plan.batch:
             del self._ready[planned.step.step_run_id]
             self._in_flight.add(planned.step.step_run_id)

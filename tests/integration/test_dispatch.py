@@ -320,3 +320,27 @@ async def test_attempt_the_agent_no_longer_lists_is_lost(system: Harness) -> Non
     attempts = run["steps"][0]["attempts"]
     assert [a["status"] for a in attempts] == ["lost", "succeeded"]
     assert "does not report" in attempts[0]["error"]
+
+
+async def test_runs_take_turns_so_a_wide_run_does_not_starve_another(system: Harness) -> None:
+    agent = await system.agent("a1", cpu=1, behaviour=lambda a: Outcome(hold=True))
+    wide = "".join(f"  - name: s{i:02}\n    command: [x]\n    resources: {{cpu: 1}}\n" for i in range(20))
+    await system.apply(f"kind: Pipeline\nname: wide\nsteps:\n{wide}")
+    await system.apply(
+        "kind: Pipeline\nname: small\nsteps:\n  - name: only\n    command: [x]\n    resources: {cpu: 1}\n"
+    )
+    await system.start_run("small")  # takes the agent's one CPU until finished
+    await system.wait_for(lambda: len(agent.running) == 1, what="the agent busy")
+    first = (await system.start_run("wide"))["run_id"]
+    second = (await system.start_run("small"))["run_id"]
+    await system.wait_step(first, "s19", lambda step: step["waiting_reason"])
+    await system.wait_step(second, "only", lambda step: step["waiting_reason"])
+
+    # One slot frees at a time: the runs take turns, the older first; the 20 steps queued before
+    # the small run's one do not all go ahead of it.
+    for count in range(2, 6):
+        (running,) = agent.running
+        await agent.finish(running)
+        await system.wait_for(lambda n=count: len(agent.assignments) == n, what=f"assignment {count}")
+    assigned = [(str(a.run_id), a.step) for a in agent.assignments[1:]]
+    assert assigned == [(first, "s00"), (second, "only"), (first, "s01"), (first, "s02")]
