@@ -135,8 +135,8 @@ def gathered(
         if not names or statuses[step] not in ("pending", "ready", "running"):
             continue
         outcome = fan_in([statuses[name] for name in names], allowed.get(step, 0))
-        if outcome is None and any(statuses[name] not in ("pending",) for name in names):
-            outcome = "running"
+        if outcome is None and any(statuses[name] not in ("pending", "reused") for name in names):
+            outcome = "running"  # reused partitions alone do not start a step still waiting upstream
         if outcome is not None and outcome != statuses[step]:
             changes[step] = outcome
     return changes

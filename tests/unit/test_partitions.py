@@ -118,8 +118,10 @@ def test_a_step_is_running_while_its_partitions_are_and_ends_with_them() -> None
     statuses["score[1]"] = "failed"
     assert gathered(statuses, partitions, {"score": 1}) == {"score": "succeeded"}
     assert gathered(statuses, partitions, {}) == {"score": "failed"}
-    waiting = {"score": "pending", "score[0]": "pending", "score[1]": "pending"}
+    waiting = {"score": "pending", "score[0]": "pending", "score[1]": "reused"}
     assert gathered(waiting, partitions, {}) == {}
+    reused = {"score": "pending", "score[0]": "reused", "score[1]": "reused"}
+    assert gathered(reused, partitions, {}) == {"score": "succeeded"}
 
 
 def test_a_step_made_ready_runs_as_its_partitions() -> None:
