@@ -17,6 +17,7 @@ from daemon.dispatch.registry import Registry
 from daemon.documents.specs import StepSpec
 from daemon.documents.template import TemplateError
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
+from daemon.rules.partitions import step_of
 from daemon.rules.placement import AgentRoom, Need, Placed, Waiting, place
 from daemon.rules.rendering import RenderedStep, RunContext, render_step
 from daemon.store import attempts as attempt_store
@@ -135,7 +136,7 @@ class BatchPlanner:
                 result.missing.add(step.run_id)
                 continue
             context, version = entry
-            spec = version.steps.get(step.name)
+            spec = version.steps.get(step_of(step.name))
             if spec is None:
                 result.broken.append((step, f"step {step.name} is not in version {version.version}"))
                 continue
@@ -167,7 +168,7 @@ class BatchPlanner:
         claims = Claims()
         rooms = dict(self._registry.rooms())
         for name in names:
-            spec = version.steps[name]
+            spec = version.steps[step_of(name)]
             need = need_of(spec)
             placed = place(need, rooms.values())
             if isinstance(placed, Waiting):
@@ -195,7 +196,7 @@ class BatchPlanner:
         agent = self._registry.agents[placed.agent_id]
         datastores = self._datastores.for_agent(agent.datastores)
         try:
-            rendered = render_step(context, spec, datastores)
+            rendered = render_step(context, spec, datastores, context.partitions.get(step.name))
         except TemplateError as exc:
             broken.append((step, f"cannot render step {step.name} for agent {agent.name}: {exc.message}"))
             return None

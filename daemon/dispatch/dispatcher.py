@@ -234,6 +234,7 @@ class Dispatcher:
             attempt_id=record.attempt_id,
             number=record.number,
             gpus=planned.gpus,
+            name=planned.step.name,
         )
         self._sends.spawn(self._send(planned, record, message), name=f"assign-{record.attempt_id}")
         self._announcer.step_changed(

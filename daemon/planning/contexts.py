@@ -11,13 +11,14 @@ from uuid import UUID
 
 from daemon.documents import PipelineSpec, StepSpec, spec_from_json
 from daemon.errors import NotFound
+from daemon.rules.partitions import Partition
 from daemon.rules.rendering import RunContext
 from daemon.rules.states import step_graph
 from daemon.store.catalog import list_datastores
 from daemon.store.db import Db
 from daemon.store.pipelines import VersionRecord, get_version
 from daemon.store.runs import RunRecord, get_run
-from daemon.store.steps import reused_steps
+from daemon.store.steps import partitions_of_run, reused_steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +36,10 @@ def run_context(
     run_id: UUID,
     params: Mapping[str, Any],
     reused: Mapping[str, tuple[str, str]] | None = None,
+    partitions: Mapping[str, Partition] | None = None,
 ) -> RunContext:
     """What templates of a run of ``version`` see; ``reused``: reused step -> (run id, step) whose
-    outputs it links."""
+    outputs it links; ``partitions``: its foreach steps' partitions by step run name."""
     return RunContext(
         id=str(run_id),
         pipeline=version.pipeline,
@@ -46,6 +48,7 @@ def run_context(
         spec=version.spec,
         source_digest=version.source_digest,
         reused=dict(reused or {}),
+        partitions=dict(partitions or {}),
     )
 
 
@@ -105,10 +108,14 @@ class RunContexts:
         self._runs: dict[UUID, tuple[RunContext, VersionSpec]] = {}
 
     def put(
-        self, run: RunRecord, version: VersionSpec, reused: Mapping[str, tuple[str, str]] | None = None
+        self,
+        run: RunRecord,
+        version: VersionSpec,
+        reused: Mapping[str, tuple[str, str]] | None = None,
+        partitions: Mapping[str, Partition] | None = None,
     ) -> RunContext:
-        """Caches the run's context; ``reused``: reused step -> (run id, step) whose outputs it links."""
-        context = run_context(version, run.id, run.params, reused)
+        """Caches the run's context (see :func:`run_context`)."""
+        context = run_context(version, run.id, run.params, reused, partitions)
         self._runs[run.id] = (context, version)
         return context
 
@@ -131,7 +138,7 @@ class RunContexts:
             if run is None:
                 raise NotFound(f"run {run_id} does not exist")
         version = await self.specs.load(db, run.pipeline, run.version)
-        self.put(run, version, await reused_steps(db, run_id))
+        self.put(run, version, await reused_steps(db, run_id), await partitions_of_run(db, run_id))
         return self._runs[run_id]
 
     def drop(self, run_id: UUID) -> None:

@@ -32,6 +32,7 @@ from daemon.dispatch.dispatcher import Claims, Dispatcher, ReadyStep
 from daemon.planning.contexts import RunContexts, VersionSpec, run_context
 from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
+from daemon.rules.partitions import Partition
 from daemon.rules.reuse import Decision, all_reused, reused_links
 from daemon.rules.states import FINAL_RUN
 from daemon.store import new_runs as new_run_store
@@ -60,6 +61,11 @@ class Draft:
     @property
     def held(self) -> bool:
         return self.verdict.outcome == "held"
+
+    @property
+    def partitions(self) -> dict[str, Partition]:
+        """Its foreach steps' partitions, by step run name."""
+        return {name: decision.partition for name, decision in self.decisions.items() if decision.partition}
 
     @property
     def finished(self) -> bool:
@@ -147,7 +153,7 @@ class RunCreation:
         ready = [name for name, plan in draft.steps.items() if plan.status == "ready"]
         if not ready:
             return
-        context = run_context(draft.version, draft.run_id, draft.params, draft.links)
+        context = run_context(draft.version, draft.run_id, draft.params, draft.links, draft.partitions)
         draft.claims = self._dispatcher.claim(context, draft.version, ready)
         draft.steps = draft.claims.apply(draft.steps)
 
@@ -160,7 +166,7 @@ class RunCreation:
         """After the commit of a run: the assignments of its claimed steps go out, the run is
         announced (reused steps too) and its ready steps go to the dispatcher."""
         run, draft = written.run, written.draft
-        self._contexts.put(run, draft.version, draft.links)
+        self._contexts.put(run, draft.version, draft.links, draft.partitions)
         # Before any await: a claimed step's reservation must become its attempt's, whatever follows.
         self._dispatcher.claimed(draft.claims, written.steps)
         if written.admitted:

@@ -20,18 +20,21 @@ import asyncio
 import graphlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from daemon.documents.specs import FromDatastore
+from daemon.documents.specs import FromDatastore, OverFiles, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
+from daemon.planning.fan_out import Fanned, fan_out
+from daemon.rules.partitions import Partition, item_of, name_of, partitions_of, spread, step_of
 from daemon.rules.rendering import in_datastore, run_values
 from daemon.rules.reuse import Decision, Earlier, decide, first_statuses, key_of
+from daemon.rules.states import advance
 from daemon.rules.step_fingerprints import StepShape, fingerprint, shape_of, step_components
 from daemon.store.images import image_digests
 from daemon.store.new_runs import StepPlan
@@ -53,10 +56,13 @@ class PlanRequest:
 
 @dataclass(slots=True)
 class _Fingerprinted:
-    components: dict[str, dict[str, str]]
-    fingerprints: dict[str, str]
-    wanted: set[str]
-    blind: dict[str, list[str]]
+    components: dict[str, dict[str, str]] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    wanted: set[str] = field(default_factory=set)
+    blind: dict[str, list[str]] = field(default_factory=dict)
+    steps: dict[str, StepSpec] = field(default_factory=dict)
+    """Each step run's spec, by run name: a partition ``score[3]`` has its step's."""
+    partitions: dict[str, Partition] = field(default_factory=dict)
 
 
 class ReusePlanner:
@@ -95,9 +101,10 @@ class ReusePlanner:
                 {step.image for request in requests for step in request.version.steps.values() if step.image}
             ),
         )
+        fanned = await self._fan_out(conn, requests)
         prints = [
-            self._fingerprint(request, data, blind, images)
-            for request, (data, blind) in zip(requests, found, strict=True)
+            self._fingerprint(request, data, blind, images, fans)
+            for request, (data, blind), fans in zip(requests, found, fanned, strict=True)
         ]
         candidates, earlier = await look_up(
             conn,
@@ -109,9 +116,9 @@ class ReusePlanner:
         for request, printed in zip(requests, prints, strict=True):
             previous = earlier.get(request.version.pipeline, {})
             decisions = {}
-            for name, step in request.version.steps.items():
+            for name, step in printed.steps.items():
                 candidate = candidates.get(printed.fingerprints[name]) if name in printed.wanted else None
-                decisions[name] = decide(
+                decided = decide(
                     step,
                     fingerprint=printed.fingerprints[name],
                     components=printed.components[name],
@@ -121,19 +128,33 @@ class ReusePlanner:
                     earlier=previous.get(name),
                     blind=printed.blind[name],
                 )
+                partition = printed.partitions.get(name)
+                decisions[name] = decided if partition is None else replace(decided, partition=partition)
             planned.append(decisions)
             earlier[request.version.pipeline] = {
-                name: Earlier(request.run_id, "reused" if decision.origin else "pending", decision.components)
+                name: Earlier(
+                    request.run_id,
+                    "reused" if decision.origin else "pending",
+                    decision.components,
+                    None if decision.partition is None else item_of(decision.partition),
+                )
                 for name, decision in decisions.items()
             }
         return planned
 
     def _fingerprint(
-        self, request: PlanRequest, data: dict[str, str], blind: dict[str, str], images: Mapping[str, str]
+        self,
+        request: PlanRequest,
+        data: dict[str, str],
+        blind: dict[str, str],
+        images: Mapping[str, str],
+        fanned: Mapping[str, Fanned],
     ) -> _Fingerprinted:
-        """Every step's components and fingerprint, in run order, and the steps that may be reused."""
+        """Every step's components and fingerprint, in run order, then its partitions' (a step that
+        fans out is never reused whole: its partitions are, one by one), and the step runs that
+        may be reused."""
         version, run_id = request.version, request.run_id
-        printed = _Fingerprinted({}, {}, set(), {})
+        printed = _Fingerprinted()
         seen: dict[str, str] = {}  # each step's fingerprint as the steps below it see it
         run = {"pipeline": version.pipeline, "version": str(version.version), "id": str(run_id)}
         unique = {"run id": str(run_id)}
@@ -152,13 +173,76 @@ class ReusePlanner:
             printed.blind[name] = [blind[key] for key in keys if key in blind]
             if printed.blind[name]:
                 parts |= unique  # data the daemon cannot see may have changed: never reused
+            printed.steps[name] = step
             printed.components[name] = parts
             printed.fingerprints[name] = fingerprint(parts)
             # A step that always runs (side effects) may give its downstream steps new data each time.
             seen[name] = printed.fingerprints[name] if step.reuse else fingerprint(parts | unique)
-            if request.reuse and step.reuse:
+            if name in fanned:
+                self._partition_prints(
+                    printed, step, parts, fanned[name], wanted=request.reuse and step.reuse
+                )
+            elif request.reuse and step.reuse:
                 printed.wanted.add(name)
         return printed
+
+    @staticmethod
+    def _partition_prints(
+        printed: _Fingerprinted, step: StepSpec, parts: dict[str, str], fanned: Fanned, *, wanted: bool
+    ) -> None:
+        """Each partition's components: its step's, with what the partition covers in place of the
+        fanned-out input's data (or beside the step's, for items and shards)."""
+        assert step.foreach is not None
+        over = step.foreach.over
+        covered = f"input {over.input}" if isinstance(over, OverFiles) else "partition"
+        for partition, covers in fanned:
+            name = name_of(step.name, partition.index)
+            own = parts | {covered: covers}
+            printed.steps[name] = step
+            printed.partitions[name] = partition
+            printed.blind[name] = printed.blind[step.name]
+            printed.components[name] = own
+            printed.fingerprints[name] = fingerprint(own)
+            if wanted:
+                printed.wanted.add(name)
+
+    async def _fan_out(
+        self, conn: asyncpg.Connection, requests: Sequence[PlanRequest]
+    ) -> list[dict[str, Fanned]]:
+        """Each request's foreach steps' partitions (step -> partitions). File partitions stick to the
+        pipeline's previous run's, read first (one more round trip, only for them)."""
+        fanning = [
+            [step for step in request.version.steps.values() if step.foreach is not None]
+            for request in requests
+        ]
+        if not any(fanning):
+            return [{} for _ in requests]
+        earlier: dict[str, dict[str, Earlier]] = {}
+        files = {
+            request.version.pipeline
+            for request, steps in zip(requests, fanning, strict=True)
+            if any(isinstance(step.foreach.over, OverFiles) for step in steps)
+        }
+        if files:
+            _, earlier = await look_up(conn, sorted(files), [])
+        made: list[dict[str, Fanned]] = []
+        for request, steps in zip(requests, fanning, strict=True):
+            values = run_values(run_context(request.version, request.run_id, request.params))
+            previous = earlier.get(request.version.pipeline, {})
+            made.append(
+                {
+                    step.name: await fan_out(
+                        step,
+                        request.params,
+                        values,
+                        datastores=self._datastores,
+                        data=self._data,
+                        earlier=previous,
+                    )
+                    for step in steps
+                }
+            )
+        return made
 
     def _shapes_of(self, version: VersionSpec) -> dict[str, StepShape]:
         """The steps' shapes in run order (each after the steps it waits for), computed once per
@@ -206,12 +290,20 @@ class ReusePlanner:
 
 
 def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held: bool) -> dict[str, StepPlan]:
-    """Each step of a run as it is written (made or admitted): its first status
-    (:func:`first_statuses`) and what reuse decided for it."""
+    """Each step run of a run as it is written (made or admitted): its first status
+    (:func:`first_statuses`; a step that fans out runs as its partitions) and what reuse decided for
+    it; partitions follow the steps, each with its step, index and item."""
+    statuses = first_statuses(version.graph, decisions, held=held)
+    fanned = {name: decision.partition for name, decision in decisions.items() if decision.partition}
+    if fanned:
+        statuses |= {name: "reused" if decisions[name].origin and not held else "pending" for name in fanned}
+        if not held:
+            statuses |= _spread_first(version, statuses, fanned)
     plans = {}
-    for name, status in first_statuses(version.graph, decisions, held=held).items():
+    for name, status in statuses.items():
         decision = decisions[name]
         origin = decision.origin if status == "reused" else None
+        partition = fanned.get(name)
         plans[name] = StepPlan(
             status=status,
             fingerprint=decision.fingerprint,
@@ -219,8 +311,26 @@ def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held:
             reused_from=origin.step_run_id if origin else None,
             outputs=origin.outputs if origin else {},
             explanation=decision.explanation,
+            partition_of=None if partition is None else step_of(name),
+            partition=None if partition is None else partition.index,
+            item=None if partition is None else item_of(partition),
         )
     return plans
+
+
+def _spread_first(
+    version: VersionSpec, statuses: Mapping[str, str], fanned: Mapping[str, Partition]
+) -> dict[str, str]:
+    """A new run's steps that fan out: those ready run as their partitions, those whose every
+    partition was reused are done, and what waited only for them is ready."""
+    partitions = partitions_of([(name, step_of(name)) for name in fanned])
+    ready = {step: "ready" for step in partitions if statuses[step] == "ready"}
+    changes = spread(ready, statuses, partitions)
+    allowed = {step: version.steps[step].foreach.allowed_failures for step in partitions}
+    plan = advance(
+        {**statuses, **changes}, version.graph, run_status="queued", partitions=partitions, allowed=allowed
+    )
+    return changes | plan.changes
 
 
 def _outputs_present(candidates: Any) -> dict[int, bool]:

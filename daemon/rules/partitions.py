@@ -37,6 +37,18 @@ class Partition:
     files: tuple[str, ...] = ()
 
 
+def item_of(partition: Partition) -> Any:
+    """What a partition's step run records as its ``item``: ``{"files": [...]}``, or the item."""
+    return {"files": list(partition.files)} if partition.files else partition.item
+
+
+def partition_from_item(index: int, item: Any) -> Partition:
+    """The partition a step run recorded (:func:`item_of`)."""
+    if isinstance(item, dict) and "files" in item:
+        return Partition(index, files=tuple(item["files"]))
+    return Partition(index, item=item)
+
+
 def name_of(step: str, index: int) -> str:
     """The step run name of a partition: ``score[3]``."""
     return f"{step}[{index}]"

@@ -25,7 +25,7 @@ from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, FromStep, OverFiles, PipelineSpec, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.rules.params import param_text
-from daemon.rules.partitions import Partition
+from daemon.rules.partitions import Partition, name_of
 from runners.protocol import Assignment, Resources
 
 
@@ -41,6 +41,8 @@ class RunContext:
     source_digest: str | None
     reused: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     """Reused step -> (run id, step) whose outputs it links."""
+    partitions: Mapping[str, Partition] = field(default_factory=dict)
+    """The partitions of its ``foreach`` steps, by step run name (``score[3]``)."""
 
     def step(self, name: str) -> StepSpec:
         for step in self.spec.steps:
@@ -55,7 +57,11 @@ class RunContext:
 
 
 def output_path(run_id: str, step: str, output: str) -> str:
-    """An output directory, relative to the default datastore."""
+    """An output directory, relative to the default datastore; a partition ``score[3]`` writes its
+    part of its step's: ``runs/<run>/score/<output>/part-00003``."""
+    name, bracket, index = step.partition("[")
+    if bracket:
+        return f"runs/{run_id}/{name}/{output}/part-{int(index[:-1]):05d}"
     return f"runs/{run_id}/{step}/{output}"
 
 
@@ -122,8 +128,9 @@ def render_step(
         elif isinstance(source, FromDatastore):
             inputs[name] = in_datastore(datastores, source.datastore, render(source.path, values))
             used.add(source.datastore)
+    run_name = step.name if partition is None else name_of(step.name, partition.index)
     outputs = {
-        name: in_datastore(datastores, DEFAULT_DATASTORE, output_path(run.id, step.name, name))
+        name: in_datastore(datastores, DEFAULT_DATASTORE, output_path(run.id, run_name, name))
         for name in step.outputs
     }
     values |= {f"inputs.{name}": path for name, path in inputs.items()}
@@ -144,7 +151,7 @@ def render_step(
         "SLUICE_RUN_ID": run.id,
         "SLUICE_PIPELINE": run.pipeline,
         "SLUICE_VERSION": str(run.version),
-        "SLUICE_STEP": step.name,
+        "SLUICE_STEP": run_name,
     }
     env |= {f"SLUICE_INPUT_{name.upper()}": path for name, path in inputs.items()}
     env |= {f"SLUICE_OUTPUT_{name.upper()}": path for name, path in outputs.items()}
@@ -208,15 +215,18 @@ def assignment(
     attempt_id: int,
     number: int,
     gpus: tuple[int, ...],
+    name: str | None = None,
 ) -> Assignment:
-    """The wire message for one attempt of ``step`` on the agent whose datastores are ``datastores``."""
+    """The wire message for one attempt of ``step`` (of its partition step run ``name``) on the
+    agent whose datastores are ``datastores``."""
+    name = name or step.name
     resources = step.resources
     return Assignment(
         attempt_id=attempt_id,
         run_id=run.id,
         pipeline=run.pipeline,
         version=run.version,
-        step=step.name,
+        step=name,
         number=number,
         argv=rendered.argv,
         env=rendered.env | {"SLUICE_ATTEMPT": str(number)},
@@ -229,6 +239,6 @@ def assignment(
         inputs=rendered.inputs,
         outputs=rendered.outputs,
         datastores=rendered.datastores,
-        log_path=in_datastore(datastores, DEFAULT_DATASTORE, log_path(run.id, step.name, number)),
+        log_path=in_datastore(datastores, DEFAULT_DATASTORE, log_path(run.id, name, number)),
         timeout_s=step.timeout,
     )

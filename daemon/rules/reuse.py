@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from daemon.documents.specs import FromDatastore, StepSpec
+from daemon.rules.partitions import Partition
 from daemon.rules.states import settle
 from daemon.rules.step_fingerprints import changed
 
@@ -51,6 +52,8 @@ class Decision:
     components: dict[str, str]
     origin: Origin | None
     explanation: dict[str, Any]
+    partition: Partition | None = None
+    """For a partition of a ``foreach`` step, which one."""
 
 
 def decide(

@@ -14,6 +14,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from daemon.rules.partitions import Partition, partition_from_item
 from daemon.rules.states import FINAL_STEP
 from daemon.store.attempts import AttemptRecord, attempts_by_step
 from daemon.store.db import Db, iso
@@ -121,6 +122,14 @@ async def reused_steps(db: Db, run_id: UUID) -> dict[str, tuple[str, str]]:
         run_id,
     )
     return {row["name"]: (row["origin_run"], row["origin_step"]) for row in rows}
+
+
+async def partitions_of_run(db: Db, run_id: UUID) -> dict[str, Partition]:
+    """The run's partitions of foreach steps, by step run name (``score[3]``)."""
+    rows = await db.fetch(
+        "SELECT name, partition, item FROM step_runs WHERE run_id = $1 AND partition_of IS NOT NULL", run_id
+    )
+    return {row["name"]: partition_from_item(row["partition"], row["item"]) for row in rows}
 
 
 async def get_steps(db: Db, run_id: UUID) -> list[StepRunRecord]:

@@ -1,0 +1,82 @@
+"""The partitions of a new run's ``foreach`` steps, with what each partition's fingerprint covers:
+its own files (listed and fingerprinted off the event loop, sticky to the pipeline's previous run of
+the step), its list item, or its shard index (``daemon.rules.partitions``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from daemon.documents.specs import FromDatastore, OverFiles, OverItems, StepSpec
+from daemon.documents.template import render
+from daemon.planning.contexts import Datastores
+from daemon.planning.data_fingerprints import DataFingerprints
+from daemon.rules.partitions import Partition, items, shards, step_of
+from daemon.rules.rendering import in_datastore
+from daemon.rules.reuse import Earlier
+from daemon.rules.step_fingerprints import fingerprint
+from triggers.files.matching import compile_glob
+
+Fanned = list[tuple[Partition, str]]
+"""A step's partitions, each with the fingerprint of what it covers."""
+
+
+def previous_files(step: str, earlier: Mapping[str, Earlier]) -> dict[int, list[str]]:
+    """The files of each partition of ``step`` at the pipeline's previous run (index -> files)."""
+    found: dict[int, list[str]] = {}
+    for name, run in earlier.items():
+        if step_of(name) == step and name != step and isinstance(run.item, dict):
+            found[int(name[len(step) + 1 : -1])] = list(run.item.get("files", []))
+    return found
+
+
+async def fan_out(
+    step: StepSpec,
+    params: Mapping[str, Any],
+    values: Mapping[str, str],
+    *,
+    datastores: Datastores,
+    data: DataFingerprints,
+    earlier: Mapping[str, Earlier],
+) -> Fanned:
+    """``step``'s partitions for a run with ``params`` (``values``: its rendering values).
+
+    Raises:
+        TemplateError: the input's path cannot be rendered, or is outside its datastore.
+        DataUnreadable: the input's files cannot be listed or read.
+    """
+    assert step.foreach is not None
+    over = step.foreach.over
+    if isinstance(over, OverFiles):
+        return await _files(step, over, values, datastores=datastores, data=data, earlier=earlier)
+    made = items(params[over.param]) if isinstance(over, OverItems) else shards(over.count)
+    return [(partition, _item_print(partition.item)) for partition in made]
+
+
+async def _files(
+    step: StepSpec,
+    over: OverFiles,
+    values: Mapping[str, str],
+    *,
+    datastores: Datastores,
+    data: DataFingerprints,
+    earlier: Mapping[str, Earlier],
+) -> Fanned:
+    source = step.inputs[over.input]
+    assert isinstance(source, FromDatastore)  # documents refuse anything else
+    path = in_datastore(datastores.paths, source.datastore, render(source.path, values))
+    pattern = compile_glob(over.pattern)
+    return await data.partitions(
+        path,
+        lambda relative: pattern.fullmatch(relative) is not None,
+        over.per,
+        previous_files(step.name, earlier),
+        content=source.hash == "content",
+        within=datastores.paths[source.datastore],
+    )
+
+
+def _item_print(item: Any) -> str:
+    return fingerprint({"item": msgspec.json.encode(item).decode()})

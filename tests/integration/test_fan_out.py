@@ -1,0 +1,92 @@
+"""A step that fans out, against real PostgreSQL and NATS with fake agents: its partitions are step
+runs of their own, placed one by one, and the step ends with them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.fake_agent import Harness, Outcome, harness
+
+SHARDS = """
+kind: Pipeline
+name: scoring
+steps:
+  - name: score
+    command: [score, --shard, "${item}", --of, "3"]
+    outputs: [scores]
+    foreach: {shards: 3, allowed_failures: 1}
+  - name: report
+    command: [report, "${steps.score.outputs.scores}"]
+"""
+
+
+@pytest.fixture
+async def system(pool, nats_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness(pool, nats_url, tmp_path) as system:
+        yield system
+
+
+async def test_shards_run_as_partitions_and_the_step_ends_with_them(system: Harness) -> None:
+    def one_fails(assignment) -> Outcome:
+        return Outcome(status="failed", exit_code=1) if assignment.step == "score[1]" else Outcome()
+
+    agent = await system.agent("a1", datastores={"default": "/mnt/store"}, behaviour=one_fails)
+    await system.apply(SHARDS)
+    run_id = (await system.start_run("scoring"))["run_id"]
+    run = await system.wait_run(run_id, "succeeded")
+    by_step = {assignment.step: assignment for assignment in agent.assignments}
+    assert set(by_step) == {"score[0]", "score[1]", "score[2]", "report"}
+    assert by_step["score[2]"].argv == ["score", "--shard", "2", "--of", "3"]
+    assert by_step["score[2]"].outputs == {"scores": f"/mnt/store/runs/{run_id}/score/scores/part-00002"}
+    assert by_step["report"].argv == ["report", f"/mnt/store/runs/{run_id}/score/scores"]
+    steps = {step["name"]: step for step in run["steps"]}
+    assert steps["score"]["status"] == "succeeded"  # one failed partition is tolerated
+    assert (steps["score[1]"]["status"], steps["score[1]"]["partition_of"]) == ("failed", "score")
+
+
+FILES = """
+kind: Pipeline
+name: batch
+steps:
+  - name: score
+    command: [score, --out, "${outputs.scores}", "${item.files}"]
+    inputs:
+      raw: {datastore: landing, path: day}
+    outputs: [scores]
+    foreach: {files: {input: raw, pattern: "*.csv", per: 10}}
+"""
+
+
+def creates_outputs(assignment) -> Outcome:
+    for path in assignment.outputs.values():
+        os.makedirs(path, exist_ok=True)
+    return Outcome()
+
+
+async def test_new_files_run_only_the_partitions_they_land_in(system: Harness, tmp_path: Path) -> None:
+    day = tmp_path / "landing" / "day"
+    day.mkdir(parents=True)
+    for number in range(25):
+        (day / f"part-{number:03d}.csv").write_text(f"rows {number}\n")
+    (day / "notes.txt").write_text("not scored")
+    agent = await system.agent("a1", behaviour=creates_outputs)
+    await system.apply(f"kind: Datastore\nname: landing\ntype: local\npath: {tmp_path / 'landing'}\n")
+    await system.apply(FILES)
+    await system.wait_run((await system.start_run("batch"))["run_id"], "succeeded")
+    by_step = {assignment.step: assignment for assignment in agent.assignments}
+    assert sorted(by_step) == ["score[0]", "score[1]", "score[2]"]
+    files = [str(day / f"part-{number:03d}.csv") for number in range(20, 25)]
+    assert by_step["score[2]"].argv[3:] == files  # one argv item per file, never through a shell
+
+    for number in range(25, 30):
+        (day / f"part-{number:03d}.csv").write_text(f"rows {number}\n")
+    agent.assignments.clear()
+    second = await system.wait_run((await system.start_run("batch"))["run_id"], "succeeded")
+    assert [assignment.step for assignment in agent.assignments] == ["score[3]"]
+    steps = {step["name"]: step for step in second["steps"]}
+    assert [steps[f"score[{index}]"]["status"] for index in range(4)] == ["reused"] * 3 + ["succeeded"]
+    assert steps["score"]["status"] == "succeeded"
