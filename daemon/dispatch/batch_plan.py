@@ -140,6 +140,11 @@ class BatchPlanner:
             if spec is None:
                 result.broken.append((step, f"step {step.name} is not in version {version.version}"))
                 continue
+            if (bound := _parallel_bound(step, spec)) is not None and self._registry.held_by(
+                bound[0]
+            ) >= bound[1]:
+                _wait(step, f"max_parallel {bound[1]}: as many partitions of {spec.name} are running", result)
+                continue
             need = step.need or need_of(spec)
             step.need = need
             excluded = {agent for agent, until in step.excluded.items() if until > now}
@@ -170,10 +175,14 @@ class BatchPlanner:
         for name in names:
             spec = version.steps[step_of(name)]
             need = need_of(spec)
+            step = ReadyStep(0, UUID(context.id), name, need=need)
+            if (bound := _parallel_bound(step, spec)) is not None and self._registry.held_by(
+                bound[0]
+            ) >= bound[1]:
+                continue  # inserted ready: it waits for a turn like any other
             placed = place(need, rooms.values())
             if isinstance(placed, Waiting):
                 continue
-            step = ReadyStep(0, UUID(context.id), name, need=need)
             planned = self._take(step, context, spec, placed, rooms, now, [])
             if planned is None:
                 continue  # the dispatcher fails the step, with the reason, once it is ready
@@ -201,9 +210,19 @@ class BatchPlanner:
             broken.append((step, f"cannot render step {step.name} for agent {agent.name}: {exc.message}"))
             return None
         key = -step.step_run_id if step.step_run_id else next(_CLAIM_KEYS)
-        self._registry.reserve(placed.agent_id, key, step.need, placed.gpus, now)
+        bound = _parallel_bound(step, spec)
+        self._registry.reserve(
+            placed.agent_id, key, step.need, placed.gpus, now, None if bound is None else bound[0]
+        )
         rooms[placed.agent_id] = agent.room()
         return Planned(step, context, spec, placed.agent_id, placed.gpus, rendered, datastores, key)
+
+
+def _parallel_bound(step: ReadyStep, spec: StepSpec) -> tuple[tuple[UUID, str], int] | None:
+    """A partition of a step with ``max_parallel``: its group (run, step) and the bound."""
+    if step.name == spec.name or spec.foreach is None or spec.foreach.max_parallel is None:
+        return None
+    return (step.run_id, spec.name), spec.foreach.max_parallel
 
 
 def _wait(step: ReadyStep, reason: str, result: BatchPlan) -> None:

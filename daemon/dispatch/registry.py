@@ -4,8 +4,9 @@ word, so two dispatch passes can never oversubscribe an agent). Pure state; no I
 
 from __future__ import annotations
 
+import collections
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +136,9 @@ class Registry:
     def __init__(self) -> None:
         self.agents: dict[str, AgentState] = {}
         self._holder: dict[int, str] = {}
+        self._group_of: dict[int, Hashable] = {}
+        self._groups: collections.Counter[Hashable] = collections.Counter()
+        """Reservations by group: a foreach step's partitions of one run (its ``max_parallel``)."""
         self._rooms: dict[str, AgentRoom] | None = None
         self.epoch = 0
         """Moves whenever some agent may take a step it could not before (joined, changed what it
@@ -207,10 +211,21 @@ class Registry:
 
     # --- reservations ---------------------------------------------------------------------------
 
-    def reserve(self, agent_id: str, key: int, need: Need, gpus: tuple[int, ...], now: float) -> None:
+    def reserve(
+        self,
+        agent_id: str,
+        key: int,
+        need: Need,
+        gpus: tuple[int, ...],
+        now: float,
+        group: Hashable | None = None,
+    ) -> None:
         agent = self.agents[agent_id]
         agent.hold(Reservation(key, need.cpu, need.memory, gpus, now))
         self._holder[key] = agent_id
+        if group is not None:
+            self._group_of[key] = group
+            self._groups[group] += 1
         if self._rooms is not None:
             self._rooms[agent_id] = agent.room()
 
@@ -226,12 +241,22 @@ class Registry:
                 Reservation(new, reservation.cpu, reservation.memory, reservation.gpus, reservation.since)
             )
         self._holder[new] = agent_id
+        if (group := self._group_of.pop(old, None)) is not None:
+            self._group_of[new] = group
+
+    def held_by(self, group: Hashable) -> int:
+        """How many reservations ``group`` holds."""
+        return self._groups[group]
 
     def release(self, key: int) -> str | None:
         """Frees what ``key`` held; returns its agent (None when nothing was held)."""
         agent_id = self._holder.pop(key, None)
         if agent_id is None:
             return None
+        if (group := self._group_of.pop(key, None)) is not None:
+            self._groups[group] -= 1
+            if not self._groups[group]:
+                del self._groups[group]
         agent = self.agents.get(agent_id)
         if agent is not None:
             agent.unhold(key)

@@ -3,6 +3,7 @@ runs of their own, placed one by one, and the step ends with them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -90,3 +91,24 @@ async def test_new_files_run_only_the_partitions_they_land_in(system: Harness, t
     steps = {step["name"]: step for step in second["steps"]}
     assert [steps[f"score[{index}]"]["status"] for index in range(4)] == ["reused"] * 3 + ["succeeded"]
     assert steps["score"]["status"] == "succeeded"
+
+
+async def test_max_parallel_bounds_the_partitions_running_at_once(system: Harness) -> None:
+    agent = await system.agent("a1", cpu=16, behaviour=lambda assignment: Outcome(hold=True))
+    await system.apply(SHARDS.replace("{shards: 3, allowed_failures: 1}", "{shards: 5, max_parallel: 2}"))
+    run_id = (await system.start_run("scoring"))["run_id"]
+    await system.wait_for(lambda: len(agent.assignments) == 2, what="two partitions assigned")
+    await asyncio.sleep(0.3)
+    assert len(agent.assignments) == 2  # the others wait for a turn
+    waiting = await system.wait_step(run_id, "score[4]", lambda step: step["waiting_reason"] is not None)
+    assert "max_parallel 2" in waiting["waiting_reason"]
+    await agent.finish(agent.assignments[0].attempt_id)
+    await system.wait_for(lambda: len(agent.assignments) == 3, what="a third partition once one ended")
+    for assignment in agent.assignments[1:]:
+        await agent.finish(assignment.attempt_id)
+    await system.wait_for(lambda: len(agent.assignments) == 5, what="every partition, two at a time")
+    for assignment in agent.assignments[3:]:
+        await agent.finish(assignment.attempt_id)
+    await system.wait_for(lambda: len(agent.assignments) == 6, what="report")
+    await agent.finish(agent.assignments[5].attempt_id)
+    await system.wait_run(run_id, "succeeded")
