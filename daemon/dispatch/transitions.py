@@ -23,7 +23,7 @@ from daemon.dispatch.registry import Registry
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
 from daemon.planning.creation import RunCreation, Written, admit_held
-from daemon.rules.partitions import partitions_of, step_of
+from daemon.rules.partitions import partitions_of, step_of, tolerated_failures
 from daemon.rules.rendering import in_datastore, output_path
 from daemon.rules.states import FINAL_STEP, Plan, advance, after_attempt
 from daemon.store import attempt_reports as report_store
@@ -194,6 +194,7 @@ class Transitions:
         await report_store.finish_attempts(conn, attempt_ends)
         results: list[step_store.StepResult] = []
         changes: dict[int, str] = {}
+        warnings: dict[int, str] = {}
         outcomes: dict[UUID, str] = {}
         run_of_step: dict[int, UUID] = {}
         versions: dict[UUID, VersionSpec] = {}
@@ -259,8 +260,9 @@ class Transitions:
                     outcome=event.status,
                     step_status=decision.status,
                 )
-            plan = _advance(version, steps, statuses, run.status)
+            plan, warned = _advance(version, steps, statuses, run.status)
             ids = {step.name: step.id for step in steps}
+            warnings |= {ids[name]: text for name, text in warned.items()}
             for name, status in plan.changes.items():
                 changes[ids[name]] = status
                 run_of_step[ids[name]] = run.id
@@ -269,6 +271,7 @@ class Transitions:
             if set({**statuses, **plan.changes}.values()) <= FINAL_STEP:
                 effects.finished_runs.append(run.id)
         await step_store.record_step_results(conn, results)
+        await step_store.set_warnings(conn, warnings)
         for step in await step_store.set_step_statuses(conn, changes):
             run_id = run_of_step[step.id]
             effects.steps.append((run_id, step.name, step.status, {}))
@@ -318,7 +321,8 @@ class Transitions:
     ) -> None:
         """Applies the state machine to the run (readies, skips, cancels, ends it) inside the transaction."""
         ids = {step.name: step.id for step in steps}
-        plan = _advance(version, steps, statuses, run.status)
+        plan, warned = _advance(version, steps, statuses, run.status)
+        await step_store.set_warnings(conn, {ids[name]: text for name, text in warned.items()})
         changed = await step_store.set_step_statuses(
             conn, {ids[name]: status for name, status in plan.changes.items()}
         )
@@ -367,11 +371,20 @@ class Transitions:
 
 def _advance(
     version: VersionSpec, steps: Sequence[run_store.StepState], statuses: Mapping[str, str], run_status: str
-) -> Plan:
-    """The state machine on a run, whose steps that fan out follow their partitions."""
+) -> tuple[Plan, dict[str, str]]:
+    """The state machine on a run, whose steps that fan out follow their partitions; and why those
+    that succeed with failed partitions succeed all the same (step -> warning)."""
     partitions = partitions_of([(step.name, step.partition_of) for step in steps])
     allowed = {name: version.steps[name].foreach.allowed_failures for name in partitions}
-    return advance(statuses, version.graph, run_status=run_status, partitions=partitions, allowed=allowed)
+    plan = advance(statuses, version.graph, run_status=run_status, partitions=partitions, allowed=allowed)
+    after = {**statuses, **plan.changes}
+    warnings = {
+        step: text
+        for step, names in partitions.items()
+        if plan.changes.get(step) == "succeeded"
+        and (text := tolerated_failures([after[name] for name in names], allowed[step])) is not None
+    }
+    return plan, warnings
 
 
 def _note_started(

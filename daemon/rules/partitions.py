@@ -135,6 +135,14 @@ def fan_in(statuses: Sequence[str], allowed: int | str) -> str | None:
     return "failed" if failed > tolerated(allowed, len(statuses)) else "succeeded"
 
 
+def tolerated_failures(statuses: Sequence[str], allowed: int | str) -> str | None:
+    """Why a step whose partitions ended in ``statuses`` succeeded all the same, or None."""
+    failed = sum(status in ("failed", "skipped") for status in statuses)
+    if not failed:
+        return None
+    return f"{failed} of {len(statuses)} partitions failed (allowed_failures {allowed})"
+
+
 def gathered(
     statuses: Mapping[str, str], partitions: Mapping[str, Sequence[str]], allowed: Mapping[str, int | str]
 ) -> dict[str, str]:

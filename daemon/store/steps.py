@@ -43,6 +43,7 @@ class StepRunRecord:
     partition_of: str | None = None
     partition: int | None = None
     item: Any = None
+    warning: str | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
 
     @classmethod
@@ -65,6 +66,7 @@ class StepRunRecord:
             partition_of=row["partition_of"],
             partition=row["partition"],
             item=row["item"],
+            warning=row["warning"],
             attempts=attempts or [],
         )
 
@@ -88,6 +90,7 @@ class StepRunRecord:
             "ready_at": iso(self.ready_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
+            **({} if self.warning is None else {"warning": self.warning}),
             **(
                 {}
                 if self.partition_of is None
@@ -98,7 +101,7 @@ class StepRunRecord:
 
 _STEP_COLUMNS = (
     "id, run_id, name, status, fingerprint, reused_from, outputs, metrics, attempts_made, waiting_reason, "
-    "explanation, ready_at, started_at, finished_at, partition_of, partition, item"
+    "explanation, ready_at, started_at, finished_at, partition_of, partition, item, warning"
 )
 
 
@@ -236,6 +239,19 @@ async def ready_steps(db: Db) -> list[ReadyRow]:
         ReadyRow(row["id"], row["run_id"], row["name"], row["ready_at"], row["waiting_reason"])
         for row in rows
     ]
+
+
+async def set_warnings(db: Db, warnings: Mapping[int, str]) -> None:
+    """Why steps (step run id -> text) succeeded all the same."""
+    if warnings:
+        await db.execute(
+            """
+            UPDATE step_runs s SET warning = x.warning
+            FROM unnest($1::bigint[], $2::text[]) AS x(id, warning) WHERE s.id = x.id
+            """,
+            list(warnings),
+            list(warnings.values()),
+        )
 
 
 async def set_waiting_reasons(db: Db, reasons: Mapping[int, str | None]) -> None:

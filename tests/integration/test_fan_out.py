@@ -45,7 +45,8 @@ async def test_shards_run_as_partitions_and_the_step_ends_with_them(system: Harn
     assert by_step["score[2]"].outputs == {"scores": f"/mnt/store/runs/{run_id}/score/scores/part-00002"}
     assert by_step["report"].argv == ["report", f"/mnt/store/runs/{run_id}/score/scores"]
     steps = {step["name"]: step for step in run["steps"]}
-    assert steps["score"]["status"] == "succeeded"  # one failed partition is tolerated
+    assert steps["score"]["status"] == "succeeded"  # one failed partition is tolerated, and said
+    assert steps["score"]["warning"] == "1 of 3 partitions failed (allowed_failures 1)"
     assert (steps["score[1]"]["status"], steps["score[1]"]["partition_of"]) == ("failed", "score")
 
 
@@ -66,6 +67,16 @@ def creates_outputs(assignment) -> Outcome:
     for path in assignment.outputs.values():
         os.makedirs(path, exist_ok=True)
     return Outcome()
+
+
+async def test_a_failure_beyond_allowed_failures_fails_the_step_and_the_run(system: Harness) -> None:
+    await system.agent(
+        "a1", behaviour=lambda a: Outcome(status="failed", exit_code=1) if a.step == "score[1]" else Outcome()
+    )
+    await system.apply(SHARDS.replace(", allowed_failures: 1", ""))
+    run = await system.wait_run((await system.start_run("scoring"))["run_id"], "failed")
+    steps = {step["name"]: step for step in run["steps"]}
+    assert (steps["score"]["status"], steps["report"]["status"]) == ("failed", "skipped")
 
 
 async def test_new_files_run_only_the_partitions_they_land_in(system: Harness, tmp_path: Path) -> None:

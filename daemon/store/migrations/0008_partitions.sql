@@ -9,3 +9,5 @@ ALTER TABLE step_runs ADD CONSTRAINT step_runs_partition_named
     CHECK ((partition_of IS NULL) = (partition IS NULL));
 -- A step's partitions, for adding up their outcomes and for `max_parallel`.
 CREATE INDEX step_runs_partitions_idx ON step_runs (run_id, partition_of) WHERE partition_of IS NOT NULL;
+-- Why a step that fans out succeeded all the same: the partitions that failed within its allowed_failures.
+ALTER TABLE step_runs ADD COLUMN warning text;
