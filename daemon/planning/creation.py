@@ -121,6 +121,8 @@ class RunCreation:
         )
         for draft, decisions in zip(drafts, plans, strict=True):
             draft.decisions = decisions
+            # Before anything can start a step downstream of them, held or not: cheap when none.
+            await self._reuse.link_reused(draft.run_id, decisions)
         pipelines = counted((draft.version.pipeline, draft.version.spec.concurrency) for draft in drafts)
         try:
             if not pipelines:

@@ -4,6 +4,8 @@ the step), its list item, or its shard index (``daemon.rules.partitions``)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +16,8 @@ from daemon.documents.template import render
 from daemon.planning.contexts import Datastores
 from daemon.planning.data_fingerprints import DataFingerprints
 from daemon.rules.partitions import Partition, items, shards, step_of
-from daemon.rules.rendering import in_datastore
-from daemon.rules.reuse import Earlier
+from daemon.rules.rendering import in_datastore, output_path
+from daemon.rules.reuse import Decision, Earlier
 from daemon.rules.step_fingerprints import fingerprint
 from triggers.files.matching import compile_glob
 
@@ -80,3 +82,17 @@ async def _files(
 
 def _item_print(item: Any) -> str:
     return fingerprint({"item": msgspec.json.encode(item).decode()})
+
+
+def link_reused(default_root: str, run_id: str, decisions: Mapping[str, Decision]) -> None:
+    """Links each reused partition's outputs into the new run's output directories, so that steps
+    downstream find every partition's part under ``runs/<run>/<step>/<output>`` (blocking: run in a
+    thread). Links are relative, so agents that mount the datastore elsewhere follow them too."""
+    for name, decision in decisions.items():
+        if decision.partition is None or decision.origin is None:
+            continue
+        for output, target in decision.origin.outputs.items():
+            link = os.path.join(default_root, output_path(run_id, name, output))
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.symlink(os.path.relpath(target, os.path.dirname(link)), link)

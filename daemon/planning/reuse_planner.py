@@ -26,11 +26,12 @@ from uuid import UUID
 
 import asyncpg
 
+from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, OverFiles, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
-from daemon.planning.fan_out import Fanned, fan_out
+from daemon.planning.fan_out import Fanned, fan_out, link_reused
 from daemon.rules.partitions import Partition, item_of, name_of, partitions_of, spread, step_of
 from daemon.rules.rendering import in_datastore, run_values
 from daemon.rules.reuse import Decision, Earlier, decide, first_statuses, key_of
@@ -243,6 +244,15 @@ class ReusePlanner:
                 }
             )
         return made
+
+    async def link_reused(self, run_id: UUID, decisions: Mapping[str, Decision]) -> None:
+        """Reused partitions' outputs linked into the run's (:func:`fan_out.link_reused`), off the
+        event loop; only where the daemon sees the default datastore."""
+        root = self._datastores.paths.get(DEFAULT_DATASTORE)
+        if root is not None and any(
+            d.partition is not None and d.origin is not None for d in decisions.values()
+        ):
+            await asyncio.to_thread(link_reused, root, str(run_id), decisions)
 
     def _shapes_of(self, version: VersionSpec) -> dict[str, StepShape]:
         """The steps' shapes in run order (each after the steps it waits for), computed once per

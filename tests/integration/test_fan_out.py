@@ -102,6 +102,12 @@ async def test_new_files_run_only_the_partitions_they_land_in(system: Harness, t
     steps = {step["name"]: step for step in second["steps"]}
     assert [steps[f"score[{index}]"]["status"] for index in range(4)] == ["reused"] * 3 + ["succeeded"]
     assert steps["score"]["status"] == "succeeded"
+    # Downstream, the step's output holds every partition's part: reused ones linked from the first run.
+    assert system.scheduler is not None
+    root = Path(system.scheduler.datastores.paths["default"])
+    parts = root / "runs" / second["id"] / "score" / "scores"
+    assert sorted(path.name for path in parts.iterdir()) == [f"part-{index:05d}" for index in range(4)]
+    assert (parts / "part-00000").is_symlink() and (parts / "part-00000").is_dir()
 
 
 async def test_max_parallel_bounds_the_partitions_running_at_once(system: Harness) -> None:
