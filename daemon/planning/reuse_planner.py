@@ -304,11 +304,11 @@ def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held:
     (:func:`first_statuses`; a step that fans out runs as its partitions) and what reuse decided for
     it; partitions follow the steps, each with its step, index and item."""
     statuses = first_statuses(version.graph, decisions, held=held)
-    fanned = {name: decision.partition for name, decision in decisions.items() if decision.partition}
+    # A held run's partitions are planned when it is admitted: its files may change until then.
+    fanned = {} if held else {name: d.partition for name, d in decisions.items() if d.partition}
     if fanned:
-        statuses |= {name: "reused" if decisions[name].origin and not held else "pending" for name in fanned}
-        if not held:
-            statuses |= _spread_first(version, statuses, fanned)
+        statuses |= {name: "reused" if decisions[name].origin else "pending" for name in fanned}
+        statuses |= _spread_first(version, statuses, fanned)
     plans = {}
     for name, status in statuses.items():
         decision = decisions[name]

@@ -207,8 +207,18 @@ def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
 
 async def admit_run(conn: asyncpg.Connection, run_id: UUID, steps: Mapping[str, StepPlan]) -> list[NewStep]:
     """Releases a held run: it takes a slot, and each of its steps takes its plan as made now
-    (status, fingerprint, reuse). Returns the steps with their new status."""
+    (status, fingerprint, reuse); the partitions of its foreach steps, planned only now, are
+    inserted. Returns the steps with their new status."""
     await conn.execute("UPDATE runs SET held = false WHERE id = $1", run_id)
+    partitions = {name: plan for name, plan in steps.items() if plan.partition_of is not None}
+    steps = {name: plan for name, plan in steps.items() if plan.partition_of is None}
+    inserted = []
+    if partitions:
+        inserted = await conn.fetch(
+            f"WITH run AS (SELECT $1::uuid AS id), {steps_cte('run', 2)} SELECT id, name, status FROM steps",
+            run_id,
+            *step_arrays([(run_id, partitions)]),
+        )
     rows = await conn.fetch(
         """
         UPDATE step_runs s SET status = x.status, fingerprint = x.fingerprint,
@@ -226,4 +236,4 @@ async def admit_run(conn: asyncpg.Connection, run_id: UUID, steps: Mapping[str, 
         [plan.status for plan in steps.values()],
         *reuse_arrays(list(steps.values())),
     )
-    return [NewStep(row["id"], row["name"], row["status"]) for row in rows]
+    return [NewStep(row["id"], row["name"], row["status"]) for row in [*rows, *inserted]]

@@ -107,7 +107,8 @@ async def test_new_files_run_only_the_partitions_they_land_in(system: Harness, t
     root = Path(system.scheduler.datastores.paths["default"])
     parts = root / "runs" / second["id"] / "score" / "scores"
     assert sorted(path.name for path in parts.iterdir()) == [f"part-{index:05d}" for index in range(4)]
-    assert (parts / "part-00000").is_symlink() and (parts / "part-00000").is_dir()
+    assert (parts / "part-00000").is_symlink()
+    assert (parts / "part-00000").is_dir()
 
 
 async def test_max_parallel_bounds_the_partitions_running_at_once(system: Harness) -> None:
@@ -129,3 +130,23 @@ async def test_max_parallel_bounds_the_partitions_running_at_once(system: Harnes
     await system.wait_for(lambda: len(agent.assignments) == 6, what="report")
     await agent.finish(agent.assignments[5].attempt_id)
     await system.wait_run(run_id, "succeeded")
+
+
+async def test_a_held_run_gets_its_partitions_when_it_is_admitted(system: Harness) -> None:
+    agent = await system.agent("a1", cpu=16, behaviour=lambda assignment: Outcome(hold=True))
+    limited = SHARDS.replace("name: scoring\n", "name: scoring\nconcurrency: {max_active_runs: 1}\n")
+    await system.apply(limited)
+    first = (await system.start_run("scoring"))["run_id"]
+    second = await system.start_run("scoring")
+    assert second["held"] is True
+    held = {step["name"] for step in (await system.get_run(second["run_id"]))["steps"]}
+    assert held == {"score", "report"}  # its partitions are planned when it is admitted
+    await system.wait_for(lambda: len(agent.assignments) == 3, what="the first run's partitions")
+    for assignment in list(agent.assignments):
+        await agent.finish(assignment.attempt_id)
+    await system.wait_for(lambda: len(agent.assignments) == 4, what="the first run's report")
+    await agent.finish(agent.assignments[3].attempt_id)
+    await system.wait_run(first, "succeeded")
+    await system.wait_for(lambda: len(agent.assignments) == 7, what="the admitted run's partitions")
+    admitted = {a.step for a in agent.assignments[4:] if a.run_id == second["run_id"]}
+    assert admitted == {"score[0]", "score[1]", "score[2]"}
