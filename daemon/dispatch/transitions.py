@@ -374,7 +374,7 @@ def _advance(
 ) -> tuple[Plan, dict[str, str]]:
     """The state machine on a run, whose steps that fan out follow their partitions; and why those
     that succeed with failed partitions succeed all the same (step -> warning)."""
-    partitions = partitions_of([(step.name, step.partition_of) for step in steps])
+    partitions = partitions_of([(step.name, step.partition_of) for step in steps], version.fanning)
     allowed = {name: version.steps[name].foreach.allowed_failures for name in partitions}
     plan = advance(statuses, version.graph, run_status=run_status, partitions=partitions, allowed=allowed)
     after = {**statuses, **plan.changes}

@@ -30,6 +30,11 @@ class VersionSpec:
     graph: dict[str, tuple[str, ...]]
     steps: dict[str, StepSpec]
 
+    @property
+    def fanning(self) -> list[str]:
+        """The steps that fan out (``foreach``)."""
+        return [name for name, step in self.steps.items() if step.foreach is not None]
+
 
 def run_context(
     version: VersionSpec,

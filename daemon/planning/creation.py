@@ -33,8 +33,8 @@ from daemon.planning.contexts import RunContexts, VersionSpec, run_context
 from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
 from daemon.rules.partitions import Partition
-from daemon.rules.reuse import Decision, all_reused, reused_links
-from daemon.rules.states import FINAL_RUN
+from daemon.rules.reuse import Decision, reused_links
+from daemon.rules.states import FINAL_RUN, SUCCESS_STEP
 from daemon.store import new_runs as new_run_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
@@ -57,6 +57,9 @@ class Draft:
     links: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Reused step -> (run id, step) whose outputs it links."""
     claims: Claims = field(default_factory=Claims)
+    finished: bool = False
+    """Every step is done as the run is made (reused, or fanned out over partitions all reused or
+    none at all): the run is over at once, and takes no concurrency slot."""
 
     @property
     def held(self) -> bool:
@@ -66,11 +69,6 @@ class Draft:
     def partitions(self) -> dict[str, Partition]:
         """Its foreach steps' partitions, by step run name."""
         return {name: decision.partition for name, decision in self.decisions.items() if decision.partition}
-
-    @property
-    def finished(self) -> bool:
-        """Every step is reused: the run is over as it is made."""
-        return all_reused(self.decisions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +138,16 @@ class RunCreation:
     def _decide(self, drafts: Sequence[Draft], slots: Slots, *, claim: bool) -> None:
         for draft in drafts:
             version = draft.version
+            plans = step_plans(version, draft.decisions, held=False)
+            draft.finished = all(plan.status in SUCCESS_STEP for plan in plans.values())
             draft.verdict = slots.take(version.pipeline, version.spec.concurrency, finished=draft.finished)
             if not draft.verdict.creates:
                 continue
+            if draft.held:
+                draft.finished = False
+                plans = step_plans(version, draft.decisions, held=True)
             draft.links = {} if draft.held else reused_links(draft.decisions)
-            draft.steps = step_plans(version, draft.decisions, held=draft.held)
+            draft.steps = plans
             if claim:
                 self._claim_ready(draft)
 

@@ -306,7 +306,7 @@ def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held:
     statuses = first_statuses(version.graph, decisions, held=held)
     # A held run's partitions are planned when it is admitted: its files may change until then.
     fanned = {} if held else {name: d.partition for name, d in decisions.items() if d.partition}
-    if fanned:
+    if not held and version.fanning:
         statuses |= {name: "reused" if decisions[name].origin else "pending" for name in fanned}
         statuses |= _spread_first(version, statuses, fanned)
     plans = {}
@@ -333,7 +333,7 @@ def _spread_first(
 ) -> dict[str, str]:
     """A new run's steps that fan out: those ready run as their partitions, those whose every
     partition was reused are done, and what waited only for them is ready."""
-    partitions = partitions_of([(name, step_of(name)) for name in fanned])
+    partitions = partitions_of([(name, step_of(name)) for name in fanned], version.fanning)
     ready = {step: "ready" for step in partitions if statuses[step] == "ready"}
     changes = spread(ready, statuses, partitions)
     allowed = {step: version.steps[step].foreach.allowed_failures for step in partitions}

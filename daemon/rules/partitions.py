@@ -20,7 +20,7 @@ cancelled when one was cancelled, and succeeds otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,9 +60,12 @@ def step_of(run_name: str) -> str:
     return run_name.partition("[")[0]
 
 
-def partitions_of(steps: Sequence[tuple[str, str | None]]) -> dict[str, list[str]]:
-    """Step -> its partitions' run names, from a run's step runs (run name, step it partitions)."""
-    found: dict[str, list[str]] = {}
+def partitions_of(
+    steps: Sequence[tuple[str, str | None]], fanning: Iterable[str] = ()
+) -> dict[str, list[str]]:
+    """Step -> its partitions' run names, from a run's step runs (run name, step it partitions);
+    ``fanning``: the steps that fan out, listed even with no partition."""
+    found: dict[str, list[str]] = {step: [] for step in fanning}
     for name, partition_of in steps:
         if partition_of is not None:
             found.setdefault(partition_of, []).append(name)
@@ -166,15 +169,16 @@ def spread(
     changes: Mapping[str, str], statuses: Mapping[str, str], partitions: Mapping[str, Sequence[str]]
 ) -> dict[str, str]:
     """``changes`` the state machine made to steps, spread to the partitions of those that fan out:
-    a step made ready runs as its partitions (ready; the step itself ``running``, never dispatched),
-    and a step skipped or cancelled takes its partitions that had not started with it."""
+    a step made ready runs as its partitions (ready; the step itself ``running``, never dispatched;
+    with no partition at all, nothing to do: it succeeds), and a step skipped or cancelled takes its
+    partitions that had not started with it."""
     spread_changes = dict(changes)
     for step, status in changes.items():
         names = partitions.get(step)
-        if not names:
+        if names is None:
             continue
         if status == "ready":
-            spread_changes[step] = "running"
+            spread_changes[step] = "running" if names else "succeeded"
             spread_changes.update((name, "ready") for name in names if statuses[name] == "pending")
         elif status in ("skipped", "cancelled"):
             spread_changes.update((name, status) for name in names if statuses[name] in ("pending", "ready"))

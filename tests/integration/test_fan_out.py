@@ -110,6 +110,20 @@ async def test_new_files_run_only_the_partitions_they_land_in(system: Harness, t
     assert (parts / "part-00000").is_symlink()
     assert (parts / "part-00000").is_dir()
 
+    agent.assignments.clear()  # nothing changed since: every partition is reused, the run over at once
+    third = await system.start_run("batch")
+    assert third["status"] == "succeeded"
+    assert agent.assignments == []
+
+
+async def test_no_file_to_fan_out_over_is_nothing_to_do(system: Harness, tmp_path: Path) -> None:
+    (tmp_path / "landing" / "day").mkdir(parents=True)
+    await system.agent("a1", behaviour=creates_outputs)
+    await system.apply(f"kind: Datastore\nname: landing\ntype: local\npath: {tmp_path / 'landing'}\n")
+    await system.apply(FILES)
+    run = await system.wait_run((await system.start_run("batch"))["run_id"], "succeeded")
+    assert [(step["name"], step["status"]) for step in run["steps"]] == [("score", "succeeded")]
+
 
 async def test_max_parallel_bounds_the_partitions_running_at_once(system: Harness) -> None:
     agent = await system.agent("a1", cpu=16, behaviour=lambda assignment: Outcome(hold=True))

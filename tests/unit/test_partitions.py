@@ -145,3 +145,8 @@ def test_the_state_machine_runs_a_fanned_out_step_through_its_partitions() -> No
     strict = advance(statuses, graph, run_status="running", partitions=partitions)
     assert strict.changes == {"score": "failed", "report": "skipped"}
     assert strict.outcome == "failed"
+
+
+def test_a_step_with_no_partition_has_nothing_to_do_once_ready() -> None:
+    statuses = {"score": "pending"}
+    assert spread({"score": "ready"}, statuses, {"score": []}) == {"score": "succeeded"}
