@@ -131,6 +131,8 @@ class ReusePlanner:
                 )
                 partition = printed.partitions.get(name)
                 decisions[name] = decided if partition is None else replace(decided, partition=partition)
+            for step in request.version.fanning:
+                decisions[step] = _fanned_decision(step, decisions)
             planned.append(decisions)
             earlier[request.version.pipeline] = {
                 name: Earlier(
@@ -341,6 +343,20 @@ def _spread_first(
         {**statuses, **changes}, version.graph, run_status="queued", partitions=partitions, allowed=allowed
     )
     return changes | plan.changes
+
+
+def _fanned_decision(step: str, decisions: Mapping[str, Decision]) -> Decision:
+    """A step that fans out is never reused whole: its decision says how its partitions went."""
+    parts = [d for name, d in decisions.items() if d.partition is not None and step_of(name) == step]
+    reused = sum(d.origin is not None for d in parts)
+    explanation = {
+        **decisions[step].explanation,
+        "outcome": "executed" if reused < len(parts) or not parts else "reused",
+        "reused_from": None,
+        "partitions": {"total": len(parts), "reused": reused},
+        "reason": f"fans out over {len(parts)} partitions: {reused} reused, {len(parts) - reused} to run",
+    }
+    return replace(decisions[step], origin=None, explanation=explanation)
 
 
 def _outputs_present(candidates: Any) -> dict[int, bool]:

@@ -102,6 +102,9 @@ async def test_new_files_run_only_the_partitions_they_land_in(system: Harness, t
     steps = {step["name"]: step for step in second["steps"]}
     assert [steps[f"score[{index}]"]["status"] for index in range(4)] == ["reused"] * 3 + ["succeeded"]
     assert steps["score"]["status"] == "succeeded"
+    assert steps["score"]["reuse"]["reason"] == "fans out over 4 partitions: 3 reused, 1 to run"
+    assert steps["score[0]"]["reuse"]["reason"].startswith("nothing changed: the outputs of step score[0]")
+    assert steps["score[3]"]["reuse"]["reason"] == "first run of this step"
     # Downstream, the step's output holds every partition's part: reused ones linked from the first run.
     assert system.scheduler is not None
     root = Path(system.scheduler.datastores.paths["default"])
