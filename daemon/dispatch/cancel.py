@@ -11,7 +11,8 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
-from daemon.dispatch.transitions import Effects, Transitions
+from daemon.dispatch.effects import Effects
+from daemon.dispatch.transitions import Transitions
 from daemon.errors import Conflict, NotFound
 from daemon.planning.contexts import Specs
 from daemon.rules.states import FINAL_RUN

@@ -11,18 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 import structlog
 
-from daemon.dispatch.announce import Announcer
-from daemon.dispatch.dispatcher import Dispatcher, ReadyStep
-from daemon.dispatch.registry import Registry
+from daemon.dispatch.dispatcher import ReadyStep
+from daemon.dispatch.effects import Aftermath, Effects
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
-from daemon.planning.creation import RunCreation, Written, admit_held
+from daemon.planning.creation import RunCreation, admit_held
 from daemon.rules.partitions import partitions_of, step_of, tolerated_failures
 from daemon.rules.rendering import in_datastore, output_path
 from daemon.rules.states import FINAL_STEP, Plan, advance, after_attempt
@@ -33,47 +31,6 @@ from daemon.store.attempts import ACTIVE_ATTEMPT
 from runners.protocol import StepFinished, StepStarted
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class Effects:
-    """What a committed transition asks of memory and of followers."""
-
-    steps: list[tuple[UUID, str, str, dict[str, Any]]] = field(default_factory=list)
-    runs: list[run_store.RunRecord] = field(default_factory=list)
-    ready: list[ReadyStep] = field(default_factory=list)
-    released: list[int] = field(default_factory=list)
-    discarded: list[int] = field(default_factory=list)
-    finished_runs: list[UUID] = field(default_factory=list)
-    admitted: list[Written] = field(default_factory=list)
-    """Held runs admitted, handed over as every new run is."""
-
-
-@dataclass(frozen=True, slots=True)
-class Aftermath:
-    """Where a committed transition's effects go: capacity, the dispatcher, the cached contexts,
-    the announcements, and admitted runs' hand-over."""
-
-    registry: Registry
-    dispatcher: Dispatcher
-    contexts: RunContexts
-    announcer: Announcer
-    creation: RunCreation
-
-    async def apply(self, effects: Effects) -> None:
-        for attempt_id in effects.released:
-            self.registry.release(attempt_id)
-        self.dispatcher.discard(effects.discarded)
-        for run_id in effects.finished_runs:
-            self.contexts.drop(run_id)
-        for run_id, name, status, extra in effects.steps:
-            self.announcer.step_changed(run_id, name, status, **extra)
-        for run in effects.runs:
-            await self.announcer.run_changed(run)
-        if effects.ready or effects.released:
-            self.dispatcher.add(effects.ready)
-        for admitted in effects.admitted:
-            await self.creation.hand_over(admitted)
 
 
 @dataclass(frozen=True, slots=True)

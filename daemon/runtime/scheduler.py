@@ -25,9 +25,10 @@ from daemon.dispatch.agent_monitor import AgentMonitor
 from daemon.dispatch.announce import Announcer
 from daemon.dispatch.cancel import Cancels
 from daemon.dispatch.dispatcher import Dispatcher
+from daemon.dispatch.effects import Aftermath
 from daemon.dispatch.registry import AgentState, Registry
 from daemon.dispatch.step_events import StepEvents
-from daemon.dispatch.transitions import Aftermath, Transitions
+from daemon.dispatch.transitions import Transitions
 from daemon.intake.events import Ingest
 from daemon.intake.manual import Created, ManualRuns
 from daemon.intake.submit import Submissions
