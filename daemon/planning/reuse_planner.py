@@ -29,6 +29,7 @@ import asyncpg
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, OverFiles, StepSpec
 from daemon.documents.template import TemplateError, render
+from daemon.errors import Invalid
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
 from daemon.planning.fan_out import Fanned, fan_out, link_reused
@@ -164,6 +165,11 @@ class ReusePlanner:
         for name, shape in self._shapes_of(version).items():
             step = version.steps[name]
             keys = [key_of(source) for source in shape.data.values()]
+            if name in fanned:
+                # The fanned-out input's data is what its partitions cover, however they are cut.
+                data = data | dict.fromkeys(
+                    keys, fingerprint({"partitions": ",".join(p for _, p in fanned[name])})
+                )
             parts = step_components(
                 shape,
                 source_digest=version.source_digest,
@@ -213,7 +219,12 @@ class ReusePlanner:
         self, conn: asyncpg.Connection, requests: Sequence[PlanRequest]
     ) -> list[dict[str, Fanned]]:
         """Each request's foreach steps' partitions (step -> partitions). File partitions stick to the
-        pipeline's previous run's, read first (one more round trip, only for them)."""
+        pipeline's previous run's, read first (one more round trip, only for them).
+
+        Raises:
+            Invalid: a step's input cannot be listed (its path is outside its datastore, or
+                unreadable): the run cannot be planned, and says which step and why.
+        """
         fanning = [
             [step for step in request.version.steps.values() if step.foreach is not None]
             for request in requests
@@ -232,9 +243,10 @@ class ReusePlanner:
         for request, steps in zip(requests, fanning, strict=True):
             values = run_values(run_context(request.version, request.run_id, request.params))
             previous = earlier.get(request.version.pipeline, {})
-            made.append(
-                {
-                    step.name: await fan_out(
+            fans: dict[str, Fanned] = {}
+            for step in steps:
+                try:
+                    fans[step.name] = await fan_out(
                         step,
                         request.params,
                         values,
@@ -242,9 +254,9 @@ class ReusePlanner:
                         data=self._data,
                         earlier=previous,
                     )
-                    for step in steps
-                }
-            )
+                except (TemplateError, DataUnreadable) as exc:
+                    raise Invalid(f"step {step.name} cannot fan out: {exc.message}") from exc
+            made.append(fans)
         return made
 
     async def link_reused(self, run_id: UUID, decisions: Mapping[str, Decision]) -> None:
@@ -273,11 +285,14 @@ class ReusePlanner:
         wanted: dict[str, tuple[str, bool, str]] = {}
         blind: dict[str, str] = {}
         values = run_values(context)
+        read_by_partitions = _fanned_only(context.spec.steps) if request.version.fanning else set()
         for step in context.spec.steps:
             for name, source in step.inputs.items():
                 if not isinstance(source, FromDatastore):
                     continue
                 key = key_of(source)
+                if key in read_by_partitions:
+                    continue  # its partitions' fingerprints stand for it: the input is read once
                 try:
                     path = in_datastore(self._datastores.paths, source.datastore, render(source.path, values))
                 except TemplateError as exc:
@@ -343,6 +358,18 @@ def _spread_first(
         {**statuses, **changes}, version.graph, run_status="queued", partitions=partitions, allowed=allowed
     )
     return changes | plan.changes
+
+
+def _fanned_only(steps: Sequence[StepSpec]) -> set[str]:
+    """The datastore inputs (by :func:`key_of`) that only steps fanning out over their files read."""
+    fanned: set[str] = set()
+    other: set[str] = set()
+    for step in steps:
+        over = step.foreach.over if step.foreach is not None else None
+        for name, source in step.inputs.items():
+            if isinstance(source, FromDatastore):
+                (fanned if isinstance(over, OverFiles) and over.input == name else other).add(key_of(source))
+    return fanned - other
 
 
 def _fanned_decision(step: str, decisions: Mapping[str, Decision]) -> Decision:

@@ -167,3 +167,16 @@ async def test_a_held_run_gets_its_partitions_when_it_is_admitted(system: Harnes
     await system.wait_for(lambda: len(agent.assignments) == 7, what="the admitted run's partitions")
     admitted = {a.step for a in agent.assignments[4:] if a.run_id == second["run_id"]}
     assert admitted == {"score[0]", "score[1]", "score[2]"}
+
+
+async def test_an_input_that_cannot_be_listed_is_a_clear_error(system: Harness, tmp_path: Path) -> None:
+    (tmp_path / "landing").mkdir()
+    await system.apply(f"kind: Datastore\nname: landing\ntype: local\npath: {tmp_path / 'landing'}\n")
+    templated = FILES.replace("path: day", 'path: "${params.day}"').replace(
+        "name: batch\n", "name: batch\nparams:\n  day: {type: string}\n"
+    )
+    await system.apply(templated)
+    body = await system.start_run("batch", expect=422, params={"day": "../elsewhere"})
+    assert body["error"]["message"] == (
+        "step score cannot fan out: path '../elsewhere' is not inside datastore 'landing'"
+    )
