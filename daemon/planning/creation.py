@@ -29,6 +29,7 @@ import asyncpg
 
 from daemon.dispatch.announce import Announcer
 from daemon.dispatch.dispatcher import Claims, Dispatcher, ReadyStep
+from daemon.errors import SluiceError
 from daemon.planning.contexts import RunContexts, VersionSpec, run_context
 from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
@@ -118,6 +119,9 @@ class RunCreation:
             conn, [PlanRequest(draft.version, draft.params, draft.run_id, draft.reuse) for draft in drafts]
         )
         for draft, decisions in zip(drafts, plans, strict=True):
+            if isinstance(decisions, SluiceError):
+                draft.verdict = Verdict("rejected", decisions)
+                continue
             draft.decisions = decisions
             # Before anything can start a step downstream of them, held or not: cheap when none.
             await self._reuse.link_reused(draft.run_id, decisions)
@@ -137,6 +141,8 @@ class RunCreation:
 
     def _decide(self, drafts: Sequence[Draft], slots: Slots, *, claim: bool) -> None:
         for draft in drafts:
+            if draft.verdict.outcome == "rejected":
+                continue  # planning found why not (a step that cannot fan out)
             version = draft.version
             plans = step_plans(version, draft.decisions, held=False)
             draft.finished = all(plan.status in SUCCESS_STEP for plan in plans.values())

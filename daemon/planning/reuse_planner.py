@@ -84,13 +84,16 @@ class ReusePlanner:
     ) -> dict[str, Decision]:
         """Each step's decision, by step name, for a run ``run_id`` of ``version`` with ``params``."""
         [decisions] = await self.plan_many(conn, [PlanRequest(version, params, run_id, reuse)])
+        if isinstance(decisions, Invalid):
+            raise decisions
         return decisions
 
     async def plan_many(
         self, conn: asyncpg.Connection, requests: Sequence[PlanRequest]
-    ) -> list[dict[str, Decision]]:
-        """Each request's decisions (by step name), in order, with one look-up for them all. A later
-        run of a pipeline compares itself with an earlier one of ``requests`` (as if created after it)."""
+    ) -> list[dict[str, Decision] | Invalid]:
+        """Each request's decisions (by step name), in order, with one look-up for them all; or why
+        it cannot be planned (a step cannot fan out). A later run of a pipeline compares itself with
+        an earlier one of ``requests`` (as if created after it)."""
         if not requests:
             return []
         if any(shape.data for request in requests for shape in self._shapes_of(request.version).values()):
@@ -106,6 +109,8 @@ class ReusePlanner:
         fanned = await self._fan_out(conn, requests)
         prints = [
             self._fingerprint(request, data, blind, images, fans)
+            if isinstance(fans, dict)
+            else _Fingerprinted()
             for request, (data, blind), fans in zip(requests, found, fanned, strict=True)
         ]
         candidates, earlier = await look_up(
@@ -115,7 +120,10 @@ class ReusePlanner:
         )
         present = await asyncio.to_thread(_outputs_present, candidates.values()) if candidates else {}
         planned = []
-        for request, printed in zip(requests, prints, strict=True):
+        for request, printed, fans in zip(requests, prints, fanned, strict=True):
+            if isinstance(fans, Invalid):
+                planned.append(fans)
+                continue
             previous = earlier.get(request.version.pipeline, {})
             decisions = {}
             for name, step in printed.steps.items():
@@ -217,14 +225,10 @@ class ReusePlanner:
 
     async def _fan_out(
         self, conn: asyncpg.Connection, requests: Sequence[PlanRequest]
-    ) -> list[dict[str, Fanned]]:
-        """Each request's foreach steps' partitions (step -> partitions). File partitions stick to the
-        pipeline's previous run's, read first (one more round trip, only for them).
-
-        Raises:
-            Invalid: a step's input cannot be listed (its path is outside its datastore, or
-                unreadable): the run cannot be planned, and says which step and why.
-        """
+    ) -> list[dict[str, Fanned] | Invalid]:
+        """Each request's foreach steps' partitions (step -> partitions), or why it cannot have them
+        (a step's input outside its datastore, or unreadable). File partitions stick to the
+        pipeline's previous run's, read first (one more round trip, only for them)."""
         fanning = [
             [step for step in request.version.steps.values() if step.foreach is not None]
             for request in requests
@@ -239,25 +243,30 @@ class ReusePlanner:
         }
         if files:
             _, earlier = await look_up(conn, sorted(files), [])
-        made: list[dict[str, Fanned]] = []
+        made: list[dict[str, Fanned] | Invalid] = []
         for request, steps in zip(requests, fanning, strict=True):
-            values = run_values(run_context(request.version, request.run_id, request.params))
             previous = earlier.get(request.version.pipeline, {})
-            fans: dict[str, Fanned] = {}
-            for step in steps:
-                try:
-                    fans[step.name] = await fan_out(
-                        step,
-                        request.params,
-                        values,
-                        datastores=self._datastores,
-                        data=self._data,
-                        earlier=previous,
-                    )
-                except (TemplateError, DataUnreadable) as exc:
-                    raise Invalid(f"step {step.name} cannot fan out: {exc.message}") from exc
-            made.append(fans)
+            made.append(await self._fans(request, steps, previous))
         return made
+
+    async def _fans(
+        self, request: PlanRequest, steps: Sequence[StepSpec], previous: Mapping[str, Earlier]
+    ) -> dict[str, Fanned] | Invalid:
+        values = run_values(run_context(request.version, request.run_id, request.params))
+        fans: dict[str, Fanned] = {}
+        for step in steps:
+            try:
+                fans[step.name] = await fan_out(
+                    step,
+                    request.params,
+                    values,
+                    datastores=self._datastores,
+                    data=self._data,
+                    earlier=previous,
+                )
+            except (TemplateError, DataUnreadable) as exc:
+                return Invalid(f"step {step.name} cannot fan out: {exc.message}")
+        return fans
 
     async def link_reused(self, run_id: UUID, decisions: Mapping[str, Decision]) -> None:
         """Reused partitions' outputs linked into the run's (:func:`fan_out.link_reused`), off the

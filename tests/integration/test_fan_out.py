@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.fake_agent import Harness, Outcome, harness
+from triggers.base import TriggerEvent
 
 SHARDS = """
 kind: Pipeline
@@ -180,3 +181,27 @@ async def test_an_input_that_cannot_be_listed_is_a_clear_error(system: Harness, 
     assert body["error"]["message"] == (
         "step score cannot fan out: path '../elsewhere' is not inside datastore 'landing'"
     )
+
+
+async def test_an_event_whose_run_cannot_fan_out_is_rejected_with_why(
+    system: Harness, tmp_path: Path
+) -> None:
+    (tmp_path / "landing").mkdir()
+    await system.apply(f"kind: Datastore\nname: landing\ntype: local\npath: {tmp_path / 'landing'}\n")
+    await system.apply(
+        FILES.replace("path: day", 'path: "${params.day}"').replace(
+            "name: batch\n", "name: batch\nparams:\n  day: {type: string}\n"
+        )
+    )
+    await system.apply('kind: Pipeline\nname: upstream\nsteps:\n  - name: only\n    command: ["true"]\n')
+    await system.apply(
+        "kind: Trigger\nname: t1\npipeline: batch\non:\n  run: {pipeline: upstream, status: [succeeded]}\n"
+        'params:\n  day: "${event.data.day}"\n'
+    )
+    assert system.scheduler is not None
+    assert system.scheduler.triggering is not None
+    result = await system.scheduler.triggering.sink(
+        TriggerEvent(trigger="t1", dedupe_key="k1", fields={"data": {"day": "../elsewhere"}})
+    )
+    assert (result.outcome, result.run_id) == ("rejected", None)
+    assert result.reason == "step score cannot fan out: path '../elsewhere' is not inside datastore 'landing'"
