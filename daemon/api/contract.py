@@ -38,11 +38,16 @@ RUN_ID: Schema = {
     "description": "a run id, or a unique prefix of at least 8 hex digits",
 }
 DIGEST: Schema = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
+STEP_RUN: Schema = {
+    "type": "string",
+    "pattern": "^[a-z0-9][a-z0-9-]{0,62}(\\[[0-9]{1,9}\\])?$",
+    "description": "a step's name, or a partition of a foreach step: score[3]",
+}
 PATH_PARAMETERS: Mapping[str, Schema] = {
     "name": NAME,
     "version": VERSION,
     "id": RUN_ID,
-    "step": NAME,
+    "step": STEP_RUN,
     "digest": DIGEST,
 }
 BOOLEAN: Schema = {"type": "boolean"}

@@ -36,7 +36,8 @@ def test_publish_unchanged_and_new_version_after_a_source_edit(sluice_up, exampl
     assert "pipeline/batch-scoring unchanged (v1)" in again.stdout.splitlines()
     assert "trigger/nightly-scoring unchanged" in again.stdout.splitlines()
 
-    (example / "scoring" / "prep.py").write_text((example / "scoring" / "prep.py").read_text() + "# tweak\n")
+    script = example / "scoring" / "report.py"
+    script.write_text(script.read_text() + "# tweak\n")
     edited = cli("apply", "-f", str(example / "pipeline.yaml"), env=env)
     assert edited.returncode == 0, edited.stderr
     assert edited.stdout.splitlines() == ["pipeline/batch-scoring published v2"]

@@ -48,8 +48,10 @@ def test_the_batch_scoring_example_runs_to_success(sluice_up, sluice_agent, tmp_
     landing = tmp_path / "landing"
     datastore = example / "datastore.yaml"
     datastore.write_text(datastore.read_text().replace("/tmp/sluice-examples/landing", str(landing)))
-    (landing / "customers" / "2026-11-23").mkdir(parents=True)
-    shutil.copy(example / "sample" / "customers.csv", landing / "customers" / "2026-11-23")
+    day = landing / "customers" / "2026-11-23"
+    day.mkdir(parents=True)
+    for sample in (example / "sample").glob("*.csv"):
+        shutil.copy(sample, day)
     sluice = sluice_up()
     env = sluice.client_env
     # The tour's GPU agent: score runs only on an agent labelled accelerator=gpu with a free GPU.
@@ -62,19 +64,31 @@ def test_the_batch_scoring_example_runs_to_success(sluice_up, sluice_agent, tmp_
     assert result.returncode == 0, result.stdout + result.stderr
     run = show_run(result.stdout.splitlines()[0].strip(), env)
     steps = steps_of(run)
-    scores = json.loads(Path(steps["score"]["outputs"]["scores"], "scores.json").read_text())
-    assert scores == [
+    # Three files, two a partition: score[0] scores north and south, score[1] west.
+    assert {name for name in steps if name.startswith("score[")} == {"score[0]", "score[1]"}
+    for name in ("score", "score[0]", "score[1]", "report"):
+        assert steps[name]["status"] == "succeeded", steps[name]
+    assert steps["score[1]"]["partition_of"] == "score"
+    scores = Path(steps["score[0]"]["outputs"]["scores"]).parent  # the step records none of its own
+    assert sorted(part.name for part in scores.iterdir()) == ["part-00000", "part-00001"]
+    report = json.loads(Path(steps["report"]["outputs"]["report"], "report.json").read_text())
+    assert report["scores"] == [
         {"customer": "c-001", "score": 0.12},
         {"customer": "c-002", "score": 0.98},
         {"customer": "c-003", "score": 1.0},
+        {"customer": "c-004", "score": 0.035},
+        {"customer": "c-005", "score": 0.61},
     ]
-    assert [(m["name"], m["value"]) for m in steps["score"]["metrics"]] == [("customers_scored", 3)]
-    prep_log = cli("runs", "logs", run["id"], "prep", env=env).stdout
-    assert "prepared 3 customers for 2026-11-23" in prep_log
-    assert [attempt["agent"] for attempt in steps["prep"]["attempts"]] == ["local"]
-    assert [attempt["agent"] for attempt in steps["score"]["attempts"]] == ["gpu-1"]
-    score_log = cli("runs", "logs", run["id"], "score", env=env).stdout
-    assert "scored 3 customers with model prod on GPU 0" in score_log
+    assert [(m["name"], m["value"]) for m in steps["report"]["metrics"]] == [("customers_scored", 5)]
+    assert steps["score[0]"]["attempts"][0]["agent"] == "gpu-1"
+    assert steps["score[1]"]["attempts"][0]["agent"] == "gpu-1"
+    assert [attempt["agent"] for attempt in steps["report"]["attempts"]] == ["local"]
+    score_log = cli("runs", "logs", run["id"], "score[0]", env=env)
+    assert "scored 4 customers (customers-north.csv, customers-south.csv) with model prod on GPU 0" in (
+        score_log.stdout
+    ), score_log.stderr
+    report_log = cli("runs", "logs", run["id"], "report", env=env).stdout
+    assert "reported 5 customers from 2 parts for 2026-11-23" in report_log
 
 
 def test_up_stops_promptly_while_a_client_waits_on_a_run(sluice_up, background) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
 from daemon.documents.specs import StepSpec
+from daemon.rules.partitions import Partition
 from daemon.rules.reuse import Earlier, Origin, all_reused, decide, first_statuses, reused_links
 
 STEP = StepSpec(name="score", command=["score"])
@@ -94,6 +96,18 @@ def test_reused_steps_are_final_and_ready_what_waited_only_for_them() -> None:
     }
     assert reused_links(decisions) == {"prep": (str(EARLIER_RUN), "score")}
     assert not all_reused(decisions)
+
+
+def test_a_run_whose_every_partition_is_reused_is_over_as_it_is_made() -> None:
+    reused = decision(candidate=ORIGIN, present=True)
+    decisions = {
+        "score": decision(),  # a step that fans out is never reused whole
+        "score[0]": replace(reused, partition=Partition(0, files=("a.csv",))),
+        "score[1]": replace(reused, partition=Partition(1, files=("b.csv",))),
+        "report": reused,
+    }
+    assert all_reused(decisions)
+    assert not all_reused(decisions | {"score[1]": replace(decision(), partition=Partition(1))})
 
 
 def test_a_held_run_waits_whole_and_reuses_nothing_yet() -> None:

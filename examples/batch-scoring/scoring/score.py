@@ -1,24 +1,27 @@
-"""Score prepared customer features with a (deliberately tiny) model."""
+"""Score one partition of the day's customer files (given as arguments) with a (deliberately tiny) model."""
 
 import argparse
+import csv
 import json
 import os
 import pathlib
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--in", dest="source", required=True)
 parser.add_argument("--model", required=True)
 parser.add_argument("--out", required=True)
+parser.add_argument("files", nargs="+", help="the partition's CSV files")
 args = parser.parse_args()
 
-data = json.loads((pathlib.Path(args.source) / "features.json").read_text())
-scores = [
-    {"customer": f["customer"], "score": round(min(1.0, f["spend"] / 1000), 3)} for f in data["features"]
-]
-out = pathlib.Path(args.out)
+scores = []
+for path in args.files:
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            spend = float(row.get("spend") or 0)
+            scores.append({"customer": row["customer"], "score": round(min(1.0, spend / 1000), 3)})
+out = pathlib.Path(args.out)  # this partition's part: runs/<run>/score/scores/part-0000N
 out.mkdir(parents=True, exist_ok=True)
 (out / "scores.json").write_text(json.dumps(scores))
-with open(os.environ["SLUICE_METRICS"], "a") as metrics:
-    metrics.write(json.dumps({"name": "customers_scored", "value": len(scores)}) + "\n")
 device = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by the agent to the GPUs reserved for the step
-print(f"scored {len(scores)} customers with model {args.model} on {f'GPU {device}' if device else 'CPU'}")
+names = ", ".join(pathlib.Path(path).name for path in args.files)
+on = f"GPU {device}" if device else "CPU"
+print(f"scored {len(scores)} customers ({names}) with model {args.model} on {on}")
