@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from daemon.documents.specs import FromDatastore, StepSpec
-from daemon.rules.partitions import Partition, step_of
+from daemon.rules.partitions import Partition
 from daemon.rules.states import settle
 from daemon.rules.step_fingerprints import changed
 
@@ -137,13 +137,6 @@ def first_statuses(
     if not held:
         statuses |= settle(statuses, graph)
     return statuses
-
-
-def all_reused(decisions: Mapping[str, Decision]) -> bool:
-    """Whether every step run of the run is reused: the run is over as soon as it is made. A step
-    that fans out is never reused whole: it is done when each of its partitions is reused."""
-    fanned = {step_of(name) for name, decision in decisions.items() if decision.partition is not None}
-    return all(decision.origin is not None for name, decision in decisions.items() if name not in fanned)
 
 
 def reused_links(decisions: Mapping[str, Decision]) -> dict[str, tuple[str, str]]:

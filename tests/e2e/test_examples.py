@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import nats
-import pytest
 
 from tests.e2e.sluice import api_get, cli, cli_json, show_run, steps_of, wait_for
 
@@ -157,10 +156,6 @@ def test_the_nightly_trigger_scores_partitions_on_the_gpu_agent_and_a_late_file_
     assert "score[0]" in shown.stdout
     assert "reused" in shown.stdout
     report = cli("runs", "logs", incremental["id"], "report", env=env).stdout
-    if "reported 1 customers from 1 parts" in report:
-        # Known bug (see the fan-out report): report gets runs/<this run>/score/scores, which holds
-        # only the parts of the partitions this run executed; the reused ones live in earlier runs.
-        pytest.xfail("a partially reused fan-out hands its downstream step only the executed parts")
     assert f"reported 6 customers from 3 parts for {date}" in report
 
 

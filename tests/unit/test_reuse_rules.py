@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 import pytest
 
 from daemon.documents.specs import StepSpec
-from daemon.rules.partitions import Partition
-from daemon.rules.reuse import Earlier, Origin, all_reused, decide, first_statuses, reused_links
+from daemon.rules.reuse import Earlier, Origin, decide, first_statuses, reused_links
 
 STEP = StepSpec(name="score", command=["score"])
 EARLIER_RUN = uuid.UUID(int=7)
@@ -95,23 +93,9 @@ def test_reused_steps_are_final_and_ready_what_waited_only_for_them() -> None:
         "report": "pending",
     }
     assert reused_links(decisions) == {"prep": (str(EARLIER_RUN), "score")}
-    assert not all_reused(decisions)
-
-
-def test_a_run_whose_every_partition_is_reused_is_over_as_it_is_made() -> None:
-    reused = decision(candidate=ORIGIN, present=True)
-    decisions = {
-        "score": decision(),  # a step that fans out is never reused whole
-        "score[0]": replace(reused, partition=Partition(0, files=("a.csv",))),
-        "score[1]": replace(reused, partition=Partition(1, files=("b.csv",))),
-        "report": reused,
-    }
-    assert all_reused(decisions)
-    assert not all_reused(decisions | {"score[1]": replace(decision(), partition=Partition(1))})
 
 
 def test_a_held_run_waits_whole_and_reuses_nothing_yet() -> None:
     decisions = dict.fromkeys(GRAPH, decision(candidate=ORIGIN, present=True))
-    assert all_reused(decisions)
     assert first_statuses(GRAPH, decisions, held=True) == dict.fromkeys(GRAPH, "pending")
     assert first_statuses(GRAPH, decisions, held=False) == dict.fromkeys(GRAPH, "reused")
