@@ -62,6 +62,7 @@ class Step(msgspec.Struct):
     outputs: dict[str, str] = {}
     metrics: list[Metric] = []
     waiting_reason: str | None = None
+    warning: str | None = None
     attempts: list[Attempt] = []
 
     @property

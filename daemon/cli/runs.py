@@ -229,6 +229,7 @@ def show(run_id: str, as_json: bool) -> None:
     sections = (
         (STEP_COLUMNS, [_step_cells(step) for step in steps], "no steps yet"),
         (("STEP", "REUSE", "WHY"), _reuse_rows(steps), None),
+        (("STEP", "WARNING"), [(step.name, step.warning) for step in steps if step.warning], None),
         (ATTEMPT_COLUMNS, _unsuccessful_attempts(steps), None),
         (("STEP", "OUTPUT", "PATH"), [(s.name, *item) for s in steps for item in s.outputs.items()], None),
         (("STEP", "METRIC", "VALUE"), _metric_rows(steps), None),

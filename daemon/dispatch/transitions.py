@@ -339,7 +339,7 @@ def _advance(
         step: text
         for step, names in partitions.items()
         if plan.changes.get(step) == "succeeded"
-        and (text := tolerated_failures([after[name] for name in names], allowed[step])) is not None
+        and (text := tolerated_failures({name: after[name] for name in names}, allowed[step])) is not None
     }
     return plan, warnings
 

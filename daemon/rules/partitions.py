@@ -138,12 +138,13 @@ def fan_in(statuses: Sequence[str], allowed: int | str) -> str | None:
     return "failed" if failed > tolerated(allowed, len(statuses)) else "succeeded"
 
 
-def tolerated_failures(statuses: Sequence[str], allowed: int | str) -> str | None:
-    """Why a step whose partitions ended in ``statuses`` succeeded all the same, or None."""
-    failed = sum(status in ("failed", "skipped") for status in statuses)
+def tolerated_failures(statuses: Mapping[str, str], allowed: int | str) -> str | None:
+    """Why a step whose partitions (run name -> status) all ended succeeded all the same, or None."""
+    failed = [name for name, status in statuses.items() if status in ("failed", "skipped")]
     if not failed:
         return None
-    return f"{failed} of {len(statuses)} partitions failed (allowed_failures {allowed})"
+    shown = ", ".join(failed[:10]) + (", …" if len(failed) > 10 else "")
+    return f"{len(failed)} of {len(statuses)} partitions failed (allowed_failures {allowed}): {shown}"
 
 
 def gathered(

@@ -253,8 +253,8 @@ def test_allowed_failures_tolerate_a_failed_partition_and_no_more(
     assert steps_of(tolerant)["after"]["status"] == "succeeded"
     shown = cli("runs", "show", tolerant_id, env=env)
     assert shown.returncode == 0, shown.stderr
-    warned = [line for line in shown.stdout.splitlines() if "warning" in line.lower()]
-    assert any("work[2]" in line for line in warned), shown.stdout  # succeeded, but not quietly
+    # Succeeded, but not quietly: the step's warning names the partition that failed.
+    assert "1 of 4 partitions failed (allowed_failures 1): work[2]" in shown.stdout, shown.stdout
 
 
 def overlaps(intervals: list[tuple[float, float]]) -> int:
@@ -347,7 +347,7 @@ def test_cancel_stops_every_partition_and_the_run_held_behind_it_fans_out(
     held_id = post_run("gated", env, dir=str(behind))
     waiting = get_run(held_id, env)
     assert (waiting["status"], waiting["held"]) == ("queued", True)
-    assert {part["status"] for part in partitions(waiting, "work")} == {"pending"}
+    assert partitions(waiting, "work") == []  # a held run's partitions are made when it is admitted
     pids = [int(path.read_text()) for path in shared.glob("pid-*")]
     cancelled = cli("runs", "cancel", run_id, env=env)
     assert cancelled.returncode == 0, cancelled.stderr

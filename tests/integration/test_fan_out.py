@@ -47,7 +47,7 @@ async def test_shards_run_as_partitions_and_the_step_ends_with_them(system: Harn
     assert by_step["report"].argv == ["report", f"/mnt/store/runs/{run_id}/score/scores"]
     steps = {step["name"]: step for step in run["steps"]}
     assert steps["score"]["status"] == "succeeded"  # one failed partition is tolerated, and said
-    assert steps["score"]["warning"] == "1 of 3 partitions failed (allowed_failures 1)"
+    assert steps["score"]["warning"] == "1 of 3 partitions failed (allowed_failures 1): score[1]"
     assert (steps["score[1]"]["status"], steps["score[1]"]["partition_of"]) == ("failed", "score")
 
 
