@@ -8,10 +8,15 @@ when its own fingerprint is unchanged (its upstream re-runs only because, say, i
 deleted). Datastore inputs are fingerprinted as they are when the run is created, concurrently and
 off the event loop.
 
+A step that fans out (``foreach``) is planned as its partitions (``daemon.planning.fan_out``): each
+gets its own fingerprint, covering its own files, item or shard, and its own decision; the step
+itself is never reused whole, and its decision says how its partitions went.
+
 Database work: one round trip for the earlier step runs with the same fingerprints and the steps of
 the pipeline's previous run (what a miss is compared with); one before it for the digests agents
-reported for the run's images, when its steps have images. Several runs planned together (a batch of
-trigger events, :meth:`ReusePlanner.plan_many`) share those round trips.
+reported for the run's images, when its steps have images; one more, first, for the previous run's
+file partitions when a step fans out over files. Several runs planned together (a batch of trigger
+events, :meth:`ReusePlanner.plan_many`) share those round trips.
 """
 
 from __future__ import annotations
