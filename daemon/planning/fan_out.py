@@ -1,12 +1,14 @@
 """The partitions of a new run's ``foreach`` steps, with what each partition's fingerprint covers:
 its own files (listed and fingerprinted off the event loop, sticky to the pipeline's previous run of
-the step), its list item, or its shard index (``daemon.rules.partitions``)."""
+the step), its list item, or its shard index (``daemon.rules.partitions``); the step's own decision
+(how its partitions went); and reused partitions' outputs linked into the new run's."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -17,7 +19,7 @@ from daemon.planning.contexts import Datastores
 from daemon.planning.data_fingerprints import DataFingerprints
 from daemon.rules.partitions import Partition, items, shards, step_of
 from daemon.rules.rendering import in_datastore, output_path
-from daemon.rules.reuse import Decision, Earlier
+from daemon.rules.reuse import Decision, Earlier, key_of
 from daemon.rules.step_fingerprints import fingerprint
 from triggers.files.matching import compile_glob
 
@@ -96,3 +98,29 @@ def link_reused(default_root: str, run_id: str, decisions: Mapping[str, Decision
             os.makedirs(os.path.dirname(link), exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
+
+
+def fanned_only(steps: Sequence[StepSpec]) -> set[str]:
+    """The datastore inputs (by :func:`key_of`) that only steps fanning out over their files read."""
+    fanned: set[str] = set()
+    other: set[str] = set()
+    for step in steps:
+        over = step.foreach.over if step.foreach is not None else None
+        for name, source in step.inputs.items():
+            if isinstance(source, FromDatastore):
+                (fanned if isinstance(over, OverFiles) and over.input == name else other).add(key_of(source))
+    return fanned - other
+
+
+def fanned_decision(step: str, decisions: Mapping[str, Decision]) -> Decision:
+    """A step that fans out is never reused whole: its decision says how its partitions went."""
+    parts = [d for name, d in decisions.items() if d.partition is not None and step_of(name) == step]
+    reused = sum(d.origin is not None for d in parts)
+    explanation = {
+        **decisions[step].explanation,
+        "outcome": "executed" if reused < len(parts) or not parts else "reused",
+        "reused_from": None,
+        "partitions": {"total": len(parts), "reused": reused},
+        "reason": f"fans out over {len(parts)} partitions: {reused} reused, {len(parts) - reused} to run",
+    }
+    return replace(decisions[step], origin=None, explanation=explanation)

@@ -37,7 +37,7 @@ from daemon.documents.template import TemplateError, render
 from daemon.errors import Invalid
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
-from daemon.planning.fan_out import Fanned, fan_out, link_reused
+from daemon.planning.fan_out import Fanned, fan_out, fanned_decision, fanned_only, link_reused
 from daemon.rules.partitions import Partition, item_of, name_of, partitions_of, spread, step_of
 from daemon.rules.rendering import in_datastore, run_values
 from daemon.rules.reuse import Decision, Earlier, decide, first_statuses, key_of
@@ -146,7 +146,7 @@ class ReusePlanner:
                 partition = printed.partitions.get(name)
                 decisions[name] = decided if partition is None else replace(decided, partition=partition)
             for step in request.version.fanning:
-                decisions[step] = _fanned_decision(step, decisions)
+                decisions[step] = fanned_decision(step, decisions)
             planned.append(decisions)
             earlier[request.version.pipeline] = {
                 name: Earlier(
@@ -299,7 +299,7 @@ class ReusePlanner:
         wanted: dict[str, tuple[str, bool, str]] = {}
         blind: dict[str, str] = {}
         values = run_values(context)
-        read_by_partitions = _fanned_only(context.spec.steps) if request.version.fanning else set()
+        read_by_partitions = fanned_only(context.spec.steps) if request.version.fanning else set()
         for step in context.spec.steps:
             for name, source in step.inputs.items():
                 if not isinstance(source, FromDatastore):
@@ -372,32 +372,6 @@ def _spread_first(
         {**statuses, **changes}, version.graph, run_status="queued", partitions=partitions, allowed=allowed
     )
     return changes | plan.changes
-
-
-def _fanned_only(steps: Sequence[StepSpec]) -> set[str]:
-    """The datastore inputs (by :func:`key_of`) that only steps fanning out over their files read."""
-    fanned: set[str] = set()
-    other: set[str] = set()
-    for step in steps:
-        over = step.foreach.over if step.foreach is not None else None
-        for name, source in step.inputs.items():
-            if isinstance(source, FromDatastore):
-                (fanned if isinstance(over, OverFiles) and over.input == name else other).add(key_of(source))
-    return fanned - other
-
-
-def _fanned_decision(step: str, decisions: Mapping[str, Decision]) -> Decision:
-    """A step that fans out is never reused whole: its decision says how its partitions went."""
-    parts = [d for name, d in decisions.items() if d.partition is not None and step_of(name) == step]
-    reused = sum(d.origin is not None for d in parts)
-    explanation = {
-        **decisions[step].explanation,
-        "outcome": "executed" if reused < len(parts) or not parts else "reused",
-        "reused_from": None,
-        "partitions": {"total": len(parts), "reused": reused},
-        "reason": f"fans out over {len(parts)} partitions: {reused} reused, {len(parts) - reused} to run",
-    }
-    return replace(decisions[step], origin=None, explanation=explanation)
 
 
 def _outputs_present(candidates: Any) -> dict[int, bool]:
