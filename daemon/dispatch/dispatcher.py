@@ -273,34 +273,21 @@ class Dispatcher:
                     hopeless = f"agent {agent_id} refused its assignment: {reply.reason or 'no reason'}"
                 else:
                     reason = f"refused by agent {agent_id}: {reply.reason or 'no reason'}"
+        # A partition's step run (score[3]) is what is assigned, failed or sent again, not its step.
+        fields = {"run_id": planned.context.id, "step": planned.step.name, "attempt": record.attempt_id}
         if hopeless is not None:
             # Sending it again, anywhere, would fail the same way: the step fails now, once.
-            log.warning(
-                "assignment_hopeless", run_id=planned.context.id, step=planned.spec.name, reason=hopeless
-            )
+            log.warning("assignment_hopeless", **fields, reason=hopeless)
             if self.on_hopeless is not None:
                 await asyncio.shield(
-                    self.on_hopeless(planned.step.run_id, planned.spec.name, hopeless, record.attempt_id)
+                    self.on_hopeless(planned.step.run_id, planned.step.name, hopeless, record.attempt_id)
                 )
             return
         if reason is None:
             self.assigned += 1
-            log.debug(
-                "attempt_assigned",
-                run_id=planned.context.id,
-                step=planned.spec.name,
-                attempt=record.attempt_id,
-                agent=agent_id,
-            )
+            log.debug("attempt_assigned", **fields, agent=agent_id)
             return
-        log.info(
-            "assignment_failed",
-            run_id=planned.context.id,
-            step=planned.spec.name,
-            attempt=record.attempt_id,
-            agent=agent_id,
-            reason=reason,
-        )
+        log.info("assignment_failed", **fields, agent=agent_id, reason=reason)
         await asyncio.shield(self._unassign(planned, record, reason))
 
     async def _unassign(self, planned: Planned, record: attempt_store.Dispatched, reason: str) -> None:
