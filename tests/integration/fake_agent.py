@@ -79,6 +79,7 @@ class FakeAgent:
         datastores: dict[str, str] | None = None,
         behaviour: Behaviour = lambda assignment: Outcome(),
         refuse: str | None = None,
+        permanent: bool = False,
         interval: float = 0.1,
     ) -> None:
         self.nc = nc
@@ -90,6 +91,7 @@ class FakeAgent:
         self.datastores = datastores or {}
         self.behaviour = behaviour
         self.refuse = refuse
+        self.permanent = permanent
         self.interval = interval
         self.assignments: list[Assignment] = []
         self.accepted_at: dict[int, float] = {}
@@ -126,7 +128,9 @@ class FakeAgent:
     async def _on_assign(self, msg) -> None:
         assignment = Assignment.decode(msg.data)
         if self.refuse is not None:
-            await msg.respond(AssignReply(accepted=False, reason=self.refuse).encode())
+            await msg.respond(
+                AssignReply(accepted=False, reason=self.refuse, permanent=self.permanent).encode()
+            )
             return
         self.assignments.append(assignment)
         self.running[assignment.attempt_id] = assignment

@@ -205,3 +205,13 @@ async def test_an_event_whose_run_cannot_fan_out_is_rejected_with_why(
     )
     assert (result.outcome, result.run_id) == ("rejected", None)
     assert result.reason == "step score cannot fan out: path '../elsewhere' is not inside datastore 'landing'"
+
+
+async def test_a_partition_whose_assignment_is_hopeless_fails_alone(system: Harness) -> None:
+    await system.agent("a1", refuse="malformed", permanent=True)
+    await system.apply(SHARDS)
+    run = await system.wait_run((await system.start_run("scoring"))["run_id"], "failed")
+    steps = {step["name"]: step for step in run["steps"]}
+    assert [steps[f"score[{index}]"]["status"] for index in range(3)] == ["failed"] * 3
+    assert "refused its assignment: malformed" in steps["score[0]"]["attempts"][0]["error"]
+    assert (steps["score"]["status"], steps["report"]["status"]) == ("failed", "skipped")
