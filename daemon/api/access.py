@@ -6,6 +6,11 @@ Each route states what it needs with :func:`daemon.api.contract.endpoint`; a rou
 nothing needs ``read`` for GET and ``admin`` for anything else, so a route added without thought is
 closed, not open.
 
+A person in a browser holds the same token in the HttpOnly, SameSite=Strict cookie the login page
+sets (:data:`SESSION_COOKIE`). A request that a cookie authenticates and that changes something must
+carry the ``Origin`` of this daemon's own pages: with the content types taken (JSON, YAML), that is
+what keeps another site's page from using a person's session.
+
 Scopes: ``read`` (GETs and streams), ``run`` (start and cancel runs, pause and resume triggers),
 ``publish`` (apply, version lifecycle), ``admin`` (everything: tokens and NATS credentials too).
 ``run`` and ``publish`` include ``read``.
@@ -20,7 +25,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import asyncpg
 from aiohttp import web
@@ -36,7 +41,9 @@ _GRANTS: dict[str, frozenset[str]] = {
     "publish": frozenset({"read", "publish"}),
     "admin": frozenset(SCOPES),
 }
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/login"})
+OPEN_PREFIXES = ("/static/",)
+SESSION_COOKIE = "sluice_session"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 TOKEN_CACHE_S = 5.0
 """How long a token's scope is trusted without asking the database again (a revocation made on
@@ -115,23 +122,31 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     origin = request.headers.get("Origin")
     if origin is not None and not _same_origin(origin, request):
         raise Forbidden(f"requests from the origin {origin!r} are refused")
-    if request.path in OPEN_PATHS:
+    if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
         return await handler(request)
     needs = endpoint_of(request.match_info.handler, request.method)
     if request.match_info.http_exception is not None:  # no such route: its own 404 or 405
         raise request.match_info.http_exception
-    authorization = request.headers.get("Authorization", "")
-    token = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
-    if not token:
-        raise Unauthorized("this API needs Authorization: Bearer <token> (sluice tokens, SLUICE_API_TOKEN)")
-    scope = await access.scope_of(token)
+    token, by_cookie = _credentials(request)
+    scope = await access.scope_of(token) if token else None
     if scope is None:
+        if needs.page:
+            raise web.HTTPSeeOther(login_location(request.path_qs))
+        if not token:
+            raise Unauthorized(
+                "this API needs Authorization: Bearer <token> (sluice tokens, SLUICE_API_TOKEN)"
+            )
         raise Unauthorized("the token is not valid (unknown or revoked)")
     if not granted(scope, needs.scope):
         raise Forbidden(f"this needs a token with the {needs.scope} scope; this one has {scope}")
+    request[SCOPE] = scope
     check_parameters(request, needs)
     if request.method in READING:
         return await handler(request)
+    if by_cookie and origin is None:
+        raise Forbidden(
+            "a change made with the session cookie must come from this daemon's pages (no Origin)"
+        )
     if request.content_type not in needs.content_types:
         raise UnsupportedMediaType(
             f"send Content-Type: {' or '.join(needs.content_types)}, not {request.content_type!r}"
@@ -142,6 +157,23 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.content_length > limit:
         raise TooLarge(f"the body is {request.content_length} bytes; this API takes at most {limit}")
     return await handler(request)
+
+
+SCOPE = "sluice.scope"
+"""Where the guard leaves the scope of the request's token, for pages that offer only what it may do."""
+
+
+def _credentials(request: web.Request) -> tuple[str, bool]:
+    """The request's token, and whether it came from the session cookie rather than the header."""
+    authorization = request.headers.get("Authorization", "")
+    if authorization.startswith("Bearer "):
+        return authorization.removeprefix("Bearer ").strip(), False
+    return request.cookies.get(SESSION_COOKIE, ""), True
+
+
+def login_location(then: str) -> str:
+    """The login page, coming back to ``then`` (a path of this daemon) after it."""
+    return "/login?" + urlencode({"next": then}) if then not in ("", "/") else "/login"
 
 
 def _is_address(name: str) -> bool:

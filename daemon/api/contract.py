@@ -23,6 +23,7 @@ from daemon.limits import INT32_MAX
 
 Scope = Literal["read", "run", "publish", "admin"]
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 DOCUMENT_TYPES = (JSON, *YAML_TYPES)
 READING = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -80,12 +81,14 @@ H = TypeVar("H", bound=Handler)
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """What a route needs and takes. ``body``: the msgspec type of a JSON body; ``upload``: the
-    larger body limit (source snapshots); ``path`` overrides :data:`PATH_PARAMETERS` by name."""
+    larger body limit (source snapshots); ``page``: a web UI page, which sends a browser without
+    credentials to the login page; ``path`` overrides :data:`PATH_PARAMETERS` by name."""
 
     scope: Scope
     body: type | None = None
     content_types: tuple[str, ...] = (JSON,)
     upload: bool = False
+    page: bool = False
     query: Mapping[str, Schema] = field(default_factory=dict)
     path: Mapping[str, Schema] = field(default_factory=dict)
     headers: Mapping[str, Schema] = field(default_factory=dict)

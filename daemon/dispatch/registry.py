@@ -115,7 +115,7 @@ class AgentState:
             "labels": self.labels,
             "executors": self.executors,
             "capacity": msgspec.to_builtins(self.capacity),
-            "free": {"cpu": cpu, "memory": memory, "gpu": len(gpus)},
+            "free": {"cpu": cpu, "memory": memory, "gpu": len(gpus), "gpus": [gpu.index for gpu in gpus]},
             "running": sorted(self.reservations),
             "last_heartbeat": None if last is None else _iso(last),
             "status": self.status,

@@ -290,3 +290,15 @@ async def attempt_agents(db: Db, attempt_ids: Sequence[int]) -> dict[int, str | 
         "SELECT id, agent_id FROM attempts WHERE id = ANY($1::bigint[])", list(dict.fromkeys(attempt_ids))
     )
     return {row["id"]: row["agent_id"] for row in rows}
+
+
+async def attempt_places(db: Db, attempt_ids: Sequence[int]) -> dict[int, tuple[UUID, str]]:
+    """The run and the step run (``score[3]`` for a partition) of each attempt (absent: no such attempt)."""
+    rows = await db.fetch(
+        """
+        SELECT a.id, s.run_id, s.name FROM attempts a JOIN step_runs s ON s.id = a.step_run_id
+        WHERE a.id = ANY($1::bigint[])
+        """,
+        list(dict.fromkeys(attempt_ids)),
+    )
+    return {row["id"]: (row["run_id"], row["name"]) for row in rows}

@@ -11,6 +11,7 @@ import asyncpg
 
 from daemon.store.db import Db
 
+EVENT_COLUMNS = "id, trigger, dedupe_key, received_at, fields, outcome, run_id, reason"
 EventOutcome = Literal["run", "duplicate", "rejected", "skipped"]
 
 
@@ -45,8 +46,8 @@ class EventRecord:
 async def list_events(db: Db, trigger: str, *, limit: int, before: int | None = None) -> list[EventRecord]:
     """Up to ``limit`` events of ``trigger``, newest first, with ids below ``before`` when given."""
     rows = await db.fetch(
-        """
-        SELECT id, trigger, dedupe_key, received_at, fields, outcome, run_id, reason FROM events
+        f"""
+        SELECT {EVENT_COLUMNS} FROM events
         WHERE trigger = $1 AND ($2::bigint IS NULL OR id < $2)
         ORDER BY id DESC LIMIT $3
         """,
@@ -55,3 +56,8 @@ async def list_events(db: Db, trigger: str, *, limit: int, before: int | None = 
         limit,
     )
     return [EventRecord.from_row(row) for row in rows]
+
+
+async def get_event(db: Db, event_id: int) -> EventRecord | None:
+    row = await db.fetchrow(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = $1", event_id)
+    return None if row is None else EventRecord.from_row(row)

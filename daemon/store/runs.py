@@ -109,14 +109,16 @@ async def list_runs(
     limit: int,
     pipeline: str | None = None,
     status: str | None = None,
+    trigger: str | None = None,
     before: tuple[datetime, UUID] | None = None,
 ) -> list[RunRecord]:
-    """Up to ``limit`` runs, newest first, optionally of one pipeline and/or status, strictly older
-    than the (created_at, id) key ``before``."""
+    """Up to ``limit`` runs, newest first, optionally of one pipeline, status and/or trigger, strictly
+    older than the (created_at, id) key ``before``."""
     rows = await db.fetch(
         f"""
         SELECT {RUN_COLUMNS} FROM runs
         WHERE ($1::text IS NULL OR pipeline = $1) AND ($2::text IS NULL OR status = $2)
+          AND ($6::text IS NULL OR trigger = $6)
           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
         ORDER BY created_at DESC, id DESC LIMIT $5
         """,
@@ -125,6 +127,7 @@ async def list_runs(
         before[0] if before else None,
         before[1] if before else None,
         limit,
+        trigger,
     )
     return [RunRecord.from_row(row) for row in rows]
 

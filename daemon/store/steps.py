@@ -267,3 +267,21 @@ async def set_waiting_reasons(db: Db, reasons: Mapping[int, str | None]) -> None
         list(reasons),
         list(reasons.values()),
     )
+
+
+async def status_counts(db: Db, run_ids: Sequence[UUID]) -> dict[UUID, dict[str, int]]:
+    """For each run, how many of its step runs are in each status (partitions counted, fan-out
+    parents not: they have no work of their own)."""
+    rows = await db.fetch(
+        """
+        SELECT run_id, status, count(*) AS n FROM step_runs s
+        WHERE run_id = ANY($1::uuid[]) AND NOT EXISTS (
+            SELECT 1 FROM step_runs c WHERE c.run_id = s.run_id AND c.partition_of = s.name)
+        GROUP BY run_id, status
+        """,
+        list(run_ids),
+    )
+    counts: dict[UUID, dict[str, int]] = {}
+    for row in rows:
+        counts.setdefault(row["run_id"], {})[row["status"]] = row["n"]
+    return counts
