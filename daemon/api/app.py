@@ -20,6 +20,8 @@ from daemon.errors import SluiceError
 from daemon.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from daemon.runtime.bus import SourceStore
 from daemon.runtime.scheduler import Scheduler
+from daemon.ui import app as ui
+from daemon.ui.page import error_page, is_page
 
 log = structlog.get_logger(__name__)
 
@@ -62,34 +64,31 @@ def make_app(
         app[NATS_ACCESS] = nats
     for module in (ops, apply, pipelines, triggers, runs, agents, events, credentials, tokens):
         app.router.add_routes(module.routes)
+    ui.install(app)
     return app
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as the contract's envelope; only a bug is a 500, and it is logged."""
+    """Every failure leaves as the contract's envelope (a page's as an HTML page saying the same);
+    only a bug is a 500, and it is logged."""
     try:
         return await handler(request)
     except SluiceError as exc:
-        return json_response(exc.to_json(), status=exc.status)
+        body, status = exc.to_json(), exc.status
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = HTTP_CODES.get(exc.status, HTTPStatus(exc.status).phrase.lower().replace(" ", "_"))
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        return json_response({"error": {"code": code, "message": message, "details": []}}, status=exc.status)
+        body, status = {"error": {"code": code, "message": message, "details": []}}, exc.status
     except Exception:
         log.exception("api_request_failed", method=request.method, path=request.path)
-        return json_response(
-            {
-                "error": {
-                    "code": "internal",
-                    "message": "internal error; the daemon log has details",
-                    "details": [],
-                }
-            },
-            status=500,
-        )
+        message = "internal error; the daemon log has details"
+        body, status = {"error": {"code": "internal", "message": message, "details": []}}, 500
+    if is_page(request):
+        return error_page(request, status, body["error"]["code"], body["error"]["message"])
+    return json_response(body, status=status)
 
 
 @web.middleware

@@ -67,7 +67,10 @@ def openapi_document(app: web.Application) -> dict:
     routes = [
         route
         for route in app.router.routes()
-        if route.method not in ("HEAD", "*") and route.resource is not None and _template(route) is not None
+        if route.method not in ("HEAD", "*")
+        and route.resource is not None
+        and (template := _template(route)) is not None
+        and (template.startswith("/api/") or template in OPEN_PATHS - {"/login"})
     ]
     declared = {route: endpoint_of(route.handler, route.method) for route in routes}
     bodies = sorted(

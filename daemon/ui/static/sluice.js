@@ -1,0 +1,169 @@
+// The live parts of Sluice's pages, in plain JavaScript (no build step, nothing fetched from
+// elsewhere). The server renders every part; this script only asks for it again when the daemon's
+// event stream says something changed, follows step logs, and sends the buttons' and the run
+// form's requests to the API (same origin, JSON, with the session cookie).
+"use strict";
+
+(() => {
+  const REFRESH_DELAY_MS = 250;
+
+  function flash(message, kind = "error") {
+    const box = document.getElementById("flash");
+    box.textContent = message;
+    box.className = kind;
+    box.hidden = false;
+  }
+
+  function errorText(body, response) {
+    const error = body && body.error;
+    if (!error) return `${response.status} ${response.statusText}`;
+    const details = (error.details || []).map((d) =>
+      typeof d === "string" ? d : [d.path || d.field || d.param, d.message].filter(Boolean).join(": "));
+    return [error.message, ...details].join("\n");
+  }
+
+  async function send(method, url, body) {
+    const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    init.headers["Content-Type"] = "application/json";
+    if (body !== undefined) init.body = typeof body === "string" ? body : JSON.stringify(body);
+    const response = await fetch(url, init);
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(errorText(answer, response));
+    return answer;
+  }
+
+  // Refreshing a live part: at most one request in flight, and changes that come while one is
+  // running make one more after it.
+  function liveRefresher(part) {
+    let timer = null, running = false, again = false;
+    async function load() {
+      if (running) { again = true; return; }
+      running = true;
+      try {
+        const response = await fetch(part.dataset.live, { credentials: "same-origin" });
+        if (response.redirected && new URL(response.url).pathname === "/login") {
+          location.assign(response.url);
+          return;
+        }
+        if (response.ok) {
+          const focused = document.activeElement && part.contains(document.activeElement)
+            ? document.activeElement.getAttribute("href") : null;
+          part.innerHTML = await response.text();
+          if (focused) part.querySelector(`[href="${CSS.escape(focused)}"]`)?.focus();
+          part.dispatchEvent(new CustomEvent("sluice:refreshed", { bubbles: true }));
+        }
+      } finally {
+        running = false;
+        if (again) { again = false; schedule(); }
+      }
+    }
+    function schedule() {
+      clearTimeout(timer);
+      timer = setTimeout(load, REFRESH_DELAY_MS);
+    }
+    return schedule;
+  }
+
+  function followChanges(part) {
+    const refresh = liveRefresher(part);
+    const events = new EventSource(part.dataset.events);
+    let opened = false;
+    events.addEventListener("run", refresh);
+    events.addEventListener("step", refresh);
+    // After a reconnect, what happened while the stream was down is read from the page itself.
+    events.addEventListener("open", () => { if (opened) refresh(); opened = true; });
+    const state = document.querySelector("[data-live-state]");
+    events.addEventListener("error", () => { if (state) state.textContent = "reconnecting…"; });
+    events.addEventListener("open", () => { if (state) state.textContent = "live"; });
+  }
+
+  function followLog(log) {
+    const state = document.getElementById("log-state");
+    const source = new EventSource(log.dataset.follow);
+    let attempt = null;
+    source.addEventListener("line", (event) => {
+      const line = JSON.parse(event.data);
+      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      if (line.attempt !== attempt) {
+        attempt = line.attempt;
+        log.append(document.createTextNode(`── attempt ${attempt} ──\n`));
+        if (state) state.textContent = `following attempt ${attempt}…`;
+      }
+      log.append(document.createTextNode(line.line + "\n"));
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    });
+    source.addEventListener("end", (event) => {
+      source.close();
+      const end = JSON.parse(event.data);
+      if (state) state.textContent = `the step ${end.status || "ended"}; the log is complete.`;
+      log.dataset.complete = "true";
+    });
+    source.addEventListener("error", () => {
+      if (log.dataset.complete) return;
+      source.close();
+      if (state) state.textContent = "the log stream was interrupted; reload the page to follow it again.";
+    });
+  }
+
+  function paramValue(raw, type) {
+    if (type === "integer" && /^-?\d+$/.test(raw)) return Number(raw);
+    if (type === "number" && raw !== "" && Number.isFinite(Number(raw))) return Number(raw);
+    if (type === "boolean") return raw === "true";
+    if (type === "list") {
+      if (raw.startsWith("[")) { try { return JSON.parse(raw); } catch { return raw; } }
+      return raw.split(",").map((item) => item.trim()).filter(Boolean);
+    }
+    return raw; // a malformed value goes as typed: the API's error names the parameter
+  }
+
+  async function startRun(form) {
+    const params = {};
+    for (const input of form.querySelectorAll("[data-type]")) {
+      const raw = input.value.trim();
+      if (raw !== "") params[input.name] = paramValue(raw, input.dataset.type);
+    }
+    const body = { params, version: Number(form.dataset.version), reuse: form.elements.reuse.checked };
+    const answer = await send("POST", form.dataset.url, body);
+    location.assign(`/runs/${answer.run_id}`);
+  }
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button.action");
+    if (!button || button.disabled) return;
+    if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
+    button.disabled = true;
+    try {
+      const answer = await send(button.dataset.method, button.dataset.url, button.dataset.body);
+      if (answer.run_id) { location.assign(`/runs/${answer.run_id}`); return; }
+      location.reload();
+    } catch (error) {
+      flash(error.message);
+      button.disabled = false;
+    }
+  });
+
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (form.id !== "start-run") return;
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      await startRun(form);
+    } catch (error) {
+      flash(error.message);
+      button.disabled = false;
+    }
+  });
+
+  document.addEventListener("change", (event) => {
+    const form = event.target.closest("#run-filters");
+    if (form) form.requestSubmit();
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    document.querySelectorAll("[data-live][data-events]").forEach(followChanges);
+    const log = document.getElementById("log");
+    if (log) followLog(log);
+  });
+})();
