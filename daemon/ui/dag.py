@@ -95,22 +95,28 @@ def layout(names: Sequence[str], edges: Iterable[Edge]) -> Layout:
         for target in successors[node]:
             layer_of[target] = max(layer_of[target], layer_of[node] + 1)
 
-    # Nodes from len(order) on are virtual: one per layer that a long edge crosses.
+    # Nodes from len(order) on are virtual: one per layer that a long edge crosses. The long edges of
+    # one step share them, as a bus that each leaves at its target's layer: fewer nodes to order and
+    # place, and fewer lines on the page.
     up: list[list[int]] = [[] for _ in order]
     down: list[list[int]] = [[] for _ in order]
+    bus: dict[tuple[int, int], int] = {}
     chains: dict[tuple[int, int], list[int]] = {}
     for source, target in forward:
         chain = [source]
         for layer in range(layer_of[source] + 1, layer_of[target]):
-            chain.append(len(layer_of))
-            layer_of.append(layer)
-            up.append([])
-            down.append([])
+            virtual = bus.get((source, layer))
+            if virtual is None:
+                virtual = bus[source, layer] = len(layer_of)
+                layer_of.append(layer)
+                up.append([chain[-1]])
+                down.append([])
+                down[chain[-1]].append(virtual)
+            chain.append(virtual)
+        down[chain[-1]].append(target)
+        up[target].append(chain[-1])
         chain.append(target)
-        for a, b in itertools.pairwise(chain):
-            down[a].append(b)
-            up[b].append(a)
-        chains[(source, target)] = chain
+        chains[source, target] = chain
 
     layers: list[list[int]] = [[] for _ in range(max(layer_of, default=-1) + 1)]
     for node, layer in enumerate(layer_of):
@@ -182,49 +188,60 @@ def _break_cycles(count: int, pairs: list[tuple[int, int]]) -> tuple[set[tuple[i
 
 
 def _reduce_crossings(layers: list[list[int]], up: list[list[int]], down: list[list[int]]) -> list[list[int]]:
-    """``layers`` reordered by barycenter sweeps, down then up; the best order seen, so never worse
-    than the one given."""
-    best, fewest = layers, _crossings(layers, down)
+    """``layers`` reordered by barycenter sweeps, down then up, while a sweep removes crossings; the
+    best order seen, so never worse than the one given."""
+    position = [0] * len(up)
+    for layer in layers:
+        for i, node in enumerate(layer):
+            position[node] = i
+    best, fewest = layers, _crossings(layers, down, position)
     current = [list(layer) for layer in layers]
     for _ in range(SWEEPS):
         if fewest == 0:
             break
         for i in range(1, len(current)):
-            current[i] = _by_barycenter(current[i], current[i - 1], up)
-        crossings = _crossings(current, down)
-        if crossings < fewest:
-            best, fewest = [list(layer) for layer in current], crossings
+            current[i] = _by_barycenter(current[i], len(current[i - 1]), up, position)
         for i in range(len(current) - 2, -1, -1):
-            current[i] = _by_barycenter(current[i], current[i + 1], down)
-        crossings = _crossings(current, down)
-        if crossings < fewest:
-            best, fewest = [list(layer) for layer in current], crossings
+            current[i] = _by_barycenter(current[i], len(current[i + 1]), down, position)
+        crossings = _crossings(current, down, position)
+        if crossings >= fewest:
+            break
+        best, fewest = [list(layer) for layer in current], crossings
     return best
 
 
-def _by_barycenter(layer: list[int], fixed: list[int], neighbours: list[list[int]]) -> list[int]:
-    position = {node: i for i, node in enumerate(fixed)}
-
-    def key(item: tuple[int, int]) -> tuple[float, int]:
-        i, node = item
+def _by_barycenter(
+    layer: list[int], fixed_count: int, neighbours: list[list[int]], position: list[int]
+) -> list[int]:
+    """``layer`` sorted by the mean position of each node's neighbours in the fixed layer beside it;
+    ties keep their order. ``position`` follows."""
+    keys = []
+    for i, node in enumerate(layer):
         near = neighbours[node]
-        # A node with no neighbours on that side keeps its place rather than jumping to the top.
-        return (sum(position[m] for m in near) / len(near) if near else i * len(fixed) / len(layer), i)
+        if len(near) == 1:
+            key = float(position[near[0]])
+        elif near:
+            key = sum(map(position.__getitem__, near)) / len(near)
+        else:
+            # No neighbours on that side: keep its relative place rather than jump to the top.
+            key = i * fixed_count / len(layer)
+        keys.append((key, i, node))
+    keys.sort()
+    ordered = [node for _, _, node in keys]
+    for i, node in enumerate(ordered):
+        position[node] = i
+    return ordered
 
-    return [node for _, node in sorted(enumerate(layer), key=key)]
 
-
-def _crossings(layers: list[list[int]], down: list[list[int]]) -> int:
+def _crossings(layers: list[list[int]], down: list[list[int]], position: list[int]) -> int:
     """How many pairs of edges cross between adjacent layers: inversions of their lower ends, taken in
     the order of their upper ends."""
     total = 0
-    for upper, lower in itertools.pairwise(layers):
-        position = {node: i for i, node in enumerate(lower)}
+    for upper in layers[:-1]:
         seen: list[int] = []
-        for node in upper:
-            for end in sorted(position[target] for target in down[node]):
-                total += len(seen) - bisect.bisect_right(seen, end)
-                bisect.insort(seen, end)
+        for _, end in sorted([(position[node], position[target]) for node in upper for target in down[node]]):
+            total += len(seen) - bisect.bisect_right(seen, end)
+            bisect.insort(seen, end)
     return total
 
 
