@@ -18,7 +18,7 @@ from typing import Literal
 from markupsafe import Markup
 
 NODE_WIDTH = 168.0
-NODE_HEIGHT = 44.0
+NODE_HEIGHT = 58.0  # three lines: name, status, detail
 LAYER_GAP = 56.0
 ROW_GAP = 14.0
 # A long edge crossing a layer takes a slot this tall, so that parallel edges keep apart without
@@ -309,7 +309,7 @@ SYMBOLS = {
     "skipped": "⊘",
 }
 NAME_CHARS = 20
-STATUS_CHARS = 26
+DETAIL_CHARS = 24
 PADDING = 10.0
 
 _DEFS = Markup(
@@ -323,9 +323,10 @@ def svg(layout: Layout, boxes: Mapping[str, Box], href: Callable[[str], str] | N
     """``layout`` drawn as an inline SVG; every text in it escaped.
 
     Colours come from the page's stylesheet through classes: ``step status-<status>`` on each step's
-    group (``rect``, ``text.step-name``, ``text.step-status``), ``edge edge-data`` / ``edge edge-after``
-    on edges (drawn first, under the boxes), ``edge-arrow`` on arrowheads, ``step-link`` on the links
-    ``href(name)`` gives. A step missing from ``boxes`` is drawn as pending.
+    group (``rect``, ``text.step-name``, ``text.step-status``, ``text.step-detail``), ``edge edge-data``
+    and ``edge edge-after`` on edges (drawn first, under the boxes), ``edge-arrow`` on arrowheads,
+    ``step-link`` on the links ``href(name)`` gives (style their ``:focus-visible`` outline). A step
+    missing from ``boxes`` is drawn as pending.
     """
     shown = {name: boxes.get(name) or Box("pending", name) for name in layout.nodes}
     counts = Counter(box.status for box in shown.values())
@@ -362,27 +363,34 @@ def svg(layout: Layout, boxes: Mapping[str, Box], href: Callable[[str], str] | N
 
 
 def _step(name: str, place: Placement, box: Box, href: Callable[[str], str] | None) -> Markup:
-    status_line = f"{SYMBOLS.get(box.status, '•')} {box.status}" + (f" · {box.detail}" if box.detail else "")
-    tooltip = f"{box.label}\n{status_line}"
+    status = f"{SYMBOLS.get(box.status, '•')} {box.status}"
     text_x = _number(place.x + PADDING)
+    lines = [
+        Markup('<text class="step-name" x="{}" y="{}">{}</text>').format(
+            text_x, _number(place.y + 19), _truncate(box.label, NAME_CHARS)
+        ),
+        Markup('<text class="step-status" x="{}" y="{}">{}</text>').format(
+            text_x, _number(place.y + 35), status
+        ),
+    ]
+    if box.detail:
+        lines.append(
+            Markup('<text class="step-detail" x="{}" y="{}">{}</text>').format(
+                text_x, _number(place.y + 50), _truncate(box.detail, DETAIL_CHARS)
+            )
+        )
     group = Markup(
         '<g class="step status-{status}" data-step="{name}" data-status="{status}"><title>{tooltip}</title>'
-        '<rect x="{x}" y="{y}" width="{width}" height="{height}" rx="6"/>'
-        '<text class="step-name" x="{text_x}" y="{name_y}">{label}</text>'
-        '<text class="step-status" x="{text_x}" y="{status_y}">{status_line}</text></g>'
+        '<rect x="{x}" y="{y}" width="{width}" height="{height}" rx="6"/>{lines}</g>'
     ).format(
         status=box.status,
         name=name,
-        tooltip=tooltip,
+        tooltip="\n".join(filter(None, [box.label, status, box.detail])),
         x=_number(place.x),
         y=_number(place.y),
         width=_number(place.width),
         height=_number(place.height),
-        text_x=text_x,
-        name_y=_number(place.y + place.height * 0.42),
-        status_y=_number(place.y + place.height * 0.8),
-        label=_truncate(box.label, NAME_CHARS),
-        status_line=_truncate(status_line, STATUS_CHARS),
+        lines=Markup("").join(lines),
     )
     if href is None:
         return group
