@@ -97,6 +97,9 @@ async def _metrics(request: web.Request, handler: Handler) -> web.StreamResponse
     response = await handler(request)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    HTTP_SECONDS.labels(route).observe(elapsed)
+    if not response.prepared:  # a stream's headers are gone already
+        response.headers["Server-Timing"] = f"app;dur={elapsed * 1000:.2f}"
     HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     return response
