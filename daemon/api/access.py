@@ -145,7 +145,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     if by_cookie and origin is None:
         raise Forbidden(
-            "a change made with the session cookie must come from this daemon's pages (no Origin)"
+            "a change made with the session cookie must come from this daemon's own pages (it has no Origin)"
         )
     if request.content_type not in needs.content_types:
         raise UnsupportedMediaType(
@@ -159,7 +159,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-SCOPE = "sluice.scope"
+SCOPE = web.RequestKey("scope", str)
 """Where the guard leaves the scope of the request's token, for pages that offer only what it may do."""
 
 

@@ -98,9 +98,17 @@ async def start_run(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/runs")
-@endpoint("read", query={"pipeline": NAME, "status": {"type": "string", "enum": list(RUN_STATUSES)}, **PAGED})
+@endpoint(
+    "read",
+    query={
+        "pipeline": NAME,
+        "status": {"type": "string", "enum": list(RUN_STATUSES)},
+        "trigger": NAME,
+        **PAGED,
+    },
+)
 async def list_runs(request: web.Request) -> web.Response:
-    """List runs, newest first (?pipeline=, ?status=, ?limit=, ?cursor=)."""
+    """List runs, newest first (?pipeline=, ?status=, ?trigger=, ?limit=, ?cursor=)."""
     limit = limit_arg(request)
     status = request.query.get("status") or None
     if status is not None and status not in RUN_STATUSES:
@@ -111,6 +119,7 @@ async def list_runs(request: web.Request) -> web.Response:
         limit=limit + 1,
         pipeline=request.query.get("pipeline") or None,
         status=status,
+        trigger=request.query.get("trigger") or None,
         before=cursor,
     )
     return json_response(

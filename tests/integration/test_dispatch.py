@@ -208,8 +208,9 @@ steps:
     agents = {
         item["id"]: item for item in (await (await system.client.get("/api/v1/agents")).json())["items"]
     }
-    assert agents["cpu-1"]["free"] == {"cpu": 0.0, "memory": 4 * GiB, "gpu": 0}
+    assert agents["cpu-1"]["free"] == {"cpu": 0.0, "memory": 4 * GiB, "gpu": 0, "gpus": []}
     assert agents["gpu-1"]["free"]["gpu"] == 1
+    assert agents["gpu-1"]["free"]["gpus"] == [1]  # GPU 0 runs train
     assert sorted(agents["gpu-1"]["running"]) == sorted(a.attempt_id for a in gpu.assignments)
 
     # A second run: its CPU steps fit only on gpu-1 (cpu-1 is full); its GPU step finds no free GPU
