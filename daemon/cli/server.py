@@ -82,6 +82,8 @@ def announcement(endpoints) -> str:
     lines = [
         f"Sluice is up (data dir {endpoints.data_dir})",
         f"  API:  {endpoints.api_url}",
+        f"  UI:   {endpoints.api_url}/  (log in with an API token: SLUICE_API_TOKEN, or the file "
+        f"{endpoints.data_dir / 'credentials' / 'api-token'})",
         f"  NATS: {redacted_urls(endpoints.nats_url)}",
     ]
     if endpoints.service_creds is not None:

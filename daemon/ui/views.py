@@ -57,9 +57,8 @@ def when(value: datetime | str | None, zone: str | None = None) -> str:
     try:
         tz = ZoneInfo(zone) if zone else UTC
     except (ZoneInfoNotFoundError, ValueError):
-        tz = UTC
-    local = moment.astimezone(tz)
-    return local.strftime("%Y-%m-%d %H:%M:%S ") + (zone or "UTC")
+        tz, zone = UTC, None
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S ") + (zone or "UTC")
 
 
 def ago(value: datetime | str | None, now: datetime | None = None) -> str:
