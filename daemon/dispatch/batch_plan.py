@@ -7,6 +7,7 @@ steps that cannot be rendered are reported broken. The dispatcher records and se
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from uuid import UUID
@@ -41,18 +42,26 @@ def need_of(step: StepSpec) -> Need:
 @dataclass(slots=True)
 class ReadyStep:
     """A step waiting for an agent. ``due`` (monotonic) delays a retry; ``excluded`` keeps the step
-    off agents (id -> until, monotonic) that just refused it."""
+    off agents (id -> until, monotonic) that just refused it; ``known`` (monotonic) is when the
+    daemon learnt it was ready (its wait, and its dispatch latency, start at ``known`` or ``due``,
+    whichever is later)."""
 
     step_run_id: int
     run_id: UUID
     name: str
     due: float = 0.0
+    known: float = field(default_factory=time.monotonic)
     excluded: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     stored_reason: str | None = None
     need: Need | None = None
     waited_at: int | None = None
     """The registry's epoch when no agent could take the step (None: not placed yet)."""
+
+    @property
+    def ready_since(self) -> float:
+        """Since when (monotonic) the step has been ready for an agent."""
+        return max(self.known, self.due)
 
 
 @dataclass(frozen=True, slots=True)

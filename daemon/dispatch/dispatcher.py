@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from uuid import UUID
 
 import asyncpg
@@ -30,6 +30,7 @@ from daemon.dispatch.announce import Announcer
 from daemon.dispatch.batch_plan import BatchPlanner, Claims, Planned, ReadyStep
 from daemon.dispatch.registry import Registry
 from daemon.errors import NotFound
+from daemon.metrics import DISPATCH_LATENCY
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
 from daemon.rules.rendering import RunContext, assignment
 from daemon.rules.turns import Turns
@@ -147,6 +148,10 @@ class Dispatcher:
     def waiting(self) -> dict[int, str | None]:
         """Ready steps (step run id) and why each waits, as last placed."""
         return {step.step_run_id: step.reason for step in self._ready.values()}
+
+    def waiting_since(self) -> Iterator[float]:
+        """For each ready step not placed yet, since when (monotonic) it has been ready."""
+        return (step.ready_since for step in self._ready.values())
 
     def __len__(self) -> int:
         return len(self._ready) + len(self._delayed_steps)
@@ -285,6 +290,7 @@ class Dispatcher:
             return
         if reason is None:
             self.assigned += 1
+            DISPATCH_LATENCY.observe(time.monotonic() - planned.step.ready_since)
             log.debug("attempt_assigned", **fields, agent=agent_id)
             return
         log.info("assignment_failed", **fields, agent=agent_id, reason=reason)

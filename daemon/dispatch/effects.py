@@ -11,6 +11,7 @@ from uuid import UUID
 from daemon.dispatch.announce import Announcer
 from daemon.dispatch.dispatcher import Dispatcher, ReadyStep
 from daemon.dispatch.registry import Registry
+from daemon.metrics import STEP_DURATION
 from daemon.planning.contexts import RunContexts
 from daemon.planning.creation import RunCreation, Written
 from daemon.store import runs as run_store
@@ -28,12 +29,14 @@ class Effects:
     finished_runs: list[UUID] = field(default_factory=list)
     admitted: list[Written] = field(default_factory=list)
     """Held runs admitted, handed over as every new run is."""
+    durations: list[tuple[str, str, float]] = field(default_factory=list)
+    """Attempts ended: (pipeline, step, seconds it ran), observed once committed."""
 
 
 @dataclass(frozen=True, slots=True)
 class Aftermath:
     """Where a committed transition's effects go: capacity, the dispatcher, the cached contexts,
-    the announcements, and admitted runs' hand-over."""
+    the metrics, the announcements, and admitted runs' hand-over."""
 
     registry: Registry
     dispatcher: Dispatcher
@@ -47,6 +50,9 @@ class Aftermath:
         self.dispatcher.discard(effects.discarded)
         for run_id in effects.finished_runs:
             self.contexts.drop(run_id)
+        for pipeline, step, seconds in effects.durations:
+            STEP_DURATION.labels(pipeline, step).observe(seconds)
+        await self.creation.counts.finished(effects.runs)
         for run_id, name, status, extra in effects.steps:
             self.announcer.step_changed(run_id, name, status, **extra)
         for run in effects.runs:

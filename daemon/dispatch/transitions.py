@@ -165,7 +165,11 @@ class Transitions:
             statuses = {step.name: step.status for step in steps}
             states = {step.name: step for step in steps}
             for index, event, attempt, error in items:
-                spec = version.steps[step_of(attempt.step)]
+                step_name = step_of(attempt.step)  # a partition's attempt counts under its step
+                spec = version.steps[step_name]
+                if event.started_at is not None:
+                    ran = max(event.finished_at - event.started_at, 0.0)
+                    effects.durations.append((run.pipeline, step_name, ran))
                 decision = after_attempt(
                     event.status,
                     failures_before=states[attempt.step].attempts_made,

@@ -33,7 +33,7 @@ import asyncio
 import collections
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +44,7 @@ import structlog
 
 from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.limits import storable
+from daemon.metrics import CRON_FIRE_DELAY, TRIGGER_EVENTS
 from daemon.planning.creation import Draft, RunCreation, Written
 from daemon.rules.admission import RUN, Verdict, refuse_event, refuse_version
 from daemon.rules.event_params import resolve_params
@@ -131,6 +132,7 @@ class Ingest:
         # Shielded: a caller that gives up (its source stopping) does not take the commit with it;
         # its event is committed or not, and offered again either way.
         result = await asyncio.shield(queued.done)
+        TRIGGER_EVENTS.labels(event.trigger, result.outcome).inc()
         # Runs are logged by the run's own lines; what did not become a run is worth an info line.
         emit = log.debug if result.outcome in ("run", "duplicate") else log.info
         emit(
@@ -290,6 +292,7 @@ class Ingest:
         event, name = queued.event, queued.event.trigger
         if target is None:
             return _Decided(NotFound(f"trigger {name} does not exist"))
+        self._creation.counts.note_kind(name, target.kind)
         fields, unstorable = storable({**event.fields, "time": queued.received.isoformat(), "trigger": name})
         fields["id"] = event_id
         read = _Event(queued, event_id, key, fields, target)
@@ -364,6 +367,11 @@ class Ingest:
                 )
             event_id, first_run = found
             return _Decided(EventResult(event_id=event_id, outcome="duplicate", run_id=_str(first_run)))
+        if (
+            event.target.kind == "cron"
+            and (delay := cron_fire_delay(event.queued.event.fields, event.queued.received)) is not None
+        ):
+            CRON_FIRE_DELAY.observe(delay)
         verdict = event.decided
         if event.run is None or not verdict.creates:
             return _Decided(
@@ -386,6 +394,19 @@ def storable_key(key: str) -> str:
         return text
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{text[: MAX_KEY_CHARS - 80]}…sha256:{digest}"
+
+
+def cron_fire_delay(fields: Mapping[str, Any], received: datetime) -> float | None:
+    """Seconds from a cron fire's scheduled time (its event's ``scheduled_time``, with its offset)
+    to ``received``, when the sink took its event; None without a readable scheduled time."""
+    scheduled = fields.get("scheduled_time")
+    try:
+        instant = datetime.fromisoformat(scheduled)
+    except (TypeError, ValueError):
+        return None
+    if instant.tzinfo is None:
+        return None
+    return (received - instant).total_seconds()
 
 
 def _str(run_id: UUID | None) -> str | None:

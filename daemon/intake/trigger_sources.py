@@ -231,6 +231,14 @@ class Triggering:
             status["error"] = known.error
         return status
 
+    def jetstream_pending(self) -> dict[str, int]:
+        """Messages each JetStream ``nats`` trigger has not been delivered yet, as last seen (no
+        request: what its last message's metadata said)."""
+        from triggers.nats import NatsSource
+
+        source = self.sources.get("nats")
+        return source.pending() if isinstance(source, NatsSource) else {}
+
 
 def applied_changes(items: Iterable[Any]) -> tuple[list[str], bool]:
     """What an apply (``daemon.apply.Applied`` items) changed for the trigger sources: the triggers

@@ -30,6 +30,7 @@ import asyncpg
 from daemon.dispatch.announce import Announcer
 from daemon.dispatch.dispatcher import Claims, Dispatcher, ReadyStep
 from daemon.errors import SluiceError
+from daemon.metrics.runs import RunCounts
 from daemon.planning.contexts import RunContexts, VersionSpec, run_context
 from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
@@ -91,12 +92,15 @@ class RunCreation:
         dispatcher: Dispatcher,
         contexts: RunContexts,
         announcer: Announcer,
+        counts: RunCounts,
         params_max_bytes: int,
     ) -> None:
         self.specs = contexts.specs
         """The versions' specs, which callers read to validate a run's params."""
         self.params_max_bytes = params_max_bytes
         """The bound on a run's params, which callers apply as they validate them."""
+        self.counts = counts
+        """Runs created and finished (metrics); the event path tells it each trigger's kind."""
         self._reuse = reuse
         self._dispatcher = dispatcher
         self._contexts = contexts
@@ -175,11 +179,15 @@ class RunCreation:
 
     async def hand_over(self, written: Written) -> None:
         """After the commit of a run: the assignments of its claimed steps go out, the run is
-        announced (reused steps too) and its ready steps go to the dispatcher."""
+        counted and announced (reused steps too) and its ready steps go to the dispatcher."""
         run, draft = written.run, written.draft
         self._contexts.put(run, draft.version, draft.links, draft.partitions)
         # Before any await: a claimed step's reservation must become its attempt's, whatever follows.
         self._dispatcher.claimed(draft.claims, written.steps)
+        if not written.admitted:
+            await self.counts.created(run)
+        elif run.status in FINAL_RUN:
+            await self.counts.finished([run])
         if written.admitted:
             for step in written.steps:
                 self._announcer.step_changed(run.id, step.name, step.status)

@@ -33,6 +33,8 @@ from daemon.intake.events import Ingest
 from daemon.intake.manual import Created, ManualRuns
 from daemon.intake.submit import Submissions
 from daemon.intake.trigger_sources import Triggering, applied_changes
+from daemon.metrics import SCHEDULER
+from daemon.metrics.runs import RunCounts
 from daemon.planning.contexts import Datastores, RunContexts, Specs
 from daemon.planning.creation import RunCreation
 from daemon.planning.data_fingerprints import DataFingerprints
@@ -74,6 +76,7 @@ class Scheduler:
             dispatcher=self.dispatcher,
             contexts=self.contexts,
             announcer=self.announcer,
+            counts=RunCounts(pool),
             params_max_bytes=settings.params_max_bytes,
         )
         self.transitions = Transitions(
@@ -123,6 +126,7 @@ class Scheduler:
         scheduler = cls(pool=pool, nc=nc, settings=settings)
         dispatcher, registry = scheduler.dispatcher, scheduler.registry
         stack.push_async_callback(scheduler._stop)
+        stack.callback(SCHEDULER.watch(scheduler))
         await scheduler.datastores.refresh(pool)
         await scheduler.monitor.load(started)
         await scheduler._adopt_attempts(started)
@@ -243,6 +247,18 @@ class Scheduler:
 
     def waiting_reasons(self) -> dict[int, str | None]:
         return self.dispatcher.waiting()
+
+    # --- what /metrics reads at scrape time (daemon.metrics.scrape) ----------------------------------
+
+    def waiting_since(self) -> Iterable[float]:
+        return self.dispatcher.waiting_since()
+
+    def agent_states(self) -> Iterable[AgentState]:
+        return self.registry.agents.values()
+
+    def jetstream_pending(self) -> Mapping[str, int]:
+        triggering = self.triggering
+        return {} if triggering is None else triggering.jetstream_pending()
 
 
 def need_of_resources(resources: Mapping[str, Any]) -> Need:

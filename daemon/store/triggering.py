@@ -46,6 +46,8 @@ class Target:
     version_status: str
     paused: bool
     bindings: dict[str, Any]
+    kind: str
+    """The trigger's source: ``cron``, ``files``, ``nats`` or ``run``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ async def read_batch(db: Db, keys: Sequence[tuple[str, str]]) -> BatchRead:
             JOIN events e ON e.trigger = x.trigger AND e.dedupe_key = x.dedupe_key
         ) recorded
         LEFT JOIN (
-            SELECT t.name, t.pipeline, t.version IS NOT NULL AS pinned, t.paused,
+            SELECT t.name, t.source, t.pipeline, t.version IS NOT NULL AS pinned, t.paused,
                    t.spec -> 'params' AS bindings, v.version, v.status AS version_status
             FROM triggers t JOIN pipelines p ON p.name = t.pipeline
             JOIN versions v ON v.pipeline = t.pipeline AND v.version = coalesce(t.version, p.default_version)
@@ -107,6 +109,7 @@ async def read_batch(db: Db, keys: Sequence[tuple[str, str]]) -> BatchRead:
                 version_status=row["version_status"],
                 paused=row["paused"],
                 bindings=row["bindings"] or {},
+                kind=row["source"],
             )
             for row in rows
             if row["name"] is not None

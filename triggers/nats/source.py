@@ -165,6 +165,15 @@ class NatsSource(Source):
         except (nats.errors.Error, ValueError) as exc:
             log.warning("nats_consumer_delete_failed", trigger=name, stream=stream, error=describe(exc))
 
+    def pending(self) -> dict[str, int]:
+        """Each JetStream trigger's messages not yet delivered to it, as of its last delivery (or
+        consumer info); costs no request, unlike :meth:`status`."""
+        return {
+            name: runner.pending
+            for name, runner in self._runners.items()
+            if isinstance(runner, StreamRunner) and runner.pending is not None
+        }
+
     def status(self, name: str) -> Mapping[str, Any]:
         """``subject``, ``stream``, ``consumer_lag`` (JetStream: messages of the filter not yet
         delivered, at most a few seconds old; None for core or before it is known),

@@ -44,6 +44,11 @@ class StreamRunner(Runner):
         self._lag_wanted = asyncio.Event()
         self._working: dict[int, tuple[Msg, float]] = {}
 
+    @property
+    def pending(self) -> int | None:
+        """The consumer's messages not yet delivered, as last seen (None before it is known)."""
+        return self._lag
+
     def status(self) -> dict[str, Any]:
         if time.monotonic() - self._info_at > self.source.lag_max_age:
             self._lag_wanted.set()

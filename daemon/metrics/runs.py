@@ -1,0 +1,63 @@
+"""Runs created and finished, counted once each where the change was committed, by pipeline and by
+the kind of trigger that asked for the run (``manual`` for REST, the CLI and ``sluice.submit``).
+
+A run records its trigger's name; the kind comes from memory (the event path notes each trigger's
+kind as it reads its target) or, for a trigger this daemon has not seen (it finished a run after a
+restart, or another daemon's trigger made it), from the store once. A trigger deleted since is
+``unknown``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import asyncpg
+import structlog
+
+from daemon.metrics import RUNS_CREATED, RUNS_FINISHED
+from daemon.rules.states import FINAL_RUN
+from daemon.store import triggering as trigger_store
+from daemon.store.db import DATABASE_ERRORS
+from daemon.store.runs import RunRecord
+
+log = structlog.get_logger(__name__)
+
+MANUAL = "manual"
+UNKNOWN = "unknown"
+
+
+class RunCounts:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._kinds: dict[str, str] = {}
+
+    def note_kind(self, trigger: str, kind: str) -> None:
+        """Trigger ``trigger``'s source is ``kind`` (what the event path read)."""
+        self._kinds[trigger] = kind
+
+    async def created(self, run: RunRecord) -> None:
+        """``run`` was committed as a new run (also when it is over as it is made)."""
+        RUNS_CREATED.labels(run.pipeline, await self._kind_of(run.trigger)).inc()
+        if run.status in FINAL_RUN:
+            await self.finished([run])
+
+    async def finished(self, runs: Iterable[RunRecord]) -> None:
+        """``runs`` were committed in a final status (each once: transitions are guarded in SQL)."""
+        for run in runs:
+            if run.status in FINAL_RUN:
+                RUNS_FINISHED.labels(run.pipeline, await self._kind_of(run.trigger), run.status).inc()
+
+    async def _kind_of(self, trigger: str | None) -> str:
+        if trigger is None:
+            return MANUAL
+        if (kind := self._kinds.get(trigger)) is not None:
+            return kind
+        try:
+            rows = await trigger_store.load_triggers(self._pool, [trigger])
+        except DATABASE_ERRORS as exc:
+            log.warning("trigger_kind_unread", trigger=trigger, error=str(exc) or type(exc).__name__)
+            return UNKNOWN
+        if not rows:
+            return UNKNOWN  # deleted since: not remembered, a trigger of that name may come back
+        self._kinds[trigger] = rows[0].source
+        return rows[0].source
