@@ -139,7 +139,9 @@ def test_start_a_run_from_the_params_form(page: Page, published: SluiceUp, token
     page.fill('#start-run input[name="epochs"]', "abc")
     page.click("#start-run-button")
     expect(page.locator("#flash")).to_be_visible()
-    expect(page.locator("#flash")).to_contain_text("epochs")
+    expect(page.locator("#flash")).to_contain_text("params.epochs: must be an integer, not 'abc'")
+    assert page.locator("#flash").inner_text().count("must be an integer") == 1
+    screenshot(page, "pipeline-refused")
     expect(page).to_have_url(f"{published.api_url}/pipelines/web-typed")
     assert api_all("/runs?pipeline=web-typed", env) == []
 

@@ -19,7 +19,8 @@
     if (!error) return `${response.status} ${response.statusText}`;
     const details = (error.details || []).map((d) =>
       typeof d === "string" ? d : [d.path || d.field || d.param, d.message].filter(Boolean).join(": "));
-    return [error.message, ...details].join("\n");
+    // A message often already says what its one detail says: each is shown once.
+    return [error.message, ...details.filter((line) => line && !error.message.includes(line))].join("\n");
   }
 
   async function send(method, url, body) {
