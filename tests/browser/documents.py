@@ -3,7 +3,7 @@
 DOCUMENTS = """
 kind: Pipeline
 name: web-train
-description: Three steps in order; train takes a while, so a watcher sees it running.
+description: Fetch, train, then evaluate and report; train takes a while, so a watcher sees it running.
 steps:
   - name: fetch
     command: [echo, "fetched 3 files"]
