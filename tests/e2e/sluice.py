@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -11,9 +13,12 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+
+from daemon.runtime.embedded import free_port
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 START_TIMEOUT_S = 90.0
@@ -130,6 +135,84 @@ class SluiceUp:
             if event is None or record.get("event") == event:
                 found.append(record)
         return found
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """The environment of a user's shell (``HOME`` at ``home``), without any Sluice settings leaking
+    in from ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    return env | {"HOME": str(home), "SLUICE_LOG_FORMAT": "json"}
+
+
+@contextlib.contextmanager
+def sluice_ups(directory: Path, base_env: dict[str, str]) -> Iterator[Callable[..., SluiceUp]]:
+    """Start `sluice up` processes (data dirs and logs under ``directory``); at the end stop them and
+    anything they left running in their data dirs. The ``sluice_up`` fixtures wrap this, per test
+    (e2e) or per module (browser)."""
+    started: list[SluiceUp] = []
+
+    def start(
+        *extra: str, data_dir: Path | None = None, port: int | None = None, env: dict[str, str] | None = None
+    ) -> SluiceUp:
+        process = SluiceUp(data_dir or directory / "data", port or free_port(), env or base_env, *extra)
+        started.append(process)
+        return process.start()
+
+    try:
+        yield start
+    finally:
+        for number, process in enumerate(started, 1):
+            try:
+                if process.process.poll() is None:
+                    process.stop()
+            except subprocess.TimeoutExpired:
+                process.kill()
+            finally:
+                (directory / f"up-{number}.log").write_text("".join(process.output))  # for the post-mortem
+        data_dirs = {str(process.data_dir) for process in started}
+        for leftover in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(leftover.info["cmdline"] or [])
+            if any(data_dir in cmdline for data_dir in data_dirs):
+                leftover.kill()
+
+
+@contextlib.contextmanager
+def sluice_agents(directory: Path) -> Iterator[Callable[..., SluiceAgent]]:
+    """Start `sluice agent` processes joined to a daemon (cache dirs and logs under ``directory``); at
+    the end stop them (before their daemons: enter this inside :func:`sluice_ups`), and kill whatever
+    their steps left running (a step outlives an agent killed with -9)."""
+    started: list[SluiceAgent] = []
+
+    def start(
+        daemon: SluiceUp, name: str, *extra: str, wait: bool = True, creds: Path | None = None
+    ) -> SluiceAgent:
+        """Start agent ``name`` joined to ``daemon`` (with the daemon's NATS settings, TLS included)
+        with credentials of its own (``creds``, or minted now); with ``wait`` (default) until the
+        daemon lists it."""
+        agent = SluiceAgent(
+            name,
+            daemon.env | {"SLUICE_NATS_URL": daemon.nats_url},
+            directory / "agents" / name,
+            directory / f"agent-{name}.log",
+            "--drain-timeout",
+            "1",
+            "--creds",
+            str(creds or daemon.creds("agent", name)),
+            *extra,
+        )
+        started.append(agent)
+        return agent.start(daemon.client_env, wait=wait)
+
+    try:
+        yield start
+    finally:
+        for agent in started:
+            agent.stop()
+        cache_dirs = [agent.cache_dir for agent in started]
+        for leftover in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if any(Path(leftover.cwd()).is_relative_to(cache_dir) for cache_dir in cache_dirs):
+                    leftover.kill()
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):

@@ -19,7 +19,8 @@
     if (!error) return `${response.status} ${response.statusText}`;
     const details = (error.details || []).map((d) =>
       typeof d === "string" ? d : [d.path || d.field || d.param, d.message].filter(Boolean).join(": "));
-    return [error.message, ...details].join("\n");
+    // A message often already says what its one detail says: each is shown once.
+    return [error.message, ...details.filter((line) => line && !error.message.includes(line))].join("\n");
   }
 
   async function send(method, url, body) {
@@ -67,11 +68,11 @@
   function followChanges(part) {
     const refresh = liveRefresher(part);
     const events = new EventSource(part.dataset.events);
-    let opened = false;
     events.addEventListener("run", refresh);
     events.addEventListener("step", refresh);
-    // After a reconnect, what happened while the stream was down is read from the page itself.
-    events.addEventListener("open", () => { if (opened) refresh(); opened = true; });
+    // What happened before the stream opened (between rendering the page and the first open, or
+    // while it was down) is read from the page itself.
+    events.addEventListener("open", refresh);
     const state = document.querySelector("[data-live-state]");
     events.addEventListener("error", () => { if (state) state.textContent = "reconnecting…"; });
     events.addEventListener("open", () => { if (state) state.textContent = "live"; });
