@@ -60,7 +60,8 @@ async def pipeline_page(request: web.Request) -> web.Response:
 
 
 def _params(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The version's params as form fields: name, type, default (as the field shows it), description."""
+    """The version's params as form fields: name, type, default (as the field shows it), description;
+    required ones first, then by name (the stored spec keeps no order of its own)."""
     fields = []
     for name, param in (spec.get("params") or {}).items():
         default = param.get("default")
@@ -74,7 +75,7 @@ def _params(spec: dict[str, Any]) -> list[dict[str, Any]]:
                 "description": param.get("description", ""),
             }
         )
-    return fields
+    return sorted(fields, key=lambda field: (not field["required"], field["name"]))
 
 
 def _status(request: web.Request, name: str) -> dict[str, Any]:
