@@ -6,13 +6,22 @@ name: web-train
 description: Fetch, train, then evaluate and report; train takes a while, so a watcher sees it running.
 steps:
   - name: fetch
-    command: [echo, "fetched 3 files"]
+    command: [mkdir, -p, "${outputs.rows}"]
+    outputs: [rows]
   - name: train
-    command: [sh, -c, 'echo "epoch 1 loss 0.50"; sleep 2.5; echo "epoch 2 loss 0.25"']
-    after: [fetch]
+    command:
+      - sh
+      - -c
+      - 'echo "epoch 1 loss 0.50"; sleep 2.5; echo "epoch 2 loss 0.25"; mkdir -p "$1"'
+      - train
+      - ${outputs.model}
+    inputs:
+      rows: ${steps.fetch.outputs.rows}
+    outputs: [model]
   - name: evaluate
-    command: [echo, "accuracy 0.93"]
-    after: [train]
+    command: [echo, "accuracy 0.93", "${inputs.model}"]
+    inputs:
+      model: ${steps.train.outputs.model}
   - name: report
     command: [echo, "report written"]
     after: [train]
