@@ -13,7 +13,8 @@ a few running and queued.
 Each page is then requested ``--requests`` times, one after the other, after ``WARM_UP`` requests not
 counted: the run list (first page; by pipeline; by status), the run page and a step page of a
 200-step run, a pipeline page and the agents page. Printed: p50/p95/max of the handler's time (the
-``Server-Timing`` header) and of the time the client saw, and the RSS of the daemon (the `sluice up`
+``Server-Timing`` header) and of the time the client saw, the daemon's CPU time per request (less
+disturbed by other work on the machine than wall times), and the RSS of the daemon (the `sluice up`
 process and its children that are Python, i.e. Sluice's own; not PostgreSQL nor NATS) when ready,
 after seeding and after the requests.
 
@@ -314,9 +315,13 @@ def rss_mib(root: psutil.Process) -> dict:
     return {"rss_mib": round(total / 2**20, 1), "processes": len(counted), "left_out": sorted(left_out)}
 
 
-async def measure(session: aiohttp.ClientSession, url: str, requests: int) -> dict:
-    server, client, size = [], [], 0
+async def measure(session: aiohttp.ClientSession, url: str, requests: int, daemon: psutil.Process) -> dict:
+    """``requests`` GETs of ``url`` one after the other; with the daemon's CPU time per request, which
+    other work on the machine disturbs less than the wall times."""
+    server, client, size, cpu = [], [], 0, 0.0
     for index in range(WARM_UP + requests):
+        if index == WARM_UP:
+            cpu = cpu_seconds(daemon)
         started = time.perf_counter()
         async with session.get(url, allow_redirects=False) as response:
             size = len(await response.read())
@@ -325,7 +330,18 @@ async def measure(session: aiohttp.ClientSession, url: str, requests: int) -> di
         if index >= WARM_UP:
             client.append(elapsed)
             server.append(float(SERVER_TIMING.search(response.headers["Server-Timing"]).group(1)))
-    return {"server_ms": figures(server), "client_ms": figures(client), "bytes": size}
+    cpu_ms = (cpu_seconds(daemon) - cpu) * 1000 / requests
+    return {
+        "server_ms": figures(server),
+        "client_ms": figures(client),
+        "cpu_ms": round(cpu_ms, 1),
+        "bytes": size,
+    }
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def figures(samples: list[float]) -> dict:
@@ -340,12 +356,14 @@ def table(pages: dict[str, dict]) -> str:
     def row(name: str, *cells: object) -> str:
         return f"{name:<24}" + "".join(f"{cell:>9}" for cell in cells)
 
-    header = row("page (ms)", "srv p50", "srv p95", "srv max", "cli p50", "cli p95", "cli max", "KiB")
+    header = row(
+        "page (ms)", "srv p50", "srv p95", "srv max", "cli p50", "cli p95", "cli max", "cpu/req", "KiB"
+    )
     lines = [header, "-" * len(header)]
     for name, page in pages.items():
         server, client = page["server_ms"], page["client_ms"]
         figures = [server[k] for k in ("p50", "p95", "max")] + [client[k] for k in ("p50", "p95", "max")]
-        lines.append(row(name, *figures, round(page["bytes"] / 1024)))
+        lines.append(row(name, *figures, page["cpu_ms"], round(page["bytes"] / 1024)))
     return "\n".join(lines)
 
 
@@ -381,7 +399,9 @@ async def main(args: argparse.Namespace) -> dict:
                 "/pipelines/big": f"/pipelines/{BIG}",
                 "/agents": "/agents",
             }
-            pages = {name: await measure(session, api + url, args.requests) for name, url in urls.items()}
+            pages = {
+                name: await measure(session, api + url, args.requests, daemon) for name, url in urls.items()
+            }
             memory["after_requests"] = rss_mib(daemon)
     print(table(pages))
     print(
