@@ -21,6 +21,9 @@ def install(app: web.Application) -> None:
         app,
         loader=jinja2.PackageLoader("daemon.ui", "templates"),
         autoescape=True,
+        # The templates ship with the package: without this, every template and every {% include %}
+        # (one per step row of a run page) stats its file to see whether it changed.
+        auto_reload=False,
         filters=FILTERS,
         trim_blocks=True,
         lstrip_blocks=True,

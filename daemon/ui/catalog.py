@@ -55,8 +55,14 @@ async def pipeline_page(request: web.Request) -> web.Response:
         versions=versions,
         shown=shown,
         params=_params(shown.spec) if shown is not None else [],
-        spec_yaml=yaml.safe_dump(shown.spec, sort_keys=False) if shown is not None else "",
+        spec_yaml=_yaml(shown.spec) if shown is not None else "",
     )
+
+
+def _yaml(spec: dict[str, Any]) -> str:
+    """``spec`` as YAML for people, through libyaml where PyYAML has it: the pure-Python dumper takes
+    some 200 ms for a 200-step pipeline."""
+    return yaml.dump(spec, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
 
 
 def _params(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -112,5 +118,5 @@ async def trigger_page(request: web.Request) -> web.Response:
         trigger=trigger,
         status=_status(request, name),
         events=events,
-        spec_yaml=yaml.safe_dump(trigger.spec, sort_keys=False),
+        spec_yaml=_yaml(trigger.spec),
     )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 NODE_WIDTH = 168.0
 NODE_HEIGHT = 58.0  # three lines: name, status, detail
@@ -338,63 +338,50 @@ def svg(layout: Layout, boxes: Mapping[str, Box], href: Callable[[str], str] | N
     # reachable, so the drawing is a labelled group instead.
     role = "img" if href is None else "group"
     width, height = _number(layout.width), _number(layout.height)
+    # Plain strings with every text through escape(): Markup.format escapes the same way but costs
+    # several times more, and a 200-step DAG makes thousands of these (the run page's budget).
     parts = [
-        Markup(
-            '<svg xmlns="http://www.w3.org/2000/svg" class="dag" role="{}" aria-label="{}"'
-            ' viewBox="0 0 {} {}" width="{}" height="{}">'
-        ).format(role, summary, width, height, width, height),
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="dag" role="{role}" aria-label="{escape(summary)}"'
+        f' viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
         _DEFS,
-        Markup('<g class="edges">'),
+        '<g class="edges">',
     ]
     for route in layout.routes:
         path = " ".join(
             f"{'L' if i else 'M'}{_number(x)},{_number(y)}" for i, (x, y) in enumerate(route.points)
         )
-        parts.append(
-            Markup('<path class="edge edge-{}" d="{}" marker-end="url(#sluice-dag-arrow)"/>').format(
-                route.edge.kind, path
-            )
-        )
-    parts.append(Markup('</g><g class="steps">'))
+        kind = escape(route.edge.kind)
+        parts.append(f'<path class="edge edge-{kind}" d="{path}" marker-end="url(#sluice-dag-arrow)"/>')
+    parts.append('</g><g class="steps">')
     for name, place in layout.nodes.items():
         parts.append(_step(name, place, shown[name], href))
-    parts.append(Markup("</g></svg>"))
-    return Markup("").join(parts)
+    parts.append("</g></svg>")
+    return Markup("".join(parts))
 
 
-def _step(name: str, place: Placement, box: Box, href: Callable[[str], str] | None) -> Markup:
+def _step(name: str, place: Placement, box: Box, href: Callable[[str], str] | None) -> str:
     status = f"{SYMBOLS.get(box.status, '•')} {box.status}"
     text_x = _number(place.x + PADDING)
     lines = [
-        Markup('<text class="step-name" x="{}" y="{}">{}</text>').format(
-            text_x, _number(place.y + 19), _truncate(box.label, NAME_CHARS)
-        ),
-        Markup('<text class="step-status" x="{}" y="{}">{}</text>').format(
-            text_x, _number(place.y + 35), status
-        ),
+        f'<text class="step-name" x="{text_x}" y="{_number(place.y + 19)}">'
+        f"{escape(_truncate(box.label, NAME_CHARS))}</text>",
+        f'<text class="step-status" x="{text_x}" y="{_number(place.y + 35)}">{escape(status)}</text>',
     ]
     if box.detail:
         lines.append(
-            Markup('<text class="step-detail" x="{}" y="{}">{}</text>').format(
-                text_x, _number(place.y + 50), _truncate(box.detail, DETAIL_CHARS)
-            )
+            f'<text class="step-detail" x="{text_x}" y="{_number(place.y + 50)}">'
+            f"{escape(_truncate(box.detail, DETAIL_CHARS))}</text>"
         )
-    group = Markup(
-        '<g class="step status-{status}" data-step="{name}" data-status="{status}"><title>{tooltip}</title>'
-        '<rect x="{x}" y="{y}" width="{width}" height="{height}" rx="6"/>{lines}</g>'
-    ).format(
-        status=box.status,
-        name=name,
-        tooltip="\n".join(filter(None, [box.label, status, box.detail])),
-        x=_number(place.x),
-        y=_number(place.y),
-        width=_number(place.width),
-        height=_number(place.height),
-        lines=Markup("").join(lines),
+    tooltip = escape("\n".join(filter(None, [box.label, status, box.detail])))
+    group = (
+        f'<g class="step status-{escape(box.status)}" data-step="{escape(name)}"'
+        f' data-status="{escape(box.status)}"><title>{tooltip}</title>'
+        f'<rect x="{_number(place.x)}" y="{_number(place.y)}" width="{_number(place.width)}"'
+        f' height="{_number(place.height)}" rx="6"/>{"".join(lines)}</g>'
     )
     if href is None:
         return group
-    return Markup('<a href="{}" class="step-link">{}</a>').format(href(name), group)
+    return f'<a href="{escape(href(name))}" class="step-link">{group}</a>'
 
 
 def _truncate(text: str, limit: int) -> str:

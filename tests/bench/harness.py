@@ -47,12 +47,13 @@ def wait_ready(api_url: str, timeout: float = 120.0) -> None:
 
 
 @contextmanager
-def sluice_up(data_dir: Path, env: dict[str, str]):
-    """Yield (process, api_url, seconds to ready) for a `sluice up` on ``data_dir``; stop it after."""
+def sluice_up(data_dir: Path, env: dict[str, str], *options: str):
+    """Yield (process, api_url, seconds to ready) for a `sluice up` on ``data_dir`` (with ``options``,
+    such as ``--agents 0``); stop it after."""
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [SLUICE, "up", "--data-dir", str(data_dir), "--port", str(port)],
+        [SLUICE, "up", "--data-dir", str(data_dir), "--port", str(port), *options],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
