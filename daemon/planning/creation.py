@@ -148,15 +148,19 @@ class RunCreation:
             if draft.verdict.outcome == "rejected":
                 continue  # planning found why not (a step that cannot fan out)
             version = draft.version
-            plans = step_plans(version, draft.decisions, held=False)
+            draft.links = reused_links(draft.decisions)
+            # What each step reads is recorded with it; a held run's, once it is admitted.
+            run = run_context(version, draft.run_id, draft.params, draft.links, draft.partitions)
+            plans = step_plans(version, draft.decisions, held=False, run=run)
             draft.finished = all(plan.status in SUCCESS_STEP for plan in plans.values())
             draft.verdict = slots.take(version.pipeline, version.spec.concurrency, finished=draft.finished)
             if not draft.verdict.creates:
+                draft.links = {}
                 continue
             if draft.held:
                 draft.finished = False
+                draft.links = {}
                 plans = step_plans(version, draft.decisions, held=True)
-            draft.links = {} if draft.held else reused_links(draft.decisions)
             draft.steps = plans
             if claim:
                 self._claim_ready(draft)

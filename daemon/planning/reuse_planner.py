@@ -38,8 +38,9 @@ from daemon.errors import Invalid
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
 from daemon.planning.fan_out import Fanned, fan_out, fanned_decision, fanned_only, link_reused
+from daemon.rules.lineage import step_inputs
 from daemon.rules.partitions import Partition, item_of, name_of, partitions_of, spread, step_of
-from daemon.rules.rendering import in_datastore, run_values
+from daemon.rules.rendering import RunContext, in_datastore, run_values
 from daemon.rules.reuse import Decision, Earlier, decide, first_statuses, key_of
 from daemon.rules.states import advance
 from daemon.rules.step_fingerprints import StepShape, fingerprint, shape_of, step_components
@@ -330,10 +331,17 @@ class ReusePlanner:
         return found, blind
 
 
-def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held: bool) -> dict[str, StepPlan]:
+def step_plans(
+    version: VersionSpec,
+    decisions: Mapping[str, Decision],
+    *,
+    held: bool,
+    run: RunContext | None = None,
+) -> dict[str, StepPlan]:
     """Each step run of a run as it is written (made or admitted): its first status
     (:func:`first_statuses`; a step that fans out runs as its partitions) and what reuse decided for
-    it; partitions follow the steps, each with its step, index and item."""
+    it; partitions follow the steps, each with its step, index and item. With ``run`` (the run's
+    context, reused links included), each also has its inputs (lineage)."""
     statuses = first_statuses(version.graph, decisions, held=held)
     # A held run's partitions are planned when it is admitted: its files may change until then.
     fanned = {} if held else {name: d.partition for name, d in decisions.items() if d.partition}
@@ -341,10 +349,16 @@ def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held:
         statuses |= {name: "reused" if decisions[name].origin else "pending" for name in fanned}
         statuses |= _spread_first(version, statuses, fanned)
     plans = {}
+    values = run_values(run) if run is not None else {}
+    fanning = set(version.fanning) if run is not None else set()
     for name, status in statuses.items():
         decision = decisions[name]
         origin = decision.origin if status == "reused" else None
         partition = fanned.get(name)
+        inputs = ()
+        if run is not None and name not in fanning:  # its partitions read, not the step
+            step = version.steps[name if partition is None else step_of(name)]
+            inputs = step_inputs(run, step, decision.components, values, partition)
         plans[name] = StepPlan(
             status=status,
             fingerprint=decision.fingerprint,
@@ -355,6 +369,7 @@ def step_plans(version: VersionSpec, decisions: Mapping[str, Decision], *, held:
             partition_of=None if partition is None else step_of(name),
             partition=None if partition is None else partition.index,
             item=None if partition is None else item_of(partition),
+            inputs=inputs,
         )
     return plans
 

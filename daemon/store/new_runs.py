@@ -14,8 +14,10 @@ from uuid import UUID, uuid4
 import asyncpg
 import msgspec
 
+from daemon.rules.lineage import StepInput
 from daemon.store.attempts import Placement, placement_arrays
 from daemon.store.db import Db
+from daemon.store.lineage import input_arrays, inputs_cte, replace_run_inputs
 from daemon.store.runs import RUN_COLUMNS, RunRecord
 from daemon.store.steps import NewStep
 
@@ -37,6 +39,8 @@ class StepPlan:
     partition: int | None = None
     item: Any = None
     """What the partition's templates see as ``${item}`` (JSON)."""
+    inputs: Sequence[StepInput] = ()
+    """What the step run reads (lineage), recorded with it."""
 
 
 async def insert_run(
@@ -130,10 +134,10 @@ _STEP_ARRAY_TYPES = (
 
 
 def steps_cte(runs: str, first: int) -> str:
-    """The CTEs ``steps`` and ``attempts`` of a statement that inserts runs: the step runs of the
-    runs that the CTE ``runs`` inserted (others are left out), and the first attempts of those
-    placed already (:class:`Placement`), from the arrays of :func:`step_arrays`, bound from parameter
-    ``$first`` on."""
+    """The CTEs ``steps``, ``attempts`` and ``inputs`` of a statement that inserts runs: the step runs
+    of the runs that the CTE ``runs`` inserted (others are left out), the first attempts of those
+    placed already (:class:`Placement`) and their inputs (lineage), from the arrays of
+    :func:`step_arrays`, bound from parameter ``$first`` on."""
     arrays = ", ".join(f"${first + index}::{kind}[]" for index, kind in enumerate(_STEP_ARRAY_TYPES))
     return f"""step_rows AS (
             SELECT * FROM unnest({arrays})
@@ -156,14 +160,15 @@ def steps_cte(runs: str, first: int) -> str:
             FROM step_rows x JOIN steps s ON s.run_id = x.run_id AND s.name = x.name
             WHERE x.agent_id IS NOT NULL
             RETURNING id, step_run_id
-        )"""
+        ), {inputs_cte("steps", first + len(_STEP_ARRAY_TYPES))}"""
 
 
 def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[list[Any]]:
     """The step runs of new runs (run id, the run's steps by name), one array per column, for
     :func:`steps_cte`: run id, name, status, then what reuse decided (fingerprint, components,
     reused_from, outputs, explanation; JSON as text), then the placement (:func:`placement_arrays`),
-    then the partition (its step, index and item as JSON text)."""
+    then the partition (its step, index and item as JSON text), then the inputs
+    (:func:`input_arrays`)."""
     run_ids: list[UUID] = []
     names: list[str] = []
     plans: list[StepPlan] = []
@@ -180,6 +185,12 @@ def step_arrays(runs: Sequence[tuple[UUID, Mapping[str, StepPlan]]]) -> list[lis
         [plan.partition_of for plan in plans],
         [plan.partition for plan in plans],
         [None if plan.partition is None else msgspec.json.encode(plan.item).decode() for plan in plans],
+        *input_arrays(
+            (run_id, name, plan.inputs)
+            for run_id, steps in runs
+            for name, plan in steps.items()
+            if plan.inputs
+        ),
     ]
 
 
@@ -207,11 +218,13 @@ def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
 
 async def admit_run(conn: asyncpg.Connection, run_id: UUID, steps: Mapping[str, StepPlan]) -> list[NewStep]:
     """Releases a held run: it takes a slot, and each of its steps takes its plan as made now
-    (status, fingerprint, reuse); the partitions of its foreach steps, planned only now, are
+    (status, fingerprint, reuse, inputs); the partitions of its foreach steps, planned only now, are
     inserted. Returns the steps with their new status."""
     await conn.execute("UPDATE runs SET held = false WHERE id = $1", run_id)
     partitions = {name: plan for name, plan in steps.items() if plan.partition_of is not None}
     steps = {name: plan for name, plan in steps.items() if plan.partition_of is None}
+    # Before the partitions, which are inserted with theirs.
+    await replace_run_inputs(conn, run_id, [(name, plan.inputs) for name, plan in steps.items()])
     inserted = []
     if partitions:
         inserted = await conn.fetch(
