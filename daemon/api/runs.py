@@ -20,6 +20,7 @@ from daemon.limits import Positive32
 from daemon.rules.rendering import log_path
 from daemon.rules.states import FINAL_STEP
 from daemon.runtime.scheduler import Scheduler
+from daemon.store import lineage as lineage_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
 from daemon.store.catalog import get_datastore
@@ -129,19 +130,21 @@ async def list_runs(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/runs/{id}")
 async def get_run(request: web.Request) -> web.Response:
-    """One run with its steps, their attempts, outputs, metrics and why a ready step waits."""
+    """One run with its steps, their inputs (with the fingerprints they saw), attempts, outputs,
+    metrics and why a ready step waits."""
     run_id = await run_id_arg(request)
     async with request.app[POOL].acquire() as conn:
         run = await run_store.get_run(conn, run_id)
         if run is None:
             raise NotFound(f"run {run_id} does not exist")
         steps = await step_store.get_steps(conn, run_id)
+        inputs = await lineage_store.run_inputs(conn, run_id)
     waiting = {}
     if (scheduler := request.app.get(SCHEDULER)) is not None:
         waiting = scheduler.waiting_reasons()
     items = []
     for step in steps:
-        item = step.to_json()
+        item = step.to_json() | {"inputs": [record.to_json() for record in inputs.get(step.id, [])]}
         if step.status == "ready" and waiting.get(step.id):
             item["waiting_reason"] = waiting[step.id]
         items.append(item)

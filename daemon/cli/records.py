@@ -53,6 +53,36 @@ class Reuse(msgspec.Struct):
     reason: str = ""
 
 
+class Origin(msgspec.Struct):
+    """The step output an input came from."""
+
+    run_id: str
+    step: str
+    output: str
+
+
+class Input(msgspec.Struct):
+    """What a step run read (lineage): where, and the fingerprint its own fingerprint took of it."""
+
+    name: str
+    datastore: str
+    path: str
+    fingerprint: str | None = None
+    files: list[str] | None = None
+    origin: Origin | None = msgspec.field(default=None, name="from")
+
+    def where(self) -> str:
+        """``landing:data/day1``, with a partition's file count: ``landing:data (3 files)``."""
+        where = f"{self.datastore}:{self.path}"
+        return where if self.files is None else f"{where} ({len(self.files)} files)"
+
+    def source(self) -> str:
+        """``step a of run 3f2a9c1e, output out``, or ``-`` for a datastore input."""
+        if self.origin is None:
+            return "-"
+        return f"{self.origin.step}.{self.origin.output} of run {short_id(self.origin.run_id)}"
+
+
 class Step(msgspec.Struct):
     name: str
     status: str
@@ -64,6 +94,7 @@ class Step(msgspec.Struct):
     waiting_reason: str | None = None
     warning: str | None = None
     attempts: list[Attempt] = []
+    inputs: list[Input] = []
 
     @property
     def last_attempt(self) -> Attempt | None:

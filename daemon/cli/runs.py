@@ -217,7 +217,7 @@ def show(run_id: str, as_json: bool) -> None:
 
     Prints why the run exists, its parameters and times, then each step's status, attempts, agent,
     exit code, reuse and reason to wait, why each step was reused or executed, the attempts that
-    failed, and the steps' outputs and metrics.
+    failed, the steps' inputs with the fingerprints they saw, and their outputs and metrics.
     """
     answer = api_client().request("GET", path("runs", run_id))
     if as_json:
@@ -231,6 +231,7 @@ def show(run_id: str, as_json: bool) -> None:
         (("STEP", "REUSE", "WHY"), _reuse_rows(steps), None),
         (("STEP", "WARNING"), [(step.name, step.warning) for step in steps if step.warning], None),
         (ATTEMPT_COLUMNS, _unsuccessful_attempts(steps), None),
+        (INPUT_COLUMNS, _input_rows(steps), None),
         (("STEP", "OUTPUT", "PATH"), [(s.name, *item) for s in steps for item in s.outputs.items()], None),
         (("STEP", "METRIC", "VALUE"), _metric_rows(steps), None),
     )
@@ -242,6 +243,7 @@ def show(run_id: str, as_json: bool) -> None:
 
 STEP_COLUMNS = ("STEP", "STATUS", "ATTEMPTS", "AGENT", "EXIT", "REUSED", "DURATION", "WAITING")
 ATTEMPT_COLUMNS = ("STEP", "ATTEMPT", "AGENT", "STATUS", "EXIT", "ERROR")
+INPUT_COLUMNS = ("STEP", "INPUT", "DATASTORE:PATH", "FINGERPRINT", "FROM")
 
 
 RESOLUTIONS = {
@@ -284,6 +286,14 @@ def _step_cells(step: Step) -> tuple[str, ...]:
 
 def _reuse_rows(steps: Sequence[Step]) -> list[tuple[str, ...]]:
     return [(step.name, step.reuse.outcome, step.reuse.reason) for step in steps if step.reuse is not None]
+
+
+def _input_rows(steps: Sequence[Step]) -> list[tuple[str, ...]]:
+    return [
+        (step.name, item.name, item.where(), item.fingerprint or "-", item.source())
+        for step in steps
+        for item in step.inputs
+    ]
 
 
 def _metric_rows(steps: Sequence[Step]) -> list[tuple[str, ...]]:
