@@ -21,6 +21,7 @@ from daemon.documents import PipelineSpec, spec_from_json
 from daemon.documents.graph import dependencies
 from daemon.errors import NotFound
 from daemon.store import events as event_store
+from daemon.store import lineage as lineage_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
 from daemon.store.steps import StepRunRecord
@@ -184,6 +185,7 @@ async def step_page(request: web.Request) -> web.Response:
         if run is None:
             raise NotFound(f"run {run_id} does not exist")
         steps = await step_store.get_steps(conn, run_id)
+        inputs = await lineage_store.run_inputs(conn, run_id)
     view = next((v for v in _step_views(request, steps) if v.step.name == name), None)
     if view is None:
         partition = next((s for s in steps if s.name == name), None)
@@ -191,4 +193,5 @@ async def step_page(request: web.Request) -> web.Response:
             raise NotFound(f"run {run_id} has no step {name}")
         view = StepView(partition, [], None)
     template = "step_live.html" if request.query.get("part") == "live" else "step.html"
-    return render(request, template, "runs", run=run, view=view, step=view.step)
+    step = view.step
+    return render(request, template, "runs", run=run, view=view, step=step, inputs=inputs.get(step.id, []))
