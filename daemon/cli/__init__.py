@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from daemon.cli import agents, catalog, credentials, runs, server, tokens
+from daemon.cli import agents, catalog, credentials, plans, runs, server, tokens
 from runners.cli import agent
 
 
@@ -20,6 +20,7 @@ def main() -> None:
 server.register(main)
 catalog.register(main)
 runs.register(main)
+plans.register(main)
 agents.register(main)
 credentials.register(main)
 tokens.register(main)
