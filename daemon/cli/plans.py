@@ -13,9 +13,14 @@ import click
 from daemon.cli import catalog, output
 from daemon.cli.commands import VERSION, api_client, json_option
 from daemon.cli.http import path
-from daemon.cli.runs import PARAM, RESOLUTIONS, _param_dict, _text
+from daemon.cli.runs import PARAM, _param_dict, _text
 
 STEP_COLUMNS = ("STEP", "STATUS", "REUSE", "FROM", "AGENT", "WAITING")
+RESOLUTIONS = {
+    "default": " (the default version now)",
+    "pinned": " (pinned by the trigger)",
+    "manual": " (asked for by version)",
+}
 OUTCOMES = {
     "run": "a run would be made",
     "held": "a run would be made held (at the concurrency limit, on_limit queue)",
