@@ -117,11 +117,14 @@ def test_a_plan_is_what_the_run_then_does(sluice_daemon, sluice_agent, tmp_path:
     assert [steps[s]["status"] for s in ("fetch", "train", "report")] == ["reused", "reused", "ready"]
     assert {steps[s]["reused_from"]["run_id"] for s in ("fetch", "train")} == {first_id}
     assert steps["report"]["reuse"]["changed"] == ["parameter label"]
-    assert steps["report"]["agent"] == "worker" and steps["report"]["waiting"] is None
+    assert steps["report"]["agent"] == "worker"
+    assert steps["report"]["waiting"] is None
 
     table = cli("plan", "chain", "-p", "label=b", env=env)
     assert table.returncode == 0, table.stderr
-    assert "REUSE" in table.stdout and "worker" in table.stdout and "parameter label" in table.stdout
+    assert "REUSE" in table.stdout
+    assert "worker" in table.stdout
+    assert "parameter label" in table.stdout
     print(table.stdout)
 
     second = cli("run", "chain", "-p", "label=b", "--wait", env=env)
@@ -143,10 +146,13 @@ def test_a_plan_is_what_the_run_then_does(sluice_daemon, sluice_agent, tmp_path:
 
     # Bad input: a named param, a named pipeline, a clear 4xx, never a traceback.
     bad = cli("plan", "chain", "-p", "size=many", env=env)
-    assert bad.returncode == 2 and "size" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2
+    assert "size" in bad.stderr
+    assert "Traceback" not in bad.stderr
     assert post(env, "/pipelines/chain/plan", {"params": {"nosuch": 1}})[0] == 422
     missing = cli("plan", "nosuch", env=env)
-    assert missing.returncode == 2 and "nosuch" in missing.stderr
+    assert missing.returncode == 2
+    assert "nosuch" in missing.stderr
     assert post(env, "/pipelines/nosuch/plan", {})[0] == 404
 
     # The scope: a read token may not plan (a plan reads and hashes data); a run token may.
@@ -160,14 +166,16 @@ def test_a_plan_is_what_the_run_then_does(sluice_daemon, sluice_agent, tmp_path:
     # A step no agent is big enough for waits, with the reason.
     apply(HUGE, env)
     [crunch] = cli_json("plan", "huge", env=env)["steps"]
-    assert crunch["agent"] is None and "needs 64 CPUs" in crunch["waiting"], crunch
+    assert crunch["agent"] is None, crunch
+    assert "needs 64 CPUs" in crunch["waiting"], crunch
 
     # A disabled version is refused with the reason.
     apply(OLD.format(description="one"), env)
     apply(OLD.format(description="two"), env)
     assert cli("disable", "old", "1", env=env).returncode == 0
     old = cli_json("plan", "old", "--version", "1", env=env)
-    assert old["outcome"] == "rejected" and "disabled" in old["reason"]
+    assert old["outcome"] == "rejected"
+    assert "disabled" in old["reason"]
 
     # At the concurrency limit: queue holds, skip skips.
     for name, on_limit in (("slowq", "queue"), ("slows", "skip")):
@@ -178,5 +186,7 @@ def test_a_plan_is_what_the_run_then_does(sluice_daemon, sluice_agent, tmp_path:
     held = cli_json("plan", "slowq", env=env)
     skipped = cli_json("plan", "slows", env=env)
     assert written(env) == before
-    assert held["outcome"] == "held" and "held" in held["steps"][0]["waiting"]
-    assert skipped["outcome"] == "skipped" and "max_active_runs 1" in skipped["reason"]
+    assert held["outcome"] == "held"
+    assert "held" in held["steps"][0]["waiting"]
+    assert skipped["outcome"] == "skipped"
+    assert "max_active_runs 1" in skipped["reason"]

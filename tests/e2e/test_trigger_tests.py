@@ -55,20 +55,27 @@ def test_trigger_tests_give_the_event_s_run(sluice_daemon, sluice_agent, tmp_pat
 
     before = counts(env)
     fire = cli_json("triggers", "test", "nightly", "--at", "2026-03-01T02:00", env=env)
-    assert fire["outcome"] == "run" and fire["params"] == {"day": "2026-03-01"}
+    assert fire["outcome"] == "run"
+    assert fire["params"] == {"day": "2026-03-01"}
     assert fire["event"]["fields"]["scheduled_time"] == "2026-03-01T02:00:00+01:00"
     assert (fire["trigger"], fire["version"], fire["resolution"]) == ("nightly", 1, "default")
     assert fire["steps"][0]["agent"] == "worker"
     assert cli_json("triggers", "test", "nightly", env=env)["outcome"] == "run"  # the next fire
     bad_at = cli("triggers", "test", "nightly", "--at", "yesterday", env=env)
-    assert bad_at.returncode == 2 and "at:" in bad_at.stderr and "Traceback" not in bad_at.stderr
+    assert bad_at.returncode == 2
+    assert "at:" in bad_at.stderr
+    assert "Traceback" not in bad_at.stderr
     wrong = cli("triggers", "test", "nightly", "--file", "in/a.csv", env=env)
-    assert wrong.returncode == 2 and "file" in wrong.stderr
+    assert wrong.returncode == 2
+    assert "file" in wrong.stderr
     not_json = cli("triggers", "test", "nightly", "--event", "{oops", env=env)
-    assert not_json.returncode == 2 and "--event" in not_json.stderr and "JSON" in not_json.stderr
+    assert not_json.returncode == 2
+    assert "--event" in not_json.stderr
+    assert "JSON" in not_json.stderr
     assert cli("triggers", "test", "nosuch", env=env).returncode == 2
     absent = cli("triggers", "test", "arrivals", "--file", "in/day1.csv", env=env)
-    assert absent.returncode == 2 and "no file" in absent.stderr
+    assert absent.returncode == 2
+    assert "no file" in absent.stderr
     assert counts(env) == before
 
     # The live event of the file, then the test of the same file: the same event, the same run.
@@ -92,9 +99,11 @@ def test_trigger_tests_give_the_event_s_run(sluice_daemon, sluice_agent, tmp_pat
     (landing / "other.txt").write_text("x")
     assert cli_json("triggers", "test", "arrivals", "--file", "other.txt", env=env)["outcome"] == "ignored"
     outside = cli("triggers", "test", "arrivals", "--file", "../../etc/passwd", env=env)
-    assert outside.returncode == 2 and "file:" in outside.stderr
+    assert outside.returncode == 2
+    assert "file:" in outside.stderr
 
     # A paused trigger's event is skipped, and says why.
     assert cli("triggers", "pause", "nightly", env=env).returncode == 0
     paused = cli_json("triggers", "test", "nightly", env=env)
-    assert paused["outcome"] == "skipped" and "paused" in paused["reason"]
+    assert paused["outcome"] == "skipped"
+    assert "paused" in paused["reason"]
