@@ -26,6 +26,7 @@ OUTCOMES = {
     "held": "a run would be made held (at the concurrency limit, on_limit queue)",
     "skipped": "no run: skipped",
     "rejected": "no run: rejected",
+    "duplicate": "no run: a duplicate",
     "ignored": "no event: the trigger's source would ignore it",
 }
 

@@ -26,6 +26,7 @@ from daemon.dispatch.dispatcher import Dispatcher
 from daemon.dispatch.registry import Registry
 from daemon.errors import NotFound
 from daemon.intake.event_rules import decide_event, recorded_fields
+from daemon.intake.events import storable_key
 from daemon.intake.manual import ManualRuns, read_version, resolution_of
 from daemon.planning.contexts import Datastores
 from daemon.planning.creation import Draft, RunCreation
@@ -78,8 +79,8 @@ class StepPreview:
 
 @dataclass(slots=True)
 class Plan:
-    """What a run would be. ``outcome``: ``run``, ``held``, ``skipped``, ``rejected`` (as a trigger
-    event's outcome), or ``ignored`` (the source would make no event of the input)."""
+    """What a run would be. ``outcome``: ``run``, ``held``, ``skipped``, ``rejected``, ``duplicate``
+    (as a trigger event's outcome), or ``ignored`` (the source would make no event of the input)."""
 
     pipeline: str | None
     version: int | None
@@ -176,6 +177,11 @@ class Planner:
                 plan = self._plan_of(decided, resolution)
             else:
                 plan = _refused(target, decided, resolution)
+            # As the sink answers a repeat: the same (trigger, dedupe key) recorded makes nothing.
+            found = await trigger_store.find_events(conn, [(name, storable_key(event.dedupe_key))])
+            if (first := found.get((name, storable_key(event.dedupe_key)))) is not None:
+                plan.outcome = "duplicate"
+                plan.reason = f"trigger {name} recorded this event already: event {first[0]}, run {first[1]}"
         plan.trigger = name
         plan.event = {"dedupe_key": event.dedupe_key, "fields": fields}
         return plan

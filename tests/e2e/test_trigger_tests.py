@@ -89,6 +89,8 @@ def test_trigger_tests_give_the_event_s_run(sluice_daemon, sluice_agent, tmp_pat
     tested = cli_json("triggers", "test", "arrivals", "--file", "in/day1.csv", env=env)
     assert counts(env) == before
     assert tested["event"]["dedupe_key"] == event["dedupe_key"]
+    assert tested["outcome"] == "duplicate"  # the sink would answer the repeat so
+    assert event["run_id"] in tested["reason"]
     assert (tested["version"], tested["params"], tested["resolution"]) == (
         run["version"],
         run["params"],
