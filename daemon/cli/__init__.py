@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from daemon.cli import agents, catalog, credentials, lineage, runs, server, tokens
+from daemon.cli import agents, catalog, credentials, lineage, plans, runs, server, tokens
 from runners.cli import agent
 
 
@@ -21,6 +21,7 @@ server.register(main)
 catalog.register(main)
 runs.register(main)
 lineage.register(main)
+plans.register(main)
 agents.register(main)
 credentials.register(main)
 tokens.register(main)

@@ -6,20 +6,21 @@ steps that cannot be rendered are reported broken. The dispatcher records and se
 
 from __future__ import annotations
 
+import collections
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 import msgspec
 
-from daemon.dispatch.registry import Registry
+from daemon.dispatch.registry import AgentState, Registry
 from daemon.documents.specs import StepSpec
 from daemon.documents.template import TemplateError
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
 from daemon.rules.partitions import step_of
-from daemon.rules.placement import AgentRoom, Need, Placed, Waiting, place
+from daemon.rules.placement import AgentRoom, Need, Placed, Waiting, place, taken
 from daemon.rules.rendering import RenderedStep, RunContext, render_step
 from daemon.store import attempts as attempt_store
 from daemon.store import new_runs as new_run_store
@@ -152,7 +153,7 @@ class BatchPlanner:
             if (bound := _parallel_bound(step, spec)) is not None and self._registry.held_by(
                 bound[0]
             ) >= bound[1]:
-                _wait(step, f"max_parallel {bound[1]}: as many partitions of {spec.name} are running", result)
+                _wait(step, _parallel_reason(spec, bound[1]), result)
                 continue
             need = step.need or need_of(spec)
             step.need = need
@@ -181,22 +182,68 @@ class BatchPlanner:
         fit nowhere, or cannot be rendered where they fit, are left out."""
         claims = Claims()
         rooms = dict(self._registry.rooms())
-        for name in names:
-            spec = version.steps[step_of(name)]
-            need = need_of(spec)
-            step = ReadyStep(0, UUID(context.id), name, need=need)
-            if (bound := _parallel_bound(step, spec)) is not None and self._registry.held_by(
-                bound[0]
-            ) >= bound[1]:
-                continue  # inserted ready: it waits for a turn like any other
-            placed = place(need, rooms.values())
+        for step, spec, placed in self._place_new(context, version, names, rooms, self._registry.held_by):
             if isinstance(placed, Waiting):
-                continue
+                continue  # inserted ready: it waits for a turn like any other
             planned = self._take(step, context, spec, placed, rooms, now, [])
             if planned is None:
                 continue  # the dispatcher fails the step, with the reason, once it is ready
             claims.planned.append(planned)
         return claims
+
+    def preview(
+        self, context: RunContext, version: VersionSpec, names: Iterable[str]
+    ) -> dict[str, Placed | Waiting]:
+        """Where the steps ``names`` of a run not written yet would go now, or why each would wait,
+        as :meth:`claim` places them, reserving nothing: each placement only narrows this pass's own
+        copy of the agents' rooms (:func:`taken`). A step that could not be rendered for its agent
+        waits with that reason (the dispatcher would fail it)."""
+        rooms = dict(self._registry.rooms())
+        groups: collections.Counter[Hashable] = collections.Counter()
+
+        def held_by(group: Hashable) -> int:
+            return self._registry.held_by(group) + groups[group]
+
+        found: dict[str, Placed | Waiting] = {}
+        for step, spec, placed in self._place_new(context, version, names, rooms, held_by):
+            if isinstance(placed, Placed):
+                agent = self._registry.agents[placed.agent_id]
+                if isinstance(rendered := self._render(step, context, spec, agent), str):
+                    placed = Waiting(rendered)
+                else:
+                    rooms[placed.agent_id] = taken(rooms[placed.agent_id], need_of(spec), placed.gpus)
+                    if (bound := _parallel_bound(step, spec)) is not None:
+                        groups[bound[0]] += 1
+            found[step.name] = placed
+        return found
+
+    def _place_new(
+        self,
+        context: RunContext,
+        version: VersionSpec,
+        names: Iterable[str],
+        rooms: dict[str, AgentRoom],
+        held_by: Callable[[Hashable], int],
+    ) -> Iterator[tuple[ReadyStep, StepSpec, Placed | Waiting]]:
+        """Each step of a new run placed over ``rooms`` as they are when it is its turn (the caller
+        narrows them after each placement): what :meth:`claim` and :meth:`preview` share."""
+        for name in names:
+            spec = version.steps[step_of(name)]
+            step = ReadyStep(0, UUID(context.id), name, need=need_of(spec))
+            if (bound := _parallel_bound(step, spec)) is not None and held_by(bound[0]) >= bound[1]:
+                yield step, spec, Waiting(_parallel_reason(spec, bound[1]))
+                continue
+            yield step, spec, place(step.need, rooms.values())
+
+    def _render(
+        self, step: ReadyStep, context: RunContext, spec: StepSpec, agent: AgentState
+    ) -> tuple[RenderedStep, dict[str, str]] | str:
+        """The step rendered for ``agent`` with the datastores as it sees them, or why it cannot be."""
+        datastores = self._datastores.for_agent(agent.datastores)
+        try:
+            return render_step(context, spec, datastores, context.partitions.get(step.name)), datastores
+        except TemplateError as exc:
+            return f"cannot render step {step.name} for agent {agent.name}: {exc.message}"
 
     def _take(
         self,
@@ -212,12 +259,10 @@ class BatchPlanner:
         follows); None, with the reason in ``broken``, when it cannot be rendered there."""
         assert step.need is not None
         agent = self._registry.agents[placed.agent_id]
-        datastores = self._datastores.for_agent(agent.datastores)
-        try:
-            rendered = render_step(context, spec, datastores, context.partitions.get(step.name))
-        except TemplateError as exc:
-            broken.append((step, f"cannot render step {step.name} for agent {agent.name}: {exc.message}"))
+        if isinstance(done := self._render(step, context, spec, agent), str):
+            broken.append((step, done))
             return None
+        rendered, datastores = done
         key = -step.step_run_id if step.step_run_id else next(_CLAIM_KEYS)
         bound = _parallel_bound(step, spec)
         self._registry.reserve(
@@ -232,6 +277,10 @@ def _parallel_bound(step: ReadyStep, spec: StepSpec) -> tuple[tuple[UUID, str], 
     if step.name == spec.name or spec.foreach is None or spec.foreach.max_parallel is None:
         return None
     return (step.run_id, spec.name), spec.foreach.max_parallel
+
+
+def _parallel_reason(spec: StepSpec, bound: int) -> str:
+    return f"max_parallel {bound}: as many partitions of {spec.name} are running"
 
 
 def _wait(step: ReadyStep, reason: str, result: BatchPlan) -> None:

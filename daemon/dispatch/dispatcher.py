@@ -32,6 +32,7 @@ from daemon.dispatch.registry import Registry
 from daemon.errors import NotFound
 from daemon.metrics import DISPATCH_LATENCY
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
+from daemon.rules.placement import Placed, Waiting
 from daemon.rules.rendering import RunContext, assignment
 from daemon.rules.turns import Turns
 from daemon.store import attempts as attempt_store
@@ -112,6 +113,14 @@ class Dispatcher:
         if self._ready or self._delayed_steps:
             return Claims()
         return self._planner.claim(context, version, names, time.monotonic())
+
+    def preview(
+        self, context: RunContext, version: VersionSpec, names: Iterable[str]
+    ) -> dict[str, Placed | Waiting]:
+        """Where the steps ``names`` of a run not written would go now, or why each would wait,
+        placed as :meth:`claim` places them but reserving nothing (a plan). Ready steps already
+        waiting (``len(self)``) would take free capacity first; the caller says so."""
+        return self._planner.preview(context, version, names)
 
     def claimed(self, claims: Claims, steps: Iterable[step_store.NewStep]) -> None:
         """The run was written with its steps, the claimed ones with their first attempts: the

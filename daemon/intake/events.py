@@ -42,12 +42,12 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from daemon.errors import Invalid, NotFound, Unavailable
+from daemon.errors import NotFound, Unavailable
+from daemon.intake.event_rules import decide_event, recorded_fields
 from daemon.limits import storable
 from daemon.metrics import CRON_FIRE_DELAY, TRIGGER_EVENTS
 from daemon.planning.creation import Draft, RunCreation, Written
-from daemon.rules.admission import RUN, Verdict, refuse_event, refuse_version
-from daemon.rules.event_params import resolve_params
+from daemon.rules.admission import RUN, Verdict
 from daemon.store import triggering as trigger_store
 from daemon.store.db import HeldConnection
 from triggers.base import EventResult, TriggerEvent
@@ -293,29 +293,13 @@ class Ingest:
         if target is None:
             return _Decided(NotFound(f"trigger {name} does not exist"))
         self._creation.counts.note_kind(name, target.kind)
-        fields, unstorable = storable({**event.fields, "time": queued.received.isoformat(), "trigger": name})
-        fields["id"] = event_id
+        fields, unstorable = recorded_fields(event, queued.received, event_id)
         read = _Event(queued, event_id, key, fields, target)
-        pipeline, version = target.pipeline, target.version
-        refused = refuse_event(name, unstorable=unstorable, paused=target.paused) or refuse_version(
-            pipeline, version, target.version_status
-        )
-        if refused is not None:
-            read.verdict = refused
-            return read
-        spec = self._specs.cached(pipeline, version) or await self._specs.load(conn, pipeline, version)
-        try:
-            params = resolve_params(
-                spec.spec.params,
-                target.bindings,
-                fields,
-                what=f"pipeline {pipeline} version {version}",
-                max_bytes=self._creation.params_max_bytes,
-            )
-        except Invalid as exc:
-            read.verdict = Verdict("rejected", exc)
+        decided = await decide_event(conn, self._creation, name, target, fields, unstorable=unstorable)
+        if isinstance(decided, Draft):
+            read.run = decided
         else:
-            read.run = Draft(spec, params)
+            read.verdict = decided
         return read
 
     def _row(self, event: _Event) -> trigger_store.NewEvent:

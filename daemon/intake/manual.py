@@ -21,7 +21,7 @@ from daemon.rules.admission import disabled, refuse_version
 from daemon.rules.params import validate_params
 from daemon.store import new_runs as new_run_store
 from daemon.store import runs as run_store
-from daemon.store.pipelines import get_version, is_default, pipeline_exists
+from daemon.store.pipelines import VersionRecord, get_version, is_default, pipeline_exists
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +72,7 @@ class ManualRuns:
             "trigger": trigger,
             "event_id": event_id,
             "idempotency_key": idempotency_key,
-            "resolution": resolution or ("manual" if version is not None else "default"),
+            "resolution": resolution or resolution_of(version),
         }
         async with self._pool.acquire() as conn:
             if idempotency_key is not None:
@@ -90,11 +90,7 @@ class ManualRuns:
                         raise
                     # The default may have moved to a version with other params: decided below.
             if written is None:
-                record = await get_version(conn, pipeline, version)
-                if record is None:
-                    if version is not None and await pipeline_exists(conn, pipeline):
-                        raise NotFound(f"pipeline {pipeline} has no version {version}")
-                    raise NotFound(f"pipeline {pipeline} does not exist")
+                record = await read_version(conn, pipeline, version)
                 if version is None:
                     self._specs.seen_default(pipeline, record.version)
                 if (refused := refuse_version(pipeline, record.version, record.status)) is not None:
@@ -121,6 +117,20 @@ class ManualRuns:
         )
         return Created(written.run, True)
 
+    def draft(self, spec: VersionSpec, params: Mapping[str, Any], *, reuse: bool) -> Draft:
+        """The draft of a manual run of ``spec``: its params validated (a plan makes the same one).
+
+        Raises:
+            Invalid: the params do not match the version's schema (details name ``params.X``).
+        """
+        values = validate_params(
+            spec.spec.params,
+            params,
+            what=f"pipeline {spec.pipeline} version {spec.version}",
+            max_bytes=self._creation.params_max_bytes,
+        )
+        return Draft(spec, values, reuse=reuse)
+
     async def _insert(
         self,
         conn: asyncpg.Connection,
@@ -137,13 +147,8 @@ class ManualRuns:
             Invalid: the params do not match the version's schema.
             Conflict: at the concurrency limit with ``on_limit: skip``.
         """
-        values = validate_params(
-            spec.spec.params,
-            params,
-            what=f"pipeline {spec.pipeline} version {spec.version}",
-            max_bytes=self._creation.params_max_bytes,
-        )
-        draft = Draft(spec, values, reuse=options["reuse"])
+        draft = self.draft(spec, params, reuse=options["reuse"])
+        values = draft.params
 
         async def write(drafts: Sequence[Draft]) -> Written | None:
             if draft.verdict.error is not None:
@@ -168,3 +173,22 @@ class ManualRuns:
         if written is None:
             self._creation.unclaim(draft)
         return written
+
+
+def resolution_of(version: int | None) -> str:
+    """How a manual run's version was chosen: asked for by number, or the pipeline's default."""
+    return "manual" if version is not None else "default"
+
+
+async def read_version(conn: asyncpg.Connection, pipeline: str, version: int | None) -> VersionRecord:
+    """Version ``version`` of ``pipeline`` (its default when None).
+
+    Raises:
+        NotFound: no such pipeline or version.
+    """
+    record = await get_version(conn, pipeline, version)
+    if record is None:
+        if version is not None and await pipeline_exists(conn, pipeline):
+            raise NotFound(f"pipeline {pipeline} has no version {version}")
+        raise NotFound(f"pipeline {pipeline} does not exist")
+    return record

@@ -35,6 +35,7 @@ from daemon.planning.contexts import RunContexts, VersionSpec, run_context
 from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
 from daemon.rules.partitions import Partition
+from daemon.rules.rendering import RunContext
 from daemon.rules.reuse import Decision, reused_links
 from daemon.rules.states import FINAL_RUN, SUCCESS_STEP
 from daemon.store import new_runs as new_run_store
@@ -66,6 +67,11 @@ class Draft:
     @property
     def held(self) -> bool:
         return self.verdict.outcome == "held"
+
+    def context(self) -> RunContext:
+        """What its steps' templates see (its reused steps' links and partitions included): how
+        they are placed and rendered."""
+        return run_context(self.version, self.run_id, self.params, self.links, self.partitions)
 
     @property
     def partitions(self) -> dict[str, Partition]:
@@ -119,16 +125,7 @@ class RunCreation:
         (none, and no transaction, when no draft's version has a limit: the hot path); a draft it
         does not write must be :meth:`unclaim`-ed by the caller. ``claim`` False: no step is placed
         ahead (the write records no attempts)."""
-        plans = await self._reuse.plan_many(
-            conn, [PlanRequest(draft.version, draft.params, draft.run_id, draft.reuse) for draft in drafts]
-        )
-        for draft, decisions in zip(drafts, plans, strict=True):
-            if isinstance(decisions, SluiceError):
-                draft.verdict = Verdict("rejected", decisions)
-                continue
-            draft.decisions = decisions
-            # Before anything can start a step downstream of them, held or not: cheap when none.
-            await self._reuse.link_reused(draft.run_id, decisions)
+        await self._plan_reuse(conn, drafts, link=True)
         pipelines = counted((draft.version.pipeline, draft.version.spec.concurrency) for draft in drafts)
         try:
             if not pipelines:
@@ -142,6 +139,30 @@ class RunCreation:
             for draft in drafts:
                 self.unclaim(draft)
             raise
+
+    async def plan(self, conn: asyncpg.Connection, drafts: Sequence[Draft]) -> None:
+        """Decides ``drafts`` as :meth:`create` does — reuse, then the verdicts and step plans — and
+        stops before anything is written: no reused outputs linked, no capacity claimed, the active
+        runs counted without a lock (a plan is a read; a run made later is decided again)."""
+        await self._plan_reuse(conn, drafts, link=False)
+        pipelines = counted((draft.version.pipeline, draft.version.spec.concurrency) for draft in drafts)
+        slots = Slots(await run_store.active_counts(conn, pipelines) if pipelines else {})
+        self._decide(drafts, slots, claim=False)
+
+    async def _plan_reuse(self, conn: asyncpg.Connection, drafts: Sequence[Draft], *, link: bool) -> None:
+        """Each draft's reuse decisions (or its rejection: a step that cannot fan out); ``link``: the
+        reused partitions' outputs are linked into the run's, as a run that is made needs."""
+        plans = await self._reuse.plan_many(
+            conn, [PlanRequest(draft.version, draft.params, draft.run_id, draft.reuse) for draft in drafts]
+        )
+        for draft, decisions in zip(drafts, plans, strict=True):
+            if isinstance(decisions, SluiceError):
+                draft.verdict = Verdict("rejected", decisions)
+                continue
+            draft.decisions = decisions
+            if link:
+                # Before anything can start a step downstream of them, held or not: cheap when none.
+                await self._reuse.link_reused(draft.run_id, decisions)
 
     def _decide(self, drafts: Sequence[Draft], slots: Slots, *, claim: bool) -> None:
         for draft in drafts:
@@ -172,8 +193,7 @@ class RunCreation:
         ready = [name for name, plan in draft.steps.items() if plan.status == "ready"]
         if not ready:
             return
-        context = run_context(draft.version, draft.run_id, draft.params, draft.links, draft.partitions)
-        draft.claims = self._dispatcher.claim(context, draft.version, ready)
+        draft.claims = self._dispatcher.claim(draft.context(), draft.version, ready)
         draft.steps = draft.claims.apply(draft.steps)
 
     def unclaim(self, draft: Draft) -> None:

@@ -12,7 +12,7 @@ nowhere gets a reason; one bigger than every eligible agent's *total* capacity i
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from runners.protocol import Gpu
 
@@ -100,6 +100,17 @@ def place(need: Need, agents: Iterable[AgentRoom]) -> Placed | Waiting:
     if best is None:
         return Waiting(_no_room(need, eligible))
     return Placed(best[1].id, best[2])
+
+
+def taken(room: AgentRoom, need: Need, gpus: Sequence[int]) -> AgentRoom:
+    """``room`` once ``need`` is placed on it with ``gpus``: how a plan sees the next step's room
+    without reserving anything (the dispatcher's registry reserves for real)."""
+    return replace(
+        room,
+        free_cpu=room.free_cpu - need.cpu,
+        free_memory=room.free_memory - need.memory,
+        free_gpus=[gpu for gpu in room.free_gpus if gpu.index not in gpus],
+    )
 
 
 def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:

@@ -38,6 +38,7 @@ from daemon.metrics.runs import RunCounts
 from daemon.planning.contexts import Datastores, RunContexts, Specs
 from daemon.planning.creation import RunCreation
 from daemon.planning.data_fingerprints import DataFingerprints
+from daemon.planning.preview import Planner
 from daemon.planning.reuse_planner import ReusePlanner
 from daemon.rules.placement import Need
 from daemon.runtime import leader
@@ -90,6 +91,14 @@ class Scheduler:
         self.dispatcher.on_hopeless = self.transitions.fail_step
         self.cancels = Cancels(pool=pool, nc=nc, specs=self.specs, transitions=self.transitions)
         self.manual = ManualRuns(pool=pool, creation=self.creation)
+        self.planner = Planner(
+            pool=pool,
+            creation=self.creation,
+            manual=self.manual,
+            dispatcher=self.dispatcher,
+            registry=self.registry,
+            datastores=self.datastores,
+        )
         self.monitor = AgentMonitor(
             pool=pool,
             nc=nc,

@@ -139,13 +139,19 @@ async def lock_active_counts(conn: asyncpg.Connection, pipelines: Collection[str
     the last slot."""
     names = sorted(pipelines)
     await conn.execute("SELECT 1 FROM pipelines WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE", names)
-    rows = await conn.fetch(
+    return await active_counts(conn, names)
+
+
+async def active_counts(db: Db, pipelines: Collection[str]) -> dict[str, int]:
+    """Each of ``pipelines``' runs that hold a concurrency slot, counted without a lock: what a plan
+    (which writes nothing) reads, and what :func:`lock_active_counts` counts once it holds the lock."""
+    rows = await db.fetch(
         f"""
         SELECT p.name, count(r.id) AS active FROM unnest($1::text[]) AS p(name)
         LEFT JOIN runs r ON r.pipeline = p.name AND r.status IN {ACTIVE} AND NOT r.held
         GROUP BY p.name
         """,
-        names,
+        sorted(pipelines),
     )
     return {row["name"]: row["active"] for row in rows}
 

@@ -62,11 +62,41 @@ class BatchRead:
     """(trigger, dedupe key) already recorded -> that event's id and run id: a repeat."""
 
 
+_TARGETS = """
+    SELECT t.name, t.source, t.pipeline, t.version IS NOT NULL AS pinned, t.paused,
+           t.spec -> 'params' AS bindings, v.version, v.status AS version_status
+    FROM triggers t JOIN pipelines p ON p.name = t.pipeline
+    JOIN versions v ON v.pipeline = t.pipeline AND v.version = coalesce(t.version, p.default_version)
+    WHERE t.name = ANY($1::text[])
+"""
+"""Each named trigger's target now (the pin, or the pipeline's default): one text for the batch read
+and for :func:`read_target`, so a trigger test reads what an event would."""
+
+
+def _target(row: Mapping[str, Any]) -> Target:
+    return Target(
+        pipeline=row["pipeline"],
+        pinned=row["pinned"],
+        version=row["version"],
+        version_status=row["version_status"],
+        paused=row["paused"],
+        bindings=row["bindings"] or {},
+        kind=row["source"],
+    )
+
+
+async def read_target(db: Db, trigger: str) -> Target | None:
+    """What ``trigger``'s events run now, as :func:`read_batch` reads it, without taking event ids:
+    a trigger test writes nothing, not even a sequence."""
+    row = await db.fetchrow(_TARGETS, [trigger])
+    return None if row is None else _target(row)
+
+
 async def read_batch(db: Db, keys: Sequence[tuple[str, str]]) -> BatchRead:
     """For events by (trigger, dedupe key), in one round trip: their triggers' targets, an id for
     each, and the events their triggers already have with those keys."""
     rows = await db.fetch(
-        """
+        f"""
         SELECT ids.ids, recorded.*, t.*
         FROM (
             SELECT array(
@@ -81,13 +111,7 @@ async def read_batch(db: Db, keys: Sequence[tuple[str, str]]) -> BatchRead:
             FROM unnest($1::text[], $2::text[]) AS x(trigger, dedupe_key)
             JOIN events e ON e.trigger = x.trigger AND e.dedupe_key = x.dedupe_key
         ) recorded
-        LEFT JOIN (
-            SELECT t.name, t.source, t.pipeline, t.version IS NOT NULL AS pinned, t.paused,
-                   t.spec -> 'params' AS bindings, v.version, v.status AS version_status
-            FROM triggers t JOIN pipelines p ON p.name = t.pipeline
-            JOIN versions v ON v.pipeline = t.pipeline AND v.version = coalesce(t.version, p.default_version)
-            WHERE t.name = ANY($1::text[])
-        ) t ON true
+        LEFT JOIN ({_TARGETS}) t ON true
         """,
         [trigger for trigger, _ in keys],
         [key for _, key in keys],
@@ -101,19 +125,7 @@ async def read_batch(db: Db, keys: Sequence[tuple[str, str]]) -> BatchRead:
         strict=True,
     )
     return BatchRead(
-        targets={
-            row["name"]: Target(
-                pipeline=row["pipeline"],
-                pinned=row["pinned"],
-                version=row["version"],
-                version_status=row["version_status"],
-                paused=row["paused"],
-                bindings=row["bindings"] or {},
-                kind=row["source"],
-            )
-            for row in rows
-            if row["name"] is not None
-        },
+        targets={row["name"]: _target(row) for row in rows if row["name"] is not None},
         ids=list(head["ids"]),
         recorded={(trigger, key): (event_id, run_id) for trigger, key, event_id, run_id in recorded},
     )
