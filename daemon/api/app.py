@@ -12,7 +12,18 @@ import structlog
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from daemon.api import agents, apply, credentials, events, ops, pipelines, runs, tokens, triggers
+from daemon.api import (
+    agents,
+    apply,
+    backfills,
+    credentials,
+    events,
+    ops,
+    pipelines,
+    runs,
+    tokens,
+    triggers,
+)
 from daemon.api.access import ACCESS, Access, AccessSettings, guard
 from daemon.api.context import NATS_ACCESS, NATS_CLIENT, POOL, SCHEDULER, SOURCES, NatsAccess
 from daemon.api.http import OPEN_STREAMS, end_streams, json_response
@@ -62,7 +73,7 @@ def make_app(
         app[SCHEDULER] = scheduler
     if nats is not None:
         app[NATS_ACCESS] = nats
-    for module in (ops, apply, pipelines, triggers, runs, agents, events, credentials, tokens):
+    for module in (ops, apply, pipelines, triggers, backfills, runs, agents, events, credentials, tokens):
         app.router.add_routes(module.routes)
     ui.install(app)
     return app
