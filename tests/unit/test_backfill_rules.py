@@ -30,7 +30,7 @@ def test_times_are_read_with_their_offset_or_in_the_trigger_zone() -> None:
 def test_a_range_must_end_after_it_starts() -> None:
     day = datetime(2024, 1, 1, tzinfo=UTC)
     rules.check_range(day, day.replace(hour=1))
-    with pytest.raises(Invalid, match="^to:"):
+    with pytest.raises(Invalid, match=r"^to:"):
         rules.check_range(day, day)
 
 
