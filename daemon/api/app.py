@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from daemon.api import (
     agents,
     apply,
+    backfills,
     credentials,
     events,
     lineage,
@@ -79,6 +80,7 @@ def make_app(
         apply,
         pipelines,
         triggers,
+        backfills,
         runs,
         plans,
         lineage,

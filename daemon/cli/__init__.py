@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from daemon.cli import agents, catalog, credentials, lineage, plans, runs, server, tokens
+from daemon.cli import agents, backfills, catalog, credentials, lineage, plans, runs, server, tokens
 from runners.cli import agent
 
 
@@ -19,6 +19,7 @@ def main() -> None:
 
 server.register(main)
 catalog.register(main)
+backfills.register(main)
 runs.register(main)
 lineage.register(main)
 plans.register(main)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,7 @@ from daemon.limits import storable
 from daemon.metrics import CRON_FIRE_DELAY, TRIGGER_EVENTS
 from daemon.planning.creation import Draft, RunCreation, Written
 from daemon.rules.admission import RUN, Verdict
+from daemon.rules.backfills import Allowance
 from daemon.store import triggering as trigger_store
 from daemon.store.db import HeldConnection
 from triggers.base import EventResult, TriggerEvent
@@ -64,11 +66,29 @@ _DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 MAX_KEY_CHARS = 512
 
 
+@dataclass(frozen=True, slots=True)
+class Backfilled:
+    """Events a backfill offers: tied to it (``events.backfill_id``), run by its ``version`` (None:
+    the trigger's target, as for a live event; ``version_status`` as the backfill last read it), and
+    each run that would take a slot asks ``allowance`` first."""
+
+    backfill_id: int
+    allowance: Allowance
+    version: int | None = None
+    version_status: str | None = None
+
+
+class Deferred(Exception):
+    """The event was not recorded: its backfill has no slot free for its run now. Offer it again
+    when one of the backfill's runs has ended."""
+
+
 @dataclass(slots=True)
 class _Queued:
     event: TriggerEvent
     received: datetime
     done: asyncio.Future[EventResult] = field(repr=False)
+    backfill: Backfilled | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +105,8 @@ class _Event:
     run: Draft | None = None
     repeat: bool = False
     """Recorded already, or earlier in the batch: answered as a duplicate, nothing written."""
+    deferred: bool = False
+    """A backfill's event whose run found no slot: not written, answered ``Deferred``."""
 
     @property
     def decided(self) -> Verdict:
@@ -123,8 +145,13 @@ class Ingest:
             NotFound: the trigger does not exist (deleted while the event was on its way).
             Unavailable: the database failed; nothing was committed, the source offers it again.
         """
+        return await self.offer(event)
+
+    async def offer(self, event: TriggerEvent, *, backfill: Backfilled | None = None) -> EventResult:
+        """As a call, for an event that ``backfill`` (when given) offers; raises ``Deferred`` too."""
         started = time.perf_counter()
-        queued = _Queued(event, datetime.now(UTC), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        queued = _Queued(event, datetime.now(UTC), loop.create_future(), backfill)
         self._queue.append(queued)
         if len(self._committers) < COMMITTERS:
             task = asyncio.create_task(self._commit_queued(), name="ingest-commit")
@@ -254,7 +281,10 @@ class Ingest:
         drafts = [event.run for event in new if event.run is not None]
 
         async def write(_: Sequence[Draft]) -> tuple[list[trigger_store.NewEvent], trigger_store.Written]:
-            rows = [self._row(event) for event in new]
+            # Decided now that planning knows which runs are over as they are made (no slot).
+            for event in new:
+                event.deferred = _deferred(event)
+            rows = [self._row(event) for event in new if not event.deferred]
             return rows, await trigger_store.insert_events(conn, rows)
 
         rows, written = await self._creation.create(conn, drafts, write)
@@ -295,6 +325,14 @@ class Ingest:
         self._creation.counts.note_kind(name, target.kind)
         fields, unstorable = recorded_fields(event, queued.received, event_id)
         read = _Event(queued, event_id, key, fields, target)
+        if (backfill := queued.backfill) is not None and backfill.version is not None:
+            target = dataclasses.replace(
+                target,
+                version=backfill.version,
+                pinned=True,
+                version_status=backfill.version_status or target.version_status,
+            )
+            read.target = target
         decided = await decide_event(conn, self._creation, name, target, fields, unstorable=unstorable)
         if isinstance(decided, Draft):
             read.run = decided
@@ -326,6 +364,7 @@ class Ingest:
             outcome="run" if verdict.creates else verdict.outcome,
             reason=verdict.reason,
             run=run,
+            backfill_id=None if event.queued.backfill is None else event.queued.backfill.backfill_id,
         )
 
     def _answer(
@@ -338,6 +377,12 @@ class Ingest:
         if not isinstance(event, _Event):
             return event
         trigger = event.queued.event.trigger
+        if event.deferred:
+            if event.run is not None:
+                self._creation.unclaim(event.run)
+            return _Decided(
+                Deferred(f"event {event.key!r} of trigger {trigger} waits for a slot of its backfill")
+            )
         if event.repeat or event.event_id not in written.events:
             if event.run is not None:
                 self._creation.unclaim(event.run)  # its run was not written either
@@ -353,6 +398,7 @@ class Ingest:
             return _Decided(EventResult(event_id=event_id, outcome="duplicate", run_id=_str(first_run)))
         if (
             event.target.kind == "cron"
+            and event.queued.backfill is None  # a replayed fire is late on purpose
             and (delay := cron_fire_delay(event.queued.event.fields, event.queued.received)) is not None
         ):
             CRON_FIRE_DELAY.observe(delay)
@@ -367,6 +413,14 @@ class Ingest:
             EventResult(event_id=event.event_id, outcome="run", run_id=str(run_id)),
             Written(record, steps, event.run),
         )
+
+
+def _deferred(event: _Event) -> bool:
+    """Whether a backfill's event waits: its run would take a slot, and its backfill has none."""
+    backfill, draft = event.queued.backfill, event.run
+    if backfill is None or draft is None or not draft.verdict.creates:
+        return False
+    return not backfill.allowance.take(draft.run_id, finished=draft.finished)
 
 
 def storable_key(key: str) -> str:

@@ -29,6 +29,7 @@ from daemon.dispatch.effects import Aftermath
 from daemon.dispatch.registry import AgentState, Registry
 from daemon.dispatch.step_events import StepEvents
 from daemon.dispatch.transitions import Transitions
+from daemon.intake.backfills import BackfillWorker
 from daemon.intake.events import Ingest
 from daemon.intake.manual import Created, ManualRuns
 from daemon.intake.submit import Submissions
@@ -111,6 +112,8 @@ class Scheduler:
         self.supervisor = Supervisor()
         self.triggering: Triggering | None = None
         """The trigger sources, while this daemon leads; None while it stands by."""
+        self.backfills: BackfillWorker | None = None
+        """The backfill worker, while this daemon leads."""
         self.election: Election | None = None
         self.submissions: Submissions | None = None
         self._nc = nc
@@ -176,11 +179,16 @@ class Scheduler:
 
             await session.add_listener(trigger_store.CHANGES_CHANNEL, changed)
         self.triggering = triggering
+        # After the sources, on the same term: it stops first, and feeds the sources' sink.
+        self.backfills = await BackfillWorker.start(
+            term, pool=self.pool, sink=sink, datastores=self.datastores
+        )
         # Closes first: the API stops handing changes to sources that are going down.
         term.callback(self._stand_by)
 
     def _stand_by(self) -> None:
         self.triggering = None
+        self.backfills = None
 
     async def _adopt_attempts(self, started: float) -> None:
         """Active attempts hold their agent's capacity again; their agents have until the heartbeat

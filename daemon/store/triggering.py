@@ -157,14 +157,21 @@ class NewEvent:
     outcome: str
     reason: str | None = None
     run: NewRun | None = None
+    backfill_id: int | None = None
+    """The backfill that offered it (None: a live event)."""
 
+
+_BACKFILL_IDS = 18 + len(step_arrays([]))
+"""The parameter of the events' backfill ids: after the step arrays."""
 
 _INSERT_EVENTS = f"""
 WITH e AS (
-    INSERT INTO events (id, trigger, dedupe_key, received_at, fields, outcome, run_id, reason)
-    SELECT x.id, x.trigger, x.dedupe_key, x.received_at, x.fields::jsonb, x.outcome, x.run_id, x.reason
+    INSERT INTO events (id, trigger, dedupe_key, received_at, fields, outcome, run_id, reason, backfill_id)
+    SELECT x.id, x.trigger, x.dedupe_key, x.received_at, x.fields::jsonb, x.outcome, x.run_id, x.reason,
+           x.backfill_id
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::uuid[],
-                $8::text[]) AS x(id, trigger, dedupe_key, received_at, fields, outcome, run_id, reason)
+                $8::text[], ${_BACKFILL_IDS}::bigint[])
+         AS x(id, trigger, dedupe_key, received_at, fields, outcome, run_id, reason, backfill_id)
     ON CONFLICT (trigger, dedupe_key) DO NOTHING
     RETURNING id, run_id
 ), run AS (
@@ -238,6 +245,7 @@ async def insert_events(db: Db, events: Sequence[NewEvent]) -> Written:
         [run.finished for _, run in runs],
         [dispatching(run.steps) for _, run in runs],
         *step_arrays([(run.id, run.steps) for _, run in runs]),
+        [event.backfill_id for event in events],
     )
     head = rows[0]
     earlier = zip(head["repeats"] or [], head["earlier_ids"] or [], head["earlier_runs"] or [], strict=True)

@@ -1,0 +1,111 @@
+"""The pure parts of backfills: ranges as written, cron fires across DST in Europe/Madrid, resuming
+from a position, files in a range and their batch windows, and the allowance of active runs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from daemon.errors import Invalid
+from daemon.rules import backfills as rules
+from triggers.cronheap import fire_event
+from triggers.cronplan import Schedule
+
+MADRID = ZoneInfo("Europe/Madrid")
+
+
+def test_times_are_read_with_their_offset_or_in_the_trigger_zone() -> None:
+    assert rules.parse_instant("2024-03-31", MADRID, "from") == datetime(2024, 3, 30, 23, tzinfo=UTC)
+    assert rules.parse_instant("2024-03-31T12:00:00+00:00", MADRID, "from") == datetime(
+        2024, 3, 31, 12, tzinfo=UTC
+    )
+    assert rules.parse_instant("2024-07-01T00:00", MADRID, "to") == datetime(2024, 6, 30, 22, tzinfo=UTC)
+    with pytest.raises(Invalid, match=r"^to: 'soon'"):
+        rules.parse_instant("soon", MADRID, "to")
+
+
+def test_a_range_must_end_after_it_starts() -> None:
+    day = datetime(2024, 1, 1, tzinfo=UTC)
+    rules.check_range(day, day.replace(hour=1))
+    with pytest.raises(Invalid, match=r"^to:"):
+        rules.check_range(day, day)
+
+
+def test_hourly_fires_across_both_madrid_changes_are_the_live_ones() -> None:
+    schedule = Schedule("0 * * * *", "Europe/Madrid")
+    spring = rules.cron_fires(
+        schedule,
+        rules.parse_instant("2024-03-31", MADRID, "from"),
+        rules.parse_instant("2024-04-01", MADRID, "to"),
+        after=None,
+        limit=100,
+    )
+    assert len(spring) == 23  # 02:00 does not exist that day
+    autumn_from = rules.parse_instant("2024-10-27", MADRID, "from")
+    autumn_to = rules.parse_instant("2024-10-28", MADRID, "to")
+    autumn = rules.cron_fires(schedule, autumn_from, autumn_to, after=None, limit=100)
+    assert len(autumn) == 25  # 02:00 twice, two distinct instants
+    assert rules.count_cron_fires(schedule, autumn_from, autumn_to) == 25
+    keys = [fire_event("t", schedule, fire).dedupe_key for fire in autumn]
+    assert len(set(keys)) == 25
+    assert keys[0] == "2024-10-26T22:00:00+00:00"  # the live source's key: the instant in UTC
+
+
+def test_a_daily_fixed_time_job_fires_once_on_each_change_day() -> None:
+    schedule = Schedule("30 2 * * *", "Europe/Madrid")
+    start, end = datetime(2024, 3, 30, tzinfo=UTC), datetime(2024, 4, 2, tzinfo=UTC)
+    fires = rules.cron_fires(schedule, start, end, after=None, limit=10)
+    assert fires[1] == datetime(2024, 3, 31, 1, 0, tzinfo=UTC)  # at the change, 03:00 CEST
+    assert len(fires) == 3
+
+
+def test_fires_resume_after_the_position_and_come_in_batches() -> None:
+    schedule = Schedule("0 * * * *", "UTC")
+    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 4, tzinfo=UTC)
+    first = rules.cron_fires(schedule, start, end, after=None, limit=64)
+    assert (len(first), first[0]) == (64, start)  # the range includes its start
+    rest = rules.cron_fires(schedule, start, end, after=first[-1], limit=64)
+    assert (len(rest), rest[-1]) == (8, datetime(2024, 1, 3, 23, tzinfo=UTC))  # and excludes its end
+    assert rules.cron_fires(schedule, start, end, after=rest[-1], limit=64) == []
+
+
+def test_too_many_fires_are_refused() -> None:
+    schedule = Schedule("* * * * * *", "UTC")
+    with pytest.raises(Invalid, match=r"100,000"):
+        rules.count_cron_fires(schedule, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC))
+
+
+def test_files_in_range_in_order_from_a_cursor_and_in_windows() -> None:
+    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC)
+    base = int(start.timestamp()) * 10**9
+    found = [
+        ("b.csv", base + 5, 1),
+        ("a.csv", base + 5, 2),
+        ("old.csv", base - 1, 3),
+        ("c.csv", base + 7 * 10**9, 4),
+    ]
+    files = rules.files_in_range(found, start, end)
+    assert [f.path for f in files] == ["a.csv", "b.csv", "c.csv"]
+    assert [f.path for f in rules.files_after(files, files[0].cursor)] == ["b.csv", "c.csv"]
+    windows = list(rules.batch_windows(files, start, 5.0))
+    assert [(index, [f.path for f in window]) for index, window in windows] == [
+        (0, ["a.csv", "b.csv"]),
+        (1, ["c.csv"]),
+    ]
+
+
+def test_max_active_defaults_to_the_pipeline_then_four() -> None:
+    assert (rules.max_active(2, 9), rules.max_active(None, 9), rules.max_active(None, None)) == (2, 9, 4)
+
+
+def test_the_allowance_lets_finished_runs_through_and_stops_at_the_first_refusal() -> None:
+    allowance = rules.Allowance(1)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    assert allowance.take(uuid.uuid4(), finished=True)
+    assert allowance.take(first, finished=False)
+    assert not allowance.take(second, finished=False)
+    assert not allowance.take(uuid.uuid4(), finished=True)  # the position stays a clean prefix
+    assert allowance.started == [first]
