@@ -79,17 +79,8 @@ def ancestors(path: str) -> list[str]:
     return ["", *("/".join(parts[:end]) for end in range(1, len(parts)))]
 
 
-def partition_covers(input_path: str, files: tuple[str, ...] | list[str], path: str) -> bool:
-    """Whether a partition that read ``files`` under ``input_path`` read something at or under
-    ``path`` (a path at or below ``input_path``)."""
-    for relative in files:
-        full = posixpath.join(input_path, relative) if input_path else relative
-        if full == path or full.startswith(path + "/"):
-            return True
-    return False
-
-
-_OUTPUT = re.compile(r"runs/([0-9a-f-]{36})/([a-z0-9][a-z0-9-]*)/([^/]+)(?:/part-(\d{5,}))?(?:/.*)?")
+_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_OUTPUT = re.compile(rf"runs/({_UUID})/([a-z0-9][a-z0-9-]*)/([^/]+)(?:/part-(\d{{5,}}))?(?:/.*)?")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.store import lineage as lineage_store
 from tests.integration.fake_agent import Harness, Outcome, harness
 from triggers.base import TriggerEvent
 
@@ -215,3 +216,26 @@ async def test_a_partition_whose_assignment_is_hopeless_fails_alone(system: Harn
     assert [steps[f"score[{index}]"]["status"] for index in range(3)] == ["failed"] * 3
     assert "refused its assignment: malformed" in steps["score[0]"]["attempts"][0]["error"]
     assert (steps["score"]["status"], steps["report"]["status"]) == ("failed", "skipped")
+
+
+async def test_a_partition_is_a_reader_only_of_its_own_files(system: Harness, tmp_path: Path) -> None:
+    day = tmp_path / "landing" / "day"
+    day.mkdir(parents=True)
+    for number in range(12):
+        (day / f"part-{number:03d}.csv").write_text(f"rows {number}\n")
+    await system.agent("a1", behaviour=creates_outputs)
+    await system.apply(f"kind: Datastore\nname: landing\ntype: local\npath: {tmp_path / 'landing'}\n")
+    await system.apply(FILES)
+    await system.wait_run((await system.start_run("batch"))["run_id"], "succeeded")
+
+    async def readers_of(path: str) -> list[str]:
+        return sorted(
+            reader.step for reader in await lineage_store.readers(system.pool, "landing", path, limit=10)
+        )
+
+    # Partition 0 has files 000-009, partition 1 files 010-011; the step that fans out reads none itself.
+    assert await readers_of("day/part-011.csv") == ["score[1]"]
+    assert await readers_of("day/part-003.csv") == ["score[0]"]
+    assert await readers_of("day") == ["score[0]", "score[1]"]
+    assert await readers_of("day/part-01") == []  # no file of that name: a prefix is not a path
+    assert await readers_of("day/part-012.csv") == []

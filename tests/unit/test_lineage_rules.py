@@ -14,7 +14,6 @@ from daemon.rules.lineage import (
     below,
     clean_path,
     output_of,
-    partition_covers,
     step_inputs,
 )
 from daemon.rules.partitions import Partition
@@ -83,15 +82,6 @@ def test_ancestors_are_the_directories_holding_a_path() -> None:
     assert ancestors("") == []
 
 
-def test_a_partition_covers_only_its_own_files() -> None:
-    files = ("2024/a.csv", "2024/b.csv")
-    assert partition_covers("data", files, "data/2024/a.csv")
-    assert partition_covers("data", files, "data/2024")
-    assert not partition_covers("data", files, "data/2024/c.csv")
-    assert not partition_covers("data", files, "data/2024/a")
-    assert partition_covers("", files, "2024/b.csv")
-
-
 @pytest.mark.parametrize(
     ("datastore", "path", "expected"),
     [
@@ -103,6 +93,7 @@ def test_a_partition_covers_only_its_own_files() -> None:
         ("default", f"runs/{RUN}/prep", None),
         ("default", f"runs/{RUN}", None),
         ("default", "runs/not-a-run/prep/out", None),
+        ("default", f"runs/{'0' * 36}/prep/out", None),  # 36 characters, not a run id
         ("landing", f"runs/{RUN}/prep/features", None),
     ],
 )
