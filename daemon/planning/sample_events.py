@@ -85,7 +85,10 @@ def cron_fire(on: CronSource, at: str | None, now: datetime) -> datetime:
             raise BadRequest(f"at: {at[:64]!r} is not an ISO 8601 time (2026-03-01T02:00:00+01:00)") from None
         if instant.tzinfo is None:
             instant = instant.replace(tzinfo=schedule.zone)
-        after = instant - timedelta(microseconds=1)
+        try:
+            after = instant - timedelta(microseconds=1)
+        except OverflowError:
+            raise BadRequest(f"at: {at[:64]!r} is too far in the past") from None
     fire = schedule.next_after(after)
     if fire is None:
         raise BadRequest(f"at: {on.cron!r} never fires after {after.isoformat()}")
@@ -104,6 +107,8 @@ def file_event(name: str, on: FilesSource, path: str, root: str | None) -> Trigg
     """
     if root is None:
         raise BadRequest(f"file: the daemon does not see datastore {on.datastore}")
+    if "\0" in path:
+        raise BadRequest("file: a path must not contain a NUL character")
     rel = relative(root, os.path.normpath(os.path.join(root, path)))
     if not rel or os.path.isabs(path):
         raise BadRequest(f"file: {path[:200]!r} is not a path inside datastore {on.datastore}")

@@ -56,6 +56,8 @@ def test_cron_fire_is_the_first_at_or_after_the_time_on_the_trigger_s_clock() ->
 def test_a_bad_time_names_the_field() -> None:
     with pytest.raises(BadRequest, match=r"^at: 'soon' is not an ISO 8601 time"):
         cron_fire(CRON, "soon", datetime.now(UTC))
+    with pytest.raises(BadRequest, match=r"^at: '0001-01-01T00:00:00' is too far in the past"):
+        cron_fire(CRON, "0001-01-01T00:00:00", datetime.now(UTC))  # Madrid is east of UTC: before year 1
 
 
 @pytest.mark.parametrize(
@@ -89,6 +91,8 @@ def test_a_file_event_is_the_one_the_files_source_makes(tmp_path: Path) -> None:
             file_event("t", on, outside, str(tmp_path))
     with pytest.raises(BadRequest, match=r"^file: there is no file in/b.csv"):
         file_event("t", on, "in/b.csv", str(tmp_path))
+    with pytest.raises(BadRequest, match=r"^file: a path must not contain a NUL character"):
+        file_event("t", on, "in/a\0.csv", str(tmp_path))
 
 
 def test_a_message_event_is_matched_as_the_nats_source_matches() -> None:
