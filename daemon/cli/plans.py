@@ -13,7 +13,7 @@ import click
 from daemon.cli import catalog, output
 from daemon.cli.commands import VERSION, api_client, json_option
 from daemon.cli.http import path
-from daemon.cli.runs import PARAM, _param_dict, _text
+from daemon.cli.runs import PARAM, cell_text, param_dict
 
 STEP_COLUMNS = ("STEP", "STATUS", "REUSE", "FROM", "AGENT", "WAITING")
 RESOLUTIONS = {
@@ -52,7 +52,7 @@ def plan(
     The version and how it was chosen, the parameters, each step reused (from which run) or
     executed (what changed), and the agent each ready step would go to now or why it would wait.
     """
-    body: dict[str, Any] = {"params": _param_dict(params), "reuse": not no_reuse}
+    body: dict[str, Any] = {"params": param_dict(params), "reuse": not no_reuse}
     if version is not None:
         body["version"] = version
     _show(api_client().request("POST", path("pipelines", name, "plan"), json=body), as_json=as_json)
@@ -120,7 +120,7 @@ def _fields(answer: dict[str, Any]) -> list[tuple[str, str]]:
     outcome = OUTCOMES.get(answer["outcome"], answer["outcome"])
     fields.append(("outcome", outcome + (f": {answer['reason']}" if answer.get("reason") else "")))
     if answer.get("params") is not None:
-        fields.append(("params", " ".join(f"{k}={_text(v)}" for k, v in answer["params"].items()) or "-"))
+        fields.append(("params", " ".join(f"{k}={cell_text(v)}" for k, v in answer["params"].items()) or "-"))
     if answer.get("ahead"):
         fields.append(("queue", f"{answer['ahead']} ready steps of other runs wait for agents first"))
     fields.append(("written", "nothing (a plan)"))

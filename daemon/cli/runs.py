@@ -110,7 +110,7 @@ def run(
     it to send text that looks like a number: -p code='"007"'. With --wait, exits 0 when the run
     succeeds and 1 when it fails or is cancelled; Ctrl-C stops waiting, not the run.
     """
-    body: dict[str, Any] = {"params": _param_dict(params), "reuse": not no_reuse}
+    body: dict[str, Any] = {"params": param_dict(params), "reuse": not no_reuse}
     if version is not None:
         body["version"] = version
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
@@ -128,7 +128,7 @@ def run(
     _wait(client, run_id, as_json=as_json)
 
 
-def _param_dict(params: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+def param_dict(params: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in params:
         if key in values:
@@ -262,7 +262,7 @@ def _run_fields(record: Run) -> list[tuple[str, str]]:
         ("pipeline", f"{record.pipeline} v{record.version}" + RESOLUTIONS.get(record.resolution or "", "")),
         ("status", record.status + (f": {record.reason}" if record.reason else "")),
         ("trigger", trigger),
-        ("params", " ".join(f"{key}={_text(value)}" for key, value in record.params.items()) or "-"),
+        ("params", " ".join(f"{key}={cell_text(value)}" for key, value in record.params.items()) or "-"),
         ("created", output.format_time(record.created_at)),
         ("started", output.format_time(record.started_at)),
         ("finished", output.format_time(record.finished_at)),
@@ -277,7 +277,7 @@ def _step_cells(step: Step) -> tuple[str, ...]:
         step.status,
         str(len(step.attempts)),
         (last.agent if last else None) or "-",
-        _text(last.exit_code if last else None),
+        cell_text(last.exit_code if last else None),
         "yes" if step.reused else "no",
         output.format_duration(output.elapsed(last.started_at, last.finished_at) if last else None),
         step.waiting_reason or "",
@@ -297,20 +297,27 @@ def _input_rows(steps: Sequence[Step]) -> list[tuple[str, ...]]:
 
 
 def _metric_rows(steps: Sequence[Step]) -> list[tuple[str, ...]]:
-    return [(step.name, metric.name, _text(metric.value)) for step in steps for metric in step.metrics]
+    return [(step.name, metric.name, cell_text(metric.value)) for step in steps for metric in step.metrics]
 
 
 def _unsuccessful_attempts(steps: Sequence[Step]) -> list[tuple[str, ...]]:
     """Every attempt that failed, was lost or was cancelled, with its error: why the run looks so."""
     return [
-        (step.name, str(a.number), a.agent or "-", a.status, _text(a.exit_code), a.one_line_error() or "-")
+        (
+            step.name,
+            str(a.number),
+            a.agent or "-",
+            a.status,
+            cell_text(a.exit_code),
+            a.one_line_error() or "-",
+        )
         for step in steps
         for a in step.attempts
         if a.status in ("failed", "lost", "cancelled")
     ]
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A JSON value in a cell: strings as they are, ``-`` for null, anything else as JSON."""
     if value is None:
         return "-"

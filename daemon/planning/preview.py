@@ -141,10 +141,13 @@ class Planner:
         """
         async with self._pool.acquire() as conn:
             record = await read_version(conn, pipeline, version)
-            draft = self._manual.draft(self._creation.specs.of(record), params, reuse=reuse)
+            spec = self._creation.specs.of(record)
+            # As a run is refused: a disabled version first, whatever the params.
             if (refused := refuse_version(pipeline, record.version, record.status)) is not None:
+                draft = Draft(spec, dict(params), reuse=reuse)
                 draft.verdict = refused
             else:
+                draft = self._manual.draft(spec, params, reuse=reuse)
                 await self._creation.plan(conn, [draft])
         return self._plan_of(draft, resolution_of(version))
 
