@@ -10,7 +10,7 @@ that do not parse, an empty range and one of more than ``MAX_EVENTS`` events (42
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -65,7 +65,7 @@ async def create_backfill(
         zone = ZoneInfo(on.timezone) if isinstance(on, CronSource) else ZoneInfo("UTC")
         start = rules.parse_instant(request.start, zone, "from")
         end = rules.parse_instant(request.end, zone, "to")
-        rules.check_range(start, end)
+        rules.check_range(start, end, datetime.now(UTC))
         if isinstance(on, CronSource):
             # Off the event loop: a range near the limit is a few seconds of cron arithmetic.
             total = await asyncio.to_thread(

@@ -8,9 +8,13 @@ and runs nothing. The position reached is committed after each batch.
 
 At most ``max_active`` of a backfill's runs are active: each turn asks the store which of the runs it
 started are still active, and gives the batch that many free slots (:class:`Allowance`); the sink
-defers (does not record) an event whose run would take a slot beyond them, and the position stops
-before it. Runs over as they are made (every step reused) take no slot, so an unchanged range goes
-at ingest speed.
+defers (does not record) an event whose run would take a slot beyond them or beyond its pipeline's
+limit, or whose trigger is paused, and the position stops before it. Runs over as they are made
+(every step reused) take no slot, so an unchanged range goes at ingest speed; after a turn that
+deferred, only as many events as there are free slots are offered (:class:`Pace`).
+
+A backfill that cannot go on (its datastore has no local path, its trigger's source changed, its
+version is disabled) ends ``failed`` with the reason; a database error is retried, with backoff.
 
 Live triggers go first: a turn offers at most ``BATCH`` events per backfill and yields before the
 next; the live sources' events share the sink's group commits with them.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -28,12 +33,13 @@ import asyncpg
 import msgspec
 import structlog
 
-from daemon.errors import NotFound, SluiceError
+from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.intake.events import MAX_BATCH, Backfilled, Deferred, Ingest
 from daemon.planning.contexts import Datastores
 from daemon.rules import backfills as rules
 from daemon.runtime.tasks import Supervisor
 from daemon.store import backfills as backfill_store
+from kit.backoff import Backoff
 from triggers.base import EventResult, TriggerEvent
 from triggers.cronheap import fire_event
 from triggers.cronplan import Schedule
@@ -51,7 +57,9 @@ IDLE_S = 1.0
 """How long the worker sleeps with nothing to do (an API call on this daemon wakes it at once)."""
 WAIT_S = 0.1
 """How long it sleeps when every running backfill waits for a slot (runs ending do not wake it)."""
-_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+RETRY_BASE_S, RETRY_CAP_S = 0.5, 30.0
+"""The backoff of a backfill whose turn met a database error."""
+_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Unavailable)
 
 
 @dataclass(slots=True)
@@ -60,12 +68,15 @@ class _Job:
     worker starts: nothing here is the truth)."""
 
     id: int
+    source: str
+    """The trigger's source when the job was opened: a change ends the backfill."""
     active: list[UUID]
     files: list[rules.FileAt] | None = None
     """A files backfill's files in its range, scanned once per worker start."""
     schedule: Schedule | None = None
     pending: list[tuple[str, TriggerEvent]] = field(default_factory=list)
     """The next events to offer with the position each reaches, made ahead of the turn."""
+    pace: rules.Pace = field(default_factory=rules.Pace)
 
 
 class BackfillWorker:
@@ -74,6 +85,8 @@ class BackfillWorker:
         self._sink = sink
         self._datastores = datastores
         self._jobs: dict[int, _Job] = {}
+        self._retries: dict[int, tuple[Backoff, float]] = {}
+        """Backfill -> its backoff and the monotonic time before which its next turn waits."""
         self._wake = asyncio.Event()
         self._supervisor = Supervisor()
 
@@ -109,16 +122,32 @@ class BackfillWorker:
         offered; True when backfills run but all wait (for a slot, a resumed trigger); False when none
         runs."""
         running = await backfill_store.running_backfills(self._pool)
-        for gone in set(self._jobs) - {item.record.id for item in running}:
+        ids = {item.record.id for item in running}
+        for gone in set(self._jobs) - ids:
             del self._jobs[gone]  # finished, cancelled or deleted
+        for gone in set(self._retries) - ids:
+            del self._retries[gone]
         offered = False
         for item in running:
+            backfill_id = item.record.id
+            if backfill_id in self._retries and time.monotonic() < self._retries[backfill_id][1]:
+                continue
             try:
                 offered |= await self._turn(item)
-            except (SluiceError, *_DATABASE_ERRORS) as exc:
-                # Committed as far as its position says; the next turn goes on from there.
-                log.warning("backfill_turn_failed", backfill=item.record.id, error=str(exc))
-                self._jobs.pop(item.record.id, None)
+            except _DATABASE_ERRORS as exc:
+                # Committed as far as its position says; a later turn goes on from there.
+                self._jobs.pop(backfill_id, None)
+                backoff = self._retries.get(backfill_id, (Backoff(RETRY_BASE_S, RETRY_CAP_S), 0.0))[0]
+                delay = backoff.next()
+                self._retries[backfill_id] = (backoff, time.monotonic() + delay)
+                log.warning("backfill_turn_failed", backfill=backfill_id, error=str(exc), retry_in_s=delay)
+            except Exception as exc:
+                # Not transient (a datastore with no local path, a trigger no longer replayable):
+                # trying again would fail again, forever.
+                log.warning("backfill_cannot_go_on", backfill=backfill_id, error=str(exc))
+                await self._finish(backfill_id, "failed", str(exc))
+            else:
+                self._retries.pop(backfill_id, None)
         if offered:
             return None
         return bool(running)
@@ -133,6 +162,10 @@ class BackfillWorker:
         job = self._jobs.get(record.id)
         if job is None:
             job = self._jobs[record.id] = await self._open(item)
+        if item.source != job.source:
+            raise Invalid(
+                f"trigger {record.trigger} is now a {item.source} trigger: its backfill cannot go on"
+            )
         job.active = await backfill_store.still_active(self._pool, job.active)
         free = record.max_active - len(job.active)
         if not job.pending:
@@ -147,12 +180,14 @@ class BackfillWorker:
         backfilled = Backfilled(
             record.id, allowance, version=record.version, version_status=item.version_status
         )
+        offered = job.pending[: job.pace.size(len(job.pending), free)]
         results = await asyncio.gather(
-            *(self._sink.offer(event, backfill=backfilled) for _, event in job.pending),
+            *(self._sink.offer(event, backfill=backfilled) for _, event in offered),
             return_exceptions=True,
         )
         job.active.extend(allowance.started)
         done = _committed_prefix(results)
+        job.pace.after(allowance, done, deferred=done < len(results) and isinstance(results[done], Deferred))
         if done:
             position = job.pending[done - 1][0]
             if not await backfill_store.advance(self._pool, record.id, position, done):
@@ -168,12 +203,16 @@ class BackfillWorker:
     async def _open(self, item: backfill_store.Running) -> _Job:
         record = item.record
         active = await backfill_store.active_runs(self._pool, record.id)
-        job = _Job(record.id, active)
+        job = _Job(record.id, item.source, active)
         on = msgspec.convert(item.spec["on"], EventSource)
         if isinstance(on, CronSource):
             job.schedule = Schedule(on.cron, on.timezone)
         elif isinstance(on, FilesSource):
             job.files = await self._scan(on, record)
+        else:
+            raise Invalid(
+                f"trigger {record.trigger} is now a {item.source} trigger, which has no history to replay"
+            )
         log.info("backfill_resumed" if record.position else "backfill_started", backfill=record.id)
         return job
 
@@ -181,8 +220,11 @@ class BackfillWorker:
         await self._datastores.refresh(self._pool)
         root = self._datastores.paths.get(on.datastore)
         if not root:
-            raise NotFound(f"datastore {on.datastore} of trigger {record.trigger} has no local path")
-        found = await asyncio.to_thread(scan, Matcher(root, on.pattern))
+            raise Invalid(f"datastore {on.datastore} of trigger {record.trigger} has no local path to scan")
+        try:
+            found = await asyncio.to_thread(scan, Matcher(root, on.pattern))
+        except FileNotFoundError:
+            raise Invalid(f"the directory {root} of datastore {on.datastore} does not exist") from None
         return rules.files_in_range(
             ((path, sig.mtime_ns, sig.size) for path, sig in found.items()),
             record.range_from,

@@ -49,7 +49,7 @@ from daemon.limits import storable
 from daemon.metrics import CRON_FIRE_DELAY, TRIGGER_EVENTS
 from daemon.planning.creation import Draft, RunCreation, Written
 from daemon.rules.admission import RUN, Verdict
-from daemon.rules.backfills import Allowance
+from daemon.rules.backfills import Allowance, waits
 from daemon.store import triggering as trigger_store
 from daemon.store.db import HeldConnection
 from triggers.base import EventResult, TriggerEvent
@@ -79,8 +79,9 @@ class Backfilled:
 
 
 class Deferred(Exception):
-    """The event was not recorded: its backfill has no slot free for its run now. Offer it again
-    when one of the backfill's runs has ended."""
+    """The event was not recorded (its verdict is ``deferred``): its run has no slot now (its
+    backfill's or its pipeline's), its trigger is paused or its version disabled. Offer it again
+    when one of the backfill's runs has ended, or the trigger is resumed."""
 
 
 @dataclass(slots=True)
@@ -105,12 +106,15 @@ class _Event:
     run: Draft | None = None
     repeat: bool = False
     """Recorded already, or earlier in the batch: answered as a duplicate, nothing written."""
-    deferred: bool = False
-    """A backfill's event whose run found no slot: not written, answered ``Deferred``."""
 
     @property
     def decided(self) -> Verdict:
         return self.run.verdict if self.run is not None else self.verdict
+
+    @property
+    def deferred(self) -> bool:
+        """A backfill's event that waits: not written, answered ``Deferred``."""
+        return self.decided.outcome == "deferred"
 
 
 @dataclass(slots=True)
@@ -281,9 +285,6 @@ class Ingest:
         drafts = [event.run for event in new if event.run is not None]
 
         async def write(_: Sequence[Draft]) -> tuple[list[trigger_store.NewEvent], trigger_store.Written]:
-            # Decided now that planning knows which runs are over as they are made (no slot).
-            for event in new:
-                event.deferred = _deferred(event)
             rows = [self._row(event) for event in new if not event.deferred]
             return rows, await trigger_store.insert_events(conn, rows)
 
@@ -298,7 +299,7 @@ class Ingest:
         raced = [
             key
             for key, event in zip(keys, events, strict=True)
-            if isinstance(event, _Event) and key not in first
+            if isinstance(event, _Event) and not event.deferred and key not in first
         ]
         lost: Exception | None = None
         if raced:
@@ -333,8 +334,20 @@ class Ingest:
                 version_status=backfill.version_status or target.version_status,
             )
             read.target = target
+        if backfill is not None and (
+            waiting := waits(
+                name,
+                paused=target.paused,
+                pipeline=target.pipeline,
+                version=target.version,
+                status=target.version_status,
+            )
+        ):
+            read.verdict = waiting
+            return read
         decided = await decide_event(conn, self._creation, name, target, fields, unstorable=unstorable)
         if isinstance(decided, Draft):
+            decided.allowance = None if backfill is None else backfill.allowance
             read.run = decided
         else:
             read.verdict = decided
@@ -380,9 +393,8 @@ class Ingest:
         if event.deferred:
             if event.run is not None:
                 self._creation.unclaim(event.run)
-            return _Decided(
-                Deferred(f"event {event.key!r} of trigger {trigger} waits for a slot of its backfill")
-            )
+            reason = event.decided.reason
+            return _Decided(Deferred(f"event {event.key!r} of trigger {trigger} waits: {reason}"))
         if event.repeat or event.event_id not in written.events:
             if event.run is not None:
                 self._creation.unclaim(event.run)  # its run was not written either
@@ -413,14 +425,6 @@ class Ingest:
             EventResult(event_id=event.event_id, outcome="run", run_id=str(run_id)),
             Written(record, steps, event.run),
         )
-
-
-def _deferred(event: _Event) -> bool:
-    """Whether a backfill's event waits: its run would take a slot, and its backfill has none."""
-    backfill, draft = event.queued.backfill, event.run
-    if backfill is None or draft is None or not draft.verdict.creates:
-        return False
-    return not backfill.allowance.take(draft.run_id, finished=draft.finished)
 
 
 def storable_key(key: str) -> str:

@@ -4,7 +4,9 @@ of one) or a held run being admitted.
 1. facts: the caller brings each run's version and params; reuse is planned for the whole batch at
    once (:meth:`ReusePlanner.plan_many`: fingerprints, earlier outputs, data);
 2. rules: :class:`daemon.rules.admission.Slots` decides run, held or skipped, in order, against the
-   active runs counted (and their pipelines locked) in the write's transaction;
+   active runs counted (and their pipelines locked) in the write's transaction; a backfill's run
+   that its backfill or its pipeline has no slot for is ``deferred`` (no slot, not written:
+   :func:`daemon.rules.backfills.take_slot`); reused partitions are linked for the runs written;
 3. capacity: the ready steps of a run that goes ahead are placed on agents already
    (:meth:`Dispatcher.claim`), so the write records their first attempts;
 4. one write, the caller's (events with their runs, one run, one admission), in that transaction;
@@ -34,6 +36,7 @@ from daemon.metrics.runs import RunCounts
 from daemon.planning.contexts import RunContexts, VersionSpec, run_context
 from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans
 from daemon.rules.admission import RUN, Slots, Verdict, counted
+from daemon.rules.backfills import Allowance, take_slot
 from daemon.rules.partitions import Partition
 from daemon.rules.rendering import RunContext
 from daemon.rules.reuse import Decision, reused_links
@@ -54,6 +57,8 @@ class Draft:
     params: Mapping[str, Any]
     run_id: UUID = field(default_factory=uuid.uuid4)
     reuse: bool = True
+    allowance: Allowance | None = None
+    """A backfill's run: the slots its backfill has free this turn."""
     decisions: dict[str, Decision] = field(default_factory=dict)
     verdict: Verdict = RUN
     steps: dict[str, new_run_store.StepPlan] = field(default_factory=dict)
@@ -125,15 +130,17 @@ class RunCreation:
         (none, and no transaction, when no draft's version has a limit: the hot path); a draft it
         does not write must be :meth:`unclaim`-ed by the caller. ``claim`` False: no step is placed
         ahead (the write records no attempts)."""
-        await self._plan_reuse(conn, drafts, link=True)
+        await self._plan_reuse(conn, drafts)
         pipelines = counted((draft.version.pipeline, draft.version.spec.concurrency) for draft in drafts)
         try:
             if not pipelines:
                 self._decide(drafts, Slots({}), claim=claim)
+                await self._link_reused(drafts)
                 return await write(drafts)
             async with conn.transaction():
                 slots = Slots(await run_store.lock_active_counts(conn, pipelines))
                 self._decide(drafts, slots, claim=claim)
+                await self._link_reused(drafts)
                 return await write(drafts)
         except BaseException:
             for draft in drafts:
@@ -144,14 +151,13 @@ class RunCreation:
         """Decides ``drafts`` as :meth:`create` does — reuse, then the verdicts and step plans — and
         stops before anything is written: no reused outputs linked, no capacity claimed, the active
         runs counted without a lock (a plan is a read; a run made later is decided again)."""
-        await self._plan_reuse(conn, drafts, link=False)
+        await self._plan_reuse(conn, drafts)
         pipelines = counted((draft.version.pipeline, draft.version.spec.concurrency) for draft in drafts)
         slots = Slots(await run_store.active_counts(conn, pipelines) if pipelines else {})
         self._decide(drafts, slots, claim=False)
 
-    async def _plan_reuse(self, conn: asyncpg.Connection, drafts: Sequence[Draft], *, link: bool) -> None:
-        """Each draft's reuse decisions (or its rejection: a step that cannot fan out); ``link``: the
-        reused partitions' outputs are linked into the run's, as a run that is made needs."""
+    async def _plan_reuse(self, conn: asyncpg.Connection, drafts: Sequence[Draft]) -> None:
+        """Each draft's reuse decisions (or its rejection: a step that cannot fan out)."""
         plans = await self._reuse.plan_many(
             conn, [PlanRequest(draft.version, draft.params, draft.run_id, draft.reuse) for draft in drafts]
         )
@@ -160,9 +166,14 @@ class RunCreation:
                 draft.verdict = Verdict("rejected", decisions)
                 continue
             draft.decisions = decisions
-            if link:
-                # Before anything can start a step downstream of them, held or not: cheap when none.
-                await self._reuse.link_reused(draft.run_id, decisions)
+
+    async def _link_reused(self, drafts: Sequence[Draft]) -> None:
+        """The reused partitions' outputs linked into the runs about to be written (held or not), before
+        anything can start a step downstream of them; none for a run that is not (its id would
+        never be a run's). Cheap when none reuses a partition."""
+        for draft in drafts:
+            if draft.verdict.creates:
+                await self._reuse.link_reused(draft.run_id, draft.decisions)
 
     def _decide(self, drafts: Sequence[Draft], slots: Slots, *, claim: bool) -> None:
         for draft in drafts:
@@ -174,7 +185,14 @@ class RunCreation:
             run = run_context(version, draft.run_id, draft.params, draft.links, draft.partitions)
             plans = step_plans(version, draft.decisions, held=False, run=run)
             draft.finished = all(plan.status in SUCCESS_STEP for plan in plans.values())
-            draft.verdict = slots.take(version.pipeline, version.spec.concurrency, finished=draft.finished)
+            draft.verdict = take_slot(
+                slots,
+                draft.allowance,
+                version.pipeline,
+                version.spec.concurrency,
+                draft.run_id,
+                finished=draft.finished,
+            )
             if not draft.verdict.creates:
                 draft.links = {}
                 continue

@@ -21,7 +21,9 @@ from typing import Literal
 from daemon.documents.specs import Concurrency
 from daemon.errors import Conflict, Invalid, SluiceError
 
-Outcome = Literal["run", "held", "skipped", "rejected"]
+Outcome = Literal["run", "held", "skipped", "rejected", "deferred"]
+"""``deferred``: a backfill's event that waits (not recorded, offered again later;
+:mod:`daemon.rules.backfills`)."""
 
 UNSTORABLE = (
     "the event holds text that cannot be stored (a NUL character or a lone surrogate), replaced by "

@@ -14,14 +14,17 @@ from datetime import UTC, date, datetime, time, timedelta
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from daemon.errors import Invalid
+from daemon.documents.specs import Concurrency
+from daemon.errors import Conflict, Invalid
+from daemon.rules.admission import Slots, Verdict, disabled
 from triggers.cronplan import Schedule
 
 MAX_EVENTS = 100_000
 """The most events one backfill may make (a year of every-five-minute fires is 105,120)."""
 DEFAULT_MAX_ACTIVE = 4
 """Runs of a backfill active at once when neither the request nor the pipeline's
-``concurrency.max_active_runs`` says."""
+``concurrency.max_active_runs`` says (with a limit N of 2 or more, the default is N - 1: a slot stays
+for live fires)."""
 REPLAYABLE = ("cron", "files")
 """Sources with a history to replay; ``nats`` and ``run`` events are gone once they happened."""
 
@@ -48,22 +51,30 @@ def parse_instant(text: str, zone: ZoneInfo, field: str) -> datetime:
     return instant if instant.tzinfo is not None else instant.replace(tzinfo=zone)
 
 
-def check_range(start: datetime, end: datetime) -> None:
-    """Raises ``Invalid`` unless ``end`` comes after ``start``."""
+def check_range(start: datetime, end: datetime, now: datetime) -> None:
+    """Raises ``Invalid`` unless ``end`` comes after ``start`` and is not later than ``now``: a fire
+    yet to come is the live trigger's (replayed now, it would run early and the real one be a
+    duplicate)."""
     if end <= start:
         raise Invalid(
             f"to: {end.isoformat()} is not after from ({start.isoformat()}); the range is [from, to)"
         )
+    if end > now:
+        raise Invalid(
+            f"to: {end.isoformat()} is later than now ({now.isoformat()}); a backfill replays the past, "
+            "the live trigger makes what is to come"
+        )
 
 
 def max_active(requested: int | None, pipeline_limit: int | None) -> int:
-    """The backfill's limit on its active runs: as requested, else the pipeline's own, else
+    """The backfill's limit on its active runs: as requested, else one less than the pipeline's own
+    (at least 1: a pipeline limit of 2 or more keeps a slot for live fires), else
     ``DEFAULT_MAX_ACTIVE``."""
     if requested is not None:
         if requested < 1:
             raise Invalid(f"max_active: must be at least 1, not {requested}")
         return requested
-    return pipeline_limit if pipeline_limit else DEFAULT_MAX_ACTIVE
+    return max(1, pipeline_limit - 1) if pipeline_limit else DEFAULT_MAX_ACTIVE
 
 
 # --- cron -------------------------------------------------------------------------------------------
@@ -152,6 +163,17 @@ def _ns(instant: datetime) -> int:
 # --- the limit on active runs ----------------------------------------------------------------------
 
 
+def waits(trigger: str, *, paused: bool, pipeline: str, version: int, status: str) -> Verdict | None:
+    """A backfill's event that is not recorded now, whatever its run (``deferred``), or None: its
+    trigger is paused (it resumes with the trigger; recorded ``skipped``, its key would be used up)
+    or its version disabled (the backfill fails with that reason; not an event rejected per fire)."""
+    if paused:
+        return Verdict("deferred", Conflict(f"trigger {trigger} is paused"))
+    if status == "disabled":
+        return Verdict("deferred", disabled(pipeline, version))
+    return None
+
+
 class Allowance:
     """The runs a backfill may still start in one turn: ``free`` slots. A run over as it is made
     (every step reused) takes none; once a run is refused, every later one of the turn is too, so
@@ -176,3 +198,54 @@ class Allowance:
         self.free -= 1
         self.started.append(run_id)
         return True
+
+    def refuse(self, run_id: UUID) -> None:
+        """The run of ``run_id`` taken is not made after all: its slot is free again, and every later
+        run of the turn is refused."""
+        if run_id in self.started:
+            self.started.remove(run_id)
+            self.free += 1
+        self.refused = True
+
+
+def take_slot(
+    slots: Slots,
+    allowance: Allowance | None,
+    pipeline: str,
+    limit: Concurrency | None,
+    run_id: UUID,
+    *,
+    finished: bool,
+) -> Verdict:
+    """The verdict on a run (:meth:`Slots.take`); for a backfill's run (``allowance`` given) also its
+    backfill's rule: ``deferred`` — no slot taken, nothing recorded, offered again later — when the
+    backfill has no slot free, or when the pipeline's limit would hold or skip it (skipped, its fire
+    would be lost; held, it would wait outside the backfill's count)."""
+    if allowance is None:
+        return slots.take(pipeline, limit, finished=finished)
+    if not allowance.take(run_id, finished=finished):
+        return Verdict("deferred", Conflict("its backfill has no free slot"))
+    verdict = slots.take(pipeline, limit, finished=finished)
+    if verdict.outcome != "run":
+        allowance.refuse(run_id)
+        return Verdict("deferred", Conflict(f"pipeline {pipeline} is at its concurrency limit"))
+    return verdict
+
+
+class Pace:
+    """How many events a backfill offers in its next turn. A deferred event costs the work of a run
+    (planning, fingerprints) for nothing, so after a turn that deferred one, only as many as there
+    are free slots; full batches again once a turn shows a run that took no slot (over as it was
+    made: every step reused) and deferred nothing."""
+
+    __slots__ = ("narrow",)
+
+    def __init__(self) -> None:
+        self.narrow = False
+
+    def size(self, batch: int, free: int) -> int:
+        return min(batch, free) if self.narrow else batch
+
+    def after(self, allowance: Allowance, committed: int, *, deferred: bool) -> None:
+        """A turn ended: ``committed`` of its events were recorded, ``deferred`` one waits."""
+        self.narrow = deferred or (self.narrow and committed <= len(allowance.started))

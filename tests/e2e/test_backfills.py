@@ -7,7 +7,8 @@ over three days of 2024.
   identical backfill then makes nothing;
 - a daemon killed with -9 in the middle of a backfill and started again finishes it: every fire has
   one event and one run;
-- bad requests are refused with the field named, and a ``read`` token may not start or cancel one.
+- bad requests are refused with the field named (a ``to`` in the future too), and a ``read`` token
+  may not start or cancel one; a backfill whose trigger's source changes under it fails, with why.
 """
 
 from __future__ import annotations
@@ -234,6 +235,8 @@ params:
     assert (status, message.startswith("trigger:") and "nats" in message) == (422, True)
     status, message = refused("every-hour", {"from": "2024-01-02", "to": "2024-01-01"})
     assert (status, message.startswith("to:")) == (422, True)
+    status, message = refused("every-hour", {"from": "2024-01-01", "to": "2999-01-01"})
+    assert (status, message.startswith("to:"), "later than now" in message) == (422, True, True)
     status, message = refused("every-hour", {"from": "yesterday", "to": "2024-01-01"})
     assert (status, message.startswith("from:")) == (422, True)
     status, message = refused("every-second", {"from": "2024-01-01", "to": "2024-01-03"})
@@ -262,3 +265,24 @@ params:
     seen = api_get(f"/backfills/{created['id']}", env)
     assert (seen["status"], seen["counts"]["runs"], seen["counts"]["active"]) == ("cancelled", 1, 1)
     assert post(env, "/backfills/999/cancel")[0] == 404
+
+    # A trigger whose source changes under its backfill: the backfill fails, with the reason.
+    status, created = post(env, "/triggers/every-hour/backfills", day | {"max_active": 1})
+    assert status == 201, created
+    wait_for(lambda: api_get(f"/backfills/{created['id']}", env)["counts"]["runs"] == 1, timeout=20)
+    apply(NATS_EVERY_HOUR, env)
+    ended = wait_for(
+        lambda: (b := api_get(f"/backfills/{created['id']}", env))["status"] != "running" and b, timeout=20
+    )
+    assert (ended["status"], "nats" in (ended["reason"] or "")) == ("failed", True), ended
+
+
+NATS_EVERY_HOUR = """
+kind: Trigger
+name: every-hour
+pipeline: hourly
+on:
+  nats: {subject: hours.new}
+params:
+  at: "${event.time}"
+"""

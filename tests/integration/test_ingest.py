@@ -4,13 +4,15 @@ one run, with params templated from its fields, or is recorded with why not."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from daemon.errors import NotFound, Unavailable
+from daemon.intake.events import Backfilled, Deferred
+from daemon.rules.backfills import Allowance
 from tests.integration.fake_agent import Harness, Outcome, harness
 from triggers.base import EventResult, TriggerEvent
 
@@ -445,3 +447,70 @@ async def test_trigger_events_manual_runs_and_admissions_share_one_concurrency_r
     # The cancel commits the admission before it answers: the oldest held run, made by an event.
     assert await system.pool.fetchval(held, event.run_id) is False
     assert await system.pool.fetchval(held, later["run_id"]) is True
+
+
+async def add_backfill(system: Harness, trigger: str = "t1") -> int:
+    return await system.pool.fetchval(
+        """
+        INSERT INTO backfills (trigger, range_from, range_to, max_active, total)
+        VALUES ($1, now() - interval '1 day', now(), 1, 1) RETURNING id
+        """,
+        trigger,
+    )
+
+
+def replayed(system: Harness, key: str, backfilled: Backfilled, **data: Any) -> Awaitable[EventResult]:
+    assert system.scheduler is not None
+    assert system.scheduler.triggering is not None
+    event = TriggerEvent(trigger="t1", dedupe_key=key, fields={"data": {"rows": 5, **data}})
+    return system.scheduler.triggering.sink.offer(event, backfill=backfilled)
+
+
+async def test_a_backfill_event_over_a_limit_is_deferred_and_a_live_event_beside_it_runs(
+    system: Harness,
+) -> None:
+    """In one group commit with ``on_limit: skip`` and one slot free: a backfill's event whose
+    backfill has no slot, and one whose pipeline has none, take no slot and are not recorded (their
+    keys stay unused); the live event between them runs."""
+    await system.apply(
+        PIPELINES.replace(
+            "name: scoring\n", "name: scoring\nconcurrency: {max_active_runs: 2, on_limit: skip}\n"
+        )
+    )
+    await add_trigger(system)
+    assert (await send(system, "k0", date="a")).outcome == "run"  # no agent: it holds a slot
+    backfill_id = await add_backfill(system)
+    full, free = Allowance(0), Allowance(1)
+    results = await asyncio.gather(
+        replayed(system, "b1", Backfilled(backfill_id, full), date="b1"),
+        send(system, "live", date="live"),
+        replayed(system, "b2", Backfilled(backfill_id, free), date="b2"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Deferred), results
+    assert isinstance(results[1], EventResult), results
+    assert results[1].outcome == "run", results
+    assert isinstance(results[2], Deferred), results
+    assert (free.free, free.started) == (1, [])
+    keys = {event["dedupe_key"] for event in await events_of(system, "t1")}
+    assert keys == {"k0", "live"}
+    assert await count_runs(system) == 2
+
+
+async def test_a_backfill_event_of_a_paused_trigger_or_a_disabled_version_is_deferred(
+    system: Harness,
+) -> None:
+    await add_trigger(system, pin="version: 1")
+    backfill_id = await add_backfill(system)
+    response = await system.client.post("/api/v1/triggers/t1/pause")
+    assert response.status == 200
+    with pytest.raises(Deferred, match="paused"):
+        await replayed(system, "b1", Backfilled(backfill_id, Allowance(1)), date="b1")
+    response = await system.client.post("/api/v1/triggers/t1/resume")
+    assert response.status == 200
+    await publish_v2(system)
+    response = await system.client.patch("/api/v1/pipelines/scoring/versions/1", json={"status": "disabled"})
+    assert response.status == 200, await response.text()
+    with pytest.raises(Deferred, match="disabled"):
+        await replayed(system, "b1", Backfilled(backfill_id, Allowance(1)), date="b1")
+    assert await events_of(system, "t1") == []

@@ -9,8 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from daemon.documents.specs import Concurrency
 from daemon.errors import Invalid
 from daemon.rules import backfills as rules
+from daemon.rules.admission import Slots
 from triggers.cronheap import fire_event
 from triggers.cronplan import Schedule
 
@@ -27,11 +29,14 @@ def test_times_are_read_with_their_offset_or_in_the_trigger_zone() -> None:
         rules.parse_instant("soon", MADRID, "to")
 
 
-def test_a_range_must_end_after_it_starts() -> None:
-    day = datetime(2024, 1, 1, tzinfo=UTC)
-    rules.check_range(day, day.replace(hour=1))
+def test_a_range_must_end_after_it_starts_and_not_after_now() -> None:
+    day, now = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC)
+    rules.check_range(day, day.replace(hour=1), now)
+    rules.check_range(day, now, now)
     with pytest.raises(Invalid, match=r"^to:"):
-        rules.check_range(day, day)
+        rules.check_range(day, day, now)
+    with pytest.raises(Invalid, match=r"^to: .* later than now"):
+        rules.check_range(day, now.replace(second=1), now)
 
 
 def test_hourly_fires_across_both_madrid_changes_are_the_live_ones() -> None:
@@ -97,8 +102,9 @@ def test_files_in_range_in_order_from_a_cursor_and_in_windows() -> None:
     ]
 
 
-def test_max_active_defaults_to_the_pipeline_then_four() -> None:
-    assert (rules.max_active(2, 9), rules.max_active(None, 9), rules.max_active(None, None)) == (2, 9, 4)
+def test_max_active_defaults_to_one_less_than_the_pipeline_then_four() -> None:
+    assert (rules.max_active(2, 9), rules.max_active(None, 9), rules.max_active(None, None)) == (2, 8, 4)
+    assert (rules.max_active(None, 2), rules.max_active(None, 1)) == (1, 1)
 
 
 def test_the_allowance_lets_finished_runs_through_and_stops_at_the_first_refusal() -> None:
@@ -109,3 +115,57 @@ def test_the_allowance_lets_finished_runs_through_and_stops_at_the_first_refusal
     assert not allowance.take(second, finished=False)
     assert not allowance.take(uuid.uuid4(), finished=True)  # the position stays a clean prefix
     assert allowance.started == [first]
+
+
+SKIP_AT_2 = Concurrency(max_active_runs=2, on_limit="skip")
+
+
+def test_a_deferred_backfill_run_takes_no_slot_and_a_live_one_after_it_runs() -> None:
+    slots = Slots({"p": 1})
+    full = rules.Allowance(0)
+    deferred = rules.take_slot(slots, full, "p", SKIP_AT_2, uuid.uuid4(), finished=False)
+    assert (deferred.outcome, deferred.creates) == ("deferred", False)
+    assert rules.take_slot(slots, None, "p", SKIP_AT_2, uuid.uuid4(), finished=False).outcome == "run"
+
+
+@pytest.mark.parametrize("on_limit", ["skip", "queue"])
+def test_a_backfill_run_at_the_pipeline_limit_is_deferred_not_skipped_or_held(on_limit: str) -> None:
+    limit = Concurrency(max_active_runs=1, on_limit=on_limit)
+    slots, allowance = Slots({"p": 1}), rules.Allowance(2)
+    verdict = rules.take_slot(slots, allowance, "p", limit, uuid.uuid4(), finished=False)
+    assert verdict.outcome == "deferred"
+    assert (allowance.free, allowance.started, allowance.refused) == (2, [], True)
+    finished = rules.take_slot(slots, rules.Allowance(0), "p", limit, uuid.uuid4(), finished=True)
+    assert finished.outcome == "run"  # over as it is made: no slot of either
+
+
+def test_a_paused_trigger_or_a_disabled_version_defers_a_backfill_event() -> None:
+    paused = rules.waits("t", paused=True, pipeline="p", version=1, status="active")
+    disabled = rules.waits("t", paused=False, pipeline="p", version=1, status="disabled")
+    assert paused is not None
+    assert (paused.outcome, "paused" in (paused.reason or "")) == ("deferred", True)
+    assert disabled is not None
+    assert (disabled.outcome, "disabled" in (disabled.reason or "")) == (
+        "deferred",
+        True,
+    )
+    assert rules.waits("t", paused=False, pipeline="p", version=1, status="active") is None
+
+
+def test_after_a_deferral_a_backfill_offers_only_its_free_slots_until_runs_come_out_finished() -> None:
+    pace = rules.Pace()
+    assert pace.size(64, 3) == 64
+    allowance = rules.Allowance(3)
+    for _ in range(3):
+        allowance.take(uuid.uuid4(), finished=False)
+    pace.after(allowance, 3, deferred=True)
+    assert pace.size(64, 2) == 2
+    busy = rules.Allowance(2)
+    busy.take(uuid.uuid4(), finished=False)
+    busy.take(uuid.uuid4(), finished=False)
+    pace.after(busy, 2, deferred=False)  # every run took a slot: still narrow
+    assert pace.size(64, 1) == 1
+    reused = rules.Allowance(1)
+    reused.take(uuid.uuid4(), finished=True)
+    pace.after(reused, 1, deferred=False)  # a run over as it was made: full batches again
+    assert pace.size(64, 1) == 64
