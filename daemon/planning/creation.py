@@ -34,7 +34,7 @@ from daemon.dispatch.dispatcher import Claims, Dispatcher, ReadyStep
 from daemon.errors import SluiceError
 from daemon.metrics.runs import RunCounts
 from daemon.planning.contexts import RunContexts, VersionSpec, run_context
-from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans
+from daemon.planning.reuse_planner import PlanRequest, ReusePlanner, step_plans, with_inputs
 from daemon.rules.admission import RUN, Slots, Verdict, counted
 from daemon.rules.backfills import Allowance, take_slot
 from daemon.rules.partitions import Partition
@@ -180,10 +180,7 @@ class RunCreation:
             if draft.verdict.outcome == "rejected":
                 continue  # planning found why not (a step that cannot fan out)
             version = draft.version
-            draft.links = reused_links(draft.decisions)
-            # What each step reads is recorded with it; a held run's, once it is admitted.
-            run = run_context(version, draft.run_id, draft.params, draft.links, draft.partitions)
-            plans = step_plans(version, draft.decisions, held=False, run=run)
+            plans = step_plans(version, draft.decisions, held=False)
             draft.finished = all(plan.status in SUCCESS_STEP for plan in plans.values())
             draft.verdict = take_slot(
                 slots,
@@ -193,13 +190,18 @@ class RunCreation:
                 draft.run_id,
                 finished=draft.finished,
             )
+            draft.links = {}
             if not draft.verdict.creates:
-                draft.links = {}
                 continue
             if draft.held:
                 draft.finished = False
-                draft.links = {}
                 plans = step_plans(version, draft.decisions, held=True)
+            else:
+                # What each step reads is recorded with it (a held run's once it is admitted): only
+                # for runs that are made, so a deferred or skipped draft renders nothing.
+                draft.links = reused_links(draft.decisions)
+                run = run_context(version, draft.run_id, draft.params, draft.links, draft.partitions)
+                plans = with_inputs(plans, version, draft.decisions, run)
             draft.steps = plans
             if claim:
                 self._claim_ready(draft)

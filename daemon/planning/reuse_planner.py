@@ -336,12 +336,11 @@ def step_plans(
     decisions: Mapping[str, Decision],
     *,
     held: bool,
-    run: RunContext | None = None,
 ) -> dict[str, StepPlan]:
     """Each step run of a run as it is written (made or admitted): its first status
     (:func:`first_statuses`; a step that fans out runs as its partitions) and what reuse decided for
-    it; partitions follow the steps, each with its step, index and item. With ``run`` (the run's
-    context, reused links included), each also has its inputs (lineage)."""
+    it; partitions follow the steps, each with its step, index and item (what each reads comes with
+    :func:`with_inputs`, for a run that is made)."""
     statuses = first_statuses(version.graph, decisions, held=held)
     # A held run's partitions are planned when it is admitted: its files may change until then.
     fanned = {} if held else {name: d.partition for name, d in decisions.items() if d.partition}
@@ -349,16 +348,10 @@ def step_plans(
         statuses |= {name: "reused" if decisions[name].origin else "pending" for name in fanned}
         statuses |= _spread_first(version, statuses, fanned)
     plans = {}
-    values = run_values(run) if run is not None else {}
-    fanning = set(version.fanning) if run is not None else set()
     for name, status in statuses.items():
         decision = decisions[name]
         origin = decision.origin if status == "reused" else None
         partition = fanned.get(name)
-        inputs = ()
-        if run is not None and name not in fanning:  # its partitions read, not the step
-            step = version.steps[name if partition is None else step_of(name)]
-            inputs = step_inputs(run, step, decision.components, values, partition)
         plans[name] = StepPlan(
             status=status,
             fingerprint=decision.fingerprint,
@@ -369,9 +362,28 @@ def step_plans(
             partition_of=None if partition is None else step_of(name),
             partition=None if partition is None else partition.index,
             item=None if partition is None else item_of(partition),
-            inputs=inputs,
         )
     return plans
+
+
+def with_inputs(
+    plans: Mapping[str, StepPlan], version: VersionSpec, decisions: Mapping[str, Decision], run: RunContext
+) -> dict[str, StepPlan]:
+    """``plans`` with what each step run reads (lineage), rendered in ``run``'s context (reused links
+    included); a step that fans out reads through its partitions, not itself."""
+    values = run_values(run)
+    fanning = set(version.fanning)
+    found = {}
+    for name, plan in plans.items():
+        if name in fanning:
+            found[name] = plan
+            continue
+        step = version.steps[name if plan.partition_of is None else plan.partition_of]
+        partition = decisions[name].partition
+        found[name] = replace(
+            plan, inputs=step_inputs(run, step, decisions[name].components, values, partition)
+        )
+    return found
 
 
 def _spread_first(
