@@ -18,6 +18,7 @@ import msgspec
 
 from daemon.errors import Conflict, Invalid, NotFound
 from daemon.rules import backfills as rules
+from daemon.rules.instants import parse_instant
 from daemon.store import backfills as backfill_store
 from daemon.store.catalog import get_datastore, get_trigger
 from daemon.store.pipelines import get_version
@@ -63,8 +64,8 @@ async def create_backfill(
         max_active = rules.max_active(request.max_active, limit)
         on = msgspec.convert(record.spec["on"], EventSource)
         zone = ZoneInfo(on.timezone) if isinstance(on, CronSource) else ZoneInfo("UTC")
-        start = rules.parse_instant(request.start, zone, "from")
-        end = rules.parse_instant(request.end, zone, "to")
+        start = parse_instant(request.start, zone, "from")
+        end = parse_instant(request.end, zone, "to")
         rules.check_range(start, end, datetime.now(UTC))
         if isinstance(on, CronSource):
             # Off the event loop: a range near the limit is a few seconds of cron arithmetic.

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from daemon.errors import BadRequest
+from daemon.rules.instants import parse_instant
 from triggers.base import TriggerEvent
 from triggers.cronheap import fire_event
 from triggers.cronplan import Schedule
@@ -73,22 +74,12 @@ def cron_fire(on: CronSource, at: str | None, now: datetime) -> datetime:
     clock), or the next one after ``now``.
 
     Raises:
-        BadRequest: ``at`` is not an ISO 8601 time, or the schedule never fires after it.
+        Invalid: ``at`` is not an ISO 8601 time or a date (naming ``at``).
+        BadRequest: the schedule never fires after it.
     """
     schedule = Schedule(on.cron, on.timezone)
-    if at is None:
-        after = now
-    else:
-        try:
-            instant = datetime.fromisoformat(at)
-        except ValueError:
-            raise BadRequest(f"at: {at[:64]!r} is not an ISO 8601 time (2026-03-01T02:00:00+01:00)") from None
-        if instant.tzinfo is None:
-            instant = instant.replace(tzinfo=schedule.zone)
-        try:
-            after = instant - timedelta(microseconds=1)
-        except OverflowError:
-            raise BadRequest(f"at: {at[:64]!r} is too far in the past") from None
+    # The first fire at or after ``at``: next_after takes the first strictly after its argument.
+    after = now if at is None else parse_instant(at, schedule.zone, "at") - timedelta(microseconds=1)
     fire = schedule.next_after(after)
     if fire is None:
         raise BadRequest(f"at: {on.cron!r} never fires after {after.isoformat()}")

@@ -7,12 +7,10 @@ fire or a file that already made an event is a duplicate and nothing runs twice.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
 from daemon.documents.specs import Concurrency
 from daemon.errors import Conflict, Invalid
@@ -30,25 +28,6 @@ REPLAYABLE = ("cron", "files")
 
 _TICK = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def parse_instant(text: str, zone: ZoneInfo, field: str) -> datetime:
-    """``text`` as an aware instant: ISO 8601 with an offset as written, one without an offset on the
-    trigger's wall clock (``zone``), a bare date at its midnight there.
-
-    Raises ``Invalid`` naming ``field``."""
-    value = text.strip()
-    try:
-        if _DATE.match(value):
-            return datetime.combine(date.fromisoformat(value), time(), zone)
-        instant = datetime.fromisoformat(value)
-    except ValueError:
-        raise Invalid(
-            f"{field}: {text[:60]!r} is not an ISO 8601 time (2024-03-01T00:00:00+01:00) "
-            "or a date (2024-03-01)"
-        ) from None
-    return instant if instant.tzinfo is not None else instant.replace(tzinfo=zone)
 
 
 def check_range(start: datetime, end: datetime, now: datetime) -> None:

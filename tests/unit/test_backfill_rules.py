@@ -13,6 +13,7 @@ from daemon.documents.specs import Concurrency
 from daemon.errors import Invalid
 from daemon.rules import backfills as rules
 from daemon.rules.admission import Slots
+from daemon.rules.instants import parse_instant
 from triggers.cronheap import fire_event
 from triggers.cronplan import Schedule
 
@@ -20,13 +21,11 @@ MADRID = ZoneInfo("Europe/Madrid")
 
 
 def test_times_are_read_with_their_offset_or_in_the_trigger_zone() -> None:
-    assert rules.parse_instant("2024-03-31", MADRID, "from") == datetime(2024, 3, 30, 23, tzinfo=UTC)
-    assert rules.parse_instant("2024-03-31T12:00:00+00:00", MADRID, "from") == datetime(
-        2024, 3, 31, 12, tzinfo=UTC
-    )
-    assert rules.parse_instant("2024-07-01T00:00", MADRID, "to") == datetime(2024, 6, 30, 22, tzinfo=UTC)
+    assert parse_instant("2024-03-31", MADRID, "from") == datetime(2024, 3, 30, 23, tzinfo=UTC)
+    assert parse_instant("2024-03-31T12:00:00+00:00", MADRID, "from") == datetime(2024, 3, 31, 12, tzinfo=UTC)
+    assert parse_instant("2024-07-01T00:00", MADRID, "to") == datetime(2024, 6, 30, 22, tzinfo=UTC)
     with pytest.raises(Invalid, match=r"^to: 'soon'"):
-        rules.parse_instant("soon", MADRID, "to")
+        parse_instant("soon", MADRID, "to")
 
 
 def test_a_range_must_end_after_it_starts_and_not_after_now() -> None:
@@ -43,14 +42,14 @@ def test_hourly_fires_across_both_madrid_changes_are_the_live_ones() -> None:
     schedule = Schedule("0 * * * *", "Europe/Madrid")
     spring = rules.cron_fires(
         schedule,
-        rules.parse_instant("2024-03-31", MADRID, "from"),
-        rules.parse_instant("2024-04-01", MADRID, "to"),
+        parse_instant("2024-03-31", MADRID, "from"),
+        parse_instant("2024-04-01", MADRID, "to"),
         after=None,
         limit=100,
     )
     assert len(spring) == 23  # 02:00 does not exist that day
-    autumn_from = rules.parse_instant("2024-10-27", MADRID, "from")
-    autumn_to = rules.parse_instant("2024-10-28", MADRID, "to")
+    autumn_from = parse_instant("2024-10-27", MADRID, "from")
+    autumn_to = parse_instant("2024-10-28", MADRID, "to")
     autumn = rules.cron_fires(schedule, autumn_from, autumn_to, after=None, limit=100)
     assert len(autumn) == 25  # 02:00 twice, two distinct instants
     assert rules.count_cron_fires(schedule, autumn_from, autumn_to) == 25
@@ -169,3 +168,10 @@ def test_after_a_deferral_a_backfill_offers_only_its_free_slots_until_runs_come_
     reused.take(uuid.uuid4(), finished=True)
     pace.after(reused, 1, deferred=False)  # a run over as it was made: full batches again
     assert pace.size(64, 1) == 64
+
+
+def test_times_outside_the_years_taken_are_refused_naming_the_field() -> None:
+    with pytest.raises(Invalid, match=r"^from: '0001-01-01' is outside the years 1900-9000"):
+        parse_instant("0001-01-01", MADRID, "from")
+    with pytest.raises(Invalid, match=r"^to: '9999-12-31T23:59:59' is outside"):
+        parse_instant("9999-12-31T23:59:59", MADRID, "to")
