@@ -13,6 +13,7 @@ from daemon.api.context import POOL, SCHEDULER
 from daemon.api.contract import VERSION, endpoint
 from daemon.api.http import int_query
 from daemon.errors import NotFound
+from daemon.store import backfills as backfill_store
 from daemon.ui.page import render
 
 routes = web.RouteTableDef()
@@ -20,6 +21,7 @@ routes = web.RouteTableDef()
 LISTED = 500
 """The most pipelines, versions, triggers or events one page lists."""
 RECENT_EVENTS = 50
+RECENT_BACKFILLS = 10
 
 
 @routes.get("/pipelines")
@@ -113,6 +115,7 @@ async def trigger_page(request: web.Request) -> web.Response:
         if trigger is None:
             raise NotFound(f"trigger {name} does not exist")
         events = await store.list_events(conn, name, limit=RECENT_EVENTS)
+        backfills = await backfill_store.list_backfills(conn, limit=RECENT_BACKFILLS, trigger=name)
     return render(
         request,
         "trigger.html",
@@ -120,5 +123,6 @@ async def trigger_page(request: web.Request) -> web.Response:
         trigger=trigger,
         status=_status(request, name),
         events=events,
+        backfills=[backfill.to_json() for backfill in backfills],
         spec_yaml=_yaml(trigger.spec),
     )

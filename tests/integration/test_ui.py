@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -221,3 +222,21 @@ async def test_the_api_document_leaves_the_pages_out(system: Harness) -> None:
         for path in paths
         if not path.startswith("/api/") and path not in ("/healthz", "/readyz", "/metrics")
     ]
+
+
+async def test_a_trigger_page_shows_its_backfills_with_their_progress(system: Harness) -> None:
+    await system.agent("a1")
+    await system.apply(PIPELINE)
+    await system.apply(
+        "kind: Trigger\nname: hourly\npipeline: flow\non: {cron: '0 * * * *', catchup: none}\n"
+    )
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    body = {"from": (now - timedelta(hours=3)).isoformat(), "to": now.isoformat()}
+    response = await system.client.post("/api/v1/triggers/hourly/backfills", json=body)
+    assert response.status == 201, await response.text()
+    backfill = await response.json()
+
+    status, html = await page(system.client, "/triggers/hourly", ADMIN_TOKEN)
+    assert status == 200
+    assert f'<tr data-backfill="{backfill["id"]}"' in html
+    assert "of 3" in html  # three hourly fires in the range
