@@ -226,8 +226,8 @@ async def advance(db: Db, backfill_id: int, position: str, offered: int) -> bool
 
     The commit does not wait for its WAL flush: a crash may lose the newest positions (never the
     events before them, whose commits flushed first), and the events after the position kept are
-    offered again, duplicates that run nothing. Waiting for the flush cost a batch of 64 events about
-    a tenth of its time."""
+    offered again, duplicates that run nothing. Waiting, the update took 3.3 ms of a 64-event turn's
+    ~50 ms in ``bench_backfill`` (its flush queues behind the event inserts' WAL)."""
     async with transaction(db) as conn:
         await conn.execute("SET LOCAL synchronous_commit = off")
         done = await conn.fetchval(
