@@ -23,8 +23,9 @@ A batch, in three round trips (contract §3: each event creates at most one run 
 
 After the write each trigger's ``last_event_at`` moves (at most once a second per trigger: it is a
 status field, and writing the trigger row with the events would serialise all events of a trigger on
-its row lock). Version specs come from the daemon's cache (versions never change). Reuse planning
-fingerprints datastore inputs before the write (off the event loop).
+its row lock), in one statement for the batch once its callers have their answers. Version specs
+come from the daemon's cache (versions never change). Reuse planning fingerprints datastore inputs
+before the write (off the event loop).
 """
 
 from __future__ import annotations
@@ -215,15 +216,17 @@ class Ingest:
         return decided
 
     async def _deliver(self, batch: list[_Queued], decided: list[_Decided | None]) -> None:
-        """After the commit: runs to the dispatcher, triggers touched, callers answered."""
+        """After the commit: runs to the dispatcher, callers answered, then the triggers touched."""
+        touches: dict[str, datetime] = {}
         for queued, outcome in zip(batch, decided, strict=True):
             if outcome is None:
                 continue
             try:
+                if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
+                    trigger = queued.event.trigger
+                    touches[trigger] = max(queued.received, touches.get(trigger, queued.received))
                 if outcome.handover is not None:
                     await self._creation.hand_over(outcome.handover)
-                if isinstance(outcome.result, EventResult) and outcome.result.outcome != "duplicate":
-                    await self._touch(queued.event.trigger, queued.received)
             except Exception:
                 # Committed all the same: the dispatcher's sweep finds the run's ready steps, and
                 # hand_over sent its claimed steps before anything that could fail.
@@ -234,6 +237,7 @@ class Ingest:
                         queued.done.set_exception(outcome.result)
                     else:
                         queued.done.set_result(outcome.result)
+        await self._touch(touches)
 
     def _fail(self, queued: _Queued, exc: BaseException) -> None:
         """Nothing of the event was committed: the source offers it again."""
@@ -245,17 +249,23 @@ class Ingest:
                 Unavailable(f"event {event.dedupe_key!r} of trigger {event.trigger} was not recorded: {exc}")
             )
 
-    async def _touch(self, trigger: str, received: datetime) -> None:
-        """``last_event_at``, written at most every ``TOUCH_INTERVAL_S`` per trigger: a status field,
-        kept off the hot path's transaction (its row lock would serialise the trigger's events)."""
+    async def _touch(self, received: Mapping[str, datetime]) -> None:
+        """``last_event_at`` of the triggers that had events (the latest time each was received),
+        written at most every ``TOUCH_INTERVAL_S`` per trigger: a status field, kept off the hot
+        path's transaction (its row lock would serialise the trigger's events)."""
         now = time.monotonic()
-        if now - self._touched.get(trigger, -TOUCH_INTERVAL_S) < TOUCH_INTERVAL_S:
+        due = {
+            trigger: at
+            for trigger, at in received.items()
+            if now - self._touched.get(trigger, -TOUCH_INTERVAL_S) >= TOUCH_INTERVAL_S
+        }
+        if not due:
             return
-        self._touched[trigger] = now
+        self._touched.update(dict.fromkeys(due, now))
         try:
-            await trigger_store.touch_trigger(self._pool, trigger, received)
+            await trigger_store.touch_triggers(self._pool, due)
         except _DATABASE_ERRORS as exc:
-            log.warning("trigger_touch_failed", trigger=trigger, error=str(exc))
+            log.warning("trigger_touch_failed", triggers=len(due), error=str(exc))
 
     async def _commit(self, conn: asyncpg.Connection, batch: list[_Queued]) -> list[_Decided]:
         try:

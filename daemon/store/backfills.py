@@ -16,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from daemon.store.db import Db, iso
+from daemon.store.db import Db, iso, transaction
 from daemon.store.runs import ACTIVE
 
 BackfillStatus = Literal["running", "succeeded", "failed", "cancelled"]
@@ -222,16 +222,23 @@ async def running_backfills(db: Db) -> list[Running]:
 
 async def advance(db: Db, backfill_id: int, position: str, offered: int) -> bool:
     """Commits the position reached and the events offered up to it; False when the backfill is no
-    longer running (cancelled meanwhile: nothing changes)."""
-    done = await db.fetchval(
-        """
-        UPDATE backfills SET position = $2, offered = offered + $3, updated_at = now()
-        WHERE id = $1 AND status = 'running' RETURNING true
-        """,
-        backfill_id,
-        position,
-        offered,
-    )
+    longer running (cancelled meanwhile: nothing changes).
+
+    The commit does not wait for its WAL flush: a crash may lose the newest positions (never the
+    events before them, whose commits flushed first), and the events after the position kept are
+    offered again, duplicates that run nothing. Waiting, the update took 3.3 ms of a 64-event turn's
+    ~50 ms in ``bench_backfill`` (its flush queues behind the event inserts' WAL)."""
+    async with transaction(db) as conn:
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        done = await conn.fetchval(
+            """
+            UPDATE backfills SET position = $2, offered = offered + $3, updated_at = now()
+            WHERE id = $1 AND status = 'running' RETURNING true
+            """,
+            backfill_id,
+            position,
+            offered,
+        )
     return bool(done)
 
 

@@ -6,7 +6,7 @@ finished runs a ``run`` trigger catches up on.
 and writes nothing) together with the runs they became and those runs' steps, in one statement. An
 event's run id is made by the caller and its foreign key deferred, so an event whose run could not be
 written fails the statement rather than pointing nowhere. The trigger row is not written there:
-:func:`touch_trigger` moves ``last_event_at`` after it, so that concurrent events of one trigger do
+:func:`touch_triggers` moves ``last_event_at`` after it, so that concurrent events of one trigger do
 not queue on its row lock.
 """
 
@@ -272,13 +272,19 @@ async def find_events(
     return {(row["trigger"], row["dedupe_key"]): (row["id"], row["run_id"]) for row in rows}
 
 
-async def touch_trigger(db: Db, trigger: str, at: datetime) -> None:
-    """Moves the trigger's ``last_event_at`` forward to ``at`` (never back)."""
+async def touch_triggers(db: Db, touches: Mapping[str, datetime]) -> None:
+    """Moves each trigger's ``last_event_at`` forward to its time in ``touches`` (never back), in one
+    statement."""
+    if not touches:
+        return
     await db.execute(
-        "UPDATE triggers SET last_event_at = $2 "
-        "WHERE name = $1 AND (last_event_at IS NULL OR last_event_at < $2)",
-        trigger,
-        at,
+        """
+        UPDATE triggers t SET last_event_at = x.at
+        FROM unnest($1::text[], $2::timestamptz[]) AS x(name, at)
+        WHERE t.name = x.name AND (t.last_event_at IS NULL OR t.last_event_at < x.at)
+        """,
+        list(touches),
+        list(touches.values()),
     )
 
 
