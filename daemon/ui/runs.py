@@ -113,10 +113,7 @@ async def run_page(request: web.Request) -> web.Response:
     run_id = await run_id_arg(request)
     pool = request.app[POOL]
     async with pool.acquire() as conn:
-        run = await run_store.get_run(conn, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id} does not exist")
-        steps = await step_store.get_steps(conn, run_id)
+        run, steps = await _run_with_steps(conn, run_id)
         version = await store.get_version(conn, run.pipeline, run.version)
         event = await event_store.get_event(conn, run.event_id) if run.event_id is not None else None
     views = _step_views(request, steps)
@@ -126,6 +123,13 @@ async def run_page(request: web.Request) -> web.Response:
     if request.query.get("part") == "live":
         return render(request, "run_live.html", "runs", **values)
     return render(request, "run.html", "runs", event=event, version=version, **values)
+
+
+async def _run_with_steps(conn: Any, run_id: UUID) -> tuple[run_store.RunRecord, list[StepRunRecord]]:
+    run = await run_store.get_run(conn, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} does not exist")
+    return run, await step_store.get_steps(conn, run_id)
 
 
 def _step_views(request: web.Request, steps: list[StepRunRecord]) -> list[StepView]:
@@ -181,10 +185,7 @@ async def step_page(request: web.Request) -> web.Response:
     run_id, name = await run_id_arg(request), request.match_info["step"]
     pool = request.app[POOL]
     async with pool.acquire() as conn:
-        run = await run_store.get_run(conn, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id} does not exist")
-        steps = await step_store.get_steps(conn, run_id)
+        run, steps = await _run_with_steps(conn, run_id)
         inputs = await lineage_store.run_inputs(conn, run_id)
     view = next((v for v in _step_views(request, steps) if v.step.name == name), None)
     if view is None:
