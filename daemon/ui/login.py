@@ -3,10 +3,13 @@ cookie (no script can read it, and no other site's request carries it)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from aiohttp import web
 
 from daemon.api.access import ACCESS, SESSION_COOKIE
 from daemon.api.contract import FORM, endpoint
+from daemon.errors import Forbidden
 from daemon.ui.page import render
 
 routes = web.RouteTableDef()
@@ -17,22 +20,28 @@ MAX_TOKEN = 512
 
 
 def _next_page(raw: str | None) -> str:
-    """Where to go after logging in: a path of this daemon only (``//host`` or a URL would send the
-    person elsewhere)."""
-    if not raw or not raw.startswith("/") or raw.startswith("//") or "\\" in raw:
+    """Where to go after logging in: a path of this daemon only. ``//host``, a URL, a backslash or a
+    control character (browsers drop tabs and newlines from URLs: ``/\t/host`` is ``//host``) would
+    send the person elsewhere."""
+    if not raw or not raw.startswith("/") or any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in raw):
+        return "/"
+    parts = urlsplit(raw)
+    if parts.scheme or parts.netloc or raw.startswith("//"):
         return "/"
     return raw
 
 
 @routes.get("/login")
-@endpoint("read", page=True)
 async def login_form(request: web.Request) -> web.Response:
     return render(request, "login.html", "login", next=_next_page(request.query.get("next")), error=None)
 
 
 @routes.post("/login")
-@endpoint("read", page=True, content_types=(FORM,))
 async def log_in(request: web.Request) -> web.Response:
+    """Open to anyone (the guard passes it by), but only from this daemon's own login page: without
+    an Origin, another site could log a person in as someone else (login CSRF)."""
+    if request.headers.get("Origin") is None:
+        raise Forbidden("log in from this daemon's login page (the request has no Origin)")
     form = await request.post()
     token = str(form.get("token", "")).strip()
     then = _next_page(str(form.get("next", "")))

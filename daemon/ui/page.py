@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from daemon.api.access import SCOPE, granted
+from daemon.api.access import OPEN_PATHS, SCOPE, granted
 
 
 def render(request: web.Request, template: str, active: str, **values: Any) -> web.Response:
@@ -30,7 +30,7 @@ def render(request: web.Request, template: str, active: str, **values: Any) -> w
 def is_page(request: web.Request) -> bool:
     """Whether a failure of ``request`` should be shown as a page: anything but the API and the
     operations' routes."""
-    return not request.path.startswith("/api/") and request.path not in ("/healthz", "/readyz", "/metrics")
+    return not request.path.startswith("/api/") and request.path not in OPEN_PATHS - {"/login"}
 
 
 def error_page(request: web.Request, status: int, code: str, message: str) -> web.Response:

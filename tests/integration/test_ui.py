@@ -76,7 +76,9 @@ async def test_a_page_without_credentials_goes_to_the_login_page_and_back(system
 async def test_logging_in_sets_a_cookie_scripts_and_other_sites_cannot_use(system: Harness) -> None:
     client = system.client
     bad = await client.post(
-        "/login", data={"token": "nope", "next": "/agents"}, headers={"Authorization": "", **FORM}
+        "/login",
+        data={"token": "nope", "next": "/agents"},
+        headers={"Authorization": "", "Origin": origin(system.client), **FORM},
     )
     assert bad.status == 401
     assert "That token is not valid" in await bad.text()
@@ -85,7 +87,7 @@ async def test_logging_in_sets_a_cookie_scripts_and_other_sites_cannot_use(syste
     good = await client.post(
         "/login",
         data={"token": ADMIN_TOKEN, "next": "/agents"},
-        headers={"Authorization": "", **FORM},
+        headers={"Authorization": "", "Origin": origin(system.client), **FORM},
         allow_redirects=False,
     )
     assert good.status == 303
@@ -97,12 +99,14 @@ async def test_logging_in_sets_a_cookie_scripts_and_other_sites_cannot_use(syste
     assert "Path=/" in cookie
 
 
-@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil.example"])
+@pytest.mark.parametrize(
+    "target", ["//evil.example/", "https://evil.example/", "/\\evil.example", "/\t/evil.example", "/\n/x"]
+)
 async def test_login_never_sends_a_person_to_another_site(system: Harness, target: str) -> None:
     response = await system.client.post(
         "/login",
         data={"token": ADMIN_TOKEN, "next": target},
-        headers={"Authorization": "", **FORM},
+        headers={"Authorization": "", "Origin": origin(system.client), **FORM},
         allow_redirects=False,
     )
     assert response.status == 303
@@ -240,3 +244,21 @@ async def test_a_trigger_page_shows_its_backfills_with_their_progress(system: Ha
     assert status == 200
     assert f'<tr data-backfill="{backfill["id"]}"' in html
     assert "of 3" in html  # three hourly fires in the range
+
+
+async def test_logging_in_needs_this_daemons_origin(system: Harness) -> None:
+    response = await system.client.post(
+        "/login", data={"token": ADMIN_TOKEN}, headers={"Authorization": "", **FORM}, allow_redirects=False
+    )
+    assert response.status == 403
+    assert SESSION_COOKIE not in response.cookies
+
+
+@pytest.mark.parametrize("path", ["/", "/login", "/runs/0123456789abcdef", "/api/v1/runs", "/healthz"])
+async def test_no_page_may_be_framed_or_load_from_elsewhere(system: Harness, path: str) -> None:
+    response = await system.client.get(path, cookies={SESSION_COOKIE: ADMIN_TOKEN}, allow_redirects=False)
+    assert response.headers["X-Frame-Options"] == "DENY"
+    policy = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "script-src 'self'" in policy
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
