@@ -46,7 +46,7 @@ STEP_DURATION = Histogram(
     "Run time of step attempts on agents (started to finished, as the agent reports it), by pipeline "
     "and step; a foreach step's partitions count under the step's name",
     ["pipeline", "step"],
-    buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+    buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400),
 )
 DISPATCH_LATENCY = Histogram(
     "sluice_step_dispatch_latency_seconds",

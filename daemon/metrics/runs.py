@@ -57,7 +57,7 @@ class RunCounts:
         except DATABASE_ERRORS as exc:
             log.warning("trigger_kind_unread", trigger=trigger, error=str(exc) or type(exc).__name__)
             return UNKNOWN
-        if not rows:
-            return UNKNOWN  # deleted since: not remembered, a trigger of that name may come back
-        self._kinds[trigger] = rows[0].source
-        return rows[0].source
+        # A deleted trigger is remembered as unknown too (no query per finished run); one made again
+        # under its name is noted afresh by the event path.
+        kind = self._kinds[trigger] = rows[0].source if rows else UNKNOWN
+        return kind

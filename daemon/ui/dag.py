@@ -17,6 +17,8 @@ from typing import Literal
 
 from markupsafe import Markup, escape
 
+from daemon.ui.views import STATUS_SYMBOLS as SYMBOLS
+
 NODE_WIDTH = 168.0
 NODE_HEIGHT = 58.0  # three lines: name, status, detail
 LAYER_GAP = 56.0
@@ -297,17 +299,6 @@ class Box:
 
 
 # Status is never told by colour alone: each has a word and a symbol.
-SYMBOLS = {
-    "succeeded": "✓",
-    "failed": "✗",
-    "running": "●",
-    "waiting": "○",
-    "ready": "○",
-    "pending": "○",
-    "reused": "↺",
-    "cancelled": "⊘",
-    "skipped": "⊘",
-}
 NAME_CHARS = 20
 DETAIL_CHARS = 24
 PADDING = 10.0

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
 
+import msgspec
 from aiohttp import web
 
 from daemon import store
@@ -152,7 +153,12 @@ def _step_views(request: web.Request, steps: list[StepRunRecord]) -> list[StepVi
 
 
 def _spec(raw: dict[str, Any]) -> PipelineSpec | None:
-    spec = spec_from_json("Pipeline", raw)
+    """The version's spec, or None (the page goes without its DAG) for one stored by a Sluice whose
+    documents this one no longer reads."""
+    try:
+        spec = spec_from_json("Pipeline", raw)
+    except msgspec.ValidationError:
+        return None
     return spec if isinstance(spec, PipelineSpec) else None
 
 

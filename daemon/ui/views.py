@@ -16,6 +16,7 @@ STATUS_SYMBOLS: Mapping[str, str] = {
     "queued": "○",
     "pending": "○",
     "ready": "○",
+    "waiting": "○",
     "held": "◌",
     "reused": "↺",
     "cancelled": "⊘",

@@ -5,7 +5,15 @@
 "use strict";
 
 (() => {
-  const REFRESH_DELAY_MS = 250;
+  const REFRESH_EVERY_MS = 1000;  // at most one refresh of a part a second, however busy the system
+  const POLL_EVERY_MS = 30000;  // events are a hint: the page is read again now and then anyway
+  const LOG_LINES_KEPT = 5000;
+  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+  function toLogin() {
+    const here = location.pathname + location.search;
+    location.assign("/login?next=" + encodeURIComponent(here));
+  }
 
   function flash(message, kind = "error") {
     const box = document.getElementById("flash");
@@ -33,8 +41,9 @@
     return answer;
   }
 
-  // Refreshing a live part: at most one request in flight, and changes that come while one is
-  // running make one more after it.
+  // Refreshing a live part, throttled: a change asks for a refresh within REFRESH_EVERY_MS (a
+  // steady stream of changes still refreshes once a second), at most one request in flight, and
+  // changes that come while one is running make one more after it.
   function liveRefresher(part) {
     let timer = null, running = false, again = false;
     async function load() {
@@ -43,7 +52,7 @@
       try {
         const response = await fetch(part.dataset.live, { credentials: "same-origin" });
         if (response.redirected && new URL(response.url).pathname === "/login") {
-          location.assign(response.url);
+          toLogin();  // the session ended: back here (the page, not its live part) after logging in
           return;
         }
         if (response.ok) {
@@ -53,48 +62,92 @@
           if (focused) part.querySelector(`[href="${CSS.escape(focused)}"]`)?.focus();
           part.dispatchEvent(new CustomEvent("sluice:refreshed", { bubbles: true }));
         }
+      } catch {
+        // The daemon is unreachable for now: the next change or poll tries again.
       } finally {
         running = false;
         if (again) { again = false; schedule(); }
       }
     }
     function schedule() {
-      clearTimeout(timer);
-      timer = setTimeout(load, REFRESH_DELAY_MS);
+      if (timer !== null) return;
+      timer = setTimeout(() => { timer = null; load(); }, REFRESH_EVERY_MS);
     }
     return schedule;
   }
 
+  // A part that follows the daemon's changes while the tab is visible: the stream is closed when
+  // the tab is hidden (a browser holds only six connections to a host) and once what it shows is
+  // over (a finished run changes no more).
   function followChanges(part) {
     const refresh = liveRefresher(part);
-    const events = new EventSource(part.dataset.events);
-    events.addEventListener("run", refresh);
-    events.addEventListener("step", refresh);
-    // What happened before the stream opened (between rendering the page and the first open, or
-    // while it was down) is read from the page itself.
-    events.addEventListener("open", refresh);
     const state = document.querySelector("[data-live-state]");
-    events.addEventListener("error", () => { if (state) state.textContent = "reconnecting…"; });
-    events.addEventListener("open", () => { if (state) state.textContent = "live"; });
+    let events = null;
+    // data-ends: the part's first status, once final, changes no more (a run's, a step's).
+    const over = () =>
+      part.dataset.ends !== undefined && FINAL.has(part.querySelector("[data-status]")?.dataset.status);
+    function open() {
+      if (events !== null || over()) return;
+      events = new EventSource(part.dataset.events);
+      events.addEventListener("run", refresh);
+      events.addEventListener("step", refresh);
+      // What happened before the stream opened (between rendering the page and the first open, or
+      // while it was down) is read from the page itself.
+      events.addEventListener("open", () => { refresh(); if (state) state.textContent = "live"; });
+      events.addEventListener("error", () => {
+        if (state) state.textContent = "reconnecting…";
+        // A stream the browser gave up on (401: the session ended) is not retried by it: the live
+        // part is read instead, which leads to the login page if that is why.
+        if (events && events.readyState === EventSource.CLOSED) { close(); refresh(); }
+      });
+    }
+    function close() { if (events !== null) { events.close(); events = null; } }
+    part.addEventListener("sluice:refreshed", () => { if (over()) close(); });
+    document.addEventListener("visibilitychange", () => {
+      if (document.hidden) { close(); } else { open(); refresh(); }
+    });
+    setInterval(() => { if (!document.hidden && !over()) refresh(); }, POLL_EVERY_MS);
+    open();
   }
 
+  // A step's log as it is written: lines are added once per frame (a chatty step does not make the
+  // page lay itself out per line), and only the last LOG_LINES_KEPT stay on the page (the full log
+  // is a link away).
   function followLog(log) {
     const state = document.getElementById("log-state");
     const source = new EventSource(log.dataset.follow);
-    let attempt = null;
+    let attempt = null, pending = [], frame = 0, kept = 0, trimmed = false;
+    function flush() {
+      frame = 0;
+      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      log.append(document.createTextNode(pending.join("")));
+      kept += pending.length;
+      pending = [];
+      while (kept > LOG_LINES_KEPT && log.firstChild) {
+        const first = log.firstChild;
+        kept -= (first.textContent.match(/\n/g) || []).length;
+        first.remove();
+        trimmed = true;
+      }
+      if (trimmed) log.dataset.trimmed = "true";
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    }
+    function add(text) {
+      pending.push(text);
+      if (!frame) frame = requestAnimationFrame(flush);
+    }
     source.addEventListener("line", (event) => {
       const line = JSON.parse(event.data);
-      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
       if (line.attempt !== attempt) {
         attempt = line.attempt;
-        log.append(document.createTextNode(`── attempt ${attempt} ──\n`));
+        add(`── attempt ${attempt} ──\n`);
         if (state) state.textContent = `following attempt ${attempt}…`;
       }
-      log.append(document.createTextNode(line.line + "\n"));
-      if (atBottom) log.scrollTop = log.scrollHeight;
+      add(line.line + "\n");
     });
     source.addEventListener("end", (event) => {
       source.close();
+      if (frame) { cancelAnimationFrame(frame); flush(); }
       const end = JSON.parse(event.data);
       if (state) state.textContent = `the step ${end.status || "ended"}; the log is complete.`;
       log.dataset.complete = "true";
@@ -155,11 +208,6 @@
       flash(error.message);
       button.disabled = false;
     }
-  });
-
-  document.addEventListener("change", (event) => {
-    const form = event.target.closest("#run-filters");
-    if (form) form.requestSubmit();
   });
 
   document.addEventListener("DOMContentLoaded", () => {
