@@ -6,10 +6,12 @@ Each route states what it needs with :func:`daemon.api.contract.endpoint`; a rou
 nothing needs ``read`` for GET and ``admin`` for anything else, so a route added without thought is
 closed, not open.
 
-A person in a browser holds the same token in the HttpOnly, SameSite=Strict cookie the login page
-sets (:data:`SESSION_COOKIE`). A request that a cookie authenticates and that changes something must
-carry the ``Origin`` of this daemon's own pages: with the content types taken (JSON, YAML), that is
-what keeps another site's page from using a person's session.
+A person in a browser logs in with a token once; the HttpOnly, SameSite=Strict cookie the login page
+sets (:data:`SESSION_COOKIE`) holds a random session id that stands for that token (never the token
+itself) until it expires, the person logs out, or the token is revoked. A request that a cookie
+authenticates and that changes something must carry the ``Origin`` of this daemon's own pages: with
+the content types taken (JSON, YAML), that is what keeps another site's page from using a person's
+session.
 
 Scopes: ``read`` (GETs and streams), ``run`` (start and cancel runs, pause and resume triggers),
 ``publish`` (apply, version lifecycle), ``admin`` (everything: tokens and NATS credentials too).
@@ -32,6 +34,7 @@ from aiohttp import web
 
 from daemon.api.contract import READING, Scope, check_parameters, endpoint_of
 from daemon.errors import Forbidden, Misdirected, TooLarge, Unauthorized, UnsupportedMediaType
+from daemon.store import sessions as session_store
 from daemon.store import tokens as token_store
 
 SCOPES: tuple[Scope, ...] = typing.get_args(Scope)
@@ -78,18 +81,35 @@ class Access:
         hashed = digest(token)
         if hmac.compare_digest(hashed, self._admin):
             return "admin"
+        return await self._cached(hashed, lambda: token_store.scope_of(self._pool, hashed))
+
+    async def session_scope(self, session: str) -> str | None:
+        """The scope of the token that the web UI session ``session`` (the cookie's value) stands
+        for, or None for no such session, one that expired or was closed, or whose token was revoked."""
+        hashed = digest(session)
+
+        async def read() -> str | None:
+            found = await session_store.session_token(self._pool, hashed)
+            if found is None:
+                return None
+            token_digest, scope = found
+            return "admin" if hmac.compare_digest(token_digest, self._admin) else scope
+
+        return await self._cached("session:" + hashed, read)
+
+    async def _cached(self, key: str, read: Callable[[], Awaitable[str | None]]) -> str | None:
         now = time.monotonic()
-        known = self._known.get(hashed)
+        known = self._known.get(key)
         if known is not None and now - known[1] < TOKEN_CACHE_S:
             return known[0]
-        scope = await token_store.scope_of(self._pool, hashed)
+        scope = await read()
         if len(self._known) > 10_000:
             self._known.clear()
-        self._known[hashed] = (scope, now)
+        self._known[key] = (scope, now)
         return scope
 
     def forget(self) -> None:
-        """A token was revoked here: no cached scope outlives it."""
+        """A token was revoked, or a session closed, here: no cached scope outlives it."""
         self._known.clear()
 
     def allowed_host(self, host: str) -> bool:
@@ -128,7 +148,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.match_info.http_exception is not None:  # no such route: its own 404 or 405
         raise request.match_info.http_exception
     token, by_cookie = _credentials(request)
-    scope = await access.scope_of(token) if token else None
+    if not token:
+        scope = None
+    elif by_cookie:
+        scope = await access.session_scope(token)
+    else:
+        scope = await access.scope_of(token)
     if scope is None:
         if needs.page:
             raise web.HTTPSeeOther(login_location(request.path_qs))

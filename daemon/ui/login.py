@@ -3,19 +3,23 @@ cookie (no script can read it, and no other site's request carries it)."""
 
 from __future__ import annotations
 
+import secrets
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from daemon.api.access import ACCESS, SESSION_COOKIE
+from daemon.api.access import ACCESS, SESSION_COOKIE, digest
+from daemon.api.context import POOL
 from daemon.api.contract import FORM, endpoint
 from daemon.errors import Forbidden
+from daemon.store import sessions as session_store
 from daemon.ui.page import render
 
 routes = web.RouteTableDef()
 
 SESSION_S = 12 * 3600
-"""How long a login lasts; the token itself lasts until it is revoked."""
+"""How long a login lasts (the session, here and in the browser); the token lasts until it is revoked."""
 MAX_TOKEN = 512
 
 
@@ -50,10 +54,13 @@ async def log_in(request: web.Request) -> web.Response:
         response = render(request, "login.html", "login", next=then, error="That token is not valid.")
         response.set_status(401)
         return response
+    session = secrets.token_urlsafe(32)
+    expires = datetime.now(UTC) + timedelta(seconds=SESSION_S)
+    await session_store.open_session(request.app[POOL], digest(session), digest(token), expires)
     response = web.Response(status=303, headers={"Location": then})
     response.set_cookie(
         SESSION_COOKIE,
-        token,
+        session,
         max_age=SESSION_S,
         path="/",
         httponly=True,
@@ -66,6 +73,10 @@ async def log_in(request: web.Request) -> web.Response:
 @routes.post("/logout")
 @endpoint("read", page=True, content_types=(FORM,))
 async def log_out(request: web.Request) -> web.Response:
+    """Closes the session here, not only in this browser: a copy of the cookie opens nothing after."""
+    if session := request.cookies.get(SESSION_COOKIE):
+        await session_store.close_session(request.app[POOL], digest(session))
+        request.app[ACCESS].forget()
     response = web.Response(status=303, headers={"Location": "/login"})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response

@@ -49,9 +49,21 @@ async def token_with(client: TestClient, scope: str) -> str:
     return (await response.json())["token"]
 
 
+async def session_of(client: TestClient, token: str) -> str:
+    """The session cookie's value after logging in with ``token`` on the login page."""
+    response = await client.post(
+        "/login",
+        data={"token": token},
+        headers={"Authorization": "", "Origin": origin(client), **FORM},
+        allow_redirects=False,
+    )
+    assert response.status == 303, await response.text()
+    return response.cookies[SESSION_COOKIE].value
+
+
 async def page(client: TestClient, path: str, token: str | None = None, **options) -> tuple[int, str]:
-    """GET ``path`` as a browser would: with the session cookie of ``token`` (none: no credentials)."""
-    cookies = {SESSION_COOKIE: token} if token else {}
+    """GET ``path`` as a browser would: logged in with ``token`` (none: no credentials)."""
+    cookies = {SESSION_COOKIE: await session_of(client, token)} if token else {}
     response = await client.get(
         path, headers={"Authorization": ""}, cookies=cookies, allow_redirects=False, **options
     )
@@ -93,7 +105,8 @@ async def test_logging_in_sets_a_cookie_scripts_and_other_sites_cannot_use(syste
     assert good.status == 303
     assert good.headers["Location"] == "/agents"
     cookie = good.headers["Set-Cookie"]
-    assert cookie.startswith(f"{SESSION_COOKIE}={ADMIN_TOKEN};")
+    assert cookie.startswith(f"{SESSION_COOKIE}=")
+    assert ADMIN_TOKEN not in cookie  # a session id stands for the token: the token never leaves
     assert "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
     assert "Path=/" in cookie
@@ -118,7 +131,7 @@ async def test_a_change_made_with_the_cookie_needs_this_daemons_origin(system: H
     await system.apply(PIPELINE)
     run_id = (await system.start_run("flow"))["run_id"]
     client = system.client
-    cookies = {SESSION_COOKIE: ADMIN_TOKEN}
+    cookies = {SESSION_COOKIE: await session_of(client, ADMIN_TOKEN)}
     cancel = f"/api/v1/runs/{run_id}/cancel"
     json_type = {"Authorization": "", "Content-Type": "application/json"}
 
@@ -158,7 +171,7 @@ async def test_a_read_token_is_offered_no_action_and_may_take_none(system: Harne
     forged = await system.client.post(
         f"/api/v1/runs/{run_id}/cancel",
         headers={"Authorization": "", "Content-Type": "application/json", "Origin": origin(system.client)},
-        cookies={SESSION_COOKIE: reader},
+        cookies={SESSION_COOKIE: await session_of(system.client, reader)},
     )
     assert forged.status == 403
     assert (await system.get_run(run_id))["status"] == "running"
@@ -256,9 +269,42 @@ async def test_logging_in_needs_this_daemons_origin(system: Harness) -> None:
 
 @pytest.mark.parametrize("path", ["/", "/login", "/runs/0123456789abcdef", "/api/v1/runs", "/healthz"])
 async def test_no_page_may_be_framed_or_load_from_elsewhere(system: Harness, path: str) -> None:
-    response = await system.client.get(path, cookies={SESSION_COOKIE: ADMIN_TOKEN}, allow_redirects=False)
+    cookies = {SESSION_COOKIE: await session_of(system.client, ADMIN_TOKEN)}
+    response = await system.client.get(path, cookies=cookies, allow_redirects=False)
     assert response.headers["X-Frame-Options"] == "DENY"
     policy = response.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in policy
     assert "script-src 'self'" in policy
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_a_session_ends_at_logout_or_when_its_token_is_revoked(system: Harness) -> None:
+    client = system.client
+    for ending in ("logout", "revoke"):
+        token = await token_with(client, "read") if ending == "revoke" else ADMIN_TOKEN
+        session = await session_of(client, token)
+        cookies = {SESSION_COOKIE: session}
+        response = await client.get("/agents", headers={"Authorization": ""}, cookies=cookies)
+        assert response.status == 200
+        assert session != token
+        assert (
+            await client.get(
+                "/agents",
+                headers={"Authorization": ""},
+                cookies={SESSION_COOKIE: token},
+                allow_redirects=False,
+            )
+        ).status == 303  # a token is no session id
+        if ending == "logout":
+            headers = {"Authorization": "", "Origin": origin(client), **FORM}
+            response = await client.post("/logout", headers=headers, cookies=cookies, allow_redirects=False)
+            assert response.status == 303
+        else:
+            response = await client.post("/api/v1/tokens/ui-read/revoke")
+            assert response.status == 200, await response.text()
+        # A copy of the cookie kept elsewhere opens nothing any more.
+        response = await client.get(
+            "/agents", headers={"Authorization": ""}, cookies=cookies, allow_redirects=False
+        )
+        assert response.status == 303
+        assert response.headers["Location"].startswith("/login")
