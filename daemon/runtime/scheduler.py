@@ -140,6 +140,7 @@ class Scheduler:
         stack.push_async_callback(scheduler._stop)
         stack.callback(SCHEDULER.watch(scheduler))
         await scheduler.datastores.refresh(pool)
+        await scheduler.creation.counts.prime()
         await scheduler.monitor.load(started)
         await scheduler._adopt_attempts(started)
         await dispatcher.sweep()
@@ -234,6 +235,7 @@ class Scheduler:
     async def triggers_applied(self, items: Iterable[Any]) -> None:
         """After an apply committed (``daemon.apply.Applied`` items): the leader's sources follow it,
         here at once, or, on a standby daemon, when the leader is told."""
+        await self.creation.counts.prime()  # new pipelines and triggers: their series exist at 0
         if (triggering := self.triggering) is not None:
             await triggering.applied(items)
             return

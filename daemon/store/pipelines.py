@@ -209,6 +209,10 @@ async def list_pipelines(db: Db, *, limit: int, after: str | None = None) -> lis
     return [PipelineRecord.from_row(row) for row in rows]
 
 
+async def pipeline_names(db: Db) -> list[str]:
+    return [row["name"] for row in await db.fetch("SELECT name FROM pipelines ORDER BY name")]
+
+
 async def get_pipeline(db: Db, name: str) -> PipelineRecord | None:
     """The pipeline ``name``, or None."""
     row = await db.fetchrow(f"{_SELECT_PIPELINES} WHERE p.name = $1", name)

@@ -312,6 +312,12 @@ async def load_triggers(db: Db, names: Sequence[str] | None = None) -> list[Trig
     return [TriggerRow(**dict(row)) for row in rows]
 
 
+async def trigger_targets(db: Db) -> list[tuple[str, str, str]]:
+    """(name, pipeline, source) of every trigger."""
+    rows = await db.fetch("SELECT name, pipeline, source FROM triggers ORDER BY name")
+    return [(row["name"], row["pipeline"], row["source"]) for row in rows]
+
+
 async def save_state(db: Db, trigger: str, state: dict[str, Any]) -> None:
     """Replaces the trigger's source state (``updated_at`` stays: it tracks the document)."""
     await db.execute("UPDATE triggers SET state = $2 WHERE name = $1", trigger, state)

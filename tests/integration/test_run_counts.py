@@ -78,3 +78,18 @@ async def test_a_trigger_unseen_here_is_looked_up_and_a_deleted_one_is_unknown(
     await pool.close()  # remembered: with no database, a look-up would make it "unknown"
     await counts.finished([finished("chained", "cancelled")])
     assert count("run", "cancelled") - cancelled == 1
+
+
+async def test_every_pipeline_and_trigger_has_its_series_from_the_start(
+    pool, nats_url, tmp_path: Path
+) -> None:
+    documents = DOCUMENTS.replace("counted", "primed").replace("name: chained", "name: primed-chain")
+    async with harness(pool, nats_url, tmp_path) as system:
+        await system.apply(documents)  # an apply primes what it added, on the daemon that took it
+        for status in ("succeeded", "failed", "cancelled"):
+            for kind in ("manual", "run"):
+                labels = {"pipeline": "primed", "trigger_kind": kind, "status": status}
+                assert REGISTRY.get_sample_value("sluice_runs_finished_total", labels) == 0.0, labels
+        for outcome in ("run", "duplicate", "rejected", "skipped"):
+            labels = {"trigger": "primed-chain", "outcome": outcome}
+            assert REGISTRY.get_sample_value("sluice_trigger_events_total", labels) == 0.0, labels

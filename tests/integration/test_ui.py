@@ -13,7 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from daemon.api.access import SESSION_COOKIE
-from tests.integration.fake_agent import ADMIN_TOKEN, Harness, harness
+from runners.protocol import Assignment
+from tests.integration.fake_agent import ADMIN_TOKEN, Harness, Outcome, harness
 
 PIPELINE = """
 kind: Pipeline
@@ -31,6 +32,10 @@ steps:
     after: [train]
 """
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def hold(assignment: Assignment) -> Outcome:
+    return Outcome(hold=True)
 
 
 @pytest.fixture
@@ -127,7 +132,7 @@ async def test_login_never_sends_a_person_to_another_site(system: Harness, targe
 
 
 async def test_a_change_made_with_the_cookie_needs_this_daemons_origin(system: Harness) -> None:
-    await system.agent("a1")
+    await system.agent("a1", behaviour=hold)  # the run stays running: a refusal must leave it so
     await system.apply(PIPELINE)
     run_id = (await system.start_run("flow"))["run_id"]
     client = system.client
@@ -154,7 +159,7 @@ async def test_a_change_made_with_the_cookie_needs_this_daemons_origin(system: H
 
 
 async def test_a_read_token_is_offered_no_action_and_may_take_none(system: Harness) -> None:
-    await system.agent("a1")
+    await system.agent("a1", behaviour=hold)  # the run stays running: a refusal must leave it so
     await system.apply(PIPELINE)
     run_id = (await system.start_run("flow"))["run_id"]
     reader = await token_with(system.client, "read")
