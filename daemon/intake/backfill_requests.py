@@ -86,16 +86,22 @@ async def create_backfill(
         )
 
 
+def files_to_replay(root: str, on: FilesSource, start: datetime, end: datetime) -> list[rules.FileAt]:
+    """The files under ``root`` that ``on`` matches, modified in [start, end), in the backfill's order
+    (blocking: a walk of the directory; FileNotFoundError when ``root`` is not there)."""
+    found = scan(Matcher(root, on.pattern))
+    return rules.files_in_range(((path, sig.mtime_ns, sig.size) for path, sig in found.items()), start, end)
+
+
 async def _count_files(conn: asyncpg.Connection, on: FilesSource, start: datetime, end: datetime) -> int:
     datastore = await get_datastore(conn, on.datastore)
     root = None if datastore is None else datastore.spec.get("path")
     if not root:
         raise Invalid(f"trigger: its datastore {on.datastore} has no local path to scan")
     try:
-        found = await asyncio.to_thread(scan, Matcher(str(root), on.pattern))
+        files = await asyncio.to_thread(files_to_replay, str(root), on, start, end)
     except FileNotFoundError:
         raise Invalid(f"trigger: the directory {root} of datastore {on.datastore} does not exist") from None
-    files = rules.files_in_range(((path, sig.mtime_ns, sig.size) for path, sig in found.items()), start, end)
     if on.batch > 0:
         return sum(1 for _ in rules.batch_windows(files, start, on.batch))
     return len(files)

@@ -34,6 +34,7 @@ import msgspec
 import structlog
 
 from daemon.errors import Invalid, NotFound, Unavailable
+from daemon.intake.backfill_requests import files_to_replay
 from daemon.intake.events import MAX_BATCH, Backfilled, Deferred, Ingest
 from daemon.planning.contexts import Datastores
 from daemon.rules import backfills as rules
@@ -43,10 +44,8 @@ from kit.backoff import Backoff
 from triggers.base import EventResult, TriggerEvent
 from triggers.cronheap import fire_event
 from triggers.cronplan import Schedule
-from triggers.files.delivery import files_event
-from triggers.files.matching import Matcher
-from triggers.files.settle import Settled, Signature
-from triggers.files.watch import scan
+from triggers.files.delivery import first_seen_event
+from triggers.files.settle import Signature
 from triggers.specs import CronSource, EventSource, FilesSource
 
 log = structlog.get_logger(__name__)
@@ -222,14 +221,9 @@ class BackfillWorker:
         if not root:
             raise Invalid(f"datastore {on.datastore} of trigger {record.trigger} has no local path to scan")
         try:
-            found = await asyncio.to_thread(scan, Matcher(root, on.pattern))
+            return await asyncio.to_thread(files_to_replay, root, on, record.range_from, record.range_to)
         except FileNotFoundError:
             raise Invalid(f"the directory {root} of datastore {on.datastore} does not exist") from None
-        return rules.files_in_range(
-            ((path, sig.mtime_ns, sig.size) for path, sig in found.items()),
-            record.range_from,
-            record.range_to,
-        )
 
     def _next_events(self, item: backfill_store.Running, job: _Job) -> list[tuple[str, TriggerEvent]]:
         """The next batch after the committed position: (the position it reaches, the event)."""
@@ -288,9 +282,8 @@ def _committed_prefix(results: list[EventResult | BaseException]) -> int:
 
 
 def _file_event(trigger: str, datastore: str, files: list[rules.FileAt], *, batched: bool) -> TriggerEvent:
-    """The live source's event of files first seen (``created``): the same dedupe key."""
-    settled = [Settled(f.path, "created", Signature(f.mtime_ns, f.size)) for f in files]
-    return files_event(trigger, datastore, settled, batched=batched)
+    signed = [(f.path, Signature(f.mtime_ns, f.size)) for f in files]
+    return first_seen_event(trigger, datastore, signed, batched=batched)
 
 
 def _version_gone(record: backfill_store.BackfillRecord, status: str | None) -> str:

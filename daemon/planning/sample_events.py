@@ -21,9 +21,8 @@ from daemon.rules.instants import parse_instant
 from triggers.base import TriggerEvent
 from triggers.cronheap import fire_event
 from triggers.cronplan import Schedule
-from triggers.files.delivery import files_event
+from triggers.files.delivery import first_seen_event
 from triggers.files.matching import Matcher, relative
-from triggers.files.settle import Settled
 from triggers.files.watch import signature
 from triggers.nats.events import event_fields, matches
 from triggers.run import run_event
@@ -107,7 +106,7 @@ def file_event(name: str, on: FilesSource, path: str, root: str | None) -> Trigg
         raise BadRequest(f"file: there is no file {rel} in datastore {on.datastore}")
     if not Matcher(root, on.pattern).matches(rel):
         return Ignored(f"{rel} does not match the trigger's pattern {on.pattern!r}")
-    return files_event(name, on.datastore, [Settled(rel, "created", sig)], batched=False)
+    return first_seen_event(name, on.datastore, [(rel, sig)], batched=False)
 
 
 def message_event(name: str, on: NatsSource, data: Any, subject: str | None) -> TriggerEvent | Ignored:

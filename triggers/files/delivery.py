@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ import structlog
 from kit.offer import offer_until_committed
 from triggers.base import EventSink, TriggerEvent
 from triggers.files.accounts import Accounts
-from triggers.files.settle import Settled, batch_key
+from triggers.files.settle import Settled, Signature, batch_key
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +42,16 @@ def files_event(trigger: str, datastore: str, items: list[Settled], *, batched: 
         "kinds": {item.path: item.kind for item in items},
     }
     return TriggerEvent(trigger=trigger, dedupe_key=batch_key(items), fields=fields)
+
+
+def first_seen_event(
+    trigger: str, datastore: str, files: Sequence[tuple[str, Signature]], *, batched: bool
+) -> TriggerEvent:
+    """The event the live source makes of files it sees for the first time (``created``): what a
+    backfill replays and a trigger test stands for, with the live dedupe key."""
+    return files_event(
+        trigger, datastore, [Settled(path, "created", sig) for path, sig in files], batched=batched
+    )
 
 
 class Delivery:
