@@ -45,6 +45,7 @@ from typing import ClassVar, Literal, Self
 
 import msgspec
 
+from kit.objectstore import S3Location
 from kit.subjects import AGENTS, LOGS, STEPS
 
 HEARTBEATS = f"{AGENTS}.*.heartbeat"
@@ -148,6 +149,9 @@ class Heartbeat(_Message, kw_only=True):
     executors: list[Executor]
     capacity: Capacity
     datastores: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local path overrides
+    staging: str | None = None
+    """Where this agent stages the files of ``s3`` datastores (see ``Assignment.stores``); an agent
+    without it takes no step that uses one."""
     running: list[int] = msgspec.field(default_factory=list)
     draining: bool = False  # finishing what it runs, accepting nothing new
     stopped: bool = False  # the last beat of an agent that stopped cleanly
@@ -169,8 +173,14 @@ class Assignment(_Message, kw_only=True):
     symlinks followed), and a container sees each root at the same path (so that paths in ``argv``
     and ``env`` stay valid). ``outputs`` are directories the agent creates before starting (the step
     writes into them). ``gpus`` are the indices the daemon reserved on the
-    agent. ``source_digest`` names the snapshot in ``SOURCES_BUCKET`` to unpack as the working
-    directory; without one the step starts in an empty working directory. The agent adds
+    agent. ``stores`` are the datastores of type ``s3`` the attempt uses: each one's root in
+    ``datastores`` is a directory under the agent's ``Heartbeat.staging`` for this step run, and a path
+    under that root stands for the same path under the store's prefix. The agent downloads the
+    inputs under such a root before the step starts (a step's output through its manifests,
+    ``kit.objectstore``), and after the step succeeded uploads its outputs there and publishes each
+    with its manifest; the log under such a root is uploaded as it grows. ``source_digest`` names
+    the snapshot in ``SOURCES_BUCKET`` to unpack as the working directory; without one the step
+    starts in an empty working directory. The agent adds
     ``SLUICE_METRICS`` (a file in the work dir) to ``env`` and reads it back at the end.
     """
 
@@ -189,6 +199,7 @@ class Assignment(_Message, kw_only=True):
     inputs: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local path
     outputs: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local directory
     datastores: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local root
+    stores: dict[str, S3Location] = msgspec.field(default_factory=dict)  # s3 datastores by name
     log_path: str  # local file for the complete log of this attempt
     timeout_s: float | None = None
 

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from daemon.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from tests.s3 import MotoServer, S3Endpoint
 
 TEMPLATE = "sluice_template"
 
@@ -84,6 +85,14 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a NATS server with JetStream, shared by the session (tests use their own names on it)."""
     server = EmbeddedNats(Path(tmp_path_factory.mktemp("nats")))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """A real S3 HTTP endpoint (moto_server), shared by the session (tests make their own buckets)."""
+    server = MotoServer(Path(tmp_path_factory.mktemp("s3")) / "moto.log")
     yield server.start()
     server.stop()
 
