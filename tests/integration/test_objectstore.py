@@ -29,7 +29,8 @@ async def _publish(store, output: str, files: dict[str, bytes], attempt: int = 1
     for path, data in files.items():
         result = await obstore.put_async(store, f"{output}/{path}", data)
         entries.append(_entry(path, data, result["e_tag"]))
-    await obstore.put_async(store, manifest_key(output), encode_manifest(Manifest(files=entries, attempt=attempt)))
+    manifest = Manifest(files=entries, attempt=attempt)
+    await obstore.put_async(store, manifest_key(output), encode_manifest(manifest))
 
 
 async def test_store_is_relative_to_the_prefix_and_uses_named_credentials(s3) -> None:
