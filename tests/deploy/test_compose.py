@@ -144,3 +144,26 @@ def test_example_env_gives_every_variable_the_file_requires() -> None:
     given = set(re.findall(r"^(\w+)=", EXAMPLE_ENV.read_text(), re.MULTILINE))
 
     assert required <= given
+
+
+def test_the_documented_first_steps_name_its_services_and_files(services: dict[str, dict]) -> None:
+    """README's steps and the file's own header: each service they run exists, and each file they
+    write is one the file mounts."""
+    readme = (DEPLOY.parent / "README.md").read_text().split("### With Docker Compose", 1)[1]
+    steps = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    header = "\n".join(line for line in COMPOSE.read_text().splitlines() if line.startswith("#"))
+    compose = yaml.safe_load(COMPOSE.read_text())
+    mounted = {f"./{secret['file'].removeprefix('./')}" for secret in compose["secrets"].values()}
+    mounted |= {volume.split(":")[0] for spec in services.values() for volume in spec.get("volumes", [])}
+
+    for text in (steps, header):
+        commands = [
+            line.split("#")[0].split(">")[0].split() for line in re.findall(r"docker-compose (.+)", text)
+        ]
+        assert commands
+        for words in commands:
+            operands = [word for word in words[1:] if not word.startswith("-")]
+            named = set(operands[:1]) if words[0] == "run" else set(operands)
+            assert named <= set(services), words
+        for written in re.findall(r"> (credentials/\S+)", text):
+            assert f"./{written}" in mounted, written
