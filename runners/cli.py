@@ -37,6 +37,18 @@ PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger(__name__)
 
+# What the agent reads from the environment, in its --help (deployment files are checked against it).
+ENVIRONMENT_HELP = """\b
+Environment:
+  SLUICE_NATS_URL              NATS URLs, comma-separated (nats://127.0.0.1:4222)
+  SLUICE_NATS_CREDS            this agent's NATS credentials file (as --creds)
+  SLUICE_NATS_TLS_CA           CA of the NATS servers' certificates
+  SLUICE_NATS_TLS_CERT         client certificate for NATS, with SLUICE_NATS_TLS_KEY
+  SLUICE_NATS_CONNECT_TIMEOUT  seconds to wait for the first NATS connection (30)
+  SLUICE_DATA_DIR              the cache dir is SLUICE_DATA_DIR/agent-cache unless --cache-dir
+  SLUICE_LOG_FORMAT            console or json (console on a terminal)
+"""
+
 
 def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """A click callback that turns a parser's ``ValueError`` into a ``BadParameter`` (exit 2)."""
@@ -52,7 +64,7 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
     return callback
 
 
-@click.command()
+@click.command(epilog=ENVIRONMENT_HELP)
 @click.option(
     "--name",
     metavar="NAME",

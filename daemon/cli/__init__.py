@@ -14,7 +14,12 @@ from runners.cli import agent
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="sluice", prog_name="sluice")
 def main() -> None:
-    """Sluice: an event-driven scheduler for machine-learning pipelines."""
+    """Sluice: an event-driven scheduler for machine-learning pipelines.
+
+    Commands other than up, daemon and agent talk to the daemon's API at SLUICE_API_URL (default
+    http://127.0.0.1:8470) with the token SLUICE_API_TOKEN, else the token file of the data dir
+    (SLUICE_DATA_DIR, default ~/.local/share/sluice).
+    """
 
 
 server.register(main)

@@ -18,6 +18,7 @@ from daemon.cli.commands import Row, api_client, confirm, json_option, show_list
 from daemon.cli.http import path
 from daemon.config import Settings
 from daemon.private_files import write_private
+from kit.logsetup import configure_logging
 
 output_option = click.option(
     "-o",
@@ -188,11 +189,15 @@ def init(data_dir: Path | None, resolver_dir: str, output_path: Path | None) -> 
 
     Run it before the daemon's first start against that server, with the daemon's SLUICE_DATABASE_URL.
     The daemon mints its own credentials from the trust; agents and services get theirs with
-    `sluice credentials agent|service`.
+    `sluice credentials agent|service`. Without -o only the configuration goes to stdout: the log
+    goes to stderr (SLUICE_LOG_FORMAT: console or json).
     """
     from daemon.trust.bootstrap import server_config
 
-    text = asyncio.run(server_config(Settings.from_env().with_data_dir(data_dir), resolver_dir))
+    settings = Settings.from_env().with_data_dir(data_dir)
+    # The configuration may go to stdout (`… > sluice-auth.conf`): the log must not.
+    configure_logging(settings.log_format)
+    text = asyncio.run(server_config(settings, resolver_dir))
     if output_path is None:
         click.echo(text, nl=False)
     else:

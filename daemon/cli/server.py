@@ -15,6 +15,32 @@ from kit.redaction import redacted_urls
 
 HOST_HELP = "Address the API listens on; anything but loopback requires SLUICE_API_TOKEN."
 
+# What `up` and `daemon` read from the environment (contract §6; README, Running it for real), in their
+# --help: deployment files are checked against it (tests/deploy), so a variable they set exists.
+ENVIRONMENT_HELP = """\b
+Environment:
+  SLUICE_DATABASE_URL          PostgreSQL DSN (unset: embedded under the data dir)
+  SLUICE_NATS_URL              NATS URLs, comma-separated (unset: embedded under the data dir)
+  SLUICE_NATS_CREDS            NATS credentials file (unset: minted from Sluice's trust)
+  SLUICE_NATS_TLS_CA           CA of the NATS servers' certificates
+  SLUICE_NATS_TLS_CERT         client certificate for NATS, with SLUICE_NATS_TLS_KEY
+  SLUICE_NATS_CONNECT_TIMEOUT  seconds to wait for the first NATS connection (30)
+  SLUICE_NATS_REPLICAS         replicas of Sluice's streams and object store (1 embedded; 3 on a cluster)
+  SLUICE_DATA_DIR              the data dir (~/.local/share/sluice)
+  SLUICE_API_TOKEN             the admin token (unset: made in DATA_DIR/credentials/api-token)
+  SLUICE_API_HOSTS             host names the API answers to besides localhost, comma-separated
+  SLUICE_API_MAX_BODY          largest request body (1Mi)
+  SLUICE_API_MAX_UPLOAD        largest source upload (512Mi)
+  SLUICE_PARAMS_MAX_BYTES      most a run's params may weigh as JSON (256Ki)
+  SLUICE_LOG_FORMAT            console or json (console on a terminal)
+  SLUICE_HEARTBEAT_TIMEOUT     seconds before a silent agent is lost (5)
+  SLUICE_ASSIGN_TIMEOUT        seconds before an unanswered assignment goes elsewhere (2)
+  SLUICE_RETRY_BACKOFF         first retry delay in seconds (1)
+  SLUICE_UNLISTED_GRACE        seconds an attempt may be missing from its agent's heartbeats (15)
+  SLUICE_SWEEP_INTERVAL        seconds between safety sweeps of ready steps (3)
+  SLUICE_LEADER_RETRY          seconds between a standby's tries to lead (2)
+"""
+
 
 def register(group: click.Group) -> None:
     group.add_command(up)
@@ -43,7 +69,7 @@ def _daemon_options(command):
     return command
 
 
-@click.command()
+@click.command(epilog=ENVIRONMENT_HELP)
 @_daemon_options
 @click.option(
     "--agents",
@@ -61,7 +87,7 @@ def up(data_dir: Path | None, port: int, host: str, agents: int) -> None:
     _serve(_settings(data_dir), host, port, announce=True, agents=agents)
 
 
-@click.command()
+@click.command(epilog=ENVIRONMENT_HELP)
 @_daemon_options
 def daemon(data_dir: Path | None, port: int, host: str) -> None:
     """Run the control plane alone: the API, triggers and dispatch, without agents."""
