@@ -64,7 +64,20 @@ def up(data_dir: Path | None, port: int, host: str, agents: int) -> None:
 @click.command()
 @_daemon_options
 def daemon(data_dir: Path | None, port: int, host: str) -> None:
-    """Run the control plane alone: the API, triggers and dispatch, without agents."""
+    """Run the control plane alone: the API, triggers and dispatch, without agents.
+
+    Several daemons on one PostgreSQL and one NATS cluster share the work; one leads the triggers.
+    Configured through the environment (README, "Running it for real"), chiefly:
+
+    \b
+      SLUICE_DATABASE_URL   PostgreSQL DSN (unset: embedded under the data dir)
+      SLUICE_NATS_URL       NATS server URLs, comma-separated (unset: embedded)
+      SLUICE_NATS_REPLICAS  copies JetStream keeps of Sluice's streams, consumer and source
+                            bucket: 1 to 5 (default 1; 3 on a three-server NATS cluster)
+      SLUICE_NATS_CREDS     a credentials file (unset: the daemon mints its own)
+      SLUICE_API_TOKEN      the admin token (unset: made in the data dir)
+      SLUICE_API_HOSTS      host names the API answers to, comma-separated
+    """
     _serve(_settings(data_dir), host, port, announce=False, agents=0)
 
 

@@ -30,9 +30,11 @@ from nats.aio.msg import Msg
 
 from daemon.dispatch.cancel import Cancels
 from daemon.dispatch.transitions import Reported, Transitions
+from daemon.errors import Unavailable
 from daemon.runtime.refusals import Refusals
 from daemon.store import attempts as attempt_store
 from daemon.store.db import DATABASE_ERRORS
+from kit.nats import BusError
 from kit.streams import (
     STEPS_ACK_WAIT_S,
     STEPS_CONSUMER,
@@ -56,8 +58,11 @@ value PostgreSQL refuses), and must not hold back the others for ever."""
 class StepEvents:
     """The consumer. :meth:`start` binds it; :meth:`run` (a supervised loop) applies what arrives."""
 
-    def __init__(self, *, pool: asyncpg.Pool, nc: NATS, transitions: Transitions, cancels: Cancels) -> None:
+    def __init__(
+        self, *, pool: asyncpg.Pool, nc: NATS, transitions: Transitions, cancels: Cancels, replicas: int = 1
+    ) -> None:
         self._pool = pool
+        self._replicas = replicas
         self._nc = nc
         self._js = nc.jetstream()
         self._transitions = transitions
@@ -70,7 +75,15 @@ class StepEvents:
         self._working: tuple[list[Msg], float] | None = None  # the batch being applied, since when
 
     async def start(self) -> None:
-        await ensure_steps_stream(self._js)
+        """Makes the stream (or brings it to today's config and ``replicas``; the consumer has the
+        stream's) and the consumer, and binds.
+
+        Raises ``Unavailable`` when JetStream refuses them (too few servers for the replicas).
+        """
+        try:
+            await ensure_steps_stream(self._js, self._replicas)
+        except BusError as exc:
+            raise Unavailable(str(exc)) from exc
         await self._update_consumer()
         self._sub = await self._js.subscribe(
             STEP_EVENTS,
