@@ -23,9 +23,15 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PULL_EXPIRES_S = 30.0
-PULL_HEARTBEAT_S = 5.0
+PULL_HEARTBEAT_S = 1.0
+"""The server's sign of life on an idle request. A request lives only on the consumer's leader: when
+that server dies (or the client reconnects elsewhere) it is gone without a word, and this bounds how
+long the trigger waits before asking the new leader (measured on a three-server cluster: 13 s with 5 s)."""
 PULL_SILENCE_S = 2 * PULL_HEARTBEAT_S + 1.0
 """No message and no heartbeat for this long: the pull request was lost (a reconnect); ask again."""
+ENDED = ("404", "408", "409 Leadership Change")
+"""Statuses that end a request and ask for another: no messages, expired, and the consumer's new
+leader (after a failover in a cluster) forgetting the requests its predecessor held."""
 
 
 class Pull:
@@ -33,9 +39,10 @@ class Pull:
     has free. Deliveries go to handler tasks straight from the subscription's callback, so that a
     burst is handed out in one pass of the event loop and its acks leave together.
 
-    A request ends when it got its batch, or with a 404/408 status (it expired); silence beyond the
-    idle heartbeat means it was lost (a reconnect); another status (409 consumer deleted, 503 no
-    consumer) ends the session, which the runner restarts after binding the consumer again."""
+    A request ends when it got its batch, or with a 404/408 status (it expired) or 409 Leadership
+    Change; silence beyond the idle heartbeat means it was lost (a reconnect, a dead leader); another
+    status (409 consumer deleted, 503 no consumer) ends the session, which the runner restarts after
+    binding the consumer again."""
 
     def __init__(self, runner: StreamRunner, inbox: str, handlers: asyncio.TaskGroup) -> None:
         self.runner = runner
@@ -74,8 +81,8 @@ class Pull:
         if status == "100":
             return
         self.reply = None
-        if status not in ("404", "408"):
-            description = (msg.headers or {}).get("Description", "").strip()
+        description = (msg.headers or {}).get("Description", "").strip()
+        if status not in ENDED and f"{status} {description}" not in ENDED:
             self.failure = (
                 f"trigger {runner.name}: JetStream stopped delivering from stream {runner.stream} "
                 f"(consumer {runner.consumer}): {status} {description}".rstrip()
