@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
@@ -65,7 +64,8 @@ async def ensure_steps_stream(js: JetStreamContext, replicas: int = 1) -> None:
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise _refused(STEPS_STREAM, replicas, exc) from exc
-        await _update_stream(js, config)
+        was = (await js.stream_info(STEPS_STREAM)).config.num_replicas
+        await _update_stream(js, config, was)
 
 
 async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
@@ -76,12 +76,12 @@ async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> N
     """
     config = (await js.stream_info(stream)).config
     if config.num_replicas != replicas:
-        config.num_replicas = replicas
-        await _update_stream(js, config)
+        was, config.num_replicas = config.num_replicas, replicas
+        await _update_stream(js, config, was)
 
 
-async def _update_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    was = (await js.stream_info(config.name)).config.num_replicas
+async def _update_stream(js: JetStreamContext, config: StreamConfig, was: int | None) -> None:
+    """Applies ``config`` to its stream, which had ``was`` replicas."""
     try:
         await js.update_stream(config)
     except nats.js.errors.APIError as exc:
