@@ -225,6 +225,7 @@ class Scheduler:
             await self.datastores.refresh(self.pool)
             await self.dispatcher.sweep()
             await self.transitions.admit_held_runs()
+            await self.monitor.watch_unfollowed()
 
     # --- operations the API offers ------------------------------------------------------------------
 
