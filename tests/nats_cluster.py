@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.runtime.embedded import free_port, nats_server_binary
 
 START_TIMEOUT_S = 30.0
+_NEW_LEADER = re.compile(
+    r"^\[\d+\] (?P<at>\S+ \S+) \[INF\] JetStream cluster new (?:stream|consumer) leader for "
+    r"'[^>]+> (?P<asset>.+)'$"
+)
 CLUSTER_NAME = "sluice-test"
 
 
@@ -82,6 +88,20 @@ class NatsCluster:
             time.sleep(0.1)
         return time.monotonic() - began
 
+    def leaders_elected(self) -> list[tuple[float, str]]:
+        """When (wall clock) each stream or consumer (``STREAM`` or ``STREAM > CONSUMER``) got a new
+        leader, as the servers logged it, in order."""
+        elected = []
+        for name in self.names:
+            with contextlib.suppress(OSError):
+                for line in (
+                    (self.directory / name / "nats-server.log").read_text(errors="replace").splitlines()
+                ):
+                    if match := _NEW_LEADER.match(line):
+                        at = datetime.strptime(match["at"], "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=UTC)
+                        elected.append((at.timestamp(), match["asset"]))
+        return sorted(elected)
+
     def stop(self) -> None:
         for process in self.processes:
             if process is not None and process.poll() is None:
@@ -120,6 +140,7 @@ class NatsCluster:
             "-cluster", f"nats://127.0.0.1:{self.cluster_ports[index]}",
             "-routes", routes,
             "-l", str(home / "nats-server.log"),
+            "--logtime_utc",
         ]  # fmt: skip
         self.processes[index] = subprocess.Popen(
             argv, cwd=home, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from daemon.runtime.embedded import EmbeddedPostgres
+from kit.logsetup import configure_logging
 from tests.bench.harness import report, temp_dir
 from tests.e2e.cluster import failover, installation
 
 
 def main(args: argparse.Namespace) -> None:
+    configure_logging("json", level=logging.WARNING)  # stdout is the figures' alone
     root = temp_dir()
     postgres = EmbeddedPostgres(root / "pg")
     postgres.start()

@@ -36,6 +36,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
 
+from kit.streams import STEPS_CONSUMER, trigger_durable
+from kit.subjects import SOURCES_STREAM, STEPS_STREAM
 from tests.e2e.sluice import (
     SluiceAgent,
     SluiceDaemon,
@@ -50,6 +52,7 @@ from tests.e2e.sluice import (
 from tests.nats_cluster import NatsCluster
 
 STREAM = "CLUSTER_JOBS"
+TRIGGER_CONSUMER = trigger_durable("jobs")
 SUBJECT = "cluster.jobs"
 PIPELINE = "job"
 DOCUMENTS = f"""
@@ -168,6 +171,8 @@ class Outcome:
     trigger_events: list[dict]
     stream_replicas: dict[str, int]
     """Servers holding each of Sluice's streams and the trigger's consumer, as the cluster said."""
+    elections: list[tuple[float, str]]
+    """When a stream or consumer got a new leader (``NatsCluster.leaders_elected``)."""
 
     def runs_per_event(self) -> Counter[str]:
         return Counter(run["n"] for run in self.runs)
@@ -177,9 +182,10 @@ class Outcome:
         largest), and per kill: for each kind of event, seconds from the kill until a step of an
         event sent after it started (``resumed_s``), the slowest of the events sent in the 5 s
         after it (``max_latency_s``), and the slowest of those taken in the 10 s after it, from
-        being taken (``max_taken_to_started_s``: Sluice's share); the longest pause between two
-        step starts of any event from the kill until 10 s after it (``max_gap_s``); and when a
-        killed server was healthy again."""
+        being taken (``max_taken_to_started_s``: Sluice's share, and its consumer's election); the
+        longest pause between two step starts of any event from the kill until 10 s after it
+        (``max_gap_s``); when a killed server was healthy again; and when NATS had elected new
+        leaders for the streams and consumers whose leader it was (``nats_new_leaders_after_s``)."""
         first_start: dict[str, float] = {}
         for run in self.runs:
             started = [attempt["started"] for attempt in run["attempts"] if attempt["started"] is not None]
@@ -209,6 +215,11 @@ class Outcome:
                 max(b - a for a, b in itertools.pairwise(window)) if window[1:] else None
             )
             figures["back_after_s"] = _rounded(kill.back_at - kill.at if kill.back_at else None)
+            elected: dict[str, float | None] = {}
+            for at, asset in self.elections:
+                if kill.at < at <= kill.at + 30:
+                    elected.setdefault(asset, _rounded(at - kill.at))
+            figures["nats_new_leaders_after_s"] = elected
             per_kill.append(figures)
         per_event = self.runs_per_event()
         before = [n for n, sent in self.published.items() if sent < self.kills[0].at - 1]
@@ -301,10 +312,6 @@ async def connect(installation: Installation, creds: Path) -> NATS:
     )
 
 
-def stream_leader(js_info) -> str:
-    return js_info.cluster.leader
-
-
 async def failover(
     installation: Installation, *, rate: float = 4.0, calm_s: float = 3.0, down_s: float = 3.0
 ) -> Outcome:
@@ -314,6 +321,7 @@ async def failover(
     admin = await connect(installation, installation.admin_creds)
     service = await connect(installation, installation.service_creds)
     kills: list[Kill] = []
+    flowing: asyncio.Task | None = None
     try:
         js = admin.jetstream(timeout=5)
         await js.add_stream(
@@ -324,9 +332,9 @@ async def failover(
         flowing = asyncio.create_task(services.run())
         # Step events' stream leader first (agents publish to it, daemons consume it), then the user
         # stream's leader, each started again and healthy before the next kill.
-        for stream in ("SLUICE_STEPS", STREAM):
+        for stream in (STEPS_STREAM, STREAM):
             await asyncio.sleep(calm_s)
-            victim = stream_leader(await js.stream_info(stream))
+            victim = (await js.stream_info(stream)).cluster.leader
             if kills and victim == kills[-1].what:  # "another" server: the other leader of the pair
                 victim = next(name for name in cluster.names if name != victim)
             kill = Kill(victim, time.time())
@@ -347,14 +355,16 @@ async def failover(
         replicas = {
             name: 1 + len(info.cluster.replicas or [])
             for name, info in [
-                ("SLUICE_STEPS", await js.stream_info("SLUICE_STEPS")),
-                ("OBJ_sluice-sources", await js.stream_info("OBJ_sluice-sources")),
+                (STEPS_STREAM, await js.stream_info(STEPS_STREAM)),
+                (SOURCES_STREAM, await js.stream_info(SOURCES_STREAM)),
                 (STREAM, await js.stream_info(STREAM)),
-                ("sluice-daemon", await js.consumer_info("SLUICE_STEPS", "sluice-daemon")),
-                ("sluice-trigger-jobs", await js.consumer_info(STREAM, "sluice-trigger-jobs")),
+                (STEPS_CONSUMER, await js.consumer_info(STEPS_STREAM, STEPS_CONSUMER)),
+                (TRIGGER_CONSUMER, await js.consumer_info(STREAM, TRIGGER_CONSUMER)),
             ]
         }
     finally:
+        if flowing is not None and not flowing.done():
+            flowing.cancel()
         await service.close()
         await admin.close()
     env = installation.alive_daemon().client_env
@@ -362,7 +372,8 @@ async def failover(
     runs = await runs_with_attempts(env["SLUICE_DATABASE_URL"])
     events = await asyncio.to_thread(api_all, "/triggers/jobs/events", env)
     retries = {kind: services.retries[kind] for kind in KINDS}
-    return Outcome(services.published, services.taken, retries, kills, runs, events, replicas)
+    elections = cluster.leaders_elected()
+    return Outcome(services.published, services.taken, retries, kills, runs, events, replicas, elections)
 
 
 def wait_settled(env: dict[str, str], expected: set[str]) -> None:
