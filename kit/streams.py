@@ -29,8 +29,6 @@ MAX_REPLICAS = 5
 """The most copies JetStream keeps of a stream."""
 STREAM_NAME_IN_USE = 10058
 """JetStream's error code for a stream that exists with another configuration."""
-JETSTREAM_NOT_READY = 10008
-"""JetStream's error code for "JetStream system temporarily unavailable" (electing, catching up)."""
 
 STEPS_DUPLICATE_WINDOW_S = 120.0
 STEPS_CONSUMER = "sluice-daemon"
@@ -111,11 +109,11 @@ def _refused(
 
 async def wait_for_jetstream(js: JetStreamContext, timeout_s: float) -> None:
     """Returns once JetStream answers for this account: a cluster that is starting answers only after
-    its servers elected a meta leader, and a daemon may start beside it (compose, Kubernetes).
-    Each unanswered try is logged (``jetstream_unavailable``) and retried with backoff.
+    its servers elected a meta leader (until then a server may even say that JetStream is not
+    enabled for the account), and a daemon may start beside it (compose, Kubernetes). Each failed
+    try is logged (``jetstream_unavailable``) and retried with backoff.
 
-    Raises ``BusError`` when it does not answer within ``timeout_s``, or refuses this account
-    (JetStream not enabled for it).
+    Raises ``BusError`` with JetStream's last answer when it did not answer within ``timeout_s``.
     """
     deadline = time.monotonic() + timeout_s
     tries = 0
@@ -125,24 +123,30 @@ async def wait_for_jetstream(js: JetStreamContext, timeout_s: float) -> None:
             await js.account_info()
             return
         except NatsErrors as exc:
-            if isinstance(exc, nats.js.errors.APIError) and exc.err_code != JETSTREAM_NOT_READY:
-                raise BusError(f"JetStream refuses this account: {exc.description or describe(exc)}") from exc
             delay = min(backoff_s(tries, base=0.2, cap=2.0), deadline - time.monotonic())
             if delay <= 0:
-                raise BusError(f"JetStream did not answer within {timeout_s:g}s: {describe(exc)}") from exc
+                answer = exc.description if isinstance(exc, nats.js.errors.APIError) else None
+                raise BusError(
+                    f"JetStream did not serve this account within {timeout_s:g}s: {answer or describe(exc)}"
+                ) from exc
             log.warning("jetstream_unavailable", tries=tries, retry_in=round(delay, 2), error=describe(exc))
             await asyncio.sleep(delay)
 
 
-def steps_consumer() -> ConsumerConfig:
-    """The daemons' durable consumer of ``STEPS_STREAM`` (``STEPS_CONSUMER``, one queue group). It
-    names no replicas: a consumer without a count has its stream's, and follows a change of them
-    (one made with a count keeps it, and cannot be raised before the stream has finished growing)."""
+def steps_consumer(deliver_subject: str) -> ConsumerConfig:
+    """The daemons' durable consumer of ``STEPS_STREAM`` (``STEPS_CONSUMER``, one queue group),
+    pushing to ``deliver_subject``: the same for every daemon, so that daemons starting together,
+    each making the consumer, make the same one (with a subject of its own, the last one's creation
+    took the events from the others' subscriptions). It names no replicas: a consumer without a
+    count has its stream's, and follows a change of them (one made with a count keeps it, and cannot
+    be raised before the stream has finished growing)."""
     return ConsumerConfig(
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=STEPS_ACK_WAIT_S,
         max_ack_pending=STEPS_MAX_ACK_PENDING,
         deliver_policy=DeliverPolicy.ALL,
+        deliver_subject=deliver_subject,
+        deliver_group=STEPS_CONSUMER,
     )
 
 

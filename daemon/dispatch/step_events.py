@@ -48,6 +48,8 @@ from runners.protocol import DAEMON_INBOX, StepFinished, StepStarted, step_event
 
 log = structlog.get_logger(__name__)
 
+DELIVER_SUBJECT = f"{DAEMON_INBOX}.step-events"
+"""Where the consumer pushes events, to the daemons' queue group: one subject for all daemons."""
 RETRY_DELAY_S = 1.0
 MAX_BATCH = 256
 MAX_DELIVERIES = 5
@@ -92,24 +94,22 @@ class StepEvents:
             stream=STEPS_STREAM,
             cb=self._receive,
             manual_ack=True,
-            config=steps_consumer(),
+            config=steps_consumer(DELIVER_SUBJECT),
         )
 
     async def _update_consumer(self) -> None:
         """A consumer made by an earlier release keeps its position and takes today's settings
         (subscribing to an existing durable would use it as it is): the ack wait, the pending bound,
-        and a deliver subject under the daemon's own inbox, where no service may listen."""
+        and the daemons' one deliver subject, under their own inbox, where no service may listen."""
         try:
             info = await self._js.consumer_info(STEPS_STREAM, STEPS_CONSUMER)
         except nats.js.errors.NotFoundError:
             return
         config = info.config
-        private = (config.deliver_subject or "").startswith(f"{DAEMON_INBOX}.")
-        current = (config.ack_wait, config.max_ack_pending, private)
-        if current != (STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING, True):
+        current = (config.ack_wait, config.max_ack_pending, config.deliver_subject)
+        if current != (STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING, DELIVER_SUBJECT):
             config.ack_wait, config.max_ack_pending = STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING
-            if not private:
-                config.deliver_subject = self._nc.new_inbox()
+            config.deliver_subject = DELIVER_SUBJECT
             await self._js.add_consumer(STEPS_STREAM, config=config)
             log.info(
                 "step_events_consumer_updated",
