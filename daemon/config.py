@@ -10,6 +10,7 @@ from pathlib import Path
 
 from daemon.rules.params import DEFAULT_MAX_BYTES
 from kit.nats import NatsOptions
+from kit.streams import MAX_REPLICAS
 from kit.units import parse_size
 from runners.protocol import ASSIGN_TIMEOUT_S, HEARTBEAT_TIMEOUT_S
 
@@ -25,6 +26,8 @@ class Settings:
     """None: the daemon embeds a NATS server under the data dir."""
     nats: NatsOptions = dataclasses.field(default_factory=NatsOptions)
     """Credentials and TLS for NATS (its ``urls`` are ``nats_url``, or the embedded server's)."""
+    nats_replicas: int = 1
+    """Copies JetStream keeps of Sluice's streams, consumer and bucket (``SLUICE_NATS_REPLICAS``)."""
     api_url: str = DEFAULT_API_URL
     api_token: str | None = None
     """The admin token (``SLUICE_API_TOKEN``); unset, the daemon makes one in the data dir."""
@@ -43,6 +46,7 @@ class Settings:
             database_url=environ.get("SLUICE_DATABASE_URL") or None,
             nats_url=environ.get("SLUICE_NATS_URL") or None,
             nats=NatsOptions.from_env(environ),
+            nats_replicas=_replicas(environ),
             api_url=(environ.get("SLUICE_API_URL") or DEFAULT_API_URL).rstrip("/"),
             api_token=environ.get("SLUICE_API_TOKEN") or None,
             api_hosts=frozenset(
@@ -86,6 +90,20 @@ def _size(environ: Mapping[str, str], variable: str, default: int) -> int:
         return parse_size(raw)
     except ValueError:
         raise ValueError(f"{variable} must be a size in bytes (e.g. 1048576 or 1Mi), not {raw!r}") from None
+
+
+def _replicas(environ: Mapping[str, str]) -> int:
+    """``SLUICE_NATS_REPLICAS``: 1 (the default) to ``MAX_REPLICAS``.
+
+    Raises ``ValueError`` naming the variable for anything else.
+    """
+    raw = (environ.get("SLUICE_NATS_REPLICAS") or "1").strip()
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_REPLICAS):
+        raise ValueError(
+            f"SLUICE_NATS_REPLICAS must be a whole number from 1 to {MAX_REPLICAS} "
+            f"(copies JetStream keeps of Sluice's streams), not {raw!r}"
+        )
+    return int(raw)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -6,8 +6,10 @@ advertises changed, or every ``agent_write_interval_s``. An agent silent for lon
 timeout (counted from the daemon's start for agents not heard from yet) is ``lost``: its active
 attempts are lost and their steps ready again, to be placed elsewhere (this does not count as a retry).
 A live agent that does not list an attempt the daemon thinks it runs, for longer than
-``unlisted_grace_s``, has lost that attempt. An agent that runs an attempt the daemon has written off
-(lost or cancelled) is asked to cancel it.
+``unlisted_grace_s``, has lost that attempt; so has one that another daemon placed and no longer
+follows (it died between committing the attempt and sending its assignment), which the sweep finds in
+the database. An agent that runs an attempt the daemon has written off (lost or cancelled) is asked to
+cancel it.
 """
 
 from __future__ import annotations
@@ -143,6 +145,8 @@ class AgentMonitor:
                 agent.unlisted_since.pop(attempt_id, None)
             else:
                 agent.unlisted_since.setdefault(attempt_id, now)
+        for attempt_id in agent.reported & agent.unlisted_since.keys():  # watched for other daemons
+            del agent.unlisted_since[attempt_id]
         strays = [
             attempt_id
             for attempt_id in agent.reported
@@ -197,6 +201,21 @@ class AgentMonitor:
             key: when for key, when in self._stray_checked.items() if now - when < 10 * STRAY_CHECK_INTERVAL_S
         }
 
+    async def watch_unfollowed(self) -> None:
+        """Watches, as if they were this daemon's own, the attempts on live agents that have been
+        active for longer than the unlisted grace and that neither this daemon holds nor their agent
+        lists: another daemon placed them and died before their assignments went out (or after),
+        and nothing else would ever end them. Each is lost once unlisted for the grace (its step
+        placed again); one its agent lists (a late start) is left alone."""
+        now = time.monotonic()
+        grace = self._settings.unlisted_grace_s
+        for attempt_id, agent_id in await attempt_store.active_attempts_since(self._pool, grace):
+            agent = self._registry.agents.get(agent_id)
+            if agent is None or agent.status == "lost" or not agent.seen:
+                continue  # an agent no daemon hears is lost, with its attempts
+            if attempt_id not in agent.reservations and attempt_id not in agent.reported:
+                agent.unlisted_since.setdefault(attempt_id, now)
+
     async def lose_agent(self, agent: AgentState, reason: str) -> None:
         """The agent is gone: its active attempts are lost (their steps ready again elsewhere)."""
         async with self._pool.acquire() as conn, conn.transaction():
@@ -223,5 +242,6 @@ class AgentMonitor:
             requeued = await attempt_store.lose_attempts(conn, attempts)
         for attempt_id in attempts:
             self._registry.release(attempt_id)
+            agent.unlisted_since.pop(attempt_id, None)  # one this daemon watched without holding it
         log.warning("attempts_lost", agent=agent.id, attempts=list(attempts))
         self._dispatcher.requeue(requeued)

@@ -30,9 +30,11 @@ from nats.aio.msg import Msg
 
 from daemon.dispatch.cancel import Cancels
 from daemon.dispatch.transitions import Reported, Transitions
+from daemon.errors import Unavailable
 from daemon.runtime.refusals import Refusals
 from daemon.store import attempts as attempt_store
 from daemon.store.db import DATABASE_ERRORS
+from kit.nats import BusError
 from kit.streams import (
     STEPS_ACK_WAIT_S,
     STEPS_CONSUMER,
@@ -46,6 +48,8 @@ from runners.protocol import DAEMON_INBOX, StepFinished, StepStarted, step_event
 
 log = structlog.get_logger(__name__)
 
+DELIVER_SUBJECT = f"{DAEMON_INBOX}.step-events"
+"""Where the consumer pushes events, to the daemons' queue group: one subject for all daemons."""
 RETRY_DELAY_S = 1.0
 MAX_BATCH = 256
 MAX_DELIVERIES = 5
@@ -56,8 +60,11 @@ value PostgreSQL refuses), and must not hold back the others for ever."""
 class StepEvents:
     """The consumer. :meth:`start` binds it; :meth:`run` (a supervised loop) applies what arrives."""
 
-    def __init__(self, *, pool: asyncpg.Pool, nc: NATS, transitions: Transitions, cancels: Cancels) -> None:
+    def __init__(
+        self, *, pool: asyncpg.Pool, nc: NATS, transitions: Transitions, cancels: Cancels, replicas: int = 1
+    ) -> None:
         self._pool = pool
+        self._replicas = replicas
         self._nc = nc
         self._js = nc.jetstream()
         self._transitions = transitions
@@ -70,7 +77,15 @@ class StepEvents:
         self._working: tuple[list[Msg], float] | None = None  # the batch being applied, since when
 
     async def start(self) -> None:
-        await ensure_steps_stream(self._js)
+        """Makes the stream (or brings it to today's config and ``replicas``; the consumer has the
+        stream's) and the consumer, and binds.
+
+        Raises ``Unavailable`` when JetStream refuses them (too few servers for the replicas).
+        """
+        try:
+            await ensure_steps_stream(self._js, self._replicas)
+        except BusError as exc:
+            raise Unavailable(str(exc)) from exc
         await self._update_consumer()
         self._sub = await self._js.subscribe(
             STEP_EVENTS,
@@ -79,24 +94,22 @@ class StepEvents:
             stream=STEPS_STREAM,
             cb=self._receive,
             manual_ack=True,
-            config=steps_consumer(),
+            config=steps_consumer(DELIVER_SUBJECT),
         )
 
     async def _update_consumer(self) -> None:
         """A consumer made by an earlier release keeps its position and takes today's settings
         (subscribing to an existing durable would use it as it is): the ack wait, the pending bound,
-        and a deliver subject under the daemon's own inbox, where no service may listen."""
+        and the daemons' one deliver subject, under their own inbox, where no service may listen."""
         try:
             info = await self._js.consumer_info(STEPS_STREAM, STEPS_CONSUMER)
         except nats.js.errors.NotFoundError:
             return
         config = info.config
-        private = (config.deliver_subject or "").startswith(f"{DAEMON_INBOX}.")
-        current = (config.ack_wait, config.max_ack_pending, private)
-        if current != (STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING, True):
+        current = (config.ack_wait, config.max_ack_pending, config.deliver_subject)
+        if current != (STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING, DELIVER_SUBJECT):
             config.ack_wait, config.max_ack_pending = STEPS_ACK_WAIT_S, STEPS_MAX_ACK_PENDING
-            if not private:
-                config.deliver_subject = self._nc.new_inbox()
+            config.deliver_subject = DELIVER_SUBJECT
             await self._js.add_consumer(STEPS_STREAM, config=config)
             log.info(
                 "step_events_consumer_updated",

@@ -10,14 +10,13 @@ import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from daemon.errors import Unavailable
 from kit.nats import BusError, NatsErrors, NatsOptions
 from kit.nats import connect as connect_nats
-from kit.streams import sources_bucket
-from kit.subjects import SOURCES_BUCKET
+from kit.streams import ensure_sources_bucket, wait_for_jetstream
 from runners.protocol import DAEMON_INBOX
 
 log = structlog.get_logger(__name__)
@@ -29,15 +28,23 @@ PROBE_TIMEOUT_S = 2.0
 async def connect(options: NatsOptions, *, name: str = "sluice-daemon") -> NATS:
     """Connect to NATS as an agent does (``kit.nats.connect``: the first connection within a
     bounded time, later losses reconnected for as long as the daemon lives), with replies on the
-    daemon's own inbox.
+    daemon's own inbox, and wait (as long again) until JetStream answers: a cluster starting beside
+    the daemon elects its leaders first.
 
     Raises:
-        Unavailable: no server answered, or it refused the credentials.
+        Unavailable: no server answered, it refused the credentials, or JetStream did not answer.
     """
     try:
-        return await connect_nats(options, name=name, inbox_prefix=DAEMON_INBOX)
+        nc = await connect_nats(options, name=name, inbox_prefix=DAEMON_INBOX)
     except BusError as exc:
         raise Unavailable(str(exc)) from exc
+    try:
+        await wait_for_jetstream(nc.jetstream(), options.connect_timeout_s)
+    except BusError as exc:
+        with contextlib.suppress(*NatsErrors):
+            await nc.close()
+        raise Unavailable(str(exc)) from exc
+    return nc
 
 
 async def strangers_may_publish(options: NatsOptions, nc: NATS) -> bool:
@@ -91,16 +98,18 @@ class SourceStore:
         self._store = store
 
     @classmethod
-    async def open(cls, nc: NATS) -> SourceStore:
-        """Open the bucket, creating it on first use (file storage: snapshots outlive restarts).
+    async def open(cls, nc: NATS, *, replicas: int = 1) -> SourceStore:
+        """Open the bucket, creating it on first use (file storage: snapshots outlive restarts) with
+        ``replicas`` copies; a bucket that exists is brought to ``replicas`` and otherwise used as
+        it is, whoever made it.
 
-        A bucket that exists is used as it is, whoever made it and however it is configured.
+        Raises:
+            Unavailable: JetStream refused the replicas (too few servers).
         """
-        js = nc.jetstream()
         try:
-            return cls(await js.object_store(SOURCES_BUCKET))
-        except BucketNotFoundError:
-            return cls(await js.create_object_store(SOURCES_BUCKET, config=sources_bucket()))
+            return cls(await ensure_sources_bucket(nc.jetstream(), replicas))
+        except BusError as exc:
+            raise Unavailable(str(exc)) from exc
 
     async def has(self, digest: str) -> bool:
         try:

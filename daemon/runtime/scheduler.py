@@ -55,7 +55,9 @@ log = structlog.get_logger(__name__)
 class Scheduler:
     """Makes the scheduling parts, each given what it needs, and starts and stops them as one."""
 
-    def __init__(self, *, pool: asyncpg.Pool, nc: NATS, settings: DispatchSettings) -> None:
+    def __init__(
+        self, *, pool: asyncpg.Pool, nc: NATS, settings: DispatchSettings, replicas: int = 1
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.specs = Specs()
@@ -108,7 +110,9 @@ class Scheduler:
             cancels=self.cancels,
             settings=settings,
         )
-        self.step_events = StepEvents(pool=pool, nc=nc, transitions=self.transitions, cancels=self.cancels)
+        self.step_events = StepEvents(
+            pool=pool, nc=nc, transitions=self.transitions, cancels=self.cancels, replicas=replicas
+        )
         self.supervisor = Supervisor()
         self.triggering: Triggering | None = None
         """The trigger sources, while this daemon leads; None while it stands by."""
@@ -127,15 +131,19 @@ class Scheduler:
         nc: NATS,
         settings: DispatchSettings,
         database_url: str | None = None,
+        replicas: int = 1,
     ) -> Scheduler:
         """Rebuilds memory from the database, binds the subscriptions and starts the loops.
 
         With ``database_url`` the trigger sources run only while this scheduler wins the leader
         election among the daemons on that database (a lone daemon wins before this returns);
-        without it, this scheduler is alone and runs them unconditionally.
+        without it, this scheduler is alone and runs them unconditionally. The step events' stream
+        and consumer keep ``replicas`` copies.
+
+        Raises ``Unavailable`` when JetStream refuses the stream or the consumer.
         """
         started = time.monotonic()
-        scheduler = cls(pool=pool, nc=nc, settings=settings)
+        scheduler = cls(pool=pool, nc=nc, settings=settings, replicas=replicas)
         dispatcher, registry = scheduler.dispatcher, scheduler.registry
         stack.push_async_callback(scheduler._stop)
         stack.callback(SCHEDULER.watch(scheduler))
@@ -217,6 +225,7 @@ class Scheduler:
             await self.datastores.refresh(self.pool)
             await self.dispatcher.sweep()
             await self.transitions.admit_held_runs()
+            await self.monitor.watch_unfollowed()
 
     # --- operations the API offers ------------------------------------------------------------------
 

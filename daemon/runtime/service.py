@@ -74,6 +74,11 @@ async def run_daemon(
         raise ConfigurationError(
             f"listening on {host} exposes the API: set SLUICE_API_TOKEN, or listen on 127.0.0.1"
         )
+    if settings.nats_url is None and settings.nats_replicas > 1:
+        raise ConfigurationError(
+            f"SLUICE_NATS_REPLICAS={settings.nats_replicas} needs a NATS cluster (SLUICE_NATS_URL): "
+            "the embedded NATS server is one server, which keeps one copy"
+        )
     async with contextlib.AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         access = AccessSettings(
@@ -118,9 +123,14 @@ async def run_daemon(
         service_creds, agent_creds = None, {}
         if settings.nats_url is None:
             service_creds, agent_creds = await _local_credentials(pool, settings.data_dir, local_agents)
-        sources = await bus.SourceStore.open(nc)
+        sources = await bus.SourceStore.open(nc, replicas=settings.nats_replicas)
         scheduler = await Scheduler.start(
-            stack, pool=pool, nc=nc, settings=settings.dispatch, database_url=database_url
+            stack,
+            pool=pool,
+            nc=nc,
+            settings=settings.dispatch,
+            database_url=database_url,
+            replicas=settings.nats_replicas,
         )
 
         runner = web.AppRunner(

@@ -279,6 +279,19 @@ async def active_attempts(db: Db) -> list[ActiveAttempt]:
     ]
 
 
+async def active_attempts_since(db: Db, seconds: float) -> list[tuple[int, str]]:
+    """``(attempt id, agent)`` of the active attempts dispatched more than ``seconds`` ago."""
+    rows = await db.fetch(
+        f"""
+        SELECT id, agent_id FROM attempts
+        WHERE status IN {ACTIVE_ATTEMPT_SQL} AND agent_id IS NOT NULL
+          AND dispatched_at < now() - make_interval(secs => $1)
+        """,
+        seconds,
+    )
+    return [(row["id"], row["agent_id"]) for row in rows]
+
+
 async def attempt_statuses(db: Db, attempt_ids: Sequence[int]) -> dict[int, str]:
     rows = await db.fetch("SELECT id, status FROM attempts WHERE id = ANY($1::bigint[])", list(attempt_ids))
     return {row["id"]: row["status"] for row in rows}

@@ -51,6 +51,8 @@ def cli_json(*args: str, env: dict[str, str]) -> dict:
 class SluiceUp:
     """A `sluice up` process on its own data dir and port."""
 
+    COMMAND = "up"
+
     def __init__(self, data_dir: Path, port: int, env: dict[str, str], *extra: str) -> None:
         self.data_dir = data_dir
         self.port = port
@@ -67,7 +69,7 @@ class SluiceUp:
     def start(self) -> SluiceUp:
         self.output = []
         self.process = subprocess.Popen(
-            [SLUICE, "up", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.extra],
+            [SLUICE, self.COMMAND, "--data-dir", str(self.data_dir), "--port", str(self.port), *self.extra],
             env=self.env | {"SLUICE_LOG_FORMAT": "json"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -78,7 +80,9 @@ class SluiceUp:
         threading.Thread(target=self._read, args=(ready,), daemon=True).start()
         if not ready.wait(START_TIMEOUT_S) or not self.api_url:
             self.kill()
-            raise AssertionError("sluice up did not become ready:\n" + "".join(self.output[-40:]))
+            raise AssertionError(
+                f"sluice {self.COMMAND} did not become ready:\n" + "".join(self.output[-40:])
+            )
         return self
 
     def _read(self, ready: threading.Event) -> None:
@@ -137,6 +141,22 @@ class SluiceUp:
         return found
 
 
+class SluiceDaemon(SluiceUp):
+    """A `sluice daemon` process: it announces nothing, and is ready once it logs ``daemon_ready``
+    (with its API and NATS URLs). Its NATS is external: it writes no credentials files."""
+
+    COMMAND = "daemon"
+
+    def _read(self, ready: threading.Event) -> None:
+        for line in self.process.stdout:
+            self.output.append(line)
+            if '"daemon_ready"' in line:
+                record = json.loads(line)
+                self.api_url, self.nats_url = record["api_url"], record["nats_url"]
+                ready.set()
+        ready.set()
+
+
 def user_env(home: Path) -> dict[str, str]:
     """The environment of a user's shell (``HOME`` at ``home``), without any Sluice settings leaking
     in from ours."""
@@ -146,15 +166,19 @@ def user_env(home: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def sluice_ups(directory: Path, base_env: dict[str, str]) -> Iterator[Callable[..., SluiceUp]]:
-    """Start `sluice up` processes (data dirs and logs under ``directory``); at the end stop them and
-    anything they left running in their data dirs. The ``sluice_up`` fixtures wrap this, per test
-    (e2e) or per module (browser)."""
+    """Start `sluice up` processes (``kind=SluiceDaemon``: `sluice daemon`; data dirs and logs under
+    ``directory``); at the end stop them and anything they left running in their data dirs. The
+    ``sluice_up`` fixtures wrap this, per test (e2e) or per module (browser)."""
     started: list[SluiceUp] = []
 
     def start(
-        *extra: str, data_dir: Path | None = None, port: int | None = None, env: dict[str, str] | None = None
+        *extra: str,
+        data_dir: Path | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        kind: type[SluiceUp] = SluiceUp,
     ) -> SluiceUp:
-        process = SluiceUp(data_dir or directory / "data", port or free_port(), env or base_env, *extra)
+        process = kind(data_dir or directory / "data", port or free_port(), env or base_env, *extra)
         started.append(process)
         return process.start()
 

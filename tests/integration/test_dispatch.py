@@ -323,6 +323,24 @@ async def test_attempt_the_agent_no_longer_lists_is_lost(system: Harness) -> Non
     assert "does not report" in attempts[0]["error"]
 
 
+async def test_an_attempt_placed_by_a_daemon_that_died_is_lost_and_runs_again(system: Harness) -> None:
+    agent = await system.agent("a1", behaviour=lambda a: Outcome(hold=True))
+    await system.apply("kind: Pipeline\nname: long\nsteps:\n  - name: only\n    command: [x]\n")
+    run_id = (await system.start_run("long"))["run_id"]
+    await system.wait_step(run_id, "only", lambda step: step["status"] == "running")
+    # As after a daemon that placed it died: this daemon holds nothing for the attempt, and its
+    # agent never ran it (the assignment did not go out).
+    system.scheduler.registry.release(agent.assignments[0].attempt_id)
+    agent.report_running = False
+    agent.behaviour = lambda a: Outcome()
+
+    run = await system.wait_run(run_id, "succeeded", within=15)
+
+    attempts = run["steps"][0]["attempts"]
+    assert [a["status"] for a in attempts] == ["lost", "succeeded"]
+    assert "does not report" in attempts[0]["error"]
+
+
 async def test_runs_take_turns_so_a_wide_run_does_not_starve_another(system: Harness) -> None:
     agent = await system.agent("a1", cpu=1, behaviour=lambda a: Outcome(hold=True))
     wide = "".join(f"  - name: s{i:02}\n    command: [x]\n    resources: {{cpu: 1}}\n" for i in range(20))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -15,6 +16,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from daemon.dispatch.step_events import StepEvents
 from daemon.dispatch.transitions import Reported
 from kit.streams import STEPS_ACK_WAIT_S, STEPS_CONSUMER, STEPS_MAX_ACK_PENDING, ensure_steps_stream
 from kit.subjects import STEPS_STREAM
@@ -184,10 +186,29 @@ async def test_a_consumer_from_an_earlier_release_takes_todays_ack_wait(
                 STEPS_ACK_WAIT_S,
                 STEPS_MAX_ACK_PENDING,
             )
-            assert info.config.deliver_subject.startswith("sluice.inbox.daemon.")
+            assert info.config.deliver_subject == "sluice.inbox.daemon.step-events"
             agent = await system.agent("a1")
             run = await system.start_run("once")
             await system.wait_run(run["run_id"], "succeeded")  # events flow on the new subject
             assert agent.assignments
     finally:
         await nc.close()
+
+
+async def test_daemons_starting_together_share_the_consumers_events(pool, nats_url: str) -> None:
+    """Each makes the consumer when none exists: both make the same one, and both receive (each
+    with a subject of its own, the last one's creation took the events from the other)."""
+    ncs = [await nats.connect(nats_url) for _ in range(2)]
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await ncs[0].jetstream().delete_stream(STEPS_STREAM)
+        daemons = [StepEvents(pool=pool, nc=nc, transitions=None, cancels=None) for nc in ncs]
+
+        await asyncio.gather(*(daemon.start() for daemon in daemons))
+
+        info = await ncs[0].jetstream().consumer_info(STEPS_STREAM, STEPS_CONSUMER)
+        assert {daemon._sub.subject for daemon in daemons} == {info.config.deliver_subject}
+        await asyncio.gather(*(daemon.stop() for daemon in daemons))
+    finally:
+        for nc in ncs:
+            await nc.close()
