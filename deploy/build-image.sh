@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds Sluice's container image (deploy/Dockerfile) from wheels made here, with no network in the build.
+#
+#   deploy/build-image.sh                                  # on a Debian bookworm base made by debootstrap
+#   BASE=python:3.11-slim-bookworm deploy/build-image.sh   # on a registry's base image
+#
+# BASE      the base image (default sluice-base:bookworm: made here with debootstrap, as root, unless it
+#           exists; Docker pulls any other name)
+# IMAGE     the tag to build (default sluice:latest)
+# PYTHON    the interpreter whose pip builds and fetches the wheels (default python3)
+# MIRROR    the Debian mirror debootstrap installs from (default http://deb.debian.org/debian)
+#
+# The wheels match the base's Python and C library, not this machine's: the base is asked for them.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+BASE=${BASE:-sluice-base:bookworm}
+IMAGE=${IMAGE:-sluice:latest}
+PYTHON=${PYTHON:-python3}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+elapsed() { echo "build-image: $1 took $((SECONDS - $2)) s"; }
+
+# A minimal Debian bookworm with Python 3, for places where no registry is reachable. Cached: an image
+# of that name is used as it is (docker rmi it to make it again).
+make_base() {
+    local started=$SECONDS root=$work/root
+    command -v debootstrap >/dev/null || {
+        echo "build-image: making $BASE needs debootstrap (apt-get install debootstrap)" >&2
+        exit 1
+    }
+    # tzdata for cron triggers' time zones, netbase for /etc/services and /etc/protocols.
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tzdata,netbase \
+        bookworm "$root" "$MIRROR" >"$work/debootstrap.log" 2>&1 || {
+        tail -20 "$work/debootstrap.log" >&2
+        exit 1
+    }
+    # What an image never uses: the package caches and lists (no apt in a container), manuals and
+    # translations. The packages' copyright files stay.
+    rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/{man,info,locale}/*
+    find "$root/usr/share/doc" -type f ! -name copyright -delete
+    tar -C "$root" -c . | docker import - "$BASE" >/dev/null
+    rm -rf "$root"
+    elapsed "the base $BASE (debootstrap)" "$started"
+}
+
+# Wheels of Sluice and its dependencies for the base's interpreter, in $work/context/wheels.
+make_wheels() {
+    local started=$SECONDS wheels=$work/context/wheels scratch=$work/scratch facts version abi glibc arch
+    facts=$(docker run --rm --network none --entrypoint python3 "$BASE" -c \
+        'import platform, sys; v = sys.version_info; print(f"{v[0]}.{v[1]}", f"cp{v[0]}{v[1]}", platform.libc_ver()[1], platform.machine())')
+    read -r version abi glibc arch <<<"$facts"
+    # Sluice and the dependencies published only as source are pure Python: built here, they suit any
+    # interpreter. The compiled ones are fetched for the base's Python, glibc and machine.
+    "$PYTHON" -m pip wheel -q -w "$scratch" "$repo"
+    mkdir -p "$wheels"
+    cp "$scratch"/*-none-any.whl "$wheels/"
+    local platforms=(--platform "manylinux2014_$arch")
+    for minor in $(seq 17 "${glibc#2.}"); do
+        platforms+=(--platform "manylinux_2_${minor}_$arch")
+    done
+    "$PYTHON" -m pip download -q --only-binary=:all: --implementation cp --python-version "$version" \
+        --abi "$abi" "${platforms[@]}" --find-links "$wheels" -d "$wheels" "$wheels"/sluice-*.whl
+    elapsed "the wheels for Python $version, glibc $glibc, $arch" "$started"
+}
+
+if [[ $BASE == sluice-base:* ]] && ! docker image inspect "$BASE" >/dev/null 2>&1; then
+    make_base
+fi
+make_wheels
+started=$SECONDS
+# --network none: everything the image needs is in the context, which holds the wheels alone.
+cp "$repo/deploy/Dockerfile" "$work/context/"
+docker build -q --network none --build-arg "BASE=$BASE" -t "$IMAGE" "$work/context" >/dev/null
+elapsed "the image $IMAGE" "$started"
