@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from daemon.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from tests.requirements import docker_engine, unavailable
 from tests.s3 import MotoServer, S3Endpoint
 
 TEMPLATE = "sluice_template"
@@ -109,25 +110,18 @@ def docker_image() -> str:
     import shutil
     import tarfile
 
-    import docker
     import docker.errors
 
-    def unavailable(reason: str) -> None:
-        if os.environ.get("SLUICE_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"SLUICE_REQUIRE_DOCKER=1 but {reason}")
-        pytest.skip(reason)
-
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:
-        unavailable(f"no Docker engine answers: {exc}")
+    client = docker_engine("SLUICE_REQUIRE_DOCKER")
     try:
         client.images.get(DOCKER_TEST_IMAGE)
     except docker.errors.ImageNotFound:
         busybox = shutil.which("busybox")
         if busybox is None:
-            unavailable(f"{DOCKER_TEST_IMAGE} is missing and there is no busybox to make it (busybox-static)")
+            unavailable(
+                f"{DOCKER_TEST_IMAGE} is missing and there is no busybox to make it (busybox-static)",
+                "SLUICE_REQUIRE_DOCKER",
+            )
         archive = io.BytesIO()
         with tarfile.open(fileobj=archive, mode="w") as tar:
             tar.add(busybox, arcname="bin/busybox")

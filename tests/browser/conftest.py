@@ -7,7 +7,6 @@ installs it): then they fail."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,14 +14,9 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.browser.browsing import CHROMIUM_ARGS, WAIT_MS, chromium
 from tests.e2e.sluice import FAST_TIMINGS, SluiceUp, apply, cli, sluice_agents, sluice_ups, user_env
+from tests.requirements import unavailable
 
 pytestmark = pytest.mark.browser
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("SLUICE_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"SLUICE_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,10 @@ def browser() -> Iterator:
     so pytest-asyncio could run no async test after this module's until it stops."""
     executable = chromium()
     if executable is None:
-        _unavailable("no Chromium: SLUICE_CHROMIUM, or chromium on PATH (apt-get install chromium)")
+        unavailable(
+            "no Chromium: SLUICE_CHROMIUM, or chromium on PATH (apt-get install chromium)",
+            "SLUICE_REQUIRE_BROWSER",
+        )
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)

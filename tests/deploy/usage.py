@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import click
-import pytest
 
 from daemon.cli import main as sluice_cli
+from tests.requirements import unavailable
 
 SLUICE = str(Path(sys.executable).parent / "sluice")
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -81,7 +81,4 @@ def deploy_tool(*names: str) -> str:
     for name in names:
         if found := shutil.which(name):
             return found
-    reason = f"none of {', '.join(names)} is installed"
-    if os.environ.get("SLUICE_REQUIRE_DEPLOY_TOOLS") == "1":
-        pytest.fail(f"SLUICE_REQUIRE_DEPLOY_TOOLS=1 but {reason}")
-    pytest.skip(reason)
+    unavailable(f"none of {', '.join(names)} is installed", "SLUICE_REQUIRE_DEPLOY_TOOLS")

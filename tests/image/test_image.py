@@ -10,7 +10,6 @@ a named one, all removed with them: nothing owned by the image's uid is left on 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import urllib.parse
 import urllib.request
@@ -21,6 +20,7 @@ import pytest
 
 from daemon.runtime.embedded import free_port
 from tests.e2e.sluice import api_get, api_request, api_text, wait_for, wait_run
+from tests.requirements import docker_engine, unavailable
 
 pytestmark = pytest.mark.image
 
@@ -40,24 +40,14 @@ steps:
 def docker_client() -> Iterator:
     """A client of the engine that has the image. Skips without either, or fails when
     SLUICE_REQUIRE_IMAGE=1 (CI, which builds the image with .ci/image.sh)."""
-    import docker
     import docker.errors
 
-    def unavailable(reason: str) -> None:
-        if os.environ.get("SLUICE_REQUIRE_IMAGE") == "1":
-            pytest.fail(f"SLUICE_REQUIRE_IMAGE=1 but {reason}")
-        pytest.skip(reason)
-
-    try:
-        client = docker.from_env(timeout=60)
-        client.ping()
-    except Exception as exc:
-        unavailable(f"no Docker engine answers: {exc}")
+    client = docker_engine("SLUICE_REQUIRE_IMAGE", timeout=60)
     try:
         client.images.get(IMAGE)
     except docker.errors.ImageNotFound:
         client.close()
-        unavailable(f"there is no image {IMAGE}: build it with deploy/build-image.sh")
+        unavailable(f"there is no image {IMAGE}: build it with deploy/build-image.sh", "SLUICE_REQUIRE_IMAGE")
     yield client
     client.close()
 
