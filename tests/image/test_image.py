@@ -122,8 +122,8 @@ def postgres_mounts(database_url: str) -> tuple:
 
 @pytest.mark.timeout(240)  # containers on the vfs storage driver (CI's) take seconds to create each
 def test_a_daemon_and_an_agent_from_the_image_complete_a_run(
-    containers, database_url: str, nats_url: str
-) -> None:
+    database_url: str, nats_url: str, containers
+) -> None:  # containers last: they go before their database does
     port = free_port()
     token = secrets.token_urlsafe(24)
     client_env = {"SLUICE_API_URL": f"http://127.0.0.1:{port}", "SLUICE_API_TOKEN": token}
