@@ -47,6 +47,20 @@ make_base() {
     elapsed "the base $BASE (debootstrap)" "$started"
 }
 
+# The checkout's files (committed or not, less what git ignores) in a folder of their own: setuptools
+# keeps build/ in the source folder, and what is still there from an earlier build (a module since
+# removed) would go into the wheel. Outside a git checkout, the folder itself.
+clean_source() {
+    if ! git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        echo "$repo"
+        return
+    fi
+    mkdir -p "$work/source"
+    git -C "$repo" ls-files -z --cached --others --exclude-standard |
+        tar -C "$repo" --null --files-from=- --ignore-failed-read -c 2>/dev/null | tar -C "$work/source" -x
+    echo "$work/source"
+}
+
 # Wheels of Sluice and its dependencies for the base's interpreter, in $work/context/wheels.
 make_wheels() {
     local started=$SECONDS wheels=$work/context/wheels scratch=$work/scratch facts version abi glibc arch
@@ -55,7 +69,7 @@ make_wheels() {
     read -r version abi glibc arch <<<"$facts"
     # Sluice and the dependencies published only as source are pure Python: built here, they suit any
     # interpreter. The compiled ones are fetched for the base's Python, glibc and machine.
-    "$PYTHON" -m pip wheel -q -w "$scratch" "$repo"
+    "$PYTHON" -m pip wheel -q -w "$scratch" "$(clean_source)"
     mkdir -p "$wheels"
     cp "$scratch"/*-none-any.whl "$wheels/"
     local platforms=(--platform "manylinux2014_$arch")
