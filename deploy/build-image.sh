@@ -24,6 +24,16 @@ trap 'rm -rf "$work"' EXIT
 
 elapsed() { echo "build-image: $1 took $((SECONDS - $2)) s"; }
 
+# Runs a long-winded command with its output in $work/NAME.log, shown (its end) only when it fails.
+logged() {
+    local log=$work/$1.log
+    shift
+    "$@" >"$log" 2>&1 || {
+        tail -40 "$log" >&2
+        return 1
+    }
+}
+
 # A minimal Debian bookworm with Python 3, for places where no registry is reachable. Cached: an image
 # of that name is used as it is (docker rmi it to make it again).
 make_base() {
@@ -33,11 +43,8 @@ make_base() {
         exit 1
     }
     # tzdata for cron triggers' time zones, netbase for /etc/services and /etc/protocols.
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tzdata,netbase \
-        bookworm "$root" "$MIRROR" >"$work/debootstrap.log" 2>&1 || {
-        tail -20 "$work/debootstrap.log" >&2
-        exit 1
-    }
+    logged debootstrap debootstrap --variant=minbase \
+        --include=python3,python3-venv,ca-certificates,tzdata,netbase bookworm "$root" "$MIRROR"
     # What an image never uses: the package caches and lists (no apt in a container), manuals and
     # translations. The packages' copyright files stay.
     rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/{man,info,locale}/*
@@ -57,19 +64,20 @@ clean_source() {
     fi
     mkdir -p "$work/source"
     git -C "$repo" ls-files -z --cached --others --exclude-standard |
-        tar -C "$repo" --null --files-from=- --ignore-failed-read -c 2>/dev/null | tar -C "$work/source" -x
+        tar -C "$repo" --null --files-from=- --ignore-failed-read -c | tar -C "$work/source" -x
     echo "$work/source"
 }
 
 # Wheels of Sluice and its dependencies for the base's interpreter, in $work/context/wheels.
 make_wheels() {
-    local started=$SECONDS wheels=$work/context/wheels scratch=$work/scratch facts version abi glibc arch
+    local started=$SECONDS wheels=$work/context/wheels scratch=$work/scratch source facts version abi glibc arch
     facts=$(docker run --rm --network none --entrypoint python3 "$BASE" -c \
         'import platform, sys; v = sys.version_info; print(f"{v[0]}.{v[1]}", f"cp{v[0]}{v[1]}", platform.libc_ver()[1], platform.machine())')
     read -r version abi glibc arch <<<"$facts"
     # Sluice and the dependencies published only as source are pure Python: built here, they suit any
     # interpreter. The compiled ones are fetched for the base's Python, glibc and machine.
-    "$PYTHON" -m pip wheel -q -w "$scratch" "$(clean_source)"
+    source=$(clean_source)
+    "$PYTHON" -m pip wheel -q -w "$scratch" "$source"
     mkdir -p "$wheels"
     cp "$scratch"/*-none-any.whl "$wheels/"
     local platforms=(--platform "manylinux2014_$arch")
@@ -88,5 +96,5 @@ make_wheels
 started=$SECONDS
 # --network none: everything the image needs is in the context, which holds the wheels alone.
 cp "$repo/deploy/Dockerfile" "$work/context/"
-docker build -q --network none --build-arg "BASE=$BASE" -t "$IMAGE" "$work/context" >/dev/null
+logged docker-build docker build --force-rm --network none --build-arg "BASE=$BASE" -t "$IMAGE" "$work/context"
 elapsed "the image $IMAGE" "$started"
