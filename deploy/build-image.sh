@@ -94,7 +94,14 @@ if [[ $BASE == sluice-base:* ]] && ! docker image inspect "$BASE" >/dev/null 2>&
 fi
 make_wheels
 started=$SECONDS
+previous=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 # --network none: everything the image needs is in the context, which holds the wheels alone.
 cp "$repo/deploy/Dockerfile" "$work/context/"
 logged docker-build docker build --force-rm --network none --build-arg "BASE=$BASE" -t "$IMAGE" "$work/context"
+# Unnamed leftovers: the build stage, and the image that had the tag before. With the vfs storage
+# driver every step of each is a full copy of its files. One still in use stays.
+docker image prune -f --filter label=sluice.stage=build >/dev/null
+if [[ -n $previous && $previous != $(docker image inspect -f '{{.Id}}' "$IMAGE") ]]; then
+    docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 elapsed "the image $IMAGE" "$started"
