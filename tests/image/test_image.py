@@ -78,8 +78,8 @@ def test_the_image_runs_sluice_as_a_fixed_non_root_user_without_build_tools(dock
 @pytest.fixture
 def containers(docker_client) -> Iterator[Callable[..., object]]:
     """Start detached containers of the image on the host's network, all with one volume for the
-    default datastore (step logs and outputs, which daemons and agents share); removed at the end with
-    their volumes."""
+    default datastore (step logs and outputs, which daemons and agents share), on a read-only root as
+    deploy/'s Compose file and Kubernetes manifests run them; removed at the end with their volumes."""
     from docker.types import Mount
 
     datastores = docker_client.volumes.create(f"sluice-test-{uuid.uuid4().hex[:8]}")
@@ -94,6 +94,8 @@ def containers(docker_client) -> Iterator[Callable[..., object]]:
             environment=environment,
             mounts=[shared, *mounts],
             network_mode="host",
+            read_only=True,
+            tmpfs={"/tmp": ""},
             init=True,
             detach=True,
         )
