@@ -91,8 +91,7 @@ async def _apply_one(
 ) -> Applied:
     spec = document.spec
     if document.kind == "Datastore":
-        settings = {key: value for key, value in spec_to_json(spec).items() if key not in ("name", "type")}
-        record, action = await store.upsert_datastore(conn, document.name, spec.type, settings)
+        record, action = await store.upsert_datastore(conn, document.name, spec.type, spec.settings())
         return Applied(document.kind, record.name, action)
     if document.kind == "Trigger":
         record, action = await store.upsert_trigger(

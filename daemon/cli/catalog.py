@@ -123,6 +123,11 @@ class DatastoreRow(Row):
     spec: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def cells(self) -> tuple[str, ...]:
+        if self.type == "s3":
+            where = "s3://" + "/".join(part for part in (self.spec.get("bucket"), self.spec.get("prefix")) if part)
+            if endpoint := self.spec.get("endpoint"):
+                where += f" at {endpoint}"
+            return (self.name, self.type, where)
         return (self.name, self.type, self.path or str(self.spec.get("path", "-")))
 
 

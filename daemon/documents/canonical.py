@@ -22,13 +22,17 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
     """``spec`` as JSON-able builtins: every field present, sizes in bytes, durations in seconds,
     CPU in cores, step defaults merged into the steps, tagged unions carrying their tag (``from`` on
     step inputs, ``source`` on a trigger's ``on``), but for a step's ``foreach``, left out when the
-    step has none so that versions published before ``foreach`` existed keep their digests.
-    ``spec_from_json`` reads it back."""
+    step has none, and a datastore input's ``mode`` when it is ``download``, so that versions
+    published before ``foreach`` and ``mode`` existed keep their digests. ``spec_from_json`` reads
+    it back."""
     data = msgspec.to_builtins(spec)
     if isinstance(spec, PipelineSpec):
         for step in data["steps"]:
             if step["foreach"] is None:
                 del step["foreach"]
+            for source in step["inputs"].values():
+                if source.get("mode") == "download":
+                    del source["mode"]
     return data
 
 

@@ -114,6 +114,34 @@ class RawTrigger(_Raw, kw_only=True):
     params: dict[str, Scalar] = msgspec.field(default_factory=dict)
 
 
-class RawDatastore(_Raw, kw_only=True):
-    type: Literal["local"] = "local"
-    path: str
+class InlineSecrets(_Raw, kw_only=True):
+    """Secrets written inline where an ``s3`` datastore may be configured: read only to refuse them
+    with a message that says what to write instead."""
+
+    access_key_id: object = None
+    secret_access_key: object = None
+    session_token: object = None
+
+
+class RawCredentials(InlineSecrets, kw_only=True):
+    """How an ``s3`` datastore's machines find its credentials: environment variable names, or a
+    shared credentials file and profile."""
+
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+    file: str | None = None
+    profile: str | None = None
+
+
+class RawDatastore(InlineSecrets, kw_only=True):
+    """``local``: ``path``. ``s3``: ``bucket`` and the rest; each type's fields are refused on the other."""
+
+    type: Literal["local", "s3"] = "local"
+    path: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool | None = None
+    credentials: RawCredentials | None = None

@@ -7,9 +7,11 @@ round-trip through ``msgspec.to_builtins`` / ``msgspec.convert`` (see ``daemon.d
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+
+from kit.objectstore import S3Location
 
 from triggers.specs import (  # noqa: F401 - the trigger sources' own specs, part of TriggerSpec
     CronCatchup,
@@ -23,6 +25,7 @@ from triggers.specs import (  # noqa: F401 - the trigger sources' own specs, par
     Scalar,
 )
 
+InputMode = Literal["download", "uri"]
 ParamType = Literal["string", "integer", "number", "boolean", "list"]
 ParamValue = Scalar | list[Scalar]
 """A param's value: a scalar, or for a ``list`` param a list of scalars (JSON)."""
@@ -92,11 +95,15 @@ class FromDatastore(_Spec, kw_only=True, tag="datastore", tag_field="from"):
     """An input read from ``path`` (may hold ``${params.…}``/``${run.…}``) in a datastore.
 
     ``hash`` says how its fingerprint is taken: from the file listing (names, sizes, mtimes) or content.
+    ``mode``: ``download`` gives the step a local path (an ``s3`` datastore's files are downloaded
+    first); ``uri`` gives an ``s3`` datastore's input as ``s3://bucket/key`` for steps that read the
+    store themselves (a ``local`` datastore's input is its path either way).
     """
 
     datastore: str
     path: str
     hash: Literal["listing", "content"] = "listing"
+    mode: InputMode = "download"
 
 
 StepInput = FromStep | FromDatastore
@@ -182,9 +189,20 @@ class TriggerSpec(_Spec, kw_only=True):
 
 
 class DatastoreSpec(_Spec, kw_only=True):
+    """``local``: a directory at ``path`` (as the daemon sees it; agents may announce their own).
+    ``s3``: a bucket and prefix, ``s3``, whose credentials are named, never written."""
+
     name: str
-    type: Literal["local"] = "local"
-    path: str
+    type: Literal["local", "s3"] = "local"
+    path: str | None = None
+    s3: S3Location | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """What is stored for the datastore beside its name and type: ``{"path": …}`` for ``local``,
+        the fields of its ``S3Location`` for ``s3``."""
+        if self.s3 is not None:
+            return msgspec.to_builtins(self.s3)
+        return {"path": self.path}
 
 
 Spec = PipelineSpec | TriggerSpec | DatastoreSpec

@@ -260,6 +260,22 @@ def test_no_authorization_header_without_a_token(api: FakeApi) -> None:
 # --- lists ---
 
 
+def test_datastores_shows_a_local_path_and_an_s3_location(api: FakeApi) -> None:
+    local = {"name": "default", "type": "local", "spec": {"path": "/data/default"}}
+    s3 = {"name": "landing", "type": "s3",
+          "spec": {"bucket": "acme", "prefix": "in", "endpoint": "http://minio:9000"}}  # fmt: skip
+    api.answer("GET", "/datastores", {"items": [local, s3], "next_cursor": None})
+
+    result = sluice(api, "datastores")
+
+    assert result.exit_code == 0, result.output
+    assert [row.split() for row in result.stdout.splitlines()] == [
+        ["NAME", "TYPE", "PATH"],
+        ["default", "local", "/data/default"],
+        ["landing", "s3", "s3://acme/in", "at", "http://minio:9000"],
+    ]
+
+
 def test_pipelines_follows_the_cursor_into_one_table(api: FakeApi, local_tz: None) -> None:
     first = {"name": "batch-scoring", "description": "", "default_version": 2, "latest_version": 3,
              "versions": 3, "updated_at": "2026-11-23T13:02:09+00:00"}  # fmt: skip

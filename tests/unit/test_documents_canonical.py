@@ -174,3 +174,14 @@ def test_foreach_is_in_canonical_json_and_changes_the_digest() -> None:
     assert version_digest(spec, None) != DIGEST_BEFORE_FOREACH
     shards = FANNED_OUT.replace("{files: {input: raw, pattern: '*.csv', per: 10}, ", "{shards: 10, ")
     assert version_digest(spec_of(shards), None) not in (DIGEST_BEFORE_FOREACH, version_digest(spec, None))
+
+
+def test_a_datastore_input_in_download_mode_keeps_its_digest_and_uri_mode_changes_it() -> None:
+    spec = spec_of(PIPELINE)
+    assert "mode" not in spec_to_json(spec)["steps"][0]["inputs"]["raw"]
+
+    uri = spec_of(PIPELINE.replace("{datastore: landing, path: x}", "{datastore: landing, path: x, mode: uri}"))
+
+    assert spec_to_json(uri)["steps"][0]["inputs"]["raw"]["mode"] == "uri"
+    assert spec_from_json("Pipeline", json.loads(json.dumps(spec_to_json(uri)))) == uri
+    assert version_digest(uri, None) != DIGEST_BEFORE_FOREACH
