@@ -124,7 +124,8 @@ class DatastoreRow(Row):
 
     def cells(self) -> tuple[str, ...]:
         if self.type == "s3":
-            where = "s3://" + "/".join(part for part in (self.spec.get("bucket"), self.spec.get("prefix")) if part)
+            parts = (self.spec.get("bucket"), self.spec.get("prefix"))
+            where = "s3://" + "/".join(part for part in parts if part)
             if endpoint := self.spec.get("endpoint"):
                 where += f" at {endpoint}"
             return (self.name, self.type, where)

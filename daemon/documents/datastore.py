@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from daemon.documents import names
 from daemon.documents.paths import child
 from daemon.documents.problems import Reporter
-from daemon.documents.raw import RawCredentials, RawDatastore, InlineSecrets
+from daemon.documents.raw import InlineSecrets, RawCredentials, RawDatastore
 from daemon.documents.specs import DatastoreSpec
 from kit.objectstore import S3Location
 

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from kit.objectstore import S3Location
-
 from triggers.specs import (  # noqa: F401 - the trigger sources' own specs, part of TriggerSpec
     CronCatchup,
     CronSource,

@@ -180,7 +180,7 @@ def test_a_datastore_input_in_download_mode_keeps_its_digest_and_uri_mode_change
     spec = spec_of(PIPELINE)
     assert "mode" not in spec_to_json(spec)["steps"][0]["inputs"]["raw"]
 
-    uri = spec_of(PIPELINE.replace("{datastore: landing, path: x}", "{datastore: landing, path: x, mode: uri}"))
+    uri = spec_of(PIPELINE.replace("path: x}", "path: x, mode: uri}"))
 
     assert spec_to_json(uri)["steps"][0]["inputs"]["raw"]["mode"] == "uri"
     assert spec_from_json("Pipeline", json.loads(json.dumps(spec_to_json(uri)))) == uri
