@@ -28,7 +28,7 @@ from daemon.store import new_runs as new_run_store
 MAX_BATCH = 512
 
 
-def need_of(step: StepSpec) -> Need:
+def need_of(step: StepSpec, datastores: Datastores) -> Need:
     resources = step.resources
     return Need(
         cpu=resources.cpu,
@@ -37,6 +37,7 @@ def need_of(step: StepSpec) -> Need:
         gpu_memory=resources.gpu_memory,
         selector=step.selector,
         executor="docker" if step.image else "process",
+        staging=datastores.needs_staging(step),
     )
 
 
@@ -155,7 +156,7 @@ class BatchPlanner:
             ) >= bound[1]:
                 _wait(step, _parallel_reason(spec, bound[1]), result)
                 continue
-            need = step.need or need_of(spec)
+            need = step.need or need_of(spec, self._datastores)
             step.need = need
             excluded = {agent for agent, until in step.excluded.items() if until > now}
             if not excluded and (known := failed_shapes.get(need.shape)) is not None:
@@ -211,7 +212,9 @@ class BatchPlanner:
                 if isinstance(rendered := self._render(step, context, spec, agent), str):
                     placed = Waiting(rendered)
                 else:
-                    rooms[placed.agent_id] = taken(rooms[placed.agent_id], need_of(spec), placed.gpus)
+                    rooms[placed.agent_id] = taken(
+                        rooms[placed.agent_id], need_of(spec, self._datastores), placed.gpus
+                    )
                     if (bound := _parallel_bound(step, spec)) is not None:
                         groups[bound[0]] += 1
             found[step.name] = placed
@@ -229,7 +232,7 @@ class BatchPlanner:
         narrows them after each placement): what :meth:`claim` and :meth:`preview` share."""
         for name in names:
             spec = version.steps[step_of(name)]
-            step = ReadyStep(0, UUID(context.id), name, need=need_of(spec))
+            step = ReadyStep(0, UUID(context.id), name, need=need_of(spec, self._datastores))
             if (bound := _parallel_bound(step, spec)) is not None and held_by(bound[0]) >= bound[1]:
                 yield step, spec, Waiting(_parallel_reason(spec, bound[1]))
                 continue
@@ -239,9 +242,12 @@ class BatchPlanner:
         self, step: ReadyStep, context: RunContext, spec: StepSpec, agent: AgentState
     ) -> tuple[RenderedStep, dict[str, str]] | str:
         """The step rendered for ``agent`` with the datastores as it sees them, or why it cannot be."""
-        datastores = self._datastores.for_agent(agent.datastores)
+        datastores = self._datastores.for_agent(agent.datastores, agent.staging, f"{context.id}/{step.name}")
         try:
-            return render_step(context, spec, datastores, context.partitions.get(step.name)), datastores
+            rendered = render_step(
+                context, spec, datastores, context.partitions.get(step.name), self._datastores.stores
+            )
+            return rendered, datastores
         except TemplateError as exc:
             return f"cannot render step {step.name} for agent {agent.name}: {exc.message}"
 

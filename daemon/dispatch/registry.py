@@ -33,6 +33,7 @@ class AgentState:
     executors: list[str] = field(default_factory=list)
     capacity: Capacity = field(default_factory=lambda: Capacity(cpu=0.0, memory=0))
     datastores: dict[str, str] = field(default_factory=dict)
+    staging: str | None = None
     draining: bool = False
     status: str = "ready"  # ready | lost | stopped
     last_seen: float = 0.0  # monotonic; the daemon's start for agents only known from the database
@@ -82,6 +83,17 @@ class AgentState:
             free_cpu=cpu,
             free_memory=memory,
             free_gpus=gpus,
+            staging=self.staging is not None,
+        )
+
+    def offer(self) -> tuple:
+        """What decides which steps it can take: when this changes, waiting steps are placed again."""
+        return (
+            self.accepts_work,
+            self.capacity,
+            tuple(self.executors),
+            tuple(self.labels.items()),
+            self.staging is not None,
         )
 
     @property
@@ -121,6 +133,7 @@ class AgentState:
             "status": self.status,
             "draining": self.draining,
             "datastores": self.datastores,
+            "staging": self.staging,
         }
 
 
@@ -154,18 +167,19 @@ class Registry:
         if agent is None:
             agent = self.agents[agent_id] = AgentState(id=agent_id, name=agent_id)
         else:
-            before = (agent.accepts_work, agent.capacity, tuple(agent.executors), tuple(agent.labels.items()))
+            before = agent.offer()
         agent.labels = dict(beat.labels)
         agent.executors = list(beat.executors)
         agent.capacity = beat.capacity
         agent.datastores = dict(beat.datastores)
+        agent.staging = beat.staging
         agent.draining = beat.draining
         agent.status = "ready"
         agent.last_seen = now
         agent.last_heartbeat = time.time()
         agent.seen = True
         agent.reported = frozenset(beat.running)
-        after = (agent.accepts_work, agent.capacity, tuple(agent.executors), tuple(agent.labels.items()))
+        after = agent.offer()
         self._rooms = None
         offers_more = agent.accepts_work and after != before
         if offers_more:

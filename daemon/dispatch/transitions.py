@@ -22,7 +22,7 @@ from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.planning.contexts import Datastores, RunContexts, VersionSpec
 from daemon.planning.creation import RunCreation, admit_held
 from daemon.rules.partitions import partitions_of, step_of, tolerated_failures
-from daemon.rules.rendering import in_datastore, output_path
+from daemon.rules.rendering import output_path
 from daemon.rules.states import FINAL_STEP, Plan, advance, after_attempt
 from daemon.store import attempt_reports as report_store
 from daemon.store import runs as run_store
@@ -180,10 +180,8 @@ class Transitions:
                 outputs = {}
                 if decision.status == "succeeded":
                     outputs = {
-                        name: in_datastore(
-                            self._datastores.paths,
-                            DEFAULT_DATASTORE,
-                            output_path(str(run.id), attempt.step, name),
+                        name: self._datastores.where(
+                            DEFAULT_DATASTORE, output_path(str(run.id), attempt.step, name)
                         )
                         for name in spec.outputs
                     }

@@ -1,24 +1,29 @@
 """In-memory caches of what dispatch and step events need about runs: parsed version specs (versions
-are immutable), each active run's rendering context, and the datastores' paths as the daemon sees
-them. All are caches of the database, filled on demand and safe to drop."""
+are immutable), each active run's rendering context, and the datastores as the daemon sees them.
+All are caches of the database, filled on demand and safe to drop."""
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from daemon.documents import PipelineSpec, StepSpec, spec_from_json
+import msgspec
+
+from daemon.documents import DEFAULT_DATASTORE, PipelineSpec, StepSpec, spec_from_json
+from daemon.documents.specs import FromDatastore
 from daemon.errors import NotFound
 from daemon.rules.partitions import Partition
-from daemon.rules.rendering import RunContext
+from daemon.rules.rendering import RunContext, in_datastore, store_uri
 from daemon.rules.states import step_graph
 from daemon.store.catalog import list_datastores
 from daemon.store.db import Db
 from daemon.store.pipelines import VersionRecord, get_version
 from daemon.store.runs import RunRecord, get_run
 from daemon.store.steps import partitions_of_run, reused_steps
+from kit.objectstore import S3Location
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +159,53 @@ class RunContexts:
 
 
 class Datastores:
-    """Datastore name -> path as the daemon sees it (``local`` datastores)."""
+    """The datastores as the daemon sees them: ``paths`` of the ``local`` ones, ``stores`` (the
+    locations) of the ``s3`` ones, by name."""
 
     def __init__(self) -> None:
         self.paths: dict[str, str] = {}
+        self.stores: dict[str, S3Location] = {}
 
     async def refresh(self, db: Db) -> None:
-        records = await list_datastores(db)
-        self.paths = {record.name: str(record.spec.get("path", "")) for record in records}
+        paths: dict[str, str] = {}
+        stores: dict[str, S3Location] = {}
+        for record in await list_datastores(db):
+            if record.type == "s3":
+                stores[record.name] = msgspec.convert(record.spec, S3Location)
+            else:
+                paths[record.name] = str(record.spec.get("path", ""))
+        self.paths, self.stores = paths, stores
 
-    def for_agent(self, overrides: dict[str, str]) -> dict[str, str]:
-        """The paths an agent sees: its own announced ones over the daemon's."""
-        return self.paths | overrides if overrides else self.paths
+    def for_agent(
+        self, overrides: Mapping[str, str], staging: str | None = None, step_run: str | None = None
+    ) -> dict[str, str]:
+        """The roots an agent sees: its own announced paths over the daemon's, and for an agent with
+        a ``staging`` directory, each ``s3`` datastore's root for ``step_run`` (``<run>/<step run>``)
+        under it: ``<staging>/<run>/<step run>/<datastore>``. Without a staging directory (or a
+        step run) the ``s3`` datastores have no root there."""
+        roots = {name: root for name, root in {**self.paths, **overrides}.items() if name not in self.stores}
+        if staging is not None and step_run is not None:
+            roots |= {name: posixpath.join(staging, step_run, name) for name in self.stores}
+        return roots
+
+    def where(self, name: str, relative: str) -> str:
+        """``relative`` under datastore ``name`` as the daemon records it: a path for a ``local``
+        datastore, an ``s3://`` URI for an ``s3`` one.
+
+        Raises:
+            TemplateError: unknown datastore, or ``relative`` would leave it.
+        """
+        if (store := self.stores.get(name)) is not None:
+            return store_uri(store, name, relative)
+        return in_datastore(self.paths, name, relative)
+
+    def needs_staging(self, step: StepSpec) -> bool:
+        """Whether ``step`` uses an ``s3`` datastore through an agent's staging directory: ``default``
+        (its outputs and log) or an input it downloads."""
+        if DEFAULT_DATASTORE in self.stores:
+            return True
+        return any(
+            source.datastore in self.stores and source.mode == "download"
+            for source in step.inputs.values()
+            if isinstance(source, FromDatastore)
+        )

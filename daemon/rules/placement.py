@@ -1,7 +1,8 @@
 """Where a ready step runs: pure placement over the agents' free capacity as the daemon accounts it.
 
 Rules: the step's selector labels must match the agent's; the agent must have the executor
-(``docker`` for a step with an image); the step must fit the agent's *free* capacity (capacity minus
+(``docker`` for a step with an image); a step that uses an ``s3`` datastore needs an agent with a
+staging directory for its files; the step must fit the agent's *free* capacity (capacity minus
 what the daemon has reserved for its active attempts: never oversubscribed); a GPU step needs that
 many free GPUs, each with at least ``gpu_memory`` when given, and gets specific indices; a CPU-only
 step prefers agents without GPUs; among the rest, best fit (least capacity left over). A step that fits
@@ -29,6 +30,8 @@ class Need:
     gpu_memory: int | None = None
     selector: Mapping[str, str] = field(default_factory=dict)
     executor: str = "process"
+    staging: bool = False
+    """It uses an ``s3`` datastore, whose files an agent stages in its staging directory."""
 
     @property
     def shape(self) -> tuple:
@@ -40,6 +43,7 @@ class Need:
             self.gpu_memory,
             tuple(sorted(self.selector.items())),
             self.executor,
+            self.staging,
         )
 
 
@@ -57,6 +61,9 @@ class AgentRoom:
     free_cpu: float
     free_memory: int
     free_gpus: Sequence[Gpu]
+    staging: bool = False
+    """It announced a staging directory (``Heartbeat.staging``), so it can take steps that use an
+    ``s3`` datastore."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,10 @@ def place(need: Need, agents: Iterable[AgentRoom]) -> Placed | Waiting:
     eligible = [agent for agent in eligible if need.executor in agent.executors]
     if not eligible:
         return Waiting(f"no matching agent has the {need.executor} executor")
+    if need.staging:
+        eligible = [agent for agent in eligible if agent.staging]
+        if not eligible:
+            return Waiting("it uses an s3 datastore: no matching agent has a staging directory for one")
     if (reason := _never_fits(need, eligible)) is not None:
         return Waiting(reason, never_fits=True)
     best: tuple[tuple, AgentRoom, tuple[int, ...]] | None = None

@@ -5,6 +5,12 @@ documents'). Each output of step S is the directory ``runs/<run_id>/<S>/<output>
 datastore — for a reused step, that of the run and step it reuses; an input from a datastore is
 ``path`` (templated with params and run) under it.
 
+An ``s3`` datastore's root, for an agent with a staging directory, is a directory of that agent for
+the step run (``daemon.planning.contexts.Datastores.for_agent``); the assignment carries the store's
+location in ``stores`` so that the agent downloads inputs into that root and uploads outputs and the
+log from it. An input with ``mode: uri`` on an ``s3`` datastore is its ``s3://`` URI instead: the
+step reads the store itself, and the agent has nothing to download.
+
 A partition of a ``foreach`` step (``daemon.rules.partitions``) is rendered with ``${item…}`` too:
 ``${item}`` is the shard index, the list item (as a param reads), or the partition's files (JSON list
 of paths relative to the input); ``${item.index}`` its index; ``${item.files}`` the paths of its
@@ -22,10 +28,11 @@ from typing import Any
 import msgspec
 
 from daemon.documents.references import DEFAULT_DATASTORE
-from daemon.documents.specs import FromDatastore, FromStep, OverFiles, PipelineSpec, StepSpec
+from daemon.documents.specs import FromStep, OverFiles, PipelineSpec, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.rules.params import param_text
 from daemon.rules.partitions import Partition, name_of
+from kit.objectstore import S3Location
 from runners.protocol import Assignment, Resources
 
 
@@ -99,6 +106,8 @@ class RenderedStep:
     outputs: dict[str, str]
     datastores: dict[str, str]
     """The datastores the step's paths lie in: name -> root as the agent sees it."""
+    stores: dict[str, S3Location] = field(default_factory=dict)
+    """Those of them that are ``s3`` datastores, by name."""
 
 
 def run_values(run: RunContext) -> dict[str, str]:
@@ -109,23 +118,32 @@ def run_values(run: RunContext) -> dict[str, str]:
 
 
 def render_step(
-    run: RunContext, step: StepSpec, datastores: Mapping[str, str], partition: Partition | None = None
+    run: RunContext,
+    step: StepSpec,
+    datastores: Mapping[str, str],
+    partition: Partition | None = None,
+    stores: Mapping[str, S3Location] | None = None,
 ) -> RenderedStep:
     """``step`` of ``run`` with every ``${…}`` replaced, for an agent whose datastores are
-    ``datastores`` (name -> local path); for a ``foreach`` step, as ``partition`` of it.
+    ``datastores`` (name -> local path); for a ``foreach`` step, as ``partition`` of it. ``stores``
+    are the ``s3`` datastores (their roots in ``datastores`` are the agent's staging directories).
 
     Raises:
         TemplateError: a reference without a value, an unknown datastore, or a partition's file
             outside its input.
         ValueError: a partition of a step without ``foreach``.
     """
+    stores = stores or {}
     values = run_values(run)
     used = {DEFAULT_DATASTORE}
     inputs: dict[str, str] = {}
+    uris: dict[str, str] = {}
     for name, source in step.inputs.items():
         if isinstance(source, FromStep):
             inputs[name] = in_datastore(datastores, DEFAULT_DATASTORE, run.output(source.step, source.output))
-        elif isinstance(source, FromDatastore):
+        elif source.mode == "uri" and (store := stores.get(source.datastore)) is not None:
+            uris[name] = store_uri(store, source.datastore, render(source.path, values))
+        else:
             inputs[name] = in_datastore(datastores, source.datastore, render(source.path, values))
             used.add(source.datastore)
     run_name = step.name if partition is None else name_of(step.name, partition.index)
@@ -133,7 +151,7 @@ def render_step(
         name: in_datastore(datastores, DEFAULT_DATASTORE, output_path(run.id, run_name, name))
         for name in step.outputs
     }
-    values |= {f"inputs.{name}": path for name, path in inputs.items()}
+    values |= {f"inputs.{name}": path for name, path in (inputs | uris).items()}
     values |= {f"outputs.{name}": path for name, path in outputs.items()}
     for other in run.spec.steps:
         for output in other.outputs:
@@ -143,7 +161,7 @@ def render_step(
     if partition is None:
         argv = [render(item, values) for item in step.command]
     else:
-        files = partition_files(step, partition, inputs)
+        files = partition_files(step, partition, inputs | uris)
         values |= item_values(step, partition, files)
         argv = _expanded_argv(step.command, values, files)
     env = {key: render(value, values) for key, value in step.env.items()}
@@ -153,7 +171,7 @@ def render_step(
         "SLUICE_VERSION": str(run.version),
         "SLUICE_STEP": run_name,
     }
-    env |= {f"SLUICE_INPUT_{name.upper()}": path for name, path in inputs.items()}
+    env |= {f"SLUICE_INPUT_{name.upper()}": path for name, path in (inputs | uris).items()}
     env |= {f"SLUICE_OUTPUT_{name.upper()}": path for name, path in outputs.items()}
     return RenderedStep(
         argv=argv,
@@ -161,7 +179,19 @@ def render_step(
         inputs=inputs,
         outputs=outputs,
         datastores={name: datastores[name] for name in sorted(used)},
+        stores={name: stores[name] for name in sorted(used) if name in stores},
     )
+
+
+def store_uri(store: S3Location, name: str, relative: str) -> str:
+    """``s3://bucket/key`` of ``relative`` under the ``s3`` datastore ``name``.
+
+    Raises:
+        TemplateError: ``relative`` would leave the datastore (see :func:`in_datastore`).
+    """
+    if not _stays_inside(relative):
+        raise TemplateError(f"path {relative!r} is not inside datastore {name!r}")
+    return store.uri(relative)
 
 
 _ITEM_FILES = "${item.files}"
@@ -239,6 +269,7 @@ def assignment(
         inputs=rendered.inputs,
         outputs=rendered.outputs,
         datastores=rendered.datastores,
+        stores=rendered.stores,
         log_path=in_datastore(datastores, DEFAULT_DATASTORE, log_path(run.id, name, number)),
         timeout_s=step.timeout,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from daemon.rules.placement import AgentRoom, Need, Placed, Waiting, format_size, place
 from runners.protocol import Gpu
 
@@ -107,3 +109,14 @@ def test_sizes_read_as_written() -> None:
     assert format_size(16 * GiB) == "16Gi"
     assert format_size(1536 * 1024**2) == "1.5Gi"
     assert format_size(512 * 1024**2) == "512Mi"
+
+
+def test_a_step_on_an_s3_datastore_goes_only_to_agents_with_a_staging_directory() -> None:
+    bare, staged = room("bare", cpu=2), replace(room("staged", cpu=64), staging=True)
+    need = Need(cpu=1, memory=0, staging=True)
+
+    assert place(need, [bare, staged]) == Placed("staged")
+    assert place(need, [bare]) == Waiting(
+        "it uses an s3 datastore: no matching agent has a staging directory for one"
+    )
+    assert place(Need(cpu=1, memory=0), [bare, staged]) == Placed("bare")

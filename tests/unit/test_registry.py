@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from daemon.dispatch.registry import Registry
 from daemon.rules.placement import Need
 from runners.protocol import Capacity, Heartbeat
@@ -40,3 +42,17 @@ def test_the_epoch_moves_only_when_an_agent_may_take_more() -> None:
     freed = registry.epoch
     registry.beat(*beat("a", cpu=4), 102.0)
     assert registry.epoch > freed
+
+
+def test_an_agent_that_announces_staging_offers_more_and_its_room_says_so() -> None:
+    registry = Registry()
+    agent_id, plain = beat("a")
+    registry.beat(agent_id, plain, 100.0)
+    assert not registry.rooms()["a"].staging
+
+    agent, offers_more = registry.beat(agent_id, msgspec.structs.replace(plain, staging="/stage"), 101.0)
+
+    assert offers_more
+    assert agent.staging == "/stage"
+    assert registry.rooms()["a"].staging
+    assert agent.to_json()["staging"] == "/stage"

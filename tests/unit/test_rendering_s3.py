@@ -1,0 +1,124 @@
+"""Rendering for ``s3`` datastores: roots in the agent's staging directory per step run, the stores
+the assignment carries, ``mode: uri`` inputs, and where the daemon records outputs."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from daemon.documents.specs import PipelineSpec
+from daemon.documents.template import TemplateError
+from daemon.planning.contexts import Datastores
+from daemon.rules.rendering import RunContext, assignment, render_step
+from kit.objectstore import S3Location
+
+LANDING = S3Location(bucket="acme-landing", prefix="in", access_key_id_env="K", secret_access_key_env="S")
+OUTPUTS = S3Location(bucket="acme-runs")
+
+
+def datastores(default_on_s3: bool) -> Datastores:
+    found = Datastores()
+    found.paths = {"scratch": "/daemon/scratch"} | ({} if default_on_s3 else {"default": "/daemon/default"})
+    found.stores = {"landing": LANDING} | ({"default": OUTPUTS} if default_on_s3 else {})
+    return found
+
+
+def pipeline(mode: str = "download") -> PipelineSpec:
+    raw = {"from": "datastore", "datastore": "landing", "path": "d/${params.date}", "mode": mode}
+    return msgspec.convert(
+        {
+            "name": "p",
+            "params": {"date": {"type": "string"}},
+            "steps": [
+                {
+                    "name": "prep",
+                    "command": ["prep", "${inputs.raw}"],
+                    "inputs": {"raw": raw},
+                    "outputs": ["f"],
+                },
+                {
+                    "name": "score",
+                    "command": ["score"],
+                    "inputs": {"f": {"from": "step", "step": "prep", "output": "f"}},
+                },
+            ],
+        },
+        PipelineSpec,
+    )
+
+
+def run_of(spec: PipelineSpec) -> RunContext:
+    return RunContext(
+        id="r1", pipeline="p", version=1, params={"date": "2024"}, spec=spec, source_digest=None
+    )
+
+
+def test_s3_roots_are_the_step_runs_directories_in_the_agents_staging() -> None:
+    found = datastores(default_on_s3=True)
+
+    roots = found.for_agent({"scratch": "/agent/scratch", "landing": "/ignored"}, "/stage", "r1/prep")
+
+    assert roots == {
+        "scratch": "/agent/scratch",
+        "landing": "/stage/r1/prep/landing",
+        "default": "/stage/r1/prep/default",
+    }
+    assert found.for_agent({}) == {"scratch": "/daemon/scratch"}
+
+
+def test_an_assignment_carries_the_s3_stores_it_uses_and_paths_under_their_roots() -> None:
+    found = datastores(default_on_s3=True)
+    spec = pipeline()
+    roots = found.for_agent({}, "/stage", "r1/prep")
+
+    rendered = render_step(run_of(spec), spec.steps[0], roots, None, found.stores)
+    message = assignment(run_of(spec), spec.steps[0], rendered, roots, attempt_id=7, number=2, gpus=())
+
+    assert message.stores == {"default": OUTPUTS, "landing": LANDING}
+    assert message.inputs == {"raw": "/stage/r1/prep/landing/d/2024"}
+    assert message.outputs == {"f": "/stage/r1/prep/default/runs/r1/prep/f"}
+    assert message.log_path == "/stage/r1/prep/default/runs/r1/prep/logs/attempt-2.log"
+    assert message.datastores == {"default": "/stage/r1/prep/default", "landing": "/stage/r1/prep/landing"}
+    assert message.argv == ["prep", "/stage/r1/prep/landing/d/2024"]
+
+
+def test_a_uri_input_is_the_objects_uri_and_nothing_to_download() -> None:
+    found = datastores(default_on_s3=False)
+    spec = pipeline(mode="uri")
+    roots = found.for_agent({}, "/stage", "r1/prep")
+
+    rendered = render_step(run_of(spec), spec.steps[0], roots, None, found.stores)
+
+    assert rendered.argv == ["prep", "s3://acme-landing/in/d/2024"]
+    assert rendered.env["SLUICE_INPUT_RAW"] == "s3://acme-landing/in/d/2024"
+    assert rendered.inputs == {}
+    assert rendered.stores == {}
+    assert rendered.datastores == {"default": "/daemon/default"}
+    assert not found.needs_staging(spec.steps[0])
+
+
+def test_a_uri_input_must_stay_inside_its_datastore() -> None:
+    found = datastores(default_on_s3=False)
+    spec = pipeline(mode="uri")
+
+    with pytest.raises(TemplateError, match="not inside datastore 'landing'"):
+        render_step(
+            RunContext("r1", "p", 1, {"date": ".."}, spec, None), spec.steps[0], {}, None, found.stores
+        )
+
+
+def test_steps_need_staging_when_they_use_an_s3_datastore() -> None:
+    spec = pipeline()
+
+    assert datastores(default_on_s3=False).needs_staging(spec.steps[0])
+    assert not datastores(default_on_s3=False).needs_staging(spec.steps[1])
+    assert datastores(default_on_s3=True).needs_staging(spec.steps[1])
+
+
+def test_the_daemon_records_outputs_on_s3_as_uris() -> None:
+    assert (
+        datastores(default_on_s3=True).where("default", "runs/r1/prep/f") == "s3://acme-runs/runs/r1/prep/f"
+    )
+    assert (
+        datastores(default_on_s3=False).where("default", "runs/r1/prep/f") == "/daemon/default/runs/r1/prep/f"
+    )
