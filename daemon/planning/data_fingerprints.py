@@ -184,7 +184,7 @@ def _fingerprint(path: str, *, content: bool, digests: _DigestCache, within: str
         if _is_gone(error):
             return MISSING
         raise DataUnreadable(path, error) from error
-    hasher = hashlib.sha256(_record(FORMAT, "content" if content else "listing", kind))
+    hasher = hashlib.sha256(record(FORMAT, "content" if content else "listing", kind))
     for entry in sorted(entries, key=lambda entry: entry.relative):
         hasher.update(_entry_record(entry, content, digests))
     return f"sha256:{hasher.hexdigest()}"
@@ -215,7 +215,7 @@ def _partitions(
     }
     made = []
     for partition in files(list(found), per, previous):
-        hasher = hashlib.sha256(_record(FORMAT, "content" if content else "listing", "partition"))
+        hasher = hashlib.sha256(record(FORMAT, "content" if content else "listing", "partition"))
         for name in partition.files:
             hasher.update(_entry_record(found[name], content, digests))
         made.append((partition, f"sha256:{hasher.hexdigest()}"))
@@ -282,21 +282,21 @@ def _confined(path: str, within: str) -> None:
 def _entry_record(entry: _Entry, content: bool, digests: _DigestCache) -> bytes:
     match entry:
         case _Dir(relative):
-            return _record("d", relative)
+            return record("d", relative)
         case _DirLink(relative, target):
-            return _record("l", relative, target)
+            return record("l", relative, target)
         case _File(relative, _, listed) if not content:
-            return _record("f", relative, str(listed.st_size), str(listed.st_mtime_ns))
+            return record("f", relative, str(listed.st_size), str(listed.st_mtime_ns))
         case _File(relative, path, listed):
             read = digests.get(path, listed) or _read_and_cache(path, digests)
             if read is None:
                 return b""  # removed while we walked
             size, digest = read
-            return _record("f", relative, str(size), digest.hex())
+            return record("f", relative, str(size), digest.hex())
     raise AssertionError(entry)
 
 
-def _record(*fields: str) -> bytes:
+def record(*fields: str) -> bytes:
     """Fields each ended by NUL, which no path, link target or number holds, so the bytes of a list of
     records read back one way only."""
     return os.fsencode("\0".join(fields) + "\0")

@@ -17,8 +17,9 @@ from daemon.documents.specs import FromDatastore, OverFiles, OverItems, StepSpec
 from daemon.documents.template import render
 from daemon.planning.contexts import Datastores
 from daemon.planning.data_fingerprints import DataFingerprints
+from daemon.planning.store_fingerprints import StoreFingerprints
 from daemon.rules.partitions import Partition, items, shards, step_of
-from daemon.rules.rendering import in_datastore, output_path
+from daemon.rules.rendering import output_path
 from daemon.rules.reuse import Decision, Earlier, key_of
 from daemon.rules.step_fingerprints import fingerprint
 from triggers.files.matching import compile_glob
@@ -43,6 +44,7 @@ async def fan_out(
     *,
     datastores: Datastores,
     data: DataFingerprints,
+    objects: StoreFingerprints,
     earlier: Mapping[str, Earlier],
 ) -> Fanned:
     """``step``'s partitions for a run with ``params`` (``values``: its rendering values).
@@ -54,7 +56,9 @@ async def fan_out(
     assert step.foreach is not None
     over = step.foreach.over
     if isinstance(over, OverFiles):
-        return await _files(step, over, values, datastores=datastores, data=data, earlier=earlier)
+        return await _files(
+            step, over, values, datastores=datastores, data=data, objects=objects, earlier=earlier
+        )
     made = items(params[over.param]) if isinstance(over, OverItems) else shards(over.count)
     return [(partition, _item_print(partition.item)) for partition in made]
 
@@ -66,20 +70,24 @@ async def _files(
     *,
     datastores: Datastores,
     data: DataFingerprints,
+    objects: StoreFingerprints,
     earlier: Mapping[str, Earlier],
 ) -> Fanned:
     source = step.inputs[over.input]
     assert isinstance(source, FromDatastore)  # documents refuse anything else
-    path = in_datastore(datastores.paths, source.datastore, render(source.path, values))
+    relative = render(source.path, values)
+    path = datastores.where(source.datastore, relative)
     pattern = compile_glob(over.pattern)
-    return await data.partitions(
-        path,
-        lambda relative: pattern.fullmatch(relative) is not None,
-        over.per,
-        previous_files(step.name, earlier),
-        content=source.hash == "content",
-        within=datastores.paths[source.datastore],
-    )
+
+    def matches(found: str) -> bool:
+        return pattern.fullmatch(found) is not None
+
+    previous = previous_files(step.name, earlier)
+    content = source.hash == "content"
+    if (store := datastores.stores.get(source.datastore)) is not None:
+        return await objects.partitions(store, relative, matches, over.per, previous, content=content)
+    within = datastores.paths[source.datastore]
+    return await data.partitions(path, matches, over.per, previous, content=content, within=within)
 
 
 def _item_print(item: Any) -> str:

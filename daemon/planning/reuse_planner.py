@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import graphlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+import structlog
+from obstore.exceptions import BaseError
 
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, OverFiles, StepSpec
@@ -38,15 +40,19 @@ from daemon.errors import Invalid
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
 from daemon.planning.fan_out import Fanned, fan_out, fanned_decision, fanned_only, link_reused
+from daemon.planning.store_fingerprints import StoreFingerprints
 from daemon.rules.lineage import step_inputs
 from daemon.rules.partitions import Partition, item_of, name_of, partitions_of, spread, step_of
-from daemon.rules.rendering import RunContext, in_datastore, run_values
+from daemon.rules.rendering import RunContext, run_values
 from daemon.rules.reuse import Decision, Earlier, decide, first_statuses, key_of
 from daemon.rules.states import advance
 from daemon.rules.step_fingerprints import StepShape, fingerprint, shape_of, step_components
 from daemon.store.images import image_digests
 from daemon.store.new_runs import StepPlan
 from daemon.store.reuse import look_up
+from kit.objectstore import StoreError, published
+
+log = structlog.get_logger(__name__)
 
 UNREADABLE = "unreadable"
 
@@ -74,9 +80,12 @@ class _Fingerprinted:
 
 
 class ReusePlanner:
-    def __init__(self, datastores: Datastores, data: DataFingerprints) -> None:
+    def __init__(
+        self, datastores: Datastores, data: DataFingerprints, objects: StoreFingerprints | None = None
+    ) -> None:
         self._datastores = datastores
         self._data = data
+        self._objects = objects or StoreFingerprints()
         self._shapes: dict[tuple[str, int], dict[str, StepShape]] = {}
 
     async def plan(
@@ -124,7 +133,7 @@ class ReusePlanner:
             sorted({request.version.pipeline for request in requests}),
             [printed.fingerprints[name] for printed in prints for name in printed.wanted],
         )
-        present = await asyncio.to_thread(_outputs_present, candidates.values()) if candidates else {}
+        present = await self._outputs_present(candidates.values()) if candidates else {}
         planned = []
         for request, printed, fans in zip(requests, prints, fanned, strict=True):
             if isinstance(fans, Invalid):
@@ -268,6 +277,7 @@ class ReusePlanner:
                     values,
                     datastores=self._datastores,
                     data=self._data,
+                    objects=self._objects,
                     earlier=previous,
                 )
             except (TemplateError, DataUnreadable) as exc:
@@ -297,7 +307,7 @@ class ReusePlanner:
         """Fingerprint of each datastore input's data (by :func:`key_of`), and why the daemon cannot
         see the data of some (unknown datastore, path outside it, unreadable, nothing there)."""
         context = run_context(request.version, request.run_id, request.params)
-        wanted: dict[str, tuple[str, bool, str]] = {}
+        wanted: dict[str, tuple[str, Awaitable[str]]] = {}
         blind: dict[str, str] = {}
         values = run_values(context)
         read_by_partitions = fanned_only(context.spec.steps) if request.version.fanning else set()
@@ -309,18 +319,12 @@ class ReusePlanner:
                 if key in read_by_partitions:
                     continue  # its partitions' fingerprints stand for it: the input is read once
                 try:
-                    path = in_datastore(self._datastores.paths, source.datastore, render(source.path, values))
+                    wanted[key] = self._reading(source, render(source.path, values))
                 except TemplateError as exc:
                     blind[key] = f"input {name} of step {step.name}: {exc.message}"
-                    continue
-                root = self._datastores.paths[source.datastore]
-                wanted[key] = (path, source.hash == "content", root)
-        results = await asyncio.gather(
-            *(self._data.of(path, content=content, within=root) for path, content, root in wanted.values()),
-            return_exceptions=True,
-        )
+        results = await asyncio.gather(*(reading for _, reading in wanted.values()), return_exceptions=True)
         found: dict[str, str] = dict.fromkeys(blind, UNREADABLE)
-        for (key, (path, _, _)), result in zip(wanted.items(), results, strict=True):
+        for (key, (path, _)), result in zip(wanted.items(), results, strict=True):
             if isinstance(result, DataUnreadable):
                 blind[key] = result.message
             elif isinstance(result, BaseException):
@@ -329,6 +333,50 @@ class ReusePlanner:
                 blind[key] = f"nothing at {path} (the datastore as the daemon sees it)"
             found[key] = result if isinstance(result, str) else UNREADABLE
         return found, blind
+
+    async def _outputs_present(self, candidates: Iterable[Any]) -> dict[int, bool]:
+        """Whether every output of each candidate is still there: a directory the daemon sees, or
+        on an ``s3`` default, an output published in it (:func:`kit.objectstore.published`: its
+        manifests, not leftovers of an upload that never finished)."""
+        local, stored = [], []
+        for origin in candidates:
+            (stored if any(path.startswith("s3://") for path in origin.outputs.values()) else local).append(
+                origin
+            )
+        present = await asyncio.to_thread(_directories_present, local) if local else {}
+        found = await asyncio.gather(*(self._published(origin.outputs.values()) for origin in stored))
+        return present | {origin.step_run_id: ok for origin, ok in zip(stored, found, strict=True)}
+
+    async def _published(self, uris: Iterable[str]) -> bool:
+        """Whether each of ``uris`` is an output published in the ``default`` datastore as it is now
+        (an output recorded in another bucket, or before ``default`` moved, is not reused)."""
+        location = self._datastores.stores.get(DEFAULT_DATASTORE)
+        if location is None:
+            return False
+        base = location.uri("")
+        try:
+            store = self._objects.store(location)
+            for uri in uris:
+                if not uri.startswith(base) or await published(store, uri[len(base) :]) is None:
+                    return False
+        except (DataUnreadable, BaseError, StoreError) as exc:
+            log.warning("reuse_outputs_unchecked", datastore=DEFAULT_DATASTORE, reason=str(exc))
+            return False
+        return True
+
+    def _reading(self, source: FromDatastore, relative: str) -> tuple[str, Awaitable[str]]:
+        """Where the input's data is as the daemon sees it (a path, or an ``s3://`` URI), and its
+        fingerprint to await.
+
+        Raises:
+            TemplateError: unknown datastore, or ``relative`` leaves it.
+        """
+        content = source.hash == "content"
+        where = self._datastores.where(source.datastore, relative)
+        store = self._datastores.stores.get(source.datastore)
+        if store is not None:
+            return where, self._objects.of(store, relative, content=content)
+        return where, self._data.of(where, content=content, within=self._datastores.paths[source.datastore])
 
 
 def step_plans(
@@ -401,7 +449,7 @@ def _spread_first(
     return changes | plan.changes
 
 
-def _outputs_present(candidates: Any) -> dict[int, bool]:
+def _directories_present(candidates: Sequence[Any]) -> dict[int, bool]:
     """Whether every output directory of each candidate still exists (blocking: run in a thread)."""
     return {
         origin.step_run_id: all(os.path.isdir(path) for path in origin.outputs.values())
