@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -14,7 +13,7 @@ from aiohttp import web
 from daemon.api.context import POOL, SCHEDULER
 from daemon.api.contract import BOOLEAN, IDEMPOTENCY_KEY, NAME, PAGED, VERSION, endpoint
 from daemon.api.http import decode_cursor, int_query, json_response, limit_arg, open_stream, page, read_body
-from daemon.documents.references import DEFAULT_DATASTORE
+from daemon.api.log_files import LogFiles, default_logs
 from daemon.errors import BadRequest, NotFound, Unavailable
 from daemon.limits import Positive32
 from daemon.rules.rendering import log_path
@@ -23,13 +22,11 @@ from daemon.runtime.scheduler import Scheduler
 from daemon.store import lineage as lineage_store
 from daemon.store import runs as run_store
 from daemon.store import steps as step_store
-from daemon.store.catalog import get_datastore
 
 routes = web.RouteTableDef()
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 MAX_IDEMPOTENCY_KEY = 255
-LOG_POLL_S = 0.25
 STATUS_POLL_S = 1.0
 LOG_CHUNK = 1 << 20
 _encoder = msgspec.json.Encoder()
@@ -174,10 +171,10 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"run {run_id} has no step {name}")
     if wanted is not None and not any(attempt.number == wanted for attempt in step.attempts):
         raise NotFound(f"step {name} of run {run_id} has no attempt {wanted}")
-    root = await _default_root(pool)
+    logs = await default_logs(pool)
     if request.query.get("follow", "").lower() in ("1", "true", "yes"):
         with open_stream(request):
-            return await _follow(request, run_id, name, wanted, root)
+            return await _follow(request, run_id, name, wanted, logs)
     if not step.attempts:
         if step.status == "reused" and step.explanation and (origin := step.explanation.get("reused_from")):
             raise NotFound(
@@ -186,36 +183,12 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
             )
         raise NotFound(f"step {name} of run {run_id} has not started yet: no log")
     number = wanted or step.attempts[-1].number
-    path = Path(root) / log_path(str(run_id), name, number)
-    text = await asyncio.to_thread(_read_all, path)
+    text = (await logs.read(log_path(str(run_id), name, number))).decode("utf-8", "replace")
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
-async def _default_root(pool) -> str:
-    datastore = await get_datastore(pool, DEFAULT_DATASTORE)
-    if datastore is None or not datastore.spec.get("path"):
-        raise Unavailable("the default datastore has no path")
-    return datastore.spec["path"]
-
-
-def _read_all(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            return handle.read(LOG_CHUNK)
-    except FileNotFoundError:
-        return b""
-
-
 async def _follow(
-    request: web.Request, run_id: UUID, name: str, wanted: int | None, root: str
+    request: web.Request, run_id: UUID, name: str, wanted: int | None, logs: LogFiles
 ) -> web.StreamResponse:
     """Tails the attempt's log file; with no attempt asked for, moves on to each newer attempt."""
     response = web.StreamResponse(
@@ -231,8 +204,8 @@ async def _follow(
         if number is None:
             number = latest
         if number is not None:
-            path = Path(root) / log_path(str(run_id), name, number)
-            while chunk := await asyncio.to_thread(_read_from, path, offset):
+            path = log_path(str(run_id), name, number)
+            while chunk := await logs.read(path, offset, LOG_CHUNK):
                 offset += len(chunk)
                 *lines, partial = (partial + chunk).split(b"\n")
                 for line in lines:
@@ -255,7 +228,7 @@ async def _follow(
             await _flush(response, number, partial)
             await _send(response, "end", {"status": step.status if step else None})
             break
-        await asyncio.sleep(LOG_POLL_S)
+        await asyncio.sleep(logs.poll_s)
         now = asyncio.get_running_loop().time()
         if now - checked >= STATUS_POLL_S:
             checked = now

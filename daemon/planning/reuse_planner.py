@@ -316,8 +316,8 @@ class ReusePlanner:
                 if not isinstance(source, FromDatastore):
                     continue
                 key = key_of(source)
-                if key in read_by_partitions:
-                    continue  # its partitions' fingerprints stand for it: the input is read once
+                if key in read_by_partitions or key in wanted:
+                    continue  # read once: by its partitions (their fingerprints stand for it), or already
                 try:
                     wanted[key] = self._reading(source, render(source.path, values))
                 except TemplateError as exc:

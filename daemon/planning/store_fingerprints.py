@@ -203,6 +203,11 @@ def _object(relative: str, meta: Mapping[str, object]) -> _Object:
 
 
 def _unreadable(location: S3Location, path: str, error: BaseException) -> DataUnreadable:
-    """The store's error as a one-line reason (its messages carry request details over many lines)."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return DataUnreadable(location.uri(path), first[:300])
+    return DataUnreadable(location.uri(path), reason_of(error))
+
+
+def reason_of(error: BaseException) -> str:
+    """A store's error as a one-line reason: its messages carry the request and response over many
+    lines (never credentials: requests are signed in headers, which are not in them)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

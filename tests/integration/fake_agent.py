@@ -77,6 +77,7 @@ class FakeAgent:
         labels: dict[str, str] | None = None,
         executors: list[str] | None = None,
         datastores: dict[str, str] | None = None,
+        staging: str | None = None,
         behaviour: Behaviour = lambda assignment: Outcome(),
         refuse: str | None = None,
         permanent: bool = False,
@@ -89,6 +90,7 @@ class FakeAgent:
         self.labels = labels or {}
         self.executors = executors or ["process"]
         self.datastores = datastores or {}
+        self.staging = staging
         self.behaviour = behaviour
         self.refuse = refuse
         self.permanent = permanent
@@ -115,6 +117,7 @@ class FakeAgent:
             executors=self.executors,
             capacity=self.capacity,
             datastores=self.datastores,
+            staging=self.staging,
             running=sorted(self.running) if self.report_running else [],
             sent_at=time.time(),
         )
