@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 
 from daemon.errors import Conflict, Invalid, NotFound
+from daemon.planning.sample_events import S3_FILES_NOT_YET
 from daemon.rules import backfills as rules
 from daemon.rules.instants import parse_instant
 from daemon.store import backfills as backfill_store
@@ -95,6 +96,8 @@ def files_to_replay(root: str, on: FilesSource, start: datetime, end: datetime) 
 
 async def _count_files(conn: asyncpg.Connection, on: FilesSource, start: datetime, end: datetime) -> int:
     datastore = await get_datastore(conn, on.datastore)
+    if datastore is not None and datastore.type == "s3":
+        raise Invalid(f"trigger: its datastore {on.datastore} is s3: {S3_FILES_NOT_YET}")
     root = None if datastore is None else datastore.spec.get("path")
     if not root:
         raise Invalid(f"trigger: its datastore {on.datastore} has no local path to scan")

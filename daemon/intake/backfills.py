@@ -37,6 +37,7 @@ from daemon.errors import Invalid, NotFound, Unavailable
 from daemon.intake.backfill_requests import files_to_replay
 from daemon.intake.events import MAX_BATCH, Backfilled, Deferred, Ingest
 from daemon.planning.contexts import Datastores
+from daemon.planning.sample_events import S3_FILES_NOT_YET
 from daemon.rules import backfills as rules
 from daemon.runtime.tasks import Supervisor
 from daemon.store import backfills as backfill_store
@@ -217,6 +218,8 @@ class BackfillWorker:
 
     async def _scan(self, on: FilesSource, record: backfill_store.BackfillRecord) -> list[rules.FileAt]:
         await self._datastores.refresh(self._pool)
+        if on.datastore in self._datastores.stores:
+            raise Invalid(f"datastore {on.datastore} of trigger {record.trigger} is s3: {S3_FILES_NOT_YET}")
         root = self._datastores.paths.get(on.datastore)
         if not root:
             raise Invalid(f"datastore {on.datastore} of trigger {record.trigger} has no local path to scan")

@@ -24,13 +24,14 @@ import msgspec
 
 from daemon.dispatch.dispatcher import Dispatcher
 from daemon.dispatch.registry import Registry
-from daemon.errors import NotFound
+from daemon.errors import BadRequest, NotFound
 from daemon.intake.event_rules import decide_event, recorded_fields
 from daemon.intake.events import storable_key
 from daemon.intake.manual import ManualRuns, read_version, resolution_of
 from daemon.planning.contexts import Datastores
 from daemon.planning.creation import Draft, RunCreation
 from daemon.planning.sample_events import (
+    S3_FILES_NOT_YET,
     Ignored,
     TestInput,
     check_input,
@@ -196,6 +197,8 @@ class Planner:
             return cron_event(name, on, given.at, received)
         if isinstance(on, FilesSource):
             assert given.file is not None
+            if on.datastore in self._datastores.stores:
+                raise BadRequest(f"file: {on.datastore} is an s3 datastore: {S3_FILES_NOT_YET}")
             root = self._datastores.paths.get(on.datastore)
             return await asyncio.to_thread(file_event, name, on, given.file, root)
         if isinstance(on, NatsSource):

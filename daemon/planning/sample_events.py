@@ -32,6 +32,8 @@ INPUTS = ("event", "file", "at")
 """What a test gives: exactly one, the one its trigger's source takes."""
 TAKES = {CronSource: "at", FilesSource: "file", NatsSource: "event", RunSource: "event"}
 KIND = {CronSource: "cron", FilesSource: "files", NatsSource: "nats", RunSource: "run"}
+S3_FILES_NOT_YET = "trigger tests and backfills read the files of local datastores only, for now"
+"""Why a trigger test or backfill of a files trigger on an ``s3`` datastore is refused."""
 TEST_RUN_ID = "00000000-0000-0000-0000-000000000000"
 """The id of the run a ``run`` trigger test pretends finished, when the summary gives none."""
 

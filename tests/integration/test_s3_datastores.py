@@ -175,7 +175,9 @@ async def test_a_step_on_an_s3_datastore_waits_for_an_agent_with_staging(system:
 
     step = await system.wait_step(created["run_id"], "prep", lambda step: step["waiting_reason"])
 
-    assert step["waiting_reason"] == "it uses an s3 datastore: no matching agent has a staging directory for one"
+    assert (
+        step["waiting_reason"] == "it uses an s3 datastore: no matching agent has a staging directory for one"
+    )
 
 
 async def test_runs_on_s3_datastores_reuse_only_published_outputs(system: Harness, s3: S3Endpoint) -> None:
