@@ -72,19 +72,20 @@ class StoreFingerprints:
     def cached_objects(self) -> int:
         return len(self._digests)
 
-    def store(self, location: S3Location) -> S3Store:
+    def store(self, location: S3Location, path: str = "") -> S3Store:
         """The store of ``location``, opened once (credentials are read from the daemon's environment
         when it is first opened).
 
         Raises:
-            DataUnreadable: it cannot be opened (a credential variable unset, say); names why.
+            DataUnreadable: it cannot be opened (a credential variable unset, say), to read ``path``;
+                names why.
         """
         found = self._stores.get(location)
         if found is None:
             try:
                 found = open_store(location) if self._environ is None else open_store(location, self._environ)
             except StoreError as exc:
-                raise DataUnreadable(location.uri(""), str(exc)) from None
+                raise DataUnreadable(location.uri(path), str(exc)) from None
             self._stores[location] = found
         return found
 
@@ -94,7 +95,7 @@ class StoreFingerprints:
         Raises:
             DataUnreadable: the store cannot be opened, listed or read.
         """
-        store = self.store(location)
+        store = self.store(location, path)
         kind, objects = await self._objects(store, location, path)
         if kind is None:
             return MISSING
@@ -117,7 +118,7 @@ class StoreFingerprints:
         Raises:
             DataUnreadable: the store cannot be opened, listed or read.
         """
-        store = self.store(location)
+        store = self.store(location, path)
         found = {
             item.relative: item
             for item in await self._listed(store, location, path)

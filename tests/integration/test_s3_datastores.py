@@ -113,7 +113,7 @@ async def test_an_unset_credential_variable_is_named_without_a_secret(s3: S3Endp
         await StoreFingerprints(environ={}).of(location, "in")
 
     assert raised.value.message == (
-        "cannot read s3://fingerprint-unset/: bucket fingerprint-unset: environment variable "
+        "cannot read s3://fingerprint-unset/in: bucket fingerprint-unset: environment variable "
         "TEST_S3_KEY_ID is not set"
     )
 
