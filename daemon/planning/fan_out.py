@@ -1,10 +1,12 @@
 """The partitions of a new run's ``foreach`` steps, with what each partition's fingerprint covers:
 its own files (listed and fingerprinted off the event loop, sticky to the pipeline's previous run of
 the step), its list item, or its shard index (``daemon.rules.partitions``); the step's own decision
-(how its partitions went); and reused partitions' outputs linked into the new run's."""
+(how its partitions went); and reused partitions' outputs linked (copied, in an object store) into
+the new run's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
@@ -12,6 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 import msgspec
+import obstore
+from obstore.store import S3Store
 
 from daemon.documents.specs import FromDatastore, OverFiles, OverItems, StepSpec
 from daemon.documents.template import render
@@ -22,7 +26,11 @@ from daemon.rules.partitions import Partition, items, shards, step_of
 from daemon.rules.rendering import output_path
 from daemon.rules.reuse import Decision, Earlier, key_of
 from daemon.rules.step_fingerprints import fingerprint
+from kit.objectstore import Manifest, ManifestFile, encode_manifest, manifest_key, published
 from triggers.files.matching import compile_glob
+
+COPY_CONCURRENCY = 16
+"""Objects copied at once into a new run for its reused partitions."""
 
 Fanned = list[tuple[Partition, str]]
 """A step's partitions, each with the fingerprint of what it covers."""
@@ -106,6 +114,30 @@ def link_reused(default_root: str, run_id: str, decisions: Mapping[str, Decision
             os.makedirs(os.path.dirname(link), exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
+
+
+async def copy_reused(store: S3Store, base: str, run_id: str, decisions: Mapping[str, Decision]) -> None:
+    """:func:`link_reused` for an ``s3`` default, whose outputs were recorded as URIs under ``base``
+    (its ``s3://bucket/prefix/``): an object store has no links, so each reused partition's published
+    files are copied (inside the store) under the new run's output and published there with their
+    manifest, as an agent publishes (``attempt`` 0: the daemon's copy)."""
+    copying = asyncio.Semaphore(COPY_CONCURRENCY)
+
+    async def copy(source: str, target: str, entry: ManifestFile) -> ManifestFile:
+        async with copying:
+            await obstore.copy_async(store, f"{source}/{entry.path}", f"{target}/{entry.path}")
+            meta = await obstore.head_async(store, f"{target}/{entry.path}")
+        return msgspec.structs.replace(entry, e_tag=meta["e_tag"])
+
+    for name, decision in decisions.items():
+        if decision.partition is None or decision.origin is None:
+            continue
+        for output, uri in decision.origin.outputs.items():
+            source, target = uri.removeprefix(base), output_path(run_id, name, output)
+            files = await published(store, source) or {}
+            entries = await asyncio.gather(*(copy(source, target, entry) for entry in files.values()))
+            manifest = Manifest(files=list(entries), attempt=0)
+            await obstore.put_async(store, manifest_key(target), encode_manifest(manifest))
 
 
 def fanned_only(steps: Sequence[StepSpec]) -> set[str]:

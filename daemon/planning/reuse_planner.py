@@ -36,11 +36,18 @@ from obstore.exceptions import BaseError
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, OverFiles, StepSpec
 from daemon.documents.template import TemplateError, render
-from daemon.errors import Invalid
+from daemon.errors import Invalid, Unavailable
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
-from daemon.planning.fan_out import Fanned, fan_out, fanned_decision, fanned_only, link_reused
-from daemon.planning.store_fingerprints import StoreFingerprints
+from daemon.planning.fan_out import (
+    Fanned,
+    copy_reused,
+    fan_out,
+    fanned_decision,
+    fanned_only,
+    link_reused,
+)
+from daemon.planning.store_fingerprints import StoreFingerprints, reason_of
 from daemon.rules.lineage import step_inputs
 from daemon.rules.partitions import Partition, item_of, name_of, partitions_of, spread, step_of
 from daemon.rules.rendering import RunContext, run_values
@@ -285,12 +292,18 @@ class ReusePlanner:
         return fans
 
     async def link_reused(self, run_id: UUID, decisions: Mapping[str, Decision]) -> None:
-        """Reused partitions' outputs linked into the run's (:func:`fan_out.link_reused`), off the
-        event loop; only where the daemon sees the default datastore."""
-        root = self._datastores.paths.get(DEFAULT_DATASTORE)
-        if root is not None and any(
-            d.partition is not None and d.origin is not None for d in decisions.values()
-        ):
+        """Reused partitions' outputs linked into the run's (:func:`fan_out.link_reused`, off the
+        event loop), or copied in an ``s3`` default (:func:`fan_out.copy_reused`); only where the
+        daemon sees the default datastore."""
+        if not any(d.partition is not None and d.origin is not None for d in decisions.values()):
+            return
+        if (location := self._datastores.stores.get(DEFAULT_DATASTORE)) is not None:
+            try:
+                store = self._objects.store(location)
+                await copy_reused(store, location.uri(""), str(run_id), decisions)
+            except BaseError as exc:
+                raise Unavailable(f"cannot copy reused partitions' outputs: {reason_of(exc)}") from None
+        elif (root := self._datastores.paths.get(DEFAULT_DATASTORE)) is not None:
             await asyncio.to_thread(link_reused, root, str(run_id), decisions)
 
     def _shapes_of(self, version: VersionSpec) -> dict[str, StepShape]:

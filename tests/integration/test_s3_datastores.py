@@ -15,7 +15,7 @@ import pytest
 
 from daemon.planning.data_fingerprints import MISSING, DataUnreadable
 from daemon.planning.store_fingerprints import StoreFingerprints
-from kit.objectstore import Manifest, ManifestFile, encode_manifest, manifest_key, open_store
+from kit.objectstore import Manifest, ManifestFile, encode_manifest, manifest_key, open_store, published
 from runners.protocol import Assignment
 from tests.integration.fake_agent import FakeAgent, Harness, Outcome, harness
 from tests.s3 import REGION, S3Endpoint
@@ -242,3 +242,44 @@ async def test_logs_are_read_and_followed_from_the_store(system: Harness, s3: S3
     assert lines[0] == "first line"
     assert "third" in lines
     assert body[-2].startswith("event: end")
+
+
+FANNED = """
+kind: Pipeline
+name: fanned
+steps:
+  - name: score
+    command: [score, "${item.files}", "${outputs.out}"]
+    inputs:
+      raw: {datastore: landing, path: batch}
+    outputs: [out]
+    foreach: {files: {input: raw, pattern: "*.csv"}}
+  - name: report
+    command: [report, "${inputs.scores}"]
+    inputs:
+      scores: ${steps.score.outputs.out}
+"""
+
+
+async def test_reused_partitions_are_published_in_the_new_runs_output(
+    system: Harness, s3: S3Endpoint
+) -> None:
+    landing = open_store(s3.location("daemon-landing", "in"), s3.env())
+    for name in ("a", "b"):
+        await put(landing, f"batch/{name}.csv", name.encode())
+    await system.apply(FANNED)
+    agent = await system.agent("staged", staging="/stage", behaviour=publishes(s3))
+    created = await system.start_run("fanned")
+    await system.wait_run(created["run_id"], "succeeded")
+
+    await put(landing, "batch/c.csv", b"c")
+    second = await system.start_run("fanned")
+    await system.wait_run(second["run_id"], "succeeded")
+
+    ran = [a.step for a in agent.assignments if a.run_id == second["run_id"]]
+    assert ran == ["score[2]", "report"]
+    runs = open_store(s3.location("daemon-runs", "sluice"), s3.env())
+    files = await published(runs, f"runs/{second['run_id']}/score/out")
+    assert sorted(files or {}) == ["part-00000/part.csv", "part-00001/part.csv", "part-00002/part.csv"]
+    copied = await obstore.get_async(runs, f"runs/{second['run_id']}/score/out/part-00000/part.csv")
+    assert bytes(await copied.bytes_async()) == f"score[0] of {created['run_id']}\n".encode()
