@@ -41,6 +41,17 @@ class S3Endpoint:
             secret_access_key_env=f"{env_prefix}_SECRET",
         )
 
+    def datastore_document(
+        self, name: str, bucket: str, prefix: str = "", env_prefix: str = "TEST_S3"
+    ) -> str:
+        """The YAML of a Datastore ``name`` of type s3 at :meth:`location`, credentials named."""
+        return (
+            f"kind: Datastore\nname: {name}\ntype: s3\nbucket: {bucket}\nprefix: '{prefix}'\n"
+            f"endpoint: {self.url}\nregion: {REGION}\npath_style: true\n"
+            f"credentials: {{access_key_id_env: {env_prefix}_KEY_ID, "
+            f"secret_access_key_env: {env_prefix}_SECRET}}\n"
+        )
+
     def client(self):
         """A boto3 client of the endpoint (for what obstore cannot do: making buckets)."""
         import boto3

@@ -9,22 +9,9 @@ import pytest
 
 from kit.objectstore import open_store
 from tests.e2e.sluice import api_get, apply, cli, start_run, wait_for
-from tests.s3 import REGION, S3Endpoint
+from tests.s3 import S3Endpoint
 
 pytestmark = pytest.mark.e2e
-
-
-def datastore(s3: S3Endpoint, name: str, bucket: str, variables: str) -> str:
-    return f"""
-kind: Datastore
-name: {name}
-type: s3
-bucket: {bucket}
-endpoint: {s3.url}
-region: {REGION}
-path_style: true
-credentials: {{access_key_id_env: {variables}_KEY_ID, secret_access_key_env: {variables}_SECRET}}
-"""
 
 
 PIPELINE = """
@@ -49,12 +36,12 @@ def test_s3_credentials_stay_out_of_the_daemons_log(
     obstore.put(open_store(s3.location(bucket), s3.env()), "days/a.csv", b"id\n1\n")
     up = sluice_up("--agents", "0", env=base_env | s3.env())
     documents = [
-        datastore(s3, "default", bucket, "TEST_S3"),
-        datastore(s3, "landing", bucket, "TEST_S3"),
-        datastore(s3, "locked", bucket, "UNSET_S3"),
+        s3.datastore_document("default", bucket),
+        s3.datastore_document("landing", bucket),
+        s3.datastore_document("locked", bucket, env_prefix="UNSET_S3"),
         PIPELINE,
     ]
-    apply("---".join(documents), up.client_env)
+    apply("---\n".join(documents), up.client_env)
     listed = cli("datastores", "--json", env=up.client_env)
     run_id = start_run("reads", up.client_env)
 

@@ -18,7 +18,7 @@ from daemon.planning.store_fingerprints import StoreFingerprints
 from kit.objectstore import Manifest, ManifestFile, encode_manifest, manifest_key, open_store, published
 from runners.protocol import Assignment
 from tests.integration.fake_agent import FakeAgent, Harness, Outcome, harness
-from tests.s3 import REGION, S3Endpoint
+from tests.s3 import S3Endpoint
 
 PIPELINE = """
 kind: Pipeline
@@ -37,20 +37,6 @@ steps:
       features: ${steps.prep.outputs.features}
       listed: {datastore: landing, path: "days/${params.day}", mode: uri}
     outputs: [scores]
-"""
-
-
-def datastore(s3: S3Endpoint, name: str, bucket: str, prefix: str) -> str:
-    return f"""
-kind: Datastore
-name: {name}
-type: s3
-bucket: {bucket}
-prefix: {prefix}
-endpoint: {s3.url}
-region: {REGION}
-path_style: true
-credentials: {{access_key_id_env: TEST_S3_KEY_ID, secret_access_key_env: TEST_S3_SECRET}}
 """
 
 
@@ -152,7 +138,9 @@ async def system(
     await put(open_store(s3.location(landing, "in"), s3.env()), "days/mon/a.csv", b"id\n1\n")
     async with harness(pool, nats_url, tmp_path) as system:
         await system.apply(
-            datastore(s3, "default", runs, "sluice") + "---" + datastore(s3, "landing", landing, "in")
+            s3.datastore_document("default", runs, "sluice")
+            + "---\n"
+            + s3.datastore_document("landing", landing, "in")
         )
         await system.apply(PIPELINE)
         assert system.scheduler is not None
