@@ -21,12 +21,14 @@ from daemon.documents.foreach import ITEM_REFERENCES, build_foreach, input_probl
 from daemon.documents.graph import dependencies, find_cycle
 from daemon.documents.paths import child
 from daemon.documents.problems import Reporter
-from daemon.documents.raw import RawPipeline, RawResources, RawStepFields
+from daemon.documents.raw import RawInput, RawPipeline, RawResources, RawStepFields
+from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import (
     PARAM_TYPE_WORDS,
     Foreach,
     FromDatastore,
     FromStep,
+    InputMode,
     ParamSpec,
     PipelineSpec,
     Resources,
@@ -174,21 +176,35 @@ class _FieldChecker:
             self.report.add(path, "must not be empty (leave it out to run a process)")
         return image
 
-    def inputs(self, inputs: dict[str, str | FromDatastore], path: str) -> dict[str, StepInput]:
+    def inputs(self, inputs: dict[str, str | RawInput], path: str) -> dict[str, StepInput]:
         self.env_names([(name, child(path, name)) for name in inputs], "SLUICE_INPUT_")
         return {name: self.input(source, child(path, name)) for name, source in inputs.items()}
 
-    def input(self, source: str | FromDatastore, path: str) -> StepInput:
-        if isinstance(source, FromDatastore):
-            if problem := names.name_problem(source.datastore):
-                self.report.add(child(path, "datastore"), problem)
-            location = PurePosixPath(source.path)
-            if location.is_absolute() or ".." in location.parts:
-                self.report.add(child(path, "path"), "must be relative to the datastore, without '..'")
-            self.template(source.path, child(path, "path"), step_scoped=False)
-            return source
-        if reference := _STEP_OUTPUT.fullmatch(source):
-            return FromStep(step=reference.group("step"), output=reference.group("output"))
+    def input(self, source: str | RawInput, path: str) -> StepInput:
+        if isinstance(source, str):
+            return self.step_output(source, path, "download")
+        if source.output is not UNSET:
+            for field in ("datastore", "path", "hash"):
+                if getattr(source, field) is not UNSET:
+                    self.report.add(child(path, field), "goes with datastore, not with output")
+            return self.step_output(source.output, child(path, "output"), source.mode)
+        for field in ("datastore", "path"):
+            if getattr(source, field) is UNSET:
+                self.report.add(child(path, field), "missing (or give output: ${steps.STEP.outputs.NAME})")
+        datastore = source.datastore if source.datastore is not UNSET else DEFAULT_DATASTORE
+        relative = source.path if source.path is not UNSET else ""
+        if problem := names.name_problem(datastore):
+            self.report.add(child(path, "datastore"), problem)
+        location = PurePosixPath(relative)
+        if location.is_absolute() or ".." in location.parts:
+            self.report.add(child(path, "path"), "must be relative to the datastore, without '..'")
+        self.template(relative, child(path, "path"), step_scoped=False)
+        hash_ = source.hash if source.hash is not UNSET else "listing"
+        return FromDatastore(datastore=datastore, path=relative, hash=hash_, mode=source.mode)
+
+    def step_output(self, reference: str, path: str, mode: InputMode) -> FromStep:
+        if found := _STEP_OUTPUT.fullmatch(reference):
+            return FromStep(step=found.group("step"), output=found.group("output"), mode=mode)
         self.report.add(path, "must be ${steps.STEP.outputs.NAME} or a mapping with datastore and path")
         return FromStep(step="", output="")
 

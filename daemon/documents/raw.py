@@ -16,7 +16,7 @@ from daemon.documents.specs import (
     Concurrency,
     CronCatchup,
     FileEvent,
-    FromDatastore,
+    InputMode,
     NatsSource,
     ParamSpec,
     RunSource,
@@ -38,12 +38,23 @@ class RawResources(_Raw, kw_only=True):
     gpu_memory: int | str | None = None
 
 
+class RawInput(_Raw, kw_only=True):
+    """An input written as a mapping: ``datastore`` and ``path`` (with ``hash``), or ``output``, an
+    upstream step's output as ``${steps.STEP.outputs.NAME}``; either with ``mode``."""
+
+    datastore: str | UnsetType = UNSET
+    path: str | UnsetType = UNSET
+    hash: Literal["listing", "content"] | UnsetType = UNSET
+    output: str | UnsetType = UNSET
+    mode: InputMode = "download"
+
+
 class RawStepFields(_Raw, kw_only=True):
     """Every step field but the name, each UNSET when not written: the shape of ``defaults``."""
 
     command: list[str] | UnsetType = UNSET
     image: str | UnsetType = UNSET
-    inputs: dict[str, str | FromDatastore] | UnsetType = UNSET
+    inputs: dict[str, str | RawInput] | UnsetType = UNSET
     outputs: list[str] | UnsetType = UNSET
     resources: RawResources | UnsetType = UNSET
     selector: dict[str, str] | UnsetType = UNSET

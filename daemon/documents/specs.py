@@ -84,10 +84,12 @@ class Resources(_Spec, kw_only=True):
 
 
 class FromStep(_Spec, kw_only=True, tag="step", tag_field="from"):
-    """An input that is the output directory ``output`` of step ``step`` of the same run."""
+    """An input that is the output directory ``output`` of step ``step`` of the same run: downloaded
+    from an ``s3`` ``default`` (``mode: download``), or given as its ``s3://`` prefix (``uri``)."""
 
     step: str
     output: str
+    mode: InputMode = "download"
 
 
 class FromDatastore(_Spec, kw_only=True, tag="datastore", tag_field="from"):

@@ -8,7 +8,8 @@ datastore — for a reused step, that of the run and step it reuses; an input fr
 An ``s3`` datastore's root, for an agent with a staging directory, is a directory of that agent for
 the step run (``daemon.planning.contexts.Datastores.for_agent``); the assignment carries the store's
 location in ``stores`` so that the agent downloads inputs into that root and uploads outputs and the
-log from it. An input with ``mode: uri`` on an ``s3`` datastore is its ``s3://`` URI instead: the
+log from it. An input with ``mode: uri`` on an ``s3`` datastore (a step's output: on an ``s3``
+``default``) is its ``s3://`` URI instead (an output's prefix, whose manifests list its files): the
 step reads the store itself, and the agent has nothing to download.
 
 A partition of a ``foreach`` step (``daemon.rules.partitions``) is rendered with ``${item…}`` too:
@@ -140,12 +141,14 @@ def render_step(
     uris: dict[str, str] = {}
     for name, source in step.inputs.items():
         if isinstance(source, FromStep):
-            inputs[name] = in_datastore(datastores, DEFAULT_DATASTORE, run.output(source.step, source.output))
-        elif source.mode == "uri" and (store := stores.get(source.datastore)) is not None:
-            uris[name] = store_uri(store, source.datastore, render(source.path, values))
+            datastore, relative = DEFAULT_DATASTORE, run.output(source.step, source.output)
         else:
-            inputs[name] = in_datastore(datastores, source.datastore, render(source.path, values))
-            used.add(source.datastore)
+            datastore, relative = source.datastore, render(source.path, values)
+        if source.mode == "uri" and (store := stores.get(datastore)) is not None:
+            uris[name] = store_uri(store, datastore, relative)
+        else:
+            inputs[name] = in_datastore(datastores, datastore, relative)
+            used.add(datastore)
     run_name = step.name if partition is None else name_of(step.name, partition.index)
     outputs = {
         name: in_datastore(datastores, DEFAULT_DATASTORE, output_path(run.id, run_name, name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.documents import DatastoreSpec
+from daemon.documents.specs import FromStep
 from kit.objectstore import S3Location
 from tests.unit.documents_helpers import parse, problems
 
@@ -146,3 +147,44 @@ def test_input_mode_is_download_by_default_and_refuses_other_words() -> None:
     assert document.spec.steps[0].inputs["raw"].mode == "uri"
     [problem] = problems(pipeline % "stream")
     assert problem == "p.yaml:7 steps[0].inputs.raw.mode: invalid enum value 'stream'"
+
+
+STEP_INPUTS = """\
+kind: Pipeline
+name: p
+steps:
+  - name: a
+    command: [run]
+    outputs: [o]
+  - name: b
+    command: [run]
+    inputs:
+      %s
+"""
+
+
+def test_a_step_output_input_may_be_a_mapping_with_mode() -> None:
+    [document] = parse(STEP_INPUTS % "up: {output: '${steps.a.outputs.o}', mode: uri}")
+
+    assert document.spec.steps[1].inputs["up"] == FromStep(step="a", output="o", mode="uri")
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        (
+            "up: {output: '${steps.a.outputs.o}', path: x}",
+            ["p.yaml:10 steps[1].inputs.up.path: goes with datastore"],
+        ),
+        ("up: {output: 'a.o'}", ["p.yaml:10 steps[1].inputs.up.output: must be ${steps.STEP.outputs.NAME}"]),
+        (
+            "up: {mode: uri}",
+            ["p.yaml:10 steps[1].inputs.up.datastore: missing", "p.yaml:10 steps[1].inputs.up.path: missing"],
+        ),
+    ],
+)
+def test_input_mapping_problems(written: str, expected: list[str]) -> None:
+    found = problems(STEP_INPUTS % written)
+    assert len(found) == len(expected), found
+    for problem, start in zip(found, expected, strict=True):
+        assert problem.startswith(start), problem

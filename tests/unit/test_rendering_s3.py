@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from daemon.documents.specs import PipelineSpec
+from daemon.documents.specs import FromStep, PipelineSpec
 from daemon.documents.template import TemplateError
 from daemon.planning.contexts import Datastores
 from daemon.rules.rendering import RunContext, assignment, render_step
@@ -95,6 +95,23 @@ def test_a_uri_input_is_the_objects_uri_and_nothing_to_download() -> None:
     assert rendered.stores == {}
     assert rendered.datastores == {"default": "/daemon/default"}
     assert not found.needs_staging(spec.steps[0])
+
+
+def test_a_step_output_in_uri_mode_is_its_prefix_on_an_s3_default() -> None:
+    found = datastores(default_on_s3=True)
+    spec = pipeline()
+    score = msgspec.structs.replace(
+        spec.steps[1],
+        inputs={"f": FromStep(step="prep", output="f", mode="uri")},
+        command=["s", "${inputs.f}"],
+    )
+    roots = found.for_agent({}, "/stage", "r1/score")
+
+    rendered = render_step(run_of(spec), score, roots, None, found.stores)
+
+    assert rendered.argv == ["s", "s3://acme-runs/runs/r1/prep/f"]
+    assert rendered.inputs == {}
+    assert rendered.stores == {"default": OUTPUTS}  # its own outputs and log still go there
 
 
 def test_a_uri_input_must_stay_inside_its_datastore() -> None:
