@@ -353,9 +353,8 @@ class ReusePlanner:
         manifests, not leftovers of an upload that never finished)."""
         local, stored = [], []
         for origin in candidates:
-            (stored if any(path.startswith("s3://") for path in origin.outputs.values()) else local).append(
-                origin
-            )
+            on_s3 = any(path.startswith("s3://") for path in origin.outputs.values())
+            (stored if on_s3 else local).append(origin)
         present = await asyncio.to_thread(_directories_present, local) if local else {}
         found = await asyncio.gather(*(self._published(origin.outputs.values()) for origin in stored))
         return present | {origin.step_run_id: ok for origin, ok in zip(stored, found, strict=True)}
