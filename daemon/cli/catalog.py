@@ -121,14 +121,15 @@ class DatastoreRow(Row):
     type: str
     path: str | None = None
     spec: dict[str, Any] = msgspec.field(default_factory=dict)
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint: str | None = None
 
     def cells(self) -> tuple[str, ...]:
-        if self.type == "s3":
-            parts = (self.spec.get("bucket"), self.spec.get("prefix"))
-            where = "s3://" + "/".join(part for part in parts if part)
-            if endpoint := self.spec.get("endpoint"):
-                where += f" at {endpoint}"
-            return (self.name, self.type, where)
+        """A local datastore's path; an s3 one's ``s3://bucket/prefix``, and its endpoint if any."""
+        if self.bucket is not None:
+            where = "s3://" + "/".join(part for part in (self.bucket, self.prefix) if part)
+            return (self.name, self.type, where + (f" at {self.endpoint}" if self.endpoint else ""))
         return (self.name, self.type, self.path or str(self.spec.get("path", "-")))
 
 

@@ -4,6 +4,8 @@ the step instead of failing."""
 
 from __future__ import annotations
 
+import json
+
 import obstore
 import pytest
 
@@ -56,6 +58,9 @@ def test_s3_credentials_stay_out_of_the_daemons_log(
     assert found["locked"]["reuse"]["reason"].endswith(
         f"cannot read s3://{bucket}/days: bucket {bucket}: environment variable UNSET_S3_KEY_ID is not set"
     ), found["locked"]["reuse"]
+    shown = {item["name"]: item for item in json.loads(listed.stdout)["items"]}
+    assert shown["landing"]["bucket"] == bucket
+    assert shown["landing"]["secret_access_key_env"] == "TEST_S3_SECRET"  # the name, not the value
     log = "".join(up.output)
     assert "daemon_ready" in log
     for secret in (s3.secret_access_key, s3.access_key_id):

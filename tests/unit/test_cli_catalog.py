@@ -261,9 +261,10 @@ def test_no_authorization_header_without_a_token(api: FakeApi) -> None:
 
 
 def test_datastores_shows_a_local_path_and_an_s3_location(api: FakeApi) -> None:
-    local = {"name": "default", "type": "local", "spec": {"path": "/data/default"}}
-    s3 = {"name": "landing", "type": "s3",
-          "spec": {"bucket": "acme", "prefix": "in", "endpoint": "http://minio:9000"}}  # fmt: skip
+    # As the API gives them: the type's settings beside name and type.
+    local = {"name": "default", "type": "local", "path": "/data/default"}
+    s3 = {"name": "landing", "type": "s3", "bucket": "acme", "prefix": "in", "endpoint": "http://minio:9000",
+          "access_key_id_env": "K", "secret_access_key_env": "S", "path_style": True}  # fmt: skip
     api.answer("GET", "/datastores", {"items": [local, s3], "next_cursor": None})
 
     result = sluice(api, "datastores")
