@@ -1,5 +1,5 @@
 """Fingerprinting an ``s3`` datastore input: a prefix of 100,000 objects by listing, and a prefix of
-10,000 by content (cold, then from the digest cache); seconds and the requests the store received.
+2,000 by content (cold, then from the digest cache); seconds and the requests the store received.
 
 Method: a real S3 endpoint (``moto_server``, as the tests use, on this machine) with ``--objects``
 small objects under ``big/`` and ``--content-objects`` under ``small/``, written beforehand (64 at
@@ -9,7 +9,7 @@ one call of each kind (LIST pages, HEADs and GETs). moto keeps objects in memory
 one Python process, so the seconds are mostly moto's; the request counts are what a real store
 would see (a LIST returns up to 1,000 keys).
 
-Run: .venv/bin/python tests/bench/bench_s3_fingerprint.py [--objects 100000] [--content-objects 10000]
+Run: .venv/bin/python tests/bench/bench_s3_fingerprint.py [--objects 100000] [--content-objects 2000]
 """
 
 from __future__ import annotations
@@ -49,14 +49,17 @@ def requests_logged(log: Path) -> int:
         return sum(1 for line in handle if b'"GET ' in line or b'"HEAD ' in line)
 
 
-async def timed(call: Callable[[], Awaitable[object]], repeat: int, log: Path) -> dict[str, float]:
+async def timed(name: str, call: Callable[[], Awaitable[object]], repeat: int, log: Path) -> dict[str, float]:
+    """The figures of ``call``, also printed to stderr at once: a long run keeps what it measured."""
     samples = []
     before = requests_logged(log)
     for _ in range(repeat):
         started = time.perf_counter()
         await call()
         samples.append(time.perf_counter() - started)
-    return summary(samples) | {"requests_per_call": round((requests_logged(log) - before) / repeat, 1)}
+    figures = summary(samples) | {"requests_per_call": round((requests_logged(log) - before) / repeat, 1)}
+    print(name, figures, file=sys.stderr, flush=True)
+    return figures
 
 
 async def measure(endpoint: S3Endpoint, log: Path, objects: int, content_objects: int, repeat: int) -> dict:
@@ -66,6 +69,7 @@ async def measure(endpoint: S3Endpoint, log: Path, objects: int, content_objects
     await fill(endpoint, location, "big", objects)
     await fill(endpoint, location, "small", content_objects)
     filled = time.perf_counter() - started
+    print("filled in", round(filled, 1), "s", file=sys.stderr, flush=True)
     warm = StoreFingerprints(environ=endpoint.env())
     await warm.of(location, "small", content=True)
     return {
@@ -74,9 +78,14 @@ async def measure(endpoint: S3Endpoint, log: Path, objects: int, content_objects
             lambda: StoreFingerprints(environ=endpoint.env()).of(location, "big"), repeat, log
         ),
         "content_cold": await timed(
-            lambda: StoreFingerprints(environ=endpoint.env()).of(location, "small", content=True), repeat, log
+            "content_cold",
+            lambda: StoreFingerprints(environ=endpoint.env()).of(location, "small", content=True),
+            repeat,
+            log,
         ),
-        "content_cached": await timed(lambda: warm.of(location, "small", content=True), repeat, log),
+        "content_cached": await timed(
+            "content_cached", lambda: warm.of(location, "small", content=True), repeat, log
+        ),
     }
 
 
@@ -85,8 +94,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--objects", type=int, default=100_000)
-    parser.add_argument("--content-objects", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--content-objects", type=int, default=2_000)
+    parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     root = temp_dir()
     server = MotoServer(root / "moto.log")
