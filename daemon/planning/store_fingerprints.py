@@ -20,6 +20,7 @@ A store that cannot be opened (a credential variable unset) or used (denied, unr
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +68,7 @@ class StoreFingerprints:
         self._reading = asyncio.Semaphore(concurrency)
         self._environ = environ
         self._stores: dict[S3Location, S3Store] = {}
+        self._computing: dict[tuple[S3Location, str, bool], asyncio.Future[str]] = {}
 
     @property
     def cached_objects(self) -> int:
@@ -91,10 +93,26 @@ class StoreFingerprints:
 
     async def of(self, location: S3Location, path: str, *, content: bool = False) -> str:
         """The fingerprint of the objects at ``path`` (relative to the datastore), or :data:`MISSING`.
+        Calls for the same path and mode made while one is computed share it (a burst of runs reading
+        one input lists it once), as local fingerprints do; cancelling one leaves it to the others.
 
         Raises:
             DataUnreadable: the store cannot be opened, listed or read.
         """
+        key = (location, path, content)
+        computing = self._computing.get(key)
+        if computing is None:
+            computing = asyncio.ensure_future(self._compute(location, path, content))
+            self._computing[key] = computing
+            computing.add_done_callback(functools.partial(self._finished, key))
+        return await asyncio.shield(computing)
+
+    def _finished(self, key: tuple[S3Location, str, bool], computing: asyncio.Future[str]) -> None:
+        del self._computing[key]
+        if not computing.cancelled():
+            computing.exception()  # marks it retrieved: every caller may have been cancelled meanwhile
+
+    async def _compute(self, location: S3Location, path: str, content: bool) -> str:
         store = self.store(location, path)
         kind, objects = await self._objects(store, location, path)
         if kind is None:

@@ -5,6 +5,7 @@ outputs, and logs read from the store."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -68,6 +69,8 @@ async def test_a_listing_fingerprint_changes_with_a_rewritten_object_only(s3: S3
     assert await prints.of(location, "days/wed") == MISSING
     single = await prints.of(location, "days/mon/a.csv")  # one object, as a file
     assert single not in (MISSING, rewritten)
+    burst = await asyncio.gather(*(prints.of(location, "days/mon") for _ in range(20)))
+    assert set(burst) == {rewritten}  # calls at once share one computation
 
 
 async def test_a_content_fingerprint_reads_each_object_once_and_ignores_a_rewrite_of_the_same_bytes(
