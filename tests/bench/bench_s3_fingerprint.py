@@ -75,7 +75,7 @@ async def measure(endpoint: S3Endpoint, log: Path, objects: int, content_objects
     return {
         "fill_seconds": round(filled, 1),
         "listing": await timed(
-            lambda: StoreFingerprints(environ=endpoint.env()).of(location, "big"), repeat, log
+            "listing", lambda: StoreFingerprints(environ=endpoint.env()).of(location, "big"), repeat, log
         ),
         "content_cold": await timed(
             "content_cold",
