@@ -98,4 +98,8 @@ class MotoServer:
     def stop(self) -> None:
         if self._process is not None:
             self._process.terminate()
-            self._process.wait(timeout=10)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # one holding 100,000 objects may take longer to go
+                self._process.kill()
+                self._process.wait()
