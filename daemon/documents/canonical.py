@@ -22,13 +22,16 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
     """``spec`` as JSON-able builtins: every field present, sizes in bytes, durations in seconds,
     CPU in cores, step defaults merged into the steps, tagged unions carrying their tag (``from`` on
     step inputs, ``source`` on a trigger's ``on``), but for a step's ``foreach``, left out when the
-    step has none so that versions published before ``foreach`` existed keep their digests.
-    ``spec_from_json`` reads it back."""
+    step has none so that versions published before ``foreach`` existed keep their digests, and a
+    files trigger's ``notifications`` when it has none, so that triggers applied before they existed
+    stay unchanged. ``spec_from_json`` reads it back."""
     data = msgspec.to_builtins(spec)
     if isinstance(spec, PipelineSpec):
         for step in data["steps"]:
             if step["foreach"] is None:
                 del step["foreach"]
+    if isinstance(spec, TriggerSpec) and data["on"].get("notifications", False) is None:
+        del data["on"]["notifications"]
     return data
 
 

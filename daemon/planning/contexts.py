@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import msgspec
+
 from daemon.documents import PipelineSpec, StepSpec, spec_from_json
 from daemon.errors import NotFound
 from daemon.rules.partitions import Partition
@@ -19,6 +21,7 @@ from daemon.store.db import Db
 from daemon.store.pipelines import VersionRecord, get_version
 from daemon.store.runs import RunRecord, get_run
 from daemon.store.steps import partitions_of_run, reused_steps
+from kit.objectstore import S3Location
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +157,19 @@ class RunContexts:
 
 
 class Datastores:
-    """Datastore name -> path as the daemon sees it (``local`` datastores)."""
+    """Datastore name -> path as the daemon sees it (``local`` datastores), and name -> location of
+    the ``s3`` ones (their stored spec is an ``S3Location``'s fields)."""
 
     def __init__(self) -> None:
         self.paths: dict[str, str] = {}
+        self.locations: dict[str, S3Location] = {}
 
     async def refresh(self, db: Db) -> None:
         records = await list_datastores(db)
         self.paths = {record.name: str(record.spec.get("path", "")) for record in records}
+        self.locations = {
+            record.name: msgspec.convert(record.spec, S3Location) for record in records if record.type == "s3"
+        }
 
     def for_agent(self, overrides: dict[str, str]) -> dict[str, str]:
         """The paths an agent sees: its own announced ones over the daemon's."""
