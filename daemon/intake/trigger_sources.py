@@ -201,7 +201,7 @@ class Triggering:
         on = msgspec.convert(row.spec["on"], EventSource)
         root = location = None
         if isinstance(on, FilesSource):
-            location = self._datastores.locations.get(on.datastore)
+            location = self._datastores.stores.get(on.datastore)
             root = self._datastores.paths.get(on.datastore)
             if location is None and not root:
                 raise TriggerError(f"trigger {row.name}: datastore {on.datastore} has no local path")

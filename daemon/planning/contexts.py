@@ -157,19 +157,22 @@ class RunContexts:
 
 
 class Datastores:
-    """Datastore name -> path as the daemon sees it (``local`` datastores), and name -> location of
-    the ``s3`` ones (their stored spec is an ``S3Location``'s fields)."""
+    """The datastores as the daemon sees them: ``paths`` of the ``local`` ones, ``stores`` (the
+    locations) of the ``s3`` ones, by name."""
 
     def __init__(self) -> None:
         self.paths: dict[str, str] = {}
-        self.locations: dict[str, S3Location] = {}
+        self.stores: dict[str, S3Location] = {}
 
     async def refresh(self, db: Db) -> None:
-        records = await list_datastores(db)
-        self.paths = {record.name: str(record.spec.get("path", "")) for record in records}
-        self.locations = {
-            record.name: msgspec.convert(record.spec, S3Location) for record in records if record.type == "s3"
-        }
+        paths: dict[str, str] = {}
+        stores: dict[str, S3Location] = {}
+        for record in await list_datastores(db):
+            if record.type == "s3":
+                stores[record.name] = msgspec.convert(record.spec, S3Location)
+            else:
+                paths[record.name] = str(record.spec.get("path", ""))
+        self.paths, self.stores = paths, stores
 
     def for_agent(self, overrides: dict[str, str]) -> dict[str, str]:
         """The paths an agent sees: its own announced ones over the daemon's."""
