@@ -19,6 +19,7 @@ import pytest
 from daemon.store import catalog
 from kit.objectstore import S3Location
 from tests.integration.fake_agent import harness
+from tests.integration.test_files_source import States, eventually
 from tests.s3 import S3Endpoint
 from triggers.base import EventResult, TriggerConfig, TriggerError, TriggerEvent
 from triggers.files import FilesSource
@@ -43,22 +44,6 @@ class Sink:
 
     def seen(self) -> list[tuple[str, str]]:
         return [(event.fields["path"], event.fields["kind"]) for event in self.events]
-
-
-class States:
-    def __init__(self) -> None:
-        self.saved: dict[str, dict[str, Any]] = {}
-
-    async def __call__(self, name: str, state: dict[str, Any]) -> None:
-        self.saved[name] = state
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 class Bucket:

@@ -167,14 +167,8 @@ class BucketTrigger(SettlingTrigger):
             greatest = key
             if self.matcher.matches(key):
                 found[key] = sig
-        now = self._loop.time()
-        for key, sig in found.items():
-            self._sighting(key, sig, now)
-        for key in list(self.accounts.seen):
-            if key not in found:
-                self._sighting(key, None, now)
+        self._found_all(found)
         self.after = greatest
-        self._wake.set()
         log.info("files_bucket_listed", trigger=self.name, objects=len(found), pending=len(self.settler))
 
     async def incremental_poll(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -134,6 +134,17 @@ class SettlingTrigger(abc.ABC):
         if path not in self.settler and sig == self.accounts.known(path):
             return  # nothing new: a repeated event, a read, a rescan of an unchanged file
         self.settler.observe(path, sig, now)
+
+    def _found_all(self, found: Mapping[str, AnySignature]) -> None:
+        """A full look found exactly ``found``: each is sighted, and each path accounted for that it
+        lacks is sighted gone."""
+        now = self._loop.time()
+        for path, sig in found.items():
+            self._sighting(path, sig, now)
+        for path in list(self.accounts.seen):
+            if path not in found:
+                self._sighting(path, None, now)
+        self._wake.set()
 
     # -- settling -------------------------------------------------------------------------------
 

@@ -136,13 +136,7 @@ class WatchedTrigger(SettlingTrigger):
 
     async def _rescan(self) -> None:
         found = await asyncio.to_thread(scan, self.matcher)
-        now = self._loop.time()
-        for path, sig in found.items():
-            self._sighting(path, sig, now)
-        for path in list(self.accounts.seen):
-            if path not in found:
-                self._sighting(path, None, now)
-        self._wake.set()
+        self._found_all(found)
         log.info("files_rescanned", trigger=self.name, files=len(found), pending=len(self.settler))
 
     def _root_problem(self) -> str | None:
