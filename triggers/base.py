@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from kit.objectstore import S3Location
 from triggers.specs import EventSource
 
 Outcome = Literal["run", "duplicate", "rejected", "skipped"]
@@ -63,12 +64,14 @@ class TriggerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """One active (not paused) trigger as a source runs it.
 
     ``root`` is the local directory of the datastore a ``files`` trigger watches, resolved by the
-    daemon. ``state`` is what the source saved last for this trigger (empty the first time).
+    daemon; ``location`` instead, when that datastore is a bucket (type ``s3``). ``state`` is what the
+    source saved last for this trigger (empty the first time).
     """
 
     name: str
     on: EventSource
     root: str | None = None
+    location: S3Location | None = None
     state: dict[str, Any] = msgspec.field(default_factory=dict)
 
 

@@ -25,7 +25,17 @@ class CronSource(_Source, kw_only=True, tag="cron", tag_field="source"):
     catchup: CronCatchup = "latest"
 
 
+class FilesNotifications(_Source, kw_only=True):
+    """Where a bucket's S3 event notifications arrive on NATS (MinIO's ``notify_nats`` target): each
+    names objects to look at now rather than at the next poll."""
+
+    subject: str
+
+
 class FilesSource(_Source, kw_only=True, tag="files", tag_field="source"):
+    """``watch`` applies to directories only: a bucket is listed every ``poll_interval`` (and fully
+    every rescan interval), and ``notifications`` make it look at notified objects at once."""
+
     datastore: str
     pattern: str
     events: list[FileEvent] = msgspec.field(default_factory=lambda: ["created", "modified"])
@@ -33,6 +43,7 @@ class FilesSource(_Source, kw_only=True, tag="files", tag_field="source"):
     batch: float = 0.0
     watch: Literal["auto", "inotify", "poll"] = "auto"
     poll_interval: float = 10.0
+    notifications: FilesNotifications | None = None
 
 
 class NatsSource(_Source, kw_only=True, tag="nats", tag_field="source"):

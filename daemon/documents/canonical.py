@@ -23,8 +23,9 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
     CPU in cores, step defaults merged into the steps, tagged unions carrying their tag (``from`` on
     step inputs, ``source`` on a trigger's ``on``), but for a step's ``foreach``, left out when the
     step has none, and a datastore input's ``mode`` when it is ``download``, so that versions
-    published before ``foreach`` and ``mode`` existed keep their digests. ``spec_from_json`` reads
-    it back."""
+    published before ``foreach`` and ``mode`` existed keep their digests; and a files trigger's
+    ``notifications`` when it has none, so that triggers applied before they existed stay unchanged.
+    ``spec_from_json`` reads it back."""
     data = msgspec.to_builtins(spec)
     if isinstance(spec, PipelineSpec):
         for step in data["steps"]:
@@ -33,6 +34,8 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
             for source in step["inputs"].values():
                 if source.get("mode") == "download":
                     del source["mode"]
+    if isinstance(spec, TriggerSpec) and data["on"].get("notifications", False) is None:
+        del data["on"]["notifications"]
     return data
 
 

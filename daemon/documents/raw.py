@@ -16,6 +16,7 @@ from daemon.documents.specs import (
     Concurrency,
     CronCatchup,
     FileEvent,
+    FilesNotifications,
     InputMode,
     NatsSource,
     ParamSpec,
@@ -105,6 +106,7 @@ class RawFiles(_Raw, kw_only=True):
     batch: float | str = 0.0
     watch: Literal["auto", "inotify", "poll"] = "auto"
     poll_interval: float | str = 10.0
+    notifications: FilesNotifications | None = None
 
 
 class RawOn(_Raw, kw_only=True):

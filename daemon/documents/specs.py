@@ -17,6 +17,7 @@ from triggers.specs import (  # noqa: F401 - the trigger sources' own specs, par
     CronSource,
     EventSource,
     FileEvent,
+    FilesNotifications,
     FilesSource,
     NatsSource,
     RunSource,

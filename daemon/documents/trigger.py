@@ -102,11 +102,14 @@ def _files(raw: RawFiles, report: Reporter) -> FilesSource:
             durations[field] = 1.0
     if durations["poll_interval"] == 0:
         report.add(child(path, "poll_interval"), "must be more than 0")
+    if raw.notifications is not None and (problem := subject_problem(raw.notifications.subject)):
+        report.add(child(child(path, "notifications"), "subject"), problem)
     return FilesSource(
         datastore=raw.datastore,
         pattern=raw.pattern,
         events=list(dict.fromkeys(raw.events)),
         watch=raw.watch,
+        notifications=raw.notifications,
         **durations,
     )
 

@@ -199,12 +199,13 @@ class Triggering:
 
     def _config(self, row: trigger_store.TriggerRow) -> TriggerConfig:
         on = msgspec.convert(row.spec["on"], EventSource)
-        root = None
+        root = location = None
         if isinstance(on, FilesSource):
+            location = self._datastores.stores.get(on.datastore)
             root = self._datastores.paths.get(on.datastore)
-            if not root:
+            if location is None and not root:
                 raise TriggerError(f"trigger {row.name}: datastore {on.datastore} has no local path")
-        return TriggerConfig(name=row.name, on=on, root=root, state=row.state)
+        return TriggerConfig(name=row.name, on=on, root=root, location=location, state=row.state)
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -271,7 +272,7 @@ def make_sources(pool: asyncpg.Pool, nc: NATS) -> tuple[dict[str, Source], dict[
     try:
         from triggers.files import FilesSource as FilesWatcher
 
-        sources["files"] = FilesWatcher()
+        sources["files"] = FilesWatcher(nc)
     except ImportError as exc:
         unavailable["files"] = f"the files source is not available: {exc}"
     try:

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from daemon.documents import TriggerSpec
-from daemon.documents.specs import CronSource, FilesSource, NatsSource, RunSource
+from daemon.documents import TriggerSpec, spec_from_json, spec_to_json
+from daemon.documents.specs import CronSource, FilesNotifications, FilesSource, NatsSource, RunSource
 from tests.unit.documents_helpers import parse, problems
 from triggers.crontab import cron_trigger
 
@@ -67,6 +67,26 @@ def test_files_source_defaults() -> None:
         0.0,
         "auto",
     )
+
+
+def test_files_source_notifications_name_a_subject() -> None:
+    spec = trigger(
+        "on:\n  files: {datastore: lake, pattern: '*.csv', notifications: {subject: minio.events.lake}}\n"
+    )
+
+    assert spec.on.notifications == FilesNotifications(subject="minio.events.lake")
+    assert spec_to_json(spec)["on"]["notifications"] == {"subject": "minio.events.lake"}
+    # None is left out of the stored spec: triggers applied before notifications existed are unchanged.
+    plain = trigger("on:\n  files: {datastore: lake, pattern: '*.csv'}\n")
+    assert "notifications" not in spec_to_json(plain)["on"]
+    assert spec_from_json("Trigger", spec_to_json(plain)) == plain
+    assert problems(
+        HEAD + "on:\n  files: {datastore: l, pattern: '*', notifications: {subject: 'a b'}}\n"
+    ) == [f"p.yaml:5 on.files.notifications.subject: bad NATS subject 'a b' {SUBJECT_RULE}"]
+    assert problems(HEAD + "on:\n  files: {datastore: l, pattern: '*', notifications: {topic: x}}\n") == [
+        "p.yaml:5 on.files.notifications.topic: unknown field",
+        "p.yaml:5 on.files.notifications.subject: missing",
+    ]
 
 
 def test_nats_source() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from triggers.files.matching import Matcher
-from triggers.files.settle import Settled, Signature
+from triggers.files.settle import AnySignature, ObjectSignature, Settled, Signature
 
 
 def load_seen(state: Mapping[str, Any], matcher: Matcher) -> dict[str, Signature]:
@@ -36,13 +36,13 @@ class Accounts:
     """``seen`` and the items in delivery; ``dirty`` is set, and ``changes`` counts up, whenever
     ``seen`` changed and wants saving."""
 
-    def __init__(self, seen: dict[str, Signature]) -> None:
+    def __init__(self, seen: dict[str, AnySignature]) -> None:
         self.seen = seen
-        self._inflight: dict[str, tuple[int, Signature | None]] = {}
+        self._inflight: dict[str, tuple[int, AnySignature | None]] = {}
         self.changes = 0
         self.dirty = asyncio.Event()
 
-    def known(self, path: str) -> Signature | None:
+    def known(self, path: str) -> AnySignature | None:
         """What this trigger last accounted for (or is delivering) of ``path``."""
         if (inflight := self._inflight.get(path)) is not None:
             return inflight[1]
@@ -75,3 +75,22 @@ class Accounts:
     def forget_deliveries(self) -> None:
         """The deliveries were dropped (the trigger restarts); ``seen`` still holds what was delivered."""
         self._inflight.clear()
+
+
+def load_objects(state: Mapping[str, Any], matcher: Matcher) -> dict[str, AnySignature]:
+    """The ``objects`` record (key -> ETag and size) of a bucket trigger's saved state, without keys
+    the (maybe changed) pattern no longer selects."""
+    seen: dict[str, AnySignature] = {}
+    raw = state.get("objects")
+    if not isinstance(raw, dict):
+        return seen
+    for key, value in raw.items():
+        ok = isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[0], str)
+        if ok and isinstance(key, str) and matcher.matches(key):
+            with contextlib.suppress(TypeError, ValueError):
+                seen[key] = ObjectSignature(value[0], int(value[1]))
+    return seen
+
+
+def dump_objects(seen: Mapping[str, AnySignature]) -> dict[str, Any]:
+    return {"objects": {key: [sig.token, sig.size] for key, sig in seen.items()}}

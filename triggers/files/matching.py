@@ -66,6 +66,19 @@ def translate(pattern: str) -> str:
     return "".join(out)
 
 
+def literal_prefix(pattern: str) -> str:
+    """The directories that every path ``pattern`` matches starts with, up to its first segment with
+    a wildcard, with a trailing ``/`` ("" when there are none): where a listing of a bucket for it
+    may start."""
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return "/".join(fixed) + "/" if fixed else ""
+
+
 @functools.lru_cache(maxsize=1024)
 def compile_glob(pattern: str) -> re.Pattern[str]:
     """The compiled matcher of a glob ``pattern`` (use ``.fullmatch``)."""

@@ -23,6 +23,36 @@ class Signature:
     mtime_ns: int
     size: int
 
+    @property
+    def token(self) -> str:
+        """This version in a dedupe key."""
+        return f"{self.mtime_ns}:{self.size}"
+
+    @property
+    def gone_token(self) -> str:
+        """This version in the dedupe key of its deletion."""
+        return str(self.mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSignature:
+    """What tells one version of an object in a bucket from another: its ETag, new for every write
+    (an overwrite with other bytes, a multipart upload completed), and its size."""
+
+    e_tag: str
+    size: int
+
+    @property
+    def token(self) -> str:
+        return self.e_tag
+
+    @property
+    def gone_token(self) -> str:
+        return self.e_tag
+
+
+AnySignature = Signature | ObjectSignature
+
 
 @dataclass(frozen=True, slots=True)
 class Settled:
@@ -32,25 +62,26 @@ class Settled:
 
     path: str
     kind: FileKind
-    sig: Signature | None
-    known: Signature | None = None
+    sig: AnySignature | None
+    known: AnySignature | None = None
     moved_from: str | None = None
 
     @property
     def dedupe_key(self) -> str:
+        """``path:mtime_ns:size`` for a file, ``key:ETag`` for an object; ``path:deleted:…`` once gone."""
         if self.sig is None:
-            last = self.known.mtime_ns if self.known is not None else 0
+            last = self.known.gone_token if self.known is not None else "0"
             return f"{self.path}:deleted:{last}"
-        return f"{self.path}:{self.sig.mtime_ns}:{self.sig.size}"
+        return f"{self.path}:{self.sig.token}"
 
 
 def classify(
     path: str,
-    sig: Signature | None,
-    known: Signature | None,
+    sig: AnySignature | None,
+    known: AnySignature | None,
     *,
     moved_from: str | None = None,
-    moved_from_known: Signature | None = None,
+    moved_from_known: AnySignature | None = None,
 ) -> Settled | None:
     """What a settled ``path`` (now ``sig``, None if gone) is, given what was seen of it (``known``).
     None when there is nothing new: a path gone that was never seen, or an unchanged file (the
@@ -78,7 +109,7 @@ def wanted(kind: FileKind, events: Collection[str]) -> bool:
 
 @dataclass(slots=True)
 class _Pending:
-    sig: Signature | None
+    sig: AnySignature | None
     changed_at: float
     deadline: float
     moved_from: str | None = None
@@ -87,7 +118,8 @@ class _Pending:
 class Settler:
     """The files of one trigger that are still settling.
 
-    A path is settled once its signature (size and mtime) was the same for ``settle`` seconds:
+    A path is settled once its signature (size and mtime; an object's size and ETag) was the same
+    for ``settle`` seconds:
     ``observe`` records each sighting (from a watcher event or a scan), ``due`` says which paths to
     stat again, and ``confirm`` decides with that fresh stat — still the same: settled; changed: it
     settles again from now.
@@ -112,7 +144,9 @@ class Settler:
         entry.deadline = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), path))
 
-    def observe(self, path: str, sig: Signature | None, now: float, *, moved_from: str | None = None) -> None:
+    def observe(
+        self, path: str, sig: AnySignature | None, now: float, *, moved_from: str | None = None
+    ) -> None:
         """``path`` was seen with ``sig`` (None: missing). A new or changed signature restarts its wait;
         the same one again (a repeated event) does not."""
         entry = self._pending.get(path)
@@ -130,6 +164,13 @@ class Settler:
 
     def forget(self, path: str) -> None:
         self._pending.pop(path, None)
+
+    def postpone(self, path: str, now: float) -> None:
+        """A due ``path`` whose signature could not be read now: it is due again a settle later (at
+        least a second, so an unreachable store is not asked in a tight loop)."""
+        entry = self._pending.get(path)
+        if entry is not None:
+            self._arm(path, entry, now + max(self.settle, 1.0))
 
     def moved_from(self, path: str) -> str | None:
         entry = self._pending.get(path)
@@ -152,7 +193,7 @@ class Settler:
             out.append(path)
         return out
 
-    def confirm(self, path: str, sig: Signature | None, now: float) -> _Pending | None:
+    def confirm(self, path: str, sig: AnySignature | None, now: float) -> _Pending | None:
         """The fresh stat of a due ``path``: its pending record (removed) when it settled, else None
         (it changed, or was seen again meanwhile, and waits once more)."""
         entry = self._pending.get(path)

@@ -1,8 +1,9 @@
 """The ``files`` source: settled files in a datastore become events, each once.
 
-The source holds one :class:`~triggers.files.trigger.WatchedTrigger` per trigger and the inotify
-hub they share; on an inotify overflow every inotify trigger rescans. A changed trigger keeps what it
-had accounted for, unless its directory changed.
+The source holds one trigger per Trigger document: a :class:`~triggers.files.trigger.WatchedTrigger`
+for a directory, a :class:`~triggers.files.bucket.BucketTrigger` for a bucket, and the inotify hub
+directories share; on an inotify overflow every inotify trigger rescans. A changed trigger keeps what
+it had accounted for, unless its directory or bucket changed.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import structlog
+from nats.aio.client import Client as NATS
 
+from kit.objectstore import StoreError, open_store
 from triggers.base import EventSink, SaveState, Source, TriggerConfig, TriggerError
-from triggers.files.accounts import load_seen
+from triggers.files.accounts import load_objects, load_seen
+from triggers.files.bucket import BucketTrigger
 from triggers.files.matching import Matcher
+from triggers.files.settle import AnySignature
 from triggers.files.trigger import WatchedTrigger
 from triggers.files.watch import InotifyHub, OverflowHook
 from triggers.specs import FilesSource as FilesSpec
@@ -30,14 +36,19 @@ def _resolve_root(root: str) -> tuple[str, bool]:
     return path, os.path.isdir(path)
 
 
+Watched = WatchedTrigger | BucketTrigger
+
+
 class FilesSource(Source):
     """Files settled in datastore directories, watched with watchdog (inotify, or polling on network
-    mounts). The knobs are for tests and benchmarks; the defaults suit a daemon."""
+    mounts), and objects settled in buckets (listed, and notified on ``nc``). The knobs are for tests
+    and benchmarks; the defaults suit a daemon."""
 
     kind = "files"
 
     def __init__(
         self,
+        nc: NATS | None = None,
         *,
         rescan_interval: float = 600.0,
         health_interval: float = 2.0,
@@ -54,7 +65,8 @@ class FilesSource(Source):
         self.retry_cap = retry_cap
         self.restart_base = restart_base
         self.restart_cap = restart_cap
-        self._triggers: dict[str, WatchedTrigger] = {}
+        self.nc = nc
+        self._triggers: dict[str, Watched] = {}
         self._lock = asyncio.Lock()
         self.hub = InotifyHub()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -78,7 +90,7 @@ class FilesSource(Source):
     def _rescan_inotify(self) -> None:
         log.warning("files_inotify_overflow", triggers=len(self._triggers))
         for watched in self._triggers.values():
-            if watched.watch is not None and watched.watch.mode == "inotify":
+            if isinstance(watched, WatchedTrigger) and watched.watch and watched.watch.mode == "inotify":
                 watched.request_rescan()
 
     async def _close(self) -> None:
@@ -92,6 +104,33 @@ class FilesSource(Source):
         spec = trigger.on
         if not isinstance(spec, FilesSpec):
             raise TriggerError(f"trigger {trigger.name}: not a files trigger")
+        if trigger.location is None:
+            if spec.notifications is not None:
+                raise TriggerError(
+                    f"trigger {trigger.name}: notifications are for buckets, and datastore "
+                    f"{spec.datastore} is a directory"
+                )
+            trigger = await self._resolved(trigger, spec)
+        async with self._lock:
+            existing = self._triggers.get(trigger.name)
+            if existing is not None and existing.spec == spec and existing.same_target(trigger):
+                return
+            matcher = Matcher(trigger.root or "", spec.pattern)
+            if existing is not None:
+                del self._triggers[trigger.name]
+                await existing.close()
+            if existing is not None and existing.same_target(trigger):
+                seen = {path: sig for path, sig in existing.seen.items() if matcher.matches(path)}
+            elif trigger.location is not None:
+                seen = load_objects(trigger.state, matcher)
+            else:
+                seen = load_seen(trigger.state, matcher)
+            watched = self._watched(trigger, spec, seen)
+            await (watched.open(self.nc) if isinstance(watched, BucketTrigger) else watched.open())
+            self._triggers[trigger.name] = watched
+
+    async def _resolved(self, trigger: TriggerConfig, spec: FilesSpec) -> TriggerConfig:
+        """``trigger`` with its directory made absolute. Raises ``TriggerError`` when there is none."""
         if not trigger.root:
             raise TriggerError(f"trigger {trigger.name}: datastore {spec.datastore} has no local directory")
         root, is_dir = await asyncio.to_thread(_resolve_root, trigger.root)
@@ -99,22 +138,17 @@ class FilesSource(Source):
             raise TriggerError(
                 f"trigger {trigger.name}: directory {root} of datastore {spec.datastore} does not exist"
             )
-        async with self._lock:
-            existing = self._triggers.get(trigger.name)
-            if existing is not None and existing.spec == spec and existing.root == root:
-                return
-            matcher = Matcher(root, spec.pattern)
-            if existing is not None:
-                del self._triggers[trigger.name]
-                await existing.close()
-                seen = {path: sig for path, sig in existing.seen.items() if matcher.matches(path)}
-                if existing.root != root:
-                    seen = load_seen(trigger.state, matcher)
-            else:
-                seen = load_seen(trigger.state, matcher)
-            watched = WatchedTrigger(self, trigger, spec, root, seen)
-            await watched.open()
-            self._triggers[trigger.name] = watched
+        return msgspec.structs.replace(trigger, root=root)
+
+    def _watched(self, trigger: TriggerConfig, spec: FilesSpec, seen: dict[str, AnySignature]) -> Watched:
+        if trigger.location is None:
+            assert trigger.root is not None
+            return WatchedTrigger(self, trigger, spec, trigger.root, seen)
+        try:
+            store = open_store(trigger.location)
+        except StoreError as exc:
+            raise TriggerError(f"trigger {trigger.name}: {exc}") from None
+        return BucketTrigger(self, trigger, spec, trigger.location, store, seen)
 
     async def remove(self, name: str) -> None:
         async with self._lock:

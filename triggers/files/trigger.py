@@ -1,8 +1,7 @@
-"""One files trigger at run time: its watcher, and one supervised task that runs its loops: settling
-(wakes at the next deadline, re-stats due files off the loop, classifies them), delivery
-(:mod:`triggers.files.delivery`), state saving (debounced), and maintenance (the first scan, health
-checks that restart a dead watcher, rescans after an overflow or a restart, and a periodic
-reconciling rescan: watcher events are hints, the tree is the truth).
+"""One files trigger on a directory at run time: its watcher, and the loops of
+:class:`~triggers.files.settling.SettlingTrigger` (settling re-stats due files off the loop) plus
+maintenance (the first scan, health checks that restart a dead watcher, rescans after an overflow or
+a restart, and a periodic reconciling rescan: watcher events are hints, the tree is the truth).
 """
 
 from __future__ import annotations
@@ -11,17 +10,17 @@ import asyncio
 import contextlib
 import os
 import stat as stat_module
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from kit.backoff import Backoff
-from kit.supervise import supervise
 from triggers.base import TriggerConfig, TriggerError
-from triggers.files.accounts import Accounts, dump_seen
-from triggers.files.delivery import Delivery
+from triggers.files.accounts import dump_seen
 from triggers.files.matching import Matcher
-from triggers.files.settle import Batcher, Settled, Settler, Signature, classify, wanted
+from triggers.files.settle import AnySignature, Signature
+from triggers.files.settling import SettlingTrigger
 from triggers.files.watch import Bridge, Change, Watch, choose_mode, scan, signature
 from triggers.specs import FilesSource as FilesSpec
 
@@ -30,12 +29,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-RESTART_BASE_S = 1.0
-RESTART_CAP_S = 60.0
 
-
-class WatchedTrigger:
-    """One files trigger at run time."""
+class WatchedTrigger(SettlingTrigger):
+    """One files trigger on a directory at run time."""
 
     def __init__(
         self,
@@ -45,34 +41,12 @@ class WatchedTrigger:
         root: str,
         seen: dict[str, Signature],
     ) -> None:
-        self.name = config.name
-        self.config = config
-        self.spec = spec
+        super().__init__(source, config, spec, dict(seen))
         self.root = root
-        self._source = source
-        self._loop = asyncio.get_running_loop()
         self.matcher = Matcher(root, spec.pattern)
-        self.accounts = Accounts(seen)
-        self.events = frozenset(spec.events)
-        self.settler = Settler(spec.settle)
-        self.batcher = Batcher(spec.batch) if spec.batch > 0 else None
-        self.delivery = Delivery(
-            config.name,
-            spec.datastore,
-            batched=self.batcher is not None,
-            accounts=self.accounts,
-            sink=source.sink,
-            retry_base=source.retry_base,
-            retry_cap=source.retry_cap,
-        )
-        self._wake = asyncio.Event()
         self._rescan_requested = asyncio.Event()
-        self._saved = 0
-        self.error: str | None = None
-        self.closed = False
         self.bridge = Bridge(self._loop, self.matcher, self.on_change)
         self.watch: Watch | None = None
-        self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -94,16 +68,7 @@ class WatchedTrigger:
                 raise TriggerError(f"trigger {self.name}: cannot watch {self.root}: {exc2}") from exc2
         self.watch = watch
         log.info("files_trigger_watching", trigger=self.name, root=self.root, watch=watch.mode)
-        loops = supervise(
-            self._loops,
-            name=f"files:{self.name}:loops",
-            crashed="files_trigger_crashed",
-            delays=Backoff(RESTART_BASE_S, RESTART_CAP_S),
-            fresh_after_s=RESTART_CAP_S,
-            context=lambda: {"trigger": self.name},
-            on_crash=self._crashed,
-        )
-        self._task = asyncio.create_task(loops, name=f"files:{self.name}")
+        self._start_loops()
 
     async def close(self) -> None:
         """Stop watching; after this no sink call of this trigger is in flight and what was
@@ -113,48 +78,26 @@ class WatchedTrigger:
         if self.watch is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.watch.stop)
-        if self._task is not None:
-            self._task.cancel()
-            done, _ = await asyncio.wait({self._task}, timeout=10.0)
-            if not done:
-                log.warning("files_trigger_stop_slow", trigger=self.name)
-        if self.accounts.changes != self._saved:
-            await asyncio.shield(self._save())
+        await self._stop_loops()
 
-    @property
-    def seen(self) -> dict[str, Signature]:
-        return self.accounts.seen
+    def same_target(self, config: TriggerConfig) -> bool:
+        """Whether ``config`` watches what this trigger watches (then it keeps what it accounted for)."""
+        return config.location is None and self.root == (config.root and os.path.abspath(config.root))
 
     def status(self) -> dict[str, Any]:
-        pending = len(self.settler) + (len(self.batcher) if self.batcher else 0) + self.delivery.delivering
-        return {"watch": self.watch.mode if self.watch else None, "pending": pending, "error": self.error}
+        mode = self.watch.mode if self.watch else None
+        return {"watch": mode, "pending": self.pending, "error": self.error}
 
     def request_rescan(self) -> None:
         self._rescan_requested.set()
 
-    async def _loops(self) -> None:
-        """The trigger's loops; one that fails stops them all, and ``open``'s supervisor restarts them
-        (after a full rescan) with capped backoff."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._settle_loop(), name=f"files:{self.name}:settle")
-            for i, queue in enumerate(self.delivery.queues):
-                tg.create_task(self.delivery.worker(queue), name=f"files:{self.name}:deliver{i}")
-            tg.create_task(self._save_loop(), name=f"files:{self.name}:save")
-            tg.create_task(self._maintain_loop(), name=f"files:{self.name}:maintain")
+    def _finders(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._maintain_loop()]
 
-    def _crashed(self, exc: Exception) -> None:
-        """Forget every transient record; the rescan that follows finds again what was not saved."""
-        self.error = f"internal error, restarting: {exc!r}"
-        self.settler = Settler(self.spec.settle)
-        self.batcher = Batcher(self.spec.batch) if self.spec.batch > 0 else None
-        self.delivery.drop()
+    def _dump_state(self) -> dict[str, Any]:
+        return dump_seen(self.accounts.seen)
 
     # -- sightings (on the loop) ----------------------------------------------------------------
-
-    def _sighting(self, path: str, sig: Signature | None, now: float) -> None:
-        if path not in self.settler and sig == self.accounts.known(path):
-            return  # nothing new: a repeated event, a read, a rescan of an unchanged file
-        self.settler.observe(path, sig, now)
 
     def on_change(self, change: Change) -> None:
         """A watcher's change, posted to the loop by the bridge."""
@@ -186,82 +129,14 @@ class WatchedTrigger:
     def _stat_many(self, paths: list[str]) -> list[Signature | None]:
         return [signature(os.path.join(self.root, path)) for path in paths]
 
-    async def _settle_loop(self) -> None:
-        while True:
-            self._wake.clear()
-            now = self._loop.time()
-            batch_deadline = self.batcher.deadline if self.batcher is not None else None
-            deadlines = [d for d in (self.settler.next_deadline(), batch_deadline) if d is not None]
-            deadline = min(deadlines, default=None)
-            if deadline is None or deadline > now:
-                timeout = 60.0 if deadline is None else min(deadline - now, 60.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-            await self._settle_due()
-
-    async def _settle_due(self) -> None:
-        due = self.settler.due(self._loop.time())
-        if due:
-            sigs = await asyncio.to_thread(self._stat_many, due)
-            now = self._loop.time()
-            for path, sig in zip(due, sigs, strict=True):
-                entry = self.settler.confirm(path, sig, now)
-                if entry is None:
-                    continue
-                moved_from = entry.moved_from
-                settled = classify(
-                    path,
-                    sig,
-                    self.accounts.known(path),
-                    moved_from=moved_from,
-                    moved_from_known=self.accounts.known(moved_from) if moved_from else None,
-                )
-                if settled is not None:
-                    self._settled(settled, now)
-        if self.batcher is not None and (items := self.batcher.take(self._loop.time())):
-            self.delivery.enqueue(items)
-
-    def _settled(self, settled: Settled, now: float) -> None:
-        if not wanted(settled.kind, self.events):
-            self.accounts.account([settled])  # not asked for, yet accounted for: it is no news later
-        elif self.batcher is not None:
-            self.batcher.add(settled, now)
-        else:
-            self.delivery.enqueue([settled])
-
-    # -- state ----------------------------------------------------------------------------------
-
-    async def _save(self) -> None:
-        changes = self.accounts.changes
-        try:
-            await self._source.save_state(self.name, dump_seen(self.accounts.seen))
-        except Exception as exc:
-            log.warning("files_state_save_failed", trigger=self.name, error=str(exc))
-            self.accounts.dirty.set()
-            return
-        self._saved = max(self._saved, changes)
-
-    async def _save_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.accounts.dirty.wait(), 60.0)
-            if not self.accounts.dirty.is_set():
-                continue
-            self.accounts.dirty.clear()
-            await self._save()
-            await asyncio.sleep(self._source.save_interval)
+    async def _signatures(self, paths: list[str]) -> list[AnySignature | None]:
+        return await asyncio.to_thread(self._stat_many, paths)
 
     # -- maintenance ----------------------------------------------------------------------------
 
     async def _rescan(self) -> None:
         found = await asyncio.to_thread(scan, self.matcher)
-        now = self._loop.time()
-        for path, sig in found.items():
-            self._sighting(path, sig, now)
-        for path in list(self.accounts.seen):
-            if path not in found:
-                self._sighting(path, None, now)
-        self._wake.set()
+        self._found_all(found)
         log.info("files_rescanned", trigger=self.name, files=len(found), pending=len(self.settler))
 
     def _root_problem(self) -> str | None:
