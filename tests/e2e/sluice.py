@@ -445,6 +445,11 @@ class Background:
             self.process.wait(STOP_TIMEOUT_S)
 
 
+WAIT_FOR_GATE = 'i=0; while [ ! -e "$1" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; test -e "$1"'
+"""Shell for a step that runs until the test creates the file its first argument names (failing if
+that takes over 60 s): the test decides when the step may finish, so no step duration races whatever
+the test does meanwhile on a loaded machine."""
+
 FUZZ_CONFIG = Path(__file__).with_name("schemathesis.toml")
 HELLO = """
 kind: Pipeline

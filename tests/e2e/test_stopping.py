@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from tests.e2e.sluice import (
+    WAIT_FOR_GATE,
     SluiceUp,
     api_get,
     apply,
@@ -25,24 +26,29 @@ from tests.e2e.sluice import (
 
 pytestmark = pytest.mark.e2e
 
-LONG = """
+LONG = f"""
 kind: Pipeline
 name: long
+params:
+  gate: {{type: string}}
 steps:
   - name: work
-    command: [sh, -c, "sleep 8; echo finished"]
+    command: [sh, -c, '{WAIT_FOR_GATE} && echo finished', sh, "${{params.gate}}"]
     retries: 0
 """
+"""A step that runs until the test creates the file ``gate`` (a param)."""
 
 
 def test_up_stopped_mid_step_finishes_the_run_when_it_comes_back(sluice_up, tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
     first = sluice_up(data_dir=data_dir)
+    gate = tmp_path / "gate"
     apply(LONG, first.client_env)
-    run_id = start_run("long", first.client_env)
+    run_id = start_run("long", first.client_env, f"gate={gate}")
     wait_step(run_id, "work", first.client_env, "running")
 
     assert first.stop() == 0  # SIGTERM: the local agent drains 5 s, then stops the step
+    gate.touch()  # the step could not finish before `up` stopped it; its next attempt can
     second = sluice_up(data_dir=data_dir, port=first.port)
     run = wait_run(run_id, second.client_env, ("succeeded", "failed"), timeout=60)
 

@@ -29,6 +29,7 @@ from runners.protocol import (
 )
 from tests.e2e.sluice import (
     HELLO,
+    WAIT_FOR_GATE,
     SluiceUp,
     api_get,
     apply,
@@ -44,24 +45,30 @@ from tests.e2e.sluice import (
 pytestmark = pytest.mark.e2e
 
 
-ON_B = """
+ON_B = f"""
 kind: Pipeline
 name: on-b
+params:
+  gate: {{type: string}}
 steps:
   - name: work
-    command: [sh, -c, "sleep 2; echo real; exit 3"]
-    selector: {who: b}
+    command: [sh, -c, '{WAIT_FOR_GATE} && echo real && exit 3', sh, "${{params.gate}}"]
+    selector: {{who: b}}
     retries: 0
 """
+"""A step for agent b that fails (exit 3) once the test creates the file ``gate`` (a param)."""
 
-SLOW = """
+GATED = f"""
 kind: Pipeline
-name: slow
+name: gated
+params:
+  gate: {{type: string}}
 steps:
   - name: work
-    command: [sh, -c, "sleep 4; echo finished"]
-    resources: {cpu: 1, memory: 64Mi}
+    command: [sh, -c, '{WAIT_FOR_GATE} && echo finished', sh, "${{params.gate}}"]
+    resources: {{cpu: 1, memory: 64Mi}}
 """
+"""A step that runs until the test creates the file ``gate`` (a param)."""
 
 
 class Watched:
@@ -171,10 +178,11 @@ def test_an_agent_cannot_act_for_another_and_a_forged_result_changes_nothing(
     sluice_daemon: SluiceUp, sluice_agent, tmp_path: Path
 ) -> None:
     env = sluice_daemon.client_env
+    gate = tmp_path / "gate"
     sluice_agent(sluice_daemon, "a", "--labels", "who=a")
     sluice_agent(sluice_daemon, "b", "--labels", "who=b")
     apply(ON_B, env)
-    run_id = start_run("on-b", env)
+    run_id = start_run("on-b", env, f"gate={gate}")
     step = wait_step(run_id, "work", env, "running")
     (attempt,) = step["attempts"]
     assert attempt["agent"] == "b"
@@ -200,9 +208,11 @@ def test_an_agent_cannot_act_for_another_and_a_forged_result_changes_nothing(
             await a.nc.close()
 
     asyncio.run(as_a())
-    time.sleep(0.5)
-    assert get_run(run_id, env)["status"] == "running"  # the forged success changed nothing
+    wait_for(lambda: sluice_daemon.log_lines("step_event_refused"), timeout=10)
+    # The daemon has dealt with the forged success, and the step cannot have finished by itself yet.
+    assert get_run(run_id, env)["status"] == "running"
 
+    gate.touch()
     run = wait_run(run_id, env, ("succeeded", "failed"), timeout=30)
 
     (work,) = run["steps"]
@@ -224,24 +234,27 @@ def test_an_agent_with_another_agents_credentials_is_told_at_start(sluice_daemon
 
 
 def test_a_revoked_agent_is_cut_off_and_its_step_succeeds_on_another(
-    sluice_daemon: SluiceUp, sluice_agent
+    sluice_daemon: SluiceUp, sluice_agent, tmp_path: Path
 ) -> None:
     env = sluice_daemon.client_env
+    gate = tmp_path / "gate"
     doomed = sluice_agent(sluice_daemon, "doomed", "--cpus", "1", "--memory", "1Gi", "--gpus", "0")
-    apply(SLOW, env)
-    run_id = start_run("slow", env)
+    apply(GATED, env)
+    run_id = start_run("gated", env, f"gate={gate}")
     wait_step(run_id, "work", env, "running")
+    # However long the spare takes to join, the step is still running on doomed: it waits for the gate.
     sluice_agent(sluice_daemon, "spare", "--cpus", "1", "--memory", "1Gi", "--gpus", "0")
-    started = time.monotonic()
 
     revoked = cli("credentials", "revoke", "doomed", env=env)
 
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout.strip() == "doomed: revoked (1 key(s) newly revoked)"
+    # The revocation reached NATS before the command returned: the agent is cut off at once, long
+    # before the heartbeat timeout would have noticed anything.
     wait_for(lambda: doomed.process.poll() is not None, timeout=5)
-    assert time.monotonic() - started < 5
     assert doomed.process.returncode == 1
     assert "NATS closed the agent's connection: nats: user authentication revoked" in doomed.log_tail()
+    gate.touch()  # only now may the step finish, and doomed is gone: it can only succeed on spare
     run = wait_run(run_id, env, ("succeeded", "failed"), timeout=30)
     assert run["status"] == "succeeded"
     attempts = steps_of(run)["work"]["attempts"]
