@@ -1,15 +1,16 @@
-"""Fingerprinting an ``s3`` datastore input: a prefix of 100,000 objects by listing, and a prefix of
-2,000 by content (cold, then from the digest cache); seconds and the requests the store received.
+"""Fingerprinting an ``s3`` datastore input by content (``hash: content``): a prefix of 2,000 objects,
+cold, then from the digest cache; seconds and the requests the store received. (Listing
+fingerprints of 100,000 objects: ``bench_s3_listing``.)
 
 Method: a real S3 endpoint (``moto_server``, as the tests use, on this machine) with ``--objects``
-small objects under ``big/`` and ``--content-objects`` under ``small/``, written beforehand (64 at
+``--content-objects`` small objects under ``small/``, written beforehand (64 at
 once). Each figure is the wall time of ``await StoreFingerprints.of(...)`` on this process's event
 loop, repeated ``--repeat`` times; ``requests`` counts the request lines moto_server logged during
 one call of each kind (LIST pages, HEADs and GETs). moto keeps objects in memory and answers from
 one Python process, so the seconds are mostly moto's; the request counts are what a real store
 would see (a LIST returns up to 1,000 keys).
 
-Run: .venv/bin/python tests/bench/bench_s3_fingerprint.py [--objects 100000] [--content-objects 2000]
+Run: .venv/bin/python tests/bench/bench_s3_fingerprint.py [--content-objects 2000]
 """
 
 from __future__ import annotations
@@ -62,11 +63,10 @@ async def timed(name: str, call: Callable[[], Awaitable[object]], repeat: int, l
     return figures
 
 
-async def measure(endpoint: S3Endpoint, log: Path, objects: int, content_objects: int, repeat: int) -> dict:
+async def measure(endpoint: S3Endpoint, log: Path, content_objects: int, repeat: int) -> dict:
     endpoint.make_bucket("bench-fingerprint")
     location = endpoint.location("bench-fingerprint", "landing")
     started = time.perf_counter()
-    await fill(endpoint, location, "big", objects)
     await fill(endpoint, location, "small", content_objects)
     filled = time.perf_counter() - started
     print("filled in", round(filled, 1), "s", file=sys.stderr, flush=True)
@@ -74,9 +74,6 @@ async def measure(endpoint: S3Endpoint, log: Path, objects: int, content_objects
     await warm.of(location, "small", content=True)
     return {
         "fill_seconds": round(filled, 1),
-        "listing": await timed(
-            "listing", lambda: StoreFingerprints(environ=endpoint.env()).of(location, "big"), repeat, log
-        ),
         "content_cold": await timed(
             "content_cold",
             lambda: StoreFingerprints(environ=endpoint.env()).of(location, "small", content=True),
@@ -93,7 +90,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--content-objects", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
@@ -101,16 +97,14 @@ def main() -> None:
     server = MotoServer(root / "moto.log")
     try:
         endpoint = server.start()
-        figures = asyncio.run(
-            measure(endpoint, server.log_file, args.objects, args.content_objects, args.repeat)
-        )
+        figures = asyncio.run(measure(endpoint, server.log_file, args.content_objects, args.repeat))
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
     report(
         "s3_fingerprint",
         {
-            "objects": {"listing": args.objects, "content": args.content_objects},
+            "objects": args.content_objects,
             "machine": {"cpus": os.cpu_count(), "load_average_1m_at_end": round(os.getloadavg()[0], 2)},
             "seconds": figures,
         },

@@ -8,7 +8,7 @@ trigger's own count (``BucketTrigger.requests``) is printed beside it. Each figu
 seconds and this process's CPU seconds (the server's work is in the other process):
 
 - ``fingerprint``: ``StoreFingerprints.of(location, "incoming")`` (the daemon's ``hash: listing`` of
-  an s3 path), where this checkout has it;
+  an s3 path);
 - ``first_full_poll``: a new trigger's first listing (every object is new and starts settling);
 - ``settle_all``: confirming those objects' ETags and sizes (one listing over their range, not a
   HEAD each);
@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 
 import structlog
 
+from daemon.planning.store_fingerprints import StoreFingerprints
 from daemon.runtime.embedded import free_port
 from kit.objectstore import S3Location, open_store
 from tests.bench.harness import report, temp_dir
@@ -124,14 +125,7 @@ async def noop_save(name: str, state: dict[str, Any]) -> None:
 
 async def measure(location: S3Location, requests: Requests, add: Callable[[], None]) -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    try:
-        from daemon.planning.store_fingerprints import StoreFingerprints
-    except ImportError:
-        figures["fingerprint"] = "not measured: this checkout has no daemon.planning.store_fingerprints"
-    else:
-        figures["fingerprint"], _ = await measured(
-            requests, lambda: StoreFingerprints().of(location, "incoming")
-        )
+    figures["fingerprint"], _ = await measured(requests, lambda: StoreFingerprints().of(location, "incoming"))
 
     spec = FilesSpec(datastore="landing", pattern="incoming/**/*.csv", settle=0.0)
     config = TriggerConfig(name="bench", on=spec, location=location)
