@@ -35,6 +35,7 @@ from kit.nats import DRAIN_TIMEOUT_S, BusError, NatsErrors, NatsOptions, connect
 from runners.execution import AcceptedAttempt, AttemptExecution
 from runners.executors import STOP_GRACE_S, Executor, Outcome
 from runners.ledger import Ledger, NoRoom
+from runners.objectcache import DEFAULT_CAP
 from runners.outbox import Outbox
 from runners.protocol import (
     HEARTBEAT_INTERVAL_S,
@@ -51,6 +52,7 @@ from runners.protocol import (
     heartbeat_subject,
 )
 from runners.snapshots import fetch_source
+from runners.staging import staging_dir
 from runners.workspace import Workspace, misplaced
 
 log = structlog.get_logger(__name__)
@@ -76,6 +78,8 @@ class AgentConfig:
     drain_timeout_s: float = 30.0
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     keep_work_dirs: bool = False
+    object_cache_bytes: int = DEFAULT_CAP
+    """The most that objects downloaded from ``s3`` datastores may take in the cache dir."""
 
     @property
     def agent_id(self) -> str:
@@ -174,7 +178,11 @@ class Agent:
             keep_work_dirs=self.config.keep_work_dirs,
             executors=self.executors,
             nc=nc,
-            workspace=Workspace(self.config.cache_dir, lambda digest: fetch_source(js, digest)),
+            workspace=Workspace(
+                self.config.cache_dir,
+                lambda digest: fetch_source(js, digest),
+                object_cache_cap=self.config.object_cache_bytes,
+            ),
             outbox=self._outbox,
             log=self._log,
         )
@@ -369,6 +377,7 @@ class Agent:
             executors=list(self.executors),  # type: ignore[arg-type]
             capacity=self.capacity,
             datastores=dict(self.config.datastores),
+            staging=str(staging_dir(self.config.cache_dir)),
             running=self.running,
             draining=self._draining,
             stopped=self._stopped.is_set(),

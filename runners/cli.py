@@ -124,7 +124,17 @@ def _parsed(parse: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Source snapshots and work dirs (default: SLUICE_DATA_DIR/agent-cache, or ~/.cache/sluice).",
+    help="Source snapshots, work dirs, staged s3 datastores and cached objects "
+    "(default: SLUICE_DATA_DIR/agent-cache, or ~/.cache/sluice).",
+)
+@click.option(
+    "--object-cache",
+    metavar="SIZE",
+    default="10Gi",
+    show_default=True,
+    callback=_parsed(parse_size),
+    help="Most disk that objects downloaded from s3 datastores may take in the cache dir (least "
+    "recently used go first).",
 )
 @click.option(
     "--docker-network",
@@ -152,6 +162,7 @@ def agent(
     executor: str,
     datastores: dict[str, str],
     cache_dir: Path | None,
+    object_cache: int,
     docker_network: str | None,
     drain_timeout: float,
     parent_pid: int | None,
@@ -185,6 +196,7 @@ def agent(
         labels=labels,
         datastores=datastores,
         drain_timeout_s=drain_timeout,
+        object_cache_bytes=object_cache,
     )
 
     async def main() -> None:

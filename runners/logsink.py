@@ -55,6 +55,11 @@ class AttemptLog:
         """A line of the agent's own (why a step was stopped or could not start), marked as such."""
         self.line("stderr", NOTE_PREFIX + text)
 
+    async def report(self, text: str) -> None:
+        """A note of the agent's that goes out now (progress of a transfer before or after the step)."""
+        self.note(text)
+        await self.flush()
+
     async def run(self) -> None:
         """Flushes until ``close``."""
         while not self._closed:

@@ -5,6 +5,9 @@ Under the cache dir::
     sources/<digest>/          a snapshot, extracted once, shared by attempts (never written to)
     attempts/<attempt_id>/     one attempt: work/ (its working directory, a copy of the snapshot)
                                and metrics.jsonl (its SLUICE_METRICS file)
+    staging/<run>/<step>/      the roots of the s3 datastores of a step run (``runners.staging``):
+                               its inputs, downloaded before it starts, its outputs and log
+    objects/                   objects downloaded from s3 datastores (``runners.objectcache``)
 
 Several agents may share a cache dir: a snapshot is extracted into a temporary directory and renamed
 into place, so nobody ever sees half of one. Everything that touches files runs in a thread.
@@ -27,7 +30,10 @@ from pathlib import Path
 import structlog
 
 from kit.nats import BusError
+from runners.objectcache import DEFAULT_CAP, ObjectCache
 from runners.protocol import Assignment
+from runners.staging import Staging, misplaced_stores, staging_dir
+from runners.transfers import Report, TransferError, download
 
 log = structlog.get_logger(__name__)
 
@@ -46,31 +52,53 @@ class AttemptDirs:
 
 
 class Workspace:
-    def __init__(self, cache_dir: Path, fetch_source: Callable[[str], Awaitable[bytes]]) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        fetch_source: Callable[[str], Awaitable[bytes]],
+        object_cache_cap: int = DEFAULT_CAP,
+    ) -> None:
         """``fetch_source(digest)`` returns a snapshot archive (an uncompressed tar) or raises
-        ``BusError``."""
+        ``BusError``; ``object_cache_cap`` bounds the bytes of cached objects."""
         self.cache_dir = cache_dir
+        self.staging = staging_dir(cache_dir)
         self._fetch_source = fetch_source
+        self._objects = ObjectCache(cache_dir / "objects", object_cache_cap)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def attempt_dirs(self, attempt_id: int) -> AttemptDirs:
         root = self.cache_dir / "attempts" / str(attempt_id)
         return AttemptDirs(root=root, work=root / "work", metrics=root / "metrics.jsonl")
 
-    async def prepare(self, assignment: Assignment) -> AttemptDirs:
-        """A clean attempt directory whose ``work`` holds the source snapshot (or nothing), and the
-        assignment's output directories and log file's directory. Raises ``PrepareError``."""
+    async def prepare(self, assignment: Assignment, staging: Staging | None, report: Report) -> AttemptDirs:
+        """A clean attempt directory whose ``work`` holds the source snapshot (or nothing), the
+        assignment's output directories, and its inputs in ``s3`` datastores downloaded into
+        ``staging`` (progress lines through ``report``). Raises ``PrepareError``."""
         snapshot = await self.snapshot(assignment.source_digest) if assignment.source_digest else None
         dirs = self.attempt_dirs(assignment.attempt_id)
         try:
             await asyncio.to_thread(_prepare_dirs, dirs, snapshot, assignment)
         except OSError as exc:
             raise PrepareError(f"cannot prepare the work directory: {_describe(exc)}") from exc
+        for remote in staging.inputs if staging is not None else []:
+            try:
+                await download(remote, self._objects, report)
+            except TransferError as exc:
+                raise PrepareError(str(exc)) from None
         return dirs
 
     async def cleanup(self, dirs: AttemptDirs) -> None:
         """Removes an attempt's directory (its outputs live elsewhere, in the datastore)."""
         await asyncio.to_thread(shutil.rmtree, dirs.root, True)
+
+    async def unstage(self, staging: Staging) -> None:
+        """Removes a step run's staging directory: before an attempt, what an earlier one (of an
+        agent that died) left; after it, everything (its outputs and log are in their store)."""
+        await asyncio.to_thread(shutil.rmtree, staging.root, True)
+
+    async def evict_objects(self) -> None:
+        """Keeps the object cache within its cap."""
+        await self._objects.evict()
 
     async def snapshot(self, digest: str) -> Path:
         """The extracted snapshot named ``digest``, fetched and extracted on first use."""
@@ -131,10 +159,13 @@ def _describe(exc: BaseException) -> str:
 def misplaced(assignment: Assignment, cache_dir: Path, declared: Mapping[str, str]) -> str | None:
     """Why the assignment's paths are not this agent's to write, or None when they are.
 
-    An attempt writes its log and outputs under the datastores it names (or the agent's cache), and
-    a datastore the agent declares (``--datastore NAME=PATH``) must be where the agent says. Checked on
-    the paths as written (``..`` resolved, symlinks not followed), so it costs no I/O.
+    An attempt writes its log and outputs under the datastores it names (or the agent's cache), a
+    datastore the agent declares (``--datastore NAME=PATH``) must be where the agent says, and an
+    ``s3`` datastore's root must be the step run's own under the agent's staging directory. Checked
+    on the paths as written (``..`` resolved, symlinks not followed), so it costs no I/O.
     """
+    if (where := misplaced_stores(assignment, staging_dir(cache_dir))) is not None:
+        return where
     for name, root in assignment.datastores.items():
         if not posixpath.isabs(root):
             return f"datastore {name} has a relative root {root!r}"

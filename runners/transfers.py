@@ -1,0 +1,375 @@
+"""Moving an attempt's files between ``s3`` datastores and its staging directory.
+
+Downloads (before the step starts): a step's output through its manifests (``published``; each
+object fetched only if its ETag is still the one published), else a prefix by listing it, else a
+single object. Objects come through the agent's :class:`ObjectCache` and are hard-linked read-only
+into the attempt's tree.
+
+Uploads (after the step succeeded): an output directory goes to the same relative key; keys under it
+that this attempt does not write (left by a killed attempt) are deleted first, the files go up
+concurrently (big ones in parts, each part read and hashed on obstore's own threads), and the
+manifest is written last: until then, nothing of the output is visible to readers.
+
+Both write progress lines through ``report`` (into the step's log) and raise :class:`TransferError`
+naming the object and the reason; never a secret, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import posixpath
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeVar
+
+import obstore
+import structlog
+from obstore.exceptions import BaseError
+
+from kit.objectstore import Manifest, ManifestFile, StoreError, encode_manifest, manifest_key, published
+from runners.objectcache import ObjectCache
+from runners.staging import Remote
+
+log = structlog.get_logger(__name__)
+
+PART_SIZE = 8 * 1024**2
+"""Files above this go up in parts of this size (S3's minimum part is 5 MiB)."""
+FILES_AT_ONCE = 16
+PARTS_AT_ONCE = 4
+"""Parts of one file in flight: at most ``FILES_AT_ONCE * PARTS_AT_ONCE`` parts in memory."""
+PROGRESS_INTERVAL_S = 5.0
+LOG_UPLOAD_INTERVAL_S = 2.0
+
+Report = Callable[[str], Awaitable[None]]
+T = TypeVar("T")
+
+
+class TransferError(Exception):
+    """A download or upload failed; the message names the object and the reason, for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    key: str
+    """Relative to the store's prefix."""
+    path: str
+    """Relative to the remote's local path ('' for the path itself: a single object)."""
+    size: int
+    e_tag: str | None
+
+
+# -- downloads -------------------------------------------------------------------------------------
+
+
+async def download(remote: Remote, cache: ObjectCache, report: Report) -> None:
+    """Puts what ``remote`` names at its local path; nothing there leaves no path (as a missing
+    path of a local datastore would). Raises ``TransferError``."""
+    try:
+        objects = await _objects(remote)
+    except (BaseError, StoreError, OSError) as exc:
+        raise TransferError(f"{remote.what}: cannot list {remote.uri}: {_reason(exc)}") from None
+    if objects is None:
+        await report(f"{remote.what}: nothing at {remote.uri}")
+        return
+    progress = _Progress(report, f"{remote.what}", len(objects), sum(item.size for item in objects))
+    await report(f"downloading {remote.what} from {remote.uri}: {progress.total}")
+    hits = 0
+
+    async def one(item: _Object) -> None:
+        nonlocal hits
+        dest = remote.path / item.path if item.path else remote.path
+        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            if item.e_tag is None:  # no version to name it by: not cached
+                await _fetch(remote, item, dest)
+            else:
+                identity = (remote.location.endpoint or "", remote.location.bucket)
+                identity += (remote.location.key(item.key), item.e_tag)
+                hit = await cache.link(identity, dest, lambda file: _fetch(remote, item, file))
+                hits += hit  # not in one statement: ``hits`` would be read before the await
+        except (BaseError, OSError) as exc:
+            raise TransferError(_failure(f"{remote.what}: cannot download", remote, item.key, exc)) from None
+        progress.add(item.size)
+
+    async with progress.reporting():
+        await _each(one, objects)
+    await report(f"downloaded {remote.what}: {progress.summary()}, {hits} from the agent's cache")
+
+
+async def _objects(remote: Remote) -> list[_Object] | None:
+    """What ``remote`` names: a published output's files, a prefix's objects, or one object."""
+    store, key = remote.store, remote.key
+    files = await published(store, key)
+    if files is not None:
+        return [
+            _Object(posixpath.join(key, path), _local(path, key), entry.size, entry.e_tag)
+            for path, entry in files.items()
+        ]
+    start = len(key) + 1 if key else 0
+    objects = [
+        _Object(meta["path"], _local(meta["path"][start:], key), meta["size"], meta["e_tag"])
+        async for chunk in obstore.list(store, key or None)
+        for meta in chunk
+    ]
+    if objects or not key:
+        return objects or None
+    try:
+        meta = await obstore.head_async(store, key)
+    except FileNotFoundError:
+        return None
+    return [_Object(key, "", meta["size"], meta["e_tag"])]
+
+
+def _local(relative: str, key: str) -> str:
+    """``relative`` (an object's path under ``key``) as a path that stays under the input's."""
+    normal = posixpath.normpath(relative)
+    if relative.startswith("/") or normal.startswith("..") or normal == ".":
+        raise StoreError(f"object {posixpath.join(key, relative)!r} cannot be a local path")
+    return normal
+
+
+async def _fetch(remote: Remote, item: _Object, file: Path) -> None:
+    """Writes ``item``'s content to ``file``; only the version the listing or manifest saw."""
+    options = {"if_match": item.e_tag} if item.e_tag else None
+    result = await obstore.get_async(remote.store, item.key, options=options)  # type: ignore[arg-type]
+    handle = await asyncio.to_thread(file.open, "wb")
+    try:
+        written = 0
+        async for chunk in result.stream(min_chunk_size=PART_SIZE):
+            await asyncio.to_thread(handle.write, chunk)
+            written += len(chunk)
+    finally:
+        await asyncio.to_thread(handle.close)
+    if written != item.size:
+        raise OSError(f"got {written} bytes of {item.size}")
+
+
+# -- uploads ---------------------------------------------------------------------------------------
+
+
+async def upload(remote: Remote, attempt: int, report: Report) -> Manifest:
+    """Publishes the output directory at ``remote.path`` under ``remote.key`` (see the module
+    docstring) and returns its manifest. Raises ``TransferError``."""
+    store, key = remote.store, remote.key
+    try:
+        files = await asyncio.to_thread(_files, remote.path)
+    except OSError as exc:
+        raise TransferError(f"{remote.what}: cannot read {remote.path}: {_reason(exc)}") from None
+    progress = _Progress(report, remote.what, len(files), sum(files.values()))
+    await report(f"uploading {remote.what} to {remote.uri}: {progress.total}")
+    written = {posixpath.join(key, path) for path in files}
+    try:
+        # A previous attempt's manifest first: no reader may take its files for this attempt's.
+        await obstore.delete_async(store, manifest_key(key))
+        leftovers = [
+            meta["path"]
+            async for chunk in obstore.list(store, key)
+            for meta in chunk
+            if meta["path"] not in written
+        ]
+        if leftovers:
+            await obstore.delete_async(store, leftovers)
+    except BaseError as exc:
+        raise TransferError(f"{remote.what}: cannot clear {remote.uri}: {_reason(exc)}") from None
+    entries: list[ManifestFile] = []
+
+    async def one(path: str) -> None:
+        object_key = posixpath.join(key, path)
+        try:
+            entries.append(await _put(remote, object_key, path, files[path]))
+        except (BaseError, OSError, ValueError) as exc:  # ValueError: a name no key can have
+            raise TransferError(_failure(f"{remote.what}: cannot upload", remote, object_key, exc)) from None
+        progress.add(files[path])
+
+    async with progress.reporting():
+        await _each(one, list(files))
+    manifest = Manifest(files=sorted(entries, key=lambda entry: entry.path), attempt=attempt)
+    try:
+        await obstore.put_async(store, manifest_key(key), encode_manifest(manifest))
+    except BaseError as exc:
+        raise TransferError(f"{remote.what}: cannot write its manifest: {_reason(exc)}") from None
+    await report(f"uploaded {remote.what}: {progress.summary()}")
+    return manifest
+
+
+def _files(root: Path) -> dict[str, int]:
+    """The files under ``root`` (links to files followed, links to directories not), with sizes."""
+    files: dict[str, int] = {}
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory, name)
+            if path.is_file():
+                files[path.relative_to(root).as_posix()] = path.stat().st_size
+    return files
+
+
+async def _put(remote: Remote, key: str, relative: str, size: int) -> ManifestFile:
+    """Uploads one file (``size`` bytes when listed), hashing it as it is read: whole when small,
+    in parts when big."""
+    reader = _HashingReader(remote.path / relative)
+    try:
+        if size <= PART_SIZE:
+            data = await asyncio.to_thread(reader.read_all)
+            result = await obstore.put_async(remote.store, key, data, use_multipart=False)
+        else:
+            # obstore pulls the parts on its own threads: reading and hashing stay off the loop.
+            result = await obstore.put_async(
+                remote.store, key, reader.chunks(), chunk_size=PART_SIZE, max_concurrency=PARTS_AT_ONCE
+            )
+    finally:
+        reader.close()
+    return ManifestFile(path=relative, size=reader.size, e_tag=result["e_tag"], sha256=reader.hexdigest())
+
+
+class _HashingReader:
+    """A file read once, front to back, with its SHA-256 and size taken on the way."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: IO[bytes] | None = None
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def read_all(self) -> bytes:
+        return b"".join(self.chunks())
+
+    def chunks(self) -> Iterator[bytes]:
+        self._file = self._path.open("rb")
+        while chunk := self._file.read(PART_SIZE):
+            self._digest.update(chunk)  # releases the GIL: parts hash in parallel with uploads
+            self.size += len(chunk)
+            yield chunk
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+# -- logs ------------------------------------------------------------------------------------------
+
+
+class LogShipper:
+    """Uploads an attempt's log file to its key while it grows and once at the end."""
+
+    def __init__(self, remote: Remote) -> None:
+        self._remote = remote
+        self._shipped: tuple[int, int] | None = None
+
+    async def run(self) -> None:
+        """Uploads every ``LOG_UPLOAD_INTERVAL_S`` when the file changed, until cancelled."""
+        while True:
+            await asyncio.sleep(LOG_UPLOAD_INTERVAL_S)
+            try:
+                await self.ship()
+            except TransferError as exc:  # the next round, or the last, tries again
+                log.warning("log_upload_failed", error=str(exc))
+
+    async def ship(self) -> None:
+        """Uploads the file if it changed since the last upload. Raises ``TransferError``."""
+        path = self._remote.path
+        try:
+            stat = await asyncio.to_thread(path.stat)
+            seen = (stat.st_size, stat.st_mtime_ns)
+            if seen == self._shipped:
+                return
+            data = await asyncio.to_thread(path.read_bytes)
+            await obstore.put_async(self._remote.store, self._remote.key, data, use_multipart=False)
+        except FileNotFoundError:
+            return
+        except (BaseError, OSError) as exc:
+            raise TransferError(f"log: cannot upload to {self._remote.uri}: {_reason(exc)}") from None
+        self._shipped = seen
+
+
+# -- shared ----------------------------------------------------------------------------------------
+
+
+async def _each(work: Callable[[T], Awaitable[None]], items: list[T]) -> None:
+    """``work`` on every item, ``FILES_AT_ONCE`` at a time; the first failure cancels the rest."""
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await work(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for number in range(min(FILES_AT_ONCE, len(items))):
+                group.create_task(worker(), name=f"transfer-{number}")
+    except ExceptionGroup as failed:  # the first failure is the reason; the rest were cancelled by it
+        raise failed.exceptions[0] from None
+
+
+class _Progress:
+    """Counts a transfer's files and bytes; reports them every ``PROGRESS_INTERVAL_S`` meanwhile."""
+
+    def __init__(self, report: Report, what: str, files: int, size: int) -> None:
+        self._report = report
+        self._what = what
+        self._files = files
+        self._size = size
+        self._done_files = 0
+        self._done_bytes = 0
+        self._started = time.monotonic()
+
+    @property
+    def total(self) -> str:
+        return f"{_count(self._files)}, {_mib(self._size)}"
+
+    def add(self, size: int) -> None:
+        self._done_files += 1
+        self._done_bytes += size
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self._started
+        rate = self._done_bytes / 1024**2 / elapsed if elapsed > 0 else 0.0
+        return f"{self.total} in {elapsed:.1f} s ({rate:.0f} MiB/s)"
+
+    @contextlib.asynccontextmanager
+    async def reporting(self):
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(PROGRESS_INTERVAL_S)
+                await self._report(
+                    f"{self._what}: {self._done_files} of {_count(self._files)}, "
+                    f"{_mib(self._done_bytes)} of {_mib(self._size)}"
+                )
+
+        task = asyncio.create_task(ticker(), name="transfer-progress")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _count(files: int) -> str:
+    return "1 file" if files == 1 else f"{files} files"
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:.1f} MiB"
+
+
+def _failure(what: str, remote: Remote, key: str, exc: BaseException) -> str:
+    if isinstance(exc, obstore.exceptions.PreconditionError):
+        reason = "it changed since it was listed or published (its ETag differs)"
+    else:
+        reason = _reason(exc)
+    return f"{what} {remote.location.uri(key)}: {reason}"
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error: obstore's messages go on with the request and its debug dump."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    text = (str(exc) or type(exc).__name__).strip().splitlines()[0]
+    return text if len(text) <= 500 else text[:500] + "…"

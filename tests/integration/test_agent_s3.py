@@ -1,0 +1,421 @@
+"""Agents and ``s3`` datastores, against a real S3 endpoint (moto_server) and real NATS: inputs
+downloaded into the staging directory (a prefix, one object, a step's published output) through the
+object cache, outputs published with their manifest, the log uploaded as it grows, failed and killed
+uploads that leave nothing visible, and credentials that stay out of every log. The test plays the
+daemon with hand-made assignments, as in test_agent."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import subprocess
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import obstore
+import pytest
+
+from kit.objectstore import S3Location, manifest_key, open_store, published
+from runners.protocol import Assignment
+from tests.integration import test_agent
+from tests.integration.test_agent import WAIT_S, Daemon, RunningAgent, new_attempt_id, python
+from tests.integration.test_agent_cli import SLUICE, agent_env
+
+daemon = test_agent.daemon
+start_agent = test_agent.start_agent
+
+T = TypeVar("T")
+StartAgent = Callable[..., Awaitable[RunningAgent]]
+
+
+@pytest.fixture
+def credentials(s3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's credentials in the environment of in-process agents."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+
+
+def staged(agent_cache: Path, run_id: str, step: str, datastore: str) -> Path:
+    """Where the daemon renders an s3 datastore's root for this step run on this agent."""
+    return agent_cache / "staging" / run_id / step / datastore
+
+
+def s3_assignment(
+    daemon: Daemon,
+    agent_cache: Path,
+    argv: list[str],
+    stores: dict[str, S3Location],
+    *,
+    run_id: str,
+    step: str = "s",
+    inputs: dict[str, tuple[str, str]] | None = None,
+    outputs: dict[str, tuple[str, str]] | None = None,
+    log_in: str | None = None,
+    **fields: object,
+) -> Assignment:
+    """An attempt whose inputs and outputs are (datastore, path) in ``stores``, with env variables
+    ``IN_<NAME>``/``OUT_<NAME>`` for them; its log in ``log_in`` (an s3 datastore), else local."""
+    roots = {name: staged(agent_cache, run_id, step, name) for name in stores}
+    local = {name: str(roots[store] / path) for name, (store, path) in (inputs or {}).items()}
+    out = {name: str(roots[store] / path) for name, (store, path) in (outputs or {}).items()}
+    attempt_id = new_attempt_id()
+    number = fields.get("number", 1)
+    log_path = (
+        roots[log_in] / f"runs/{run_id}/{step}/logs/attempt-{number}.log"
+        if log_in
+        else daemon.tmp_path / "logs" / f"{attempt_id}.log"
+    )
+    env = {f"IN_{name.upper()}": path for name, path in local.items()}
+    env |= {f"OUT_{name.upper()}": path for name, path in out.items()}
+    return daemon.assignment(
+        argv,
+        attempt_id=attempt_id,
+        run_id=run_id,
+        step=step,
+        env=env,
+        inputs=local,
+        outputs=out,
+        datastores={"default": str(daemon.tmp_path)} | {name: str(root) for name, root in roots.items()},
+        stores=stores,
+        log_path=str(log_path),
+        **fields,
+    )
+
+
+async def keys(store, prefix: str) -> list[str]:
+    return sorted([meta["path"] async for chunk in obstore.list(store, prefix) for meta in chunk])
+
+
+async def read_object(store, key: str) -> str:
+    return bytes(await (await obstore.get_async(store, key)).bytes_async()).decode()
+
+
+PREP = """
+import os, pathlib, sys
+out = pathlib.Path(os.environ["OUT_FEATURES"])
+(out / "part-0.csv").write_text("a,b\\n1,2\\n")
+(out / "deep" / "er").mkdir(parents=True)
+(out / "deep" / "er" / "big.bin").write_bytes(bytes(range(256)) * (9 * 4096 + 7))
+print("first", flush=True)
+flag = pathlib.Path(sys.argv[1])
+while not flag.exists():
+    pass
+print("second")
+"""
+
+SCORE = """
+import hashlib, os, pathlib
+for name in ("RAW", "MODEL", "FEATURES"):
+    root = pathlib.Path(os.environ["IN_" + name])
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for path in files:
+        shown = path.relative_to(root).as_posix() if path != root else "."
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        print(name, shown, digest, "ro" if path.stat().st_mode & 0o222 == 0 else "rw")
+"""
+
+
+async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_through_the_cache(
+    s3, credentials, start_agent: StartAgent, daemon: Daemon, tmp_path: Path
+) -> None:
+    agent = await start_agent()
+    beat = await daemon.heartbeat(agent.id)
+    assert beat.staging == str(agent.cache_dir / "staging")
+    landing, lake = (
+        s3.location(s3.make_bucket("agent-landing"), "team"),
+        s3.location(s3.make_bucket("agent-lake")),
+    )
+    landing_store, lake_store = open_store(landing, s3.env()), open_store(lake, s3.env())
+    await obstore.put_async(landing_store, "customers/d1/a.csv", b"x,y\n")
+    await obstore.put_async(landing_store, "customers/d1/sub/b.csv", b"z\n")
+    await obstore.put_async(landing_store, "models/m.bin", b"\x00model")
+    run_id = str(uuid.uuid4())
+    stores = {"landing": landing, "lake": lake}
+
+    # prep: its output and log go to the lake; the log is there while the step still runs.
+    flag = tmp_path / "go"
+    prep = s3_assignment(
+        daemon,
+        agent.cache_dir,
+        [*python(PREP), str(flag)],
+        stores,
+        run_id=run_id,
+        step="prep",
+        outputs={"features": ("lake", f"runs/{run_id}/prep/features")},
+        log_in="lake",
+    )
+    assert (await daemon.assign(agent.id, prep)).accepted
+    log_key = f"runs/{run_id}/prep/logs/attempt-1.log"
+    await eventually_in_store(lambda: _text_or_empty(lake_store, log_key), lambda text: "first" in text)
+    flag.touch()
+    finished = await daemon.finished(prep.attempt_id)
+
+    assert (finished.status, finished.error) == ("succeeded", None)
+    files = await published(lake_store, f"runs/{run_id}/prep/features")
+    big = bytes(range(256)) * (9 * 4096 + 7)  # over a part: uploaded in parts
+    assert files is not None
+    assert sorted(files) == ["deep/er/big.bin", "part-0.csv"]
+    assert files["deep/er/big.bin"].sha256 == hashlib.sha256(big).hexdigest()
+    assert files["deep/er/big.bin"].size == len(big)
+    assert files["part-0.csv"].sha256 == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+    log = await read_object(lake_store, log_key)
+    assert log.startswith("first\nsecond\n[sluice] uploading output features to s3://agent-lake/runs/")
+    assert "[sluice] uploaded output features: 2 files, 9.0 MiB in" in log
+    assert not staged(agent.cache_dir, run_id, "prep", "lake").exists()
+
+    # A file that is not in the manifest (a killed attempt's) is no part of the output.
+    await obstore.put_async(lake_store, f"runs/{run_id}/prep/features/stray.csv", b"stray")
+
+    async def score(number: int) -> list[str]:
+        assignment = s3_assignment(
+            daemon,
+            agent.cache_dir,
+            python(SCORE),
+            stores,
+            run_id=run_id,
+            step="score",
+            number=number,
+            inputs={
+                "raw": ("landing", "customers/d1"),
+                "model": ("landing", "models/m.bin"),
+                "features": ("lake", f"runs/{run_id}/prep/features"),
+                "nothing": ("landing", "customers/none"),
+            },
+        )
+        assert (await daemon.assign(agent.id, assignment)).accepted
+        finished = await daemon.finished(assignment.attempt_id)
+        assert (finished.status, finished.error) == ("succeeded", None)
+        assert not staged(agent.cache_dir, run_id, "score", "lake").exists()
+        return (await asyncio.to_thread(Path(assignment.log_path).read_text)).splitlines()
+
+    first = await score(1)
+    sha = {
+        name: hashlib.sha256(data).hexdigest()[:12]
+        for name, data in [
+            ("a", b"x,y\n"),
+            ("b", b"z\n"),
+            ("m", b"\x00model"),
+            ("big", big),
+            ("p", b"a,b\n1,2\n"),
+        ]
+    }
+    seen = [line for line in first if not line.startswith("[sluice]")]
+    assert seen == [
+        f"RAW a.csv {sha['a']} ro",
+        f"RAW sub/b.csv {sha['b']} ro",
+        f"MODEL . {sha['m']} ro",
+        f"FEATURES deep/er/big.bin {sha['big']} ro",
+        f"FEATURES part-0.csv {sha['p']} ro",
+    ]
+    notes = [line for line in first if line.startswith("[sluice]")]
+    assert (
+        "[sluice] downloading input raw from s3://agent-landing/team/customers/d1: 2 files, 0.0 MiB" in notes
+    )
+    assert "[sluice] input nothing: nothing at s3://agent-landing/team/customers/none" in notes
+    assert any(line.startswith("[sluice] downloaded input features: 2 files, 9.0 MiB in") for line in notes)
+    assert all(line.endswith(", 0 from the agent's cache") for line in notes if "downloaded" in line)
+
+    again = await score(2)
+    assert [line for line in again if not line.startswith("[sluice]")] == seen
+    cached = [line for line in again if line.startswith("[sluice] downloaded")]
+    assert [line.rsplit(", ", 1)[1] for line in cached] == [
+        "2 from the agent's cache",
+        "1 from the agent's cache",
+        "2 from the agent's cache",
+    ]
+
+
+async def eventually_in_store(read: Callable[[], Awaitable[T]], holds: Callable[[T], object]) -> T:
+    """Reads the store until what it reads ``holds``, within ``WAIT_S``."""
+    async with asyncio.timeout(WAIT_S):
+        while not holds(value := await read()):  # noqa: ASYNC110 - a store has nothing to wait on
+            await asyncio.sleep(0.05)
+    return value
+
+
+async def _text_or_empty(store, key: str) -> str:
+    try:
+        return await read_object(store, key)
+    except FileNotFoundError:
+        return ""
+
+
+WRITE = """
+import os, pathlib
+out = pathlib.Path(os.environ["OUT_OUT"])
+(out / "good.csv").write_text("good")
+if os.environ["SLUICE_ATTEMPT"] == "1":
+    (out / "other.csv").write_text("other")
+    (out / "bad\\x01name").write_text("no key can have this name")
+"""
+
+
+async def test_a_failed_upload_fails_the_attempt_and_its_retry_publishes_only_its_own_files(
+    s3, credentials, start_agent: StartAgent, daemon: Daemon
+) -> None:
+    agent = await start_agent()
+    lake = s3.location(s3.make_bucket("agent-failed-upload"))
+    store = open_store(lake, s3.env())
+    run_id = str(uuid.uuid4())
+    output = f"runs/{run_id}/s/out"
+
+    async def attempt(number: int):
+        assignment = s3_assignment(
+            daemon,
+            agent.cache_dir,
+            python(WRITE),
+            {"lake": lake},
+            run_id=run_id,
+            number=number,
+            outputs={"out": ("lake", output)},
+        )
+        assignment = replaced(assignment, env=assignment.env | {"SLUICE_ATTEMPT": str(number)})
+        assert (await daemon.assign(agent.id, assignment)).accepted
+        return assignment, await daemon.finished(assignment.attempt_id)
+
+    failed, finished = await attempt(1)
+    assert finished.status == "failed"
+    assert (finished.error or "").startswith(
+        f"output out: cannot upload s3://agent-failed-upload/{output}/bad"
+    )
+    log = await asyncio.to_thread(Path(failed.log_path).read_text)
+    assert "Traceback" not in log
+    assert log.splitlines()[-1] == f"[sluice] {finished.error}"
+    assert await published(store, output) is None
+
+    _, finished = await attempt(2)
+    assert (finished.status, finished.error) == ("succeeded", None)
+    files = await published(store, output)
+    assert files is not None
+    assert sorted(files) == ["good.csv"]
+    assert await keys(store, output) == [f"{output}/good.csv"]  # other.csv of attempt 1 is gone
+
+
+def replaced(assignment: Assignment, **changes: object) -> Assignment:
+    return msgspec.structs.replace(assignment, **changes)
+
+
+async def test_an_unset_credential_variable_fails_the_attempt_naming_it(
+    s3, start_agent: StartAgent, daemon: Daemon
+) -> None:
+    agent = await start_agent()
+    lake = s3.location(s3.make_bucket("agent-no-credentials"), env_prefix="SLUICE_TEST_UNSET")
+    assignment = s3_assignment(
+        daemon,
+        agent.cache_dir,
+        ["true"],
+        {"lake": lake},
+        run_id=str(uuid.uuid4()),
+        outputs={"o": ("lake", "o")},
+    )
+
+    assert (await daemon.assign(agent.id, assignment)).accepted
+    finished = await daemon.finished(assignment.attempt_id)
+
+    assert finished.status == "failed"
+    assert (
+        finished.error
+        == "bucket agent-no-credentials: environment variable SLUICE_TEST_UNSET_KEY_ID is not set"
+    )
+
+
+async def test_s3_roots_elsewhere_than_the_step_runs_staging_are_refused(
+    s3, start_agent: StartAgent, daemon: Daemon, tmp_path: Path
+) -> None:
+    agent = await start_agent()
+    lake = s3.location("agent-refused")
+    right = s3_assignment(daemon, agent.cache_dir, ["true"], {"lake": lake}, run_id=str(uuid.uuid4()))
+    other_run = replaced(right, run_id=str(uuid.uuid4()))
+    outside = replaced(right, datastores=right.datastores | {"lake": str(tmp_path / "lake")})
+
+    for assignment in (other_run, outside):
+        reply = await daemon.assign(agent.id, assignment)
+        assert (reply.accepted, reply.permanent) == (False, False)
+        assert f"s3 datastore lake is staged at {agent.cache_dir}/staging/{assignment.run_id}/s/lake" in (
+            reply.reason or ""
+        )
+
+
+BIG_OUTPUT = """
+import os, pathlib
+out = pathlib.Path(os.environ["OUT_OUT"])
+for number in range(int(os.environ["FILES"])):
+    (out / f"part-{number:03d}.bin").write_bytes(os.urandom(4 * 1024 * 1024))
+"""
+
+
+async def test_an_agent_killed_during_an_upload_leaves_nothing_visible_and_the_retry_publishes(
+    s3, credentials, nats_url: str, start_agent: StartAgent, daemon: Daemon, tmp_path: Path
+) -> None:
+    lake = s3.location(s3.make_bucket("agent-killed-upload"))
+    store = open_store(lake, s3.env())
+    run_id = str(uuid.uuid4())
+    output = f"runs/{run_id}/s/out"
+    cache = tmp_path / "killed-agent-cache"
+    first = s3_assignment(
+        daemon,
+        cache,
+        python(BIG_OUTPUT),
+        {"lake": lake},
+        run_id=run_id,
+        outputs={"out": ("lake", output)},
+        log_in="lake",
+    )
+    first = replaced(first, env=first.env | {"FILES": "48"})
+    agent_log = tmp_path / "agent.log"
+    with agent_log.open("wb") as stderr:
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once, killed, never awaited
+            [SLUICE, "agent", "--name", "killed", "--executor", "process", "--cache-dir", str(cache)],
+            env=agent_env(nats_url, tmp_path) | s3.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+        )
+    try:
+        await daemon.heartbeat("killed")
+        assert (await daemon.assign("killed", first)).accepted
+        await eventually_in_store(lambda: keys(store, output), bool)  # the upload has begun
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert len(await keys(store, output)) < 48
+    assert await published(store, output) is None
+    assert await _text_or_empty(store, manifest_key(output)) == ""
+
+    agent = await start_agent()
+    retry = s3_assignment(
+        daemon,
+        agent.cache_dir,
+        python(BIG_OUTPUT),
+        {"lake": lake},
+        run_id=run_id,
+        number=2,
+        outputs={"out": ("lake", output)},
+        log_in="lake",
+    )
+    retry = replaced(retry, env=retry.env | {"FILES": "3"})
+    assert (await daemon.assign(agent.id, retry)).accepted
+    finished = await daemon.finished(retry.attempt_id)
+
+    assert (finished.status, finished.error) == ("succeeded", None)
+    files = await published(store, output)
+    assert files is not None
+    assert sorted(files) == ["part-000.bin", "part-001.bin", "part-002.bin"]
+    assert await keys(store, output) == [f"{output}/{name}" for name in sorted(files)]
+    # No secret in the killed agent's own output, nor in the logs the steps left in the store.
+    secret = s3.secret_access_key
+    in_store = await keys(store, f"runs/{run_id}/s/logs")
+    assert f"runs/{run_id}/s/logs/attempt-2.log" in in_store  # (attempt 1's, if it was killed in time)
+    logs = [agent_log.read_text()] + [await read_object(store, key) for key in in_store]
+    assert all(secret not in text for text in logs)
+    events = [json.loads(line)["event"] for line in logs[0].splitlines() if line.startswith("{")]
+    assert "attempt_accepted" in events
