@@ -13,6 +13,7 @@ from daemon.runtime.refusals import Refusals
 from daemon.trust import authority, claims, permissions
 from daemon.trust.permissions import ServiceGrant, SubjectError, is_within, overlaps
 from kit.nats import AGENT_TAG, creds_agent, jwt_claims, read_creds_claims
+from kit.objectstore import S3Location
 from kit.redaction import redacted_urls
 from runners import options
 from runners.protocol import (
@@ -194,6 +195,24 @@ def test_an_agent_refuses_paths_outside_its_cache_and_the_attempts_datastores(tm
     moved = misplaced(_assignment(), cache, {"default": "/mnt/default"})
     assert moved == "datastore default is at /mnt/default on this agent, not at /data/default"
     assert misplaced(_assignment(log_path="/data/defaultx/a.log"), cache, {}) is not None
+
+
+def test_an_s3_datastore_must_be_staged_in_the_step_runs_own_staging_dir(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    lake = S3Location(bucket="lake")
+    root = f"{cache}/staging/r/s/lake"
+    staged = {"default": "/data/default", "lake": root}
+    assert misplaced(_assignment(datastores=staged, stores={"lake": lake}), cache, {}) is None
+    elsewhere = _assignment(datastores=staged | {"lake": "/data/lake"}, stores={"lake": lake})
+    assert (
+        misplaced(elsewhere, cache, {})
+        == f"s3 datastore lake is staged at {root} on this agent, not at /data/lake"
+    )
+    another_run = _assignment(run_id="r2", datastores=staged, stores={"lake": lake})
+    assert "is staged at " in (misplaced(another_run, cache, {}) or "")
+    climbing = _assignment(step="..", datastores=staged, stores={"lake": lake})
+    assert misplaced(climbing, cache, {}) == "run or step '..' cannot name a staging directory"
+    assert misplaced(_assignment(stores={"lake": lake}), cache, {}) == "s3 datastore lake has no root"
 
 
 def test_the_agent_name_comes_from_its_sluice_credentials() -> None:
