@@ -95,28 +95,25 @@ class AttemptExecution:
             await output.open()
         except OSError as exc:
             return Outcome(status="failed", error=f"cannot write the log {assignment.log_path}: {exc}"), []
+        dirs = self._workspace.attempt_dirs(assignment.attempt_id)
         async with self._shipping(staging):
             try:
                 try:
-                    dirs = await self._unless_stopped(
+                    prepared = await self._unless_stopped(
                         self._workspace.prepare(assignment, staging, output.report), attempt.stop
                     )
                 except PrepareError as exc:
                     output.note(str(exc))
                     return Outcome(status="failed", error=str(exc)), []
-                if dirs is None:
+                if prepared is None:  # cancelled, or the agent gave up, while inputs were downloading
                     output.note(attempt.stop.reason)
                     return Outcome(status=attempt.stop.status, error=attempt.stop.reason), []
-                try:
-                    outcome = await self._run_in(attempt, dirs, output, staging)
-                    metrics = await asyncio.to_thread(
-                        read_metrics, dirs.metrics, attempt=assignment.attempt_id
-                    )
-                    return outcome, metrics
-                finally:
-                    if not self._keep_work_dirs:
-                        await self._workspace.cleanup(dirs)
+                outcome = await self._run_in(attempt, dirs, output, staging)
+                metrics = await asyncio.to_thread(read_metrics, dirs.metrics, attempt=assignment.attempt_id)
+                return outcome, metrics
             finally:
+                if not self._keep_work_dirs:
+                    await self._workspace.cleanup(dirs)
                 await output.close()
 
     @contextlib.asynccontextmanager

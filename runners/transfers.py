@@ -83,8 +83,8 @@ async def download(remote: Remote, cache: ObjectCache, report: Report) -> None:
     async def one(item: _Object) -> None:
         nonlocal hits
         dest = remote.path / item.path if item.path else remote.path
-        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
         try:
+            await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
             if item.e_tag is None:  # no version to name it by: not cached
                 await _fetch(remote, item, dest)
             else:
@@ -156,6 +156,8 @@ async def upload(remote: Remote, attempt: int, report: Report) -> Manifest:
     """Publishes the output directory at ``remote.path`` under ``remote.key`` (see the module
     docstring) and returns its manifest. Raises ``TransferError``."""
     store, key = remote.store, remote.key
+    if not key:  # its leftovers would be the whole store
+        raise TransferError(f"{remote.what} cannot be the root of datastore {remote.datastore}")
     try:
         files = await asyncio.to_thread(_files, remote.path)
     except OSError as exc:
