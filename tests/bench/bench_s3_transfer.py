@@ -13,7 +13,9 @@ in the same run, both against one moto_server (a real S3 HTTP API, in memory, on
 
 Each is run ``--repeat`` times, alternately; figures are the p50 seconds and MiB/s, and
 ``ratio_*`` = agent MiB/s / boto3 MiB/s (above 1: the agent is faster). moto_server, being Python,
-is most likely the bottleneck of both: the ratio says whether ours keeps up, not what S3 would give.
+is most likely the bottleneck of both: the ratio says whether ours keeps up, not what S3 would give;
+``client_cpu_s`` (p50 CPU seconds of this process, all threads) says what each client costs, which
+a busy machine disturbs less than wall time.
 Peak resident memory of moto_server is reported too (it keeps every object in memory; the outputs
 are deleted after each round).
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import sys
@@ -93,45 +96,46 @@ def main() -> None:
             name: [] for name in ("agent_upload", "agent_download", "boto3_upload", "boto3_download")
         }
         peak_rss = 0
+        cpu: dict[str, list[float]] = {name: [] for name in samples}
 
         def timed(name: str, work) -> None:
             nonlocal peak_rss
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             work()
             samples[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - cpu_started)
             peak_rss = max(peak_rss, moto.memory_info().rss)
+
+        agent = Remote("output bench", "bench", location, store, "agent/out", source)
+
+        def agent_upload(down: Path) -> None:
+            asyncio.run(upload(agent, 1, quiet))
+
+        def agent_download(down: Path) -> None:
+            into = Remote("input bench", "bench", location, store, "agent/out", down / "agent")
+            asyncio.run(download(into, ObjectCache(down / "objects", cap=2 * size), quiet))
+
+        def boto3_upload(down: Path) -> None:
+            futures = [manager.upload(str(source / name), bucket, f"boto3/out/{name}") for name in names]
+            for future in futures:
+                future.result()
+
+        def boto3_download(down: Path) -> None:
+            (down / "boto3").mkdir(parents=True)
+            futures = [
+                manager.download(bucket, f"boto3/out/{name}", str(down / "boto3" / name)) for name in names
+            ]
+            for future in futures:
+                future.result()
 
         for round_number in range(args.repeat):
             down = scratch / f"down-{round_number}"
-            agent = Remote("output bench", "bench", location, store, "agent/out", source)
-            into = Remote("input bench", "bench", location, store, "agent/out", down / "agent")
-            cache = ObjectCache(down / "objects", cap=2 * size)
-
-            def agent_upload() -> None:
-                asyncio.run(upload(agent, 1, quiet))
-
-            def agent_download() -> None:
-                asyncio.run(download(into, cache, quiet))
-
-            def boto3_upload() -> None:
-                futures = [manager.upload(str(source / name), bucket, f"boto3/out/{name}") for name in names]
-                for future in futures:
-                    future.result()
-
-            def boto3_download() -> None:
-                (down / "boto3").mkdir(parents=True)
-                futures = [
-                    manager.download(bucket, f"boto3/out/{name}", str(down / "boto3" / name)) for name in names
-                ]
-                for future in futures:
-                    future.result()
-
             pairs = [("agent_upload", agent_upload), ("boto3_upload", boto3_upload)]
             pairs += [("agent_download", agent_download), ("boto3_download", boto3_download)]
             if round_number % 2:  # alternate who goes first
                 pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
             for name, work in pairs:
-                timed(name, work)
+                timed(name, functools.partial(work, down))
             clear(client, bucket)
             shutil.rmtree(down)
         manager.shutdown()
@@ -139,7 +143,10 @@ def main() -> None:
         figures: dict[str, object] = {"files": args.files, "mib": round(total, 1)}
         for name, values in samples.items():
             seconds = summary(values)
-            figures[name] = seconds | {"mib_per_s": round(total / seconds["p50"], 1)}
+            figures[name] = seconds | {
+                "mib_per_s": round(total / seconds["p50"], 1),
+                "client_cpu_s": summary(cpu[name])["p50"],
+            }
         for direction in ("upload", "download"):
             agent_rate = figures[f"agent_{direction}"]["mib_per_s"]  # type: ignore[index]
             boto3_rate = figures[f"boto3_{direction}"]["mib_per_s"]  # type: ignore[index]
