@@ -20,7 +20,15 @@ import msgspec
 import obstore
 import pytest
 
-from kit.objectstore import S3Location, manifest_key, open_store, published
+from kit.objectstore import (
+    Manifest,
+    ManifestFile,
+    S3Location,
+    encode_manifest,
+    manifest_key,
+    open_store,
+    published,
+)
 from runners.protocol import Assignment
 from tests.integration import test_agent
 from tests.integration.test_agent import WAIT_S, Daemon, RunningAgent, new_attempt_id, python
@@ -298,6 +306,38 @@ async def test_a_failed_upload_fails_the_attempt_and_its_retry_publishes_only_it
 
 def replaced(assignment: Assignment, **changes: object) -> Assignment:
     return msgspec.structs.replace(assignment, **changes)
+
+
+async def test_an_input_rewritten_since_it_was_published_fails_the_attempt_naming_it(
+    s3, credentials, start_agent: StartAgent, daemon: Daemon
+) -> None:
+    agent = await start_agent()
+    lake = s3.location(s3.make_bucket("agent-rewritten"))
+    store = open_store(lake, s3.env())
+    output = "runs/r0/prep/features"
+    put = await obstore.put_async(store, f"{output}/a.csv", b"a")
+    entry = ManifestFile(path="a.csv", size=1, e_tag=put["e_tag"], sha256=hashlib.sha256(b"a").hexdigest())
+    await obstore.put_async(store, manifest_key(output), encode_manifest(Manifest(files=[entry], attempt=1)))
+    await obstore.put_async(store, f"{output}/a.csv", b"b")  # rewritten behind the manifest's back
+    assignment = s3_assignment(
+        daemon,
+        agent.cache_dir,
+        ["true"],
+        {"lake": lake},
+        run_id=str(uuid.uuid4()),
+        inputs={"features": ("lake", output)},
+    )
+
+    assert (await daemon.assign(agent.id, assignment)).accepted
+    finished = await daemon.finished(assignment.attempt_id)
+
+    assert (finished.status, finished.exit_code) == ("failed", None)
+    assert finished.error == (
+        f"input features: cannot download s3://agent-rewritten/{output}/a.csv: "
+        "it changed since it was listed or published (its ETag differs)"
+    )
+    log = await asyncio.to_thread(Path(assignment.log_path).read_text)
+    assert log.splitlines()[-1] == f"[sluice] {finished.error}"
 
 
 async def test_an_unset_credential_variable_fails_the_attempt_naming_it(
