@@ -29,7 +29,7 @@ from kit.objectstore import (
     open_store,
     published,
 )
-from runners.protocol import Assignment
+from runners.protocol import Assignment, StepFinished
 from tests.integration import test_agent
 from tests.integration.test_agent import WAIT_S, Daemon, RunningAgent, new_attempt_id, python
 from tests.integration.test_agent_cli import SLUICE, agent_env
@@ -48,6 +48,12 @@ def credentials(s3, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
+def bucket(s3, name: str, prefix: str = ""):
+    """A new bucket's location (with a prefix) and the store it opens, as the agent opens it."""
+    location = s3.location(s3.make_bucket(name), prefix)
+    return location, open_store(location, s3.env())
+
+
 def staged(agent_cache: Path, run_id: str, step: str, datastore: str) -> Path:
     """Where the daemon renders an s3 datastore's root for this step run on this agent."""
     return agent_cache / "staging" / run_id / step / datastore
@@ -59,15 +65,17 @@ def s3_assignment(
     argv: list[str],
     stores: dict[str, S3Location],
     *,
-    run_id: str,
+    run_id: str | None = None,
     step: str = "s",
     inputs: dict[str, tuple[str, str]] | None = None,
     outputs: dict[str, tuple[str, str]] | None = None,
     log_in: str | None = None,
+    env: dict[str, str] | None = None,
     **fields: object,
 ) -> Assignment:
     """An attempt whose inputs and outputs are (datastore, path) in ``stores``, with env variables
     ``IN_<NAME>``/``OUT_<NAME>`` for them; its log in ``log_in`` (an s3 datastore), else local."""
+    run_id = run_id or str(uuid.uuid4())
     roots = {name: staged(agent_cache, run_id, step, name) for name in stores}
     local = {name: str(roots[store] / path) for name, (store, path) in (inputs or {}).items()}
     out = {name: str(roots[store] / path) for name, (store, path) in (outputs or {}).items()}
@@ -78,7 +86,7 @@ def s3_assignment(
         if log_in
         else daemon.tmp_path / "logs" / f"{attempt_id}.log"
     )
-    env = {f"IN_{name.upper()}": path for name, path in local.items()}
+    env = (env or {}) | {f"IN_{name.upper()}": path for name, path in local.items()}
     env |= {f"OUT_{name.upper()}": path for name, path in out.items()}
     return daemon.assignment(
         argv,
@@ -195,8 +203,7 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
                 "nothing": ("landing", "customers/none"),
             },
         )
-        assert (await daemon.assign(agent.id, assignment)).accepted
-        finished = await daemon.finished(assignment.attempt_id)
+        finished = await executed(daemon, agent.id, assignment)
         assert (finished.status, finished.error) == ("succeeded", None)
         assert not staged(agent.cache_dir, run_id, "score", "lake").exists()
         return (await asyncio.to_thread(Path(assignment.log_path).read_text)).splitlines()
@@ -267,8 +274,7 @@ async def test_a_failed_upload_fails_the_attempt_and_its_retry_publishes_only_it
     s3, credentials, start_agent: StartAgent, daemon: Daemon
 ) -> None:
     agent = await start_agent()
-    lake = s3.location(s3.make_bucket("agent-failed-upload"))
-    store = open_store(lake, s3.env())
+    lake, store = bucket(s3, "agent-failed-upload")
     run_id = str(uuid.uuid4())
     output = f"runs/{run_id}/s/out"
 
@@ -281,10 +287,9 @@ async def test_a_failed_upload_fails_the_attempt_and_its_retry_publishes_only_it
             run_id=run_id,
             number=number,
             outputs={"out": ("lake", output)},
+            env={"SLUICE_ATTEMPT": str(number)},
         )
-        assignment = replaced(assignment, env=assignment.env | {"SLUICE_ATTEMPT": str(number)})
-        assert (await daemon.assign(agent.id, assignment)).accepted
-        return assignment, await daemon.finished(assignment.attempt_id)
+        return assignment, await executed(daemon, agent.id, assignment)
 
     failed, finished = await attempt(1)
     assert finished.status == "failed"
@@ -304,6 +309,12 @@ async def test_a_failed_upload_fails_the_attempt_and_its_retry_publishes_only_it
     assert await keys(store, output) == [f"{output}/good.csv"]  # other.csv of attempt 1 is gone
 
 
+async def executed(daemon: Daemon, agent_id: str, assignment: Assignment) -> StepFinished:
+    """Assigns the attempt to the agent, which accepts it; its StepFinished."""
+    assert (await daemon.assign(agent_id, assignment)).accepted
+    return await daemon.finished(assignment.attempt_id)
+
+
 def replaced(assignment: Assignment, **changes: object) -> Assignment:
     return msgspec.structs.replace(assignment, **changes)
 
@@ -312,24 +323,16 @@ async def test_an_input_rewritten_since_it_was_published_fails_the_attempt_namin
     s3, credentials, start_agent: StartAgent, daemon: Daemon
 ) -> None:
     agent = await start_agent()
-    lake = s3.location(s3.make_bucket("agent-rewritten"))
-    store = open_store(lake, s3.env())
+    lake, store = bucket(s3, "agent-rewritten")
     output = "runs/r0/prep/features"
     put = await obstore.put_async(store, f"{output}/a.csv", b"a")
     entry = ManifestFile(path="a.csv", size=1, e_tag=put["e_tag"], sha256=hashlib.sha256(b"a").hexdigest())
     await obstore.put_async(store, manifest_key(output), encode_manifest(Manifest(files=[entry], attempt=1)))
     await obstore.put_async(store, f"{output}/a.csv", b"b")  # rewritten behind the manifest's back
-    assignment = s3_assignment(
-        daemon,
-        agent.cache_dir,
-        ["true"],
-        {"lake": lake},
-        run_id=str(uuid.uuid4()),
-        inputs={"features": ("lake", output)},
-    )
+    features = {"features": ("lake", output)}
+    assignment = s3_assignment(daemon, agent.cache_dir, ["true"], {"lake": lake}, inputs=features)
 
-    assert (await daemon.assign(agent.id, assignment)).accepted
-    finished = await daemon.finished(assignment.attempt_id)
+    finished = await executed(daemon, agent.id, assignment)
 
     assert (finished.status, finished.exit_code) == ("failed", None)
     assert finished.error == (
@@ -346,16 +349,10 @@ async def test_an_unset_credential_variable_fails_the_attempt_naming_it(
     agent = await start_agent()
     lake = s3.location(s3.make_bucket("agent-no-credentials"), env_prefix="SLUICE_TEST_UNSET")
     assignment = s3_assignment(
-        daemon,
-        agent.cache_dir,
-        ["true"],
-        {"lake": lake},
-        run_id=str(uuid.uuid4()),
-        outputs={"o": ("lake", "o")},
+        daemon, agent.cache_dir, ["true"], {"lake": lake}, outputs={"o": ("lake", "o")}
     )
 
-    assert (await daemon.assign(agent.id, assignment)).accepted
-    finished = await daemon.finished(assignment.attempt_id)
+    finished = await executed(daemon, agent.id, assignment)
 
     assert finished.status == "failed"
     assert (
@@ -369,7 +366,7 @@ async def test_s3_roots_elsewhere_than_the_step_runs_staging_are_refused(
 ) -> None:
     agent = await start_agent()
     lake = s3.location("agent-refused")
-    right = s3_assignment(daemon, agent.cache_dir, ["true"], {"lake": lake}, run_id=str(uuid.uuid4()))
+    right = s3_assignment(daemon, agent.cache_dir, ["true"], {"lake": lake})
     other_run = replaced(right, run_id=str(uuid.uuid4()))
     outside = replaced(right, datastores=right.datastores | {"lake": str(tmp_path / "lake")})
 
@@ -392,21 +389,25 @@ for number in range(int(os.environ["FILES"])):
 async def test_an_agent_killed_during_an_upload_leaves_nothing_visible_and_the_retry_publishes(
     s3, credentials, nats_url: str, start_agent: StartAgent, daemon: Daemon, tmp_path: Path
 ) -> None:
-    lake = s3.location(s3.make_bucket("agent-killed-upload"))
-    store = open_store(lake, s3.env())
+    lake, store = bucket(s3, "agent-killed-upload")
     run_id = str(uuid.uuid4())
     output = f"runs/{run_id}/s/out"
     cache = tmp_path / "killed-agent-cache"
-    first = s3_assignment(
-        daemon,
-        cache,
-        python(BIG_OUTPUT),
-        {"lake": lake},
-        run_id=run_id,
-        outputs={"out": ("lake", output)},
-        log_in="lake",
-    )
-    first = replaced(first, env=first.env | {"FILES": "48"})
+
+    def attempt(agent_cache: Path, number: int, files: int) -> Assignment:
+        return s3_assignment(
+            daemon,
+            agent_cache,
+            python(BIG_OUTPUT),
+            {"lake": lake},
+            run_id=run_id,
+            number=number,
+            outputs={"out": ("lake", output)},
+            log_in="lake",
+            env={"FILES": str(files)},
+        )
+
+    first = attempt(cache, 1, 48)
     agent_log = tmp_path / "agent.log"
     with agent_log.open("wb") as stderr:
         process = subprocess.Popen(  # noqa: ASYNC220 - started once, killed, never awaited
@@ -432,19 +433,8 @@ async def test_an_agent_killed_during_an_upload_leaves_nothing_visible_and_the_r
     assert await _text_or_empty(store, manifest_key(output)) == ""
 
     agent = await start_agent()
-    retry = s3_assignment(
-        daemon,
-        agent.cache_dir,
-        python(BIG_OUTPUT),
-        {"lake": lake},
-        run_id=run_id,
-        number=2,
-        outputs={"out": ("lake", output)},
-        log_in="lake",
-    )
-    retry = replaced(retry, env=retry.env | {"FILES": "3"})
-    assert (await daemon.assign(agent.id, retry)).accepted
-    finished = await daemon.finished(retry.attempt_id)
+    retry = attempt(agent.cache_dir, 2, 3)
+    finished = await executed(daemon, agent.id, retry)
 
     assert (finished.status, finished.error) == ("succeeded", None)
     files = await published(store, output)
