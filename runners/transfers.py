@@ -39,8 +39,12 @@ from runners.staging import Remote
 
 log = structlog.get_logger(__name__)
 
+WHOLE_UPLOAD_MAX = 16 * 1024**2
+"""Files up to this size go up in one request (read whole first: at most ``FILES_AT_ONCE`` of them
+in memory); a multipart upload costs at least three, and the store more work to put it together."""
 PART_SIZE = 8 * 1024**2
-"""Files above this go up in parts of this size (S3's minimum part is 5 MiB)."""
+"""Bigger files go up in parts of this size (S3's minimum is 5 MiB); downloads are written in
+chunks of it."""
 FILES_AT_ONCE = 16
 PARTS_AT_ONCE = 4
 """Parts of one file in flight: at most ``FILES_AT_ONCE * PARTS_AT_ONCE`` parts in memory."""
@@ -237,7 +241,7 @@ async def _put(remote: Remote, key: str, relative: str, size: int) -> ManifestFi
     in parts when big."""
     reader = _HashingReader(remote.path / relative)
     try:
-        if size <= PART_SIZE:
+        if size <= WHOLE_UPLOAD_MAX:
             data = await asyncio.to_thread(reader.read_all)
             result = await obstore.put_async(remote.store, key, data, use_multipart=False)
         else:

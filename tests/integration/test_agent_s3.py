@@ -116,7 +116,7 @@ import os, pathlib, sys
 out = pathlib.Path(os.environ["OUT_FEATURES"])
 (out / "part-0.csv").write_text("a,b\\n1,2\\n")
 (out / "deep" / "er").mkdir(parents=True)
-(out / "deep" / "er" / "big.bin").write_bytes(bytes(range(256)) * (9 * 4096 + 7))
+(out / "deep" / "er" / "big.bin").write_bytes(bytes(range(256)) * (17 * 4096 + 7))
 print("first", flush=True)
 flag = pathlib.Path(sys.argv[1])
 while not flag.exists():
@@ -173,15 +173,16 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
 
     assert (finished.status, finished.error) == ("succeeded", None)
     files = await published(lake_store, f"runs/{run_id}/prep/features")
-    big = bytes(range(256)) * (9 * 4096 + 7)  # over a part: uploaded in parts
+    big = bytes(range(256)) * (17 * 4096 + 7)  # over a part: uploaded in parts
     assert files is not None
     assert sorted(files) == ["deep/er/big.bin", "part-0.csv"]
     assert files["deep/er/big.bin"].sha256 == hashlib.sha256(big).hexdigest()
     assert files["deep/er/big.bin"].size == len(big)
+    assert (files["deep/er/big.bin"].e_tag or "").endswith('-3"')  # three parts of 8 MiB at most
     assert files["part-0.csv"].sha256 == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
     log = await read_object(lake_store, log_key)
     assert log.startswith("first\nsecond\n[sluice] uploading output features to s3://agent-lake/runs/")
-    assert "[sluice] uploaded output features: 2 files, 9.0 MiB in" in log
+    assert "[sluice] uploaded output features: 2 files, 17.0 MiB in" in log
     assert not staged(agent.cache_dir, run_id, "prep", "lake").exists()
 
     # A file that is not in the manifest (a killed attempt's) is no part of the output.
@@ -232,7 +233,7 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
         "[sluice] downloading input raw from s3://agent-landing/team/customers/d1: 2 files, 0.0 MiB" in notes
     )
     assert "[sluice] input nothing: nothing at s3://agent-landing/team/customers/none" in notes
-    assert any(line.startswith("[sluice] downloaded input features: 2 files, 9.0 MiB in") for line in notes)
+    assert any(line.startswith("[sluice] downloaded input features: 2 files, 17.0 MiB in") for line in notes)
     assert all(line.endswith(", 0 from the agent's cache") for line in notes if "downloaded" in line)
 
     again = await score(2)
