@@ -16,6 +16,7 @@ into place, so nobody ever sees half of one. Everything that touches files runs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import posixpath
@@ -94,7 +95,7 @@ class Workspace:
     async def unstage(self, staging: Staging) -> None:
         """Removes a step run's staging directory: before an attempt, what an earlier one (of an
         agent that died) left; after it, everything (its outputs and log are in their store)."""
-        await asyncio.to_thread(shutil.rmtree, staging.root, True)
+        await asyncio.to_thread(_unstage, staging.root)
 
     async def evict_objects(self) -> None:
         """Keeps the object cache within its cap."""
@@ -148,6 +149,12 @@ def _prepare_dirs(dirs: AttemptDirs, snapshot: Path | None, assignment: Assignme
         dirs.work.mkdir()
     for output in assignment.outputs.values():
         Path(output).mkdir(parents=True, exist_ok=True)
+
+
+def _unstage(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the run's directory, once its last step run left it
+        root.parent.rmdir()
 
 
 def _describe(exc: BaseException) -> str:

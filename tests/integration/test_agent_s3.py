@@ -183,7 +183,7 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
     log = await read_object(lake_store, log_key)
     assert log.startswith("first\nsecond\n[sluice] uploading output features to s3://agent-lake/runs/")
     assert "[sluice] uploaded output features: 2 files, 17.0 MiB in" in log
-    assert not staged(agent.cache_dir, run_id, "prep", "lake").exists()
+    assert not (agent.cache_dir / "staging" / run_id).exists()
 
     # A file that is not in the manifest (a killed attempt's) is no part of the output.
     await obstore.put_async(lake_store, f"runs/{run_id}/prep/features/stray.csv", b"stray")
