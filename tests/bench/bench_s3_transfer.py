@@ -11,8 +11,10 @@ in the same run, both against one moto_server (a real S3 HTTP API, in memory, on
   ``download_file`` use) with ``TransferConfig(max_concurrency=--boto3-threads)`` and its default
   8 MiB multipart threshold and part size, every file submitted at once.
 
-Each is run ``--repeat`` times, alternately; figures are the p50 seconds and MiB/s, and
-``ratio_*`` = agent MiB/s / boto3 MiB/s (above 1: the agent is faster). moto_server, being Python,
+Each is run ``--repeat`` times, the agent and boto3 one after the other in each round (who goes
+first alternates); figures are the p50 seconds and MiB/s, and ``ratio_*`` is the median over rounds
+of the agent's MiB/s over boto3's in the same round (above 1: the agent is faster): pairs taken
+side by side suffer a busy machine's swings less than figures taken apart. moto_server, being Python,
 is most likely the bottleneck of both: the ratio says whether ours keeps up, not what S3 would give;
 ``client_cpu_s`` (p50 CPU seconds of this process, all threads) says what each client costs, which
 a busy machine disturbs less than wall time.
@@ -29,6 +31,7 @@ import asyncio
 import functools
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -148,9 +151,11 @@ def main() -> None:
                 "client_cpu_s": summary(cpu[name])["p50"],
             }
         for direction in ("upload", "download"):
-            agent_rate = figures[f"agent_{direction}"]["mib_per_s"]  # type: ignore[index]
-            boto3_rate = figures[f"boto3_{direction}"]["mib_per_s"]  # type: ignore[index]
-            figures[f"ratio_{direction}"] = round(agent_rate / boto3_rate, 2)
+            pairs = zip(samples[f"boto3_{direction}"], samples[f"agent_{direction}"], strict=True)
+            figures[f"ratio_{direction}"] = round(
+                statistics.median(boto3 / agent for boto3, agent in pairs), 2
+            )
+        figures["load_average"] = [round(load, 1) for load in os.getloadavg()]
         figures["moto_peak_rss_mib"] = round(peak_rss / MiB)
         report("s3_transfer", figures)
     finally:
