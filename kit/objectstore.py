@@ -160,20 +160,22 @@ async def published(store: S3Store, output: str) -> dict[str, ManifestFile] | No
     """The published files of ``output`` by their path under it, or None when none is published:
     its own manifest, or else the union of the manifests under it (a fan-out step's partitions)."""
     output = output.rstrip("/")
-    if (manifest := await _manifest(store, manifest_key(output))) is not None:
+    if (manifest := await read_manifest(store, manifest_key(output))) is not None:
         return {entry.path: entry for entry in manifest.files}
     files: dict[str, ManifestFile] = {}
     async for chunk in obstore.list(store, output + "/"):
         for meta in chunk:
             key = meta["path"]
-            if not key.endswith(MANIFEST_SUFFIX) or (manifest := await _manifest(store, key)) is None:
+            if not key.endswith(MANIFEST_SUFFIX) or (manifest := await read_manifest(store, key)) is None:
                 continue
             part = key[len(output) + 1 : -len(MANIFEST_SUFFIX)]
             files |= {posixpath.join(part, entry.path): entry for entry in manifest.files}
     return files or None
 
 
-async def _manifest(store: S3Store, key: str) -> Manifest | None:
+async def read_manifest(store: S3Store, key: str) -> Manifest | None:
+    """The manifest at ``key``, or None when there is none. Raises ``StoreError`` for one this
+    Sluice cannot read."""
     try:
         result = await obstore.get_async(store, key)
         data = await result.bytes_async()

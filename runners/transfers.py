@@ -33,7 +33,16 @@ import obstore
 import structlog
 from obstore.exceptions import BaseError
 
-from kit.objectstore import Manifest, ManifestFile, StoreError, encode_manifest, manifest_key, published
+from kit.objectstore import (
+    MANIFEST_SUFFIX,
+    Manifest,
+    ManifestFile,
+    StoreError,
+    encode_manifest,
+    manifest_key,
+    published,
+    read_manifest,
+)
 from runners.objectcache import ObjectCache
 from runners.staging import Remote
 
@@ -112,19 +121,21 @@ async def download(remote: Remote, cache: ObjectCache, report: Report) -> None:
 
 
 async def _objects(remote: Remote) -> list[_Object] | None:
-    """What ``remote`` names: a published output's files, a prefix's objects, or one object."""
+    """What ``remote`` names: a published output's files, a prefix's objects, or one object.
+
+    An output's own manifest is one request; a prefix is listed once, and only a listing with
+    manifests in it (a fan-out step's output: one per partition) is read through them."""
     store, key = remote.store, remote.key
-    files = await published(store, key)
-    if files is not None:
-        return [
-            _Object(posixpath.join(key, path), _local(path, key), entry.size, entry.e_tag)
-            for path, entry in files.items()
-        ]
+    manifest = await read_manifest(store, manifest_key(key)) if key else None
+    if manifest is not None:
+        return _published(key, {entry.path: entry for entry in manifest.files})
+    listing = [meta async for chunk in obstore.list(store, key or None) for meta in chunk]
+    if any(meta["path"].endswith(MANIFEST_SUFFIX) for meta in listing):
+        return _published(key, await published(store, key) or {})
     start = len(key) + 1 if key else 0
     objects = [
         _Object(meta["path"], _local(meta["path"][start:], key), meta["size"], meta["e_tag"])
-        async for chunk in obstore.list(store, key or None)
-        for meta in chunk
+        for meta in listing
     ]
     if objects or not key:
         return objects or None
@@ -133,6 +144,13 @@ async def _objects(remote: Remote) -> list[_Object] | None:
     except FileNotFoundError:
         return None
     return [_Object(key, "", meta["size"], meta["e_tag"])]
+
+
+def _published(key: str, files: dict[str, ManifestFile]) -> list[_Object]:
+    return [
+        _Object(posixpath.join(key, path), _local(path, key), entry.size, entry.e_tag)
+        for path, entry in files.items()
+    ]
 
 
 def _local(relative: str, key: str) -> str:

@@ -21,10 +21,7 @@ import obstore
 import pytest
 
 from kit.objectstore import (
-    Manifest,
-    ManifestFile,
     S3Location,
-    encode_manifest,
     manifest_key,
     open_store,
     published,
@@ -33,6 +30,7 @@ from runners.protocol import Assignment, StepFinished
 from tests.integration import test_agent
 from tests.integration.test_agent import WAIT_S, Daemon, RunningAgent, new_attempt_id, python
 from tests.integration.test_agent_cli import SLUICE, agent_env
+from tests.integration.test_objectstore import _publish as publish
 
 daemon = test_agent.daemon
 start_agent = test_agent.start_agent
@@ -126,7 +124,7 @@ print("second")
 
 SCORE = """
 import hashlib, os, pathlib
-for name in ("RAW", "MODEL", "FEATURES"):
+for name in ("RAW", "MODEL", "FEATURES", "PARTS"):
     root = pathlib.Path(os.environ["IN_" + name])
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for path in files:
@@ -187,6 +185,10 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
 
     # A file that is not in the manifest (a killed attempt's) is no part of the output.
     await obstore.put_async(lake_store, f"runs/{run_id}/prep/features/stray.csv", b"stray")
+    # A fan-out step's output: one manifest per partition; a partition without one is not there.
+    await publish(lake_store, f"runs/{run_id}/fan/parts/part-00000", {"s.csv": b"0"})
+    await publish(lake_store, f"runs/{run_id}/fan/parts/part-00001", {"s.csv": b"1"})
+    await obstore.put_async(lake_store, f"runs/{run_id}/fan/parts/part-00002/s.csv", b"2")
 
     async def score(number: int) -> list[str]:
         assignment = s3_assignment(
@@ -201,6 +203,7 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
                 "raw": ("landing", "customers/d1"),
                 "model": ("landing", "models/m.bin"),
                 "features": ("lake", f"runs/{run_id}/prep/features"),
+                "parts": ("lake", f"runs/{run_id}/fan/parts"),
                 "nothing": ("landing", "customers/none"),
             },
         )
@@ -218,6 +221,8 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
             ("m", b"\x00model"),
             ("big", big),
             ("p", b"a,b\n1,2\n"),
+            ("0", b"0"),
+            ("1", b"1"),
         ]
     }
     seen = [line for line in first if not line.startswith("[sluice]")]
@@ -227,6 +232,8 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
         f"MODEL . {sha['m']} ro",
         f"FEATURES deep/er/big.bin {sha['big']} ro",
         f"FEATURES part-0.csv {sha['p']} ro",
+        f"PARTS part-00000/s.csv {sha['0']} ro",
+        f"PARTS part-00001/s.csv {sha['1']} ro",
     ]
     notes = [line for line in first if line.startswith("[sluice]")]
     assert (
@@ -242,6 +249,7 @@ async def test_outputs_are_published_the_log_uploaded_and_inputs_downloaded_thro
     assert [line.rsplit(", ", 1)[1] for line in cached] == [
         "2 from the agent's cache",
         "1 from the agent's cache",
+        "2 from the agent's cache",
         "2 from the agent's cache",
     ]
 
@@ -326,9 +334,7 @@ async def test_an_input_rewritten_since_it_was_published_fails_the_attempt_namin
     agent = await start_agent()
     lake, store = bucket(s3, "agent-rewritten")
     output = "runs/r0/prep/features"
-    put = await obstore.put_async(store, f"{output}/a.csv", b"a")
-    entry = ManifestFile(path="a.csv", size=1, e_tag=put["e_tag"], sha256=hashlib.sha256(b"a").hexdigest())
-    await obstore.put_async(store, manifest_key(output), encode_manifest(Manifest(files=[entry], attempt=1)))
+    await publish(store, output, {"a.csv": b"a"})
     await obstore.put_async(store, f"{output}/a.csv", b"b")  # rewritten behind the manifest's back
     features = {"features": ("lake", output)}
     assignment = s3_assignment(daemon, agent.cache_dir, ["true"], {"lake": lake}, inputs=features)
