@@ -48,12 +48,13 @@ from runners.staging import Remote
 
 log = structlog.get_logger(__name__)
 
-WHOLE_UPLOAD_MAX = 16 * 1024**2
+WHOLE_TRANSFER_MAX = 16 * 1024**2
 """Files up to this size go up in one request (read whole first: at most ``FILES_AT_ONCE`` of them
-in memory); a multipart upload costs at least three, and the store more work to put it together."""
+in memory; a multipart upload costs at least three, and the store more work to put it together),
+and come down in one."""
 PART_SIZE = 8 * 1024**2
-"""Bigger files go up in parts of this size (S3's minimum is 5 MiB); downloads are written in
-chunks of it."""
+"""Bigger files go up in parts and come down in ranges of this size (S3's smallest part is 5 MiB);
+a whole download is written in chunks of it."""
 FILES_AT_ONCE = 16
 PARTS_AT_ONCE = 4
 """Parts of one file in flight: at most ``FILES_AT_ONCE * PARTS_AT_ONCE`` parts in memory."""
@@ -163,8 +164,10 @@ def _local(relative: str, key: str) -> str:
 
 class _Fetcher:
     """Fetches objects into files on threads of its own, ``FILES_AT_ONCE`` at a time: each object
-    in one call (request, body and writes), which costs the loop one wake-up per object rather than
-    one per chunk; an abandoned fetch stops at its next chunk."""
+    in one call (requests, body and writes), which costs the loop one wake-up per object rather than
+    one per chunk. An object bigger than ``WHOLE_TRANSFER_MAX`` comes in ranges of ``PART_SIZE``,
+    ``PARTS_AT_ONCE`` at a time (one connection is slow for a big object on S3); each range only of
+    the version listed. An abandoned fetch stops at its next chunk or range."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(FILES_AT_ONCE, thread_name_prefix="download")
@@ -177,20 +180,47 @@ class _Fetcher:
     async def __call__(self, remote: Remote, item: _Object, file: Path) -> None:
         """Writes ``item``'s content to ``file``: only the version the listing or manifest saw."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._fetch, remote, item, file)
+        fetch = self._ranges if item.size > WHOLE_TRANSFER_MAX and item.e_tag else self._whole
+        await loop.run_in_executor(self._pool, fetch, remote, item, file)
 
-    def _fetch(self, remote: Remote, item: _Object, file: Path) -> None:
+    def _whole(self, remote: Remote, item: _Object, file: Path) -> None:
         options = {"if_match": item.e_tag} if item.e_tag else None
         result = obstore.get(remote.store, item.key, options=options)  # type: ignore[arg-type]
         written = 0
         with file.open("wb") as handle:
             for chunk in result.stream(min_chunk_size=PART_SIZE):
-                if self._abandoned.is_set():
-                    raise OSError(f"{file}: download abandoned")
+                self._check()
                 handle.write(chunk)
                 written += len(chunk)
         if written != item.size:
             raise OSError(f"got {written} bytes of {item.size}")
+
+    def _ranges(self, remote: Remote, item: _Object, file: Path) -> None:
+        with file.open("wb") as handle:
+            handle.truncate(item.size)
+
+        def fetch(start: int) -> None:
+            self._check()
+            end = min(start + PART_SIZE, item.size)
+            options = {"if_match": item.e_tag, "range": (start, end)}
+            data = obstore.get(remote.store, item.key, options=options).bytes()  # type: ignore[arg-type]
+            if len(data) != end - start:
+                raise OSError(f"got {len(data)} bytes of range {start}-{end}")
+            descriptor = os.open(file, os.O_WRONLY)
+            try:
+                os.pwrite(descriptor, data, start)  # type: ignore[arg-type]
+            finally:
+                os.close(descriptor)
+
+        # Threads of this object's own: waiting on the fetcher's pool from its own thread could
+        # wait forever behind the other objects' fetches.
+        with ThreadPoolExecutor(PARTS_AT_ONCE, thread_name_prefix="download-range") as ranges:
+            for _ in ranges.map(fetch, range(0, item.size, PART_SIZE)):
+                pass
+
+    def _check(self) -> None:
+        if self._abandoned.is_set():
+            raise OSError("download abandoned")
 
 
 # -- uploads ---------------------------------------------------------------------------------------
@@ -259,7 +289,7 @@ async def _put(remote: Remote, key: str, relative: str, size: int) -> ManifestFi
     in parts when big."""
     reader = _HashingReader(remote.path / relative)
     try:
-        if size <= WHOLE_UPLOAD_MAX:
+        if size <= WHOLE_TRANSFER_MAX:
             data = await asyncio.to_thread(reader.read_all)
             result = await obstore.put_async(remote.store, key, data, use_multipart=False)
         else:
