@@ -110,7 +110,7 @@ async def read_object(store, key: str) -> str:
 
 
 PREP = """
-import os, pathlib, sys
+import os, pathlib, sys, time
 out = pathlib.Path(os.environ["OUT_FEATURES"])
 (out / "part-0.csv").write_text("a,b\\n1,2\\n")
 (out / "deep" / "er").mkdir(parents=True)
@@ -118,7 +118,7 @@ out = pathlib.Path(os.environ["OUT_FEATURES"])
 print("first", flush=True)
 flag = pathlib.Path(sys.argv[1])
 while not flag.exists():
-    pass
+    time.sleep(0.05)
 print("second")
 """
 
