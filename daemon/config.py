@@ -48,7 +48,9 @@ class Settings:
             nats=NatsOptions.from_env(environ),
             nats_replicas=_replicas(environ),
             api_url=(environ.get("SLUICE_API_URL") or DEFAULT_API_URL).rstrip("/"),
-            api_token=environ.get("SLUICE_API_TOKEN") or None,
+            # A token kept in a file (a Kubernetes Secret made from `openssl rand -hex 32 > FILE`)
+            # ends in a newline, which no token has: the daemon must take the token the CLI sends.
+            api_token=(environ.get("SLUICE_API_TOKEN") or "").strip() or None,
             api_hosts=frozenset(
                 host.strip().lower()
                 for host in (environ.get("SLUICE_API_HOSTS") or "").split(",")
