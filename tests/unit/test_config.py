@@ -7,8 +7,8 @@ import pytest
 from daemon.config import Settings
 
 
-@pytest.mark.parametrize(("raw", "replicas"), [(None, 1), ("", 1), ("3", 3), (" 5 ", 5)])
-def test_nats_replicas_default_to_one(raw: str | None, replicas: int) -> None:
+@pytest.mark.parametrize(("raw", "replicas"), [(None, None), ("", None), ("3", 3), (" 5 ", 5)])
+def test_nats_replicas_unset_are_none(raw: str | None, replicas: int | None) -> None:
     environ = {} if raw is None else {"SLUICE_NATS_REPLICAS": raw}
 
     assert Settings.from_env(environ).nats_replicas == replicas
