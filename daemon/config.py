@@ -26,8 +26,10 @@ class Settings:
     """None: the daemon embeds a NATS server under the data dir."""
     nats: NatsOptions = dataclasses.field(default_factory=NatsOptions)
     """Credentials and TLS for NATS (its ``urls`` are ``nats_url``, or the embedded server's)."""
-    nats_replicas: int = 1
-    """Copies JetStream keeps of Sluice's streams, consumer and bucket (``SLUICE_NATS_REPLICAS``)."""
+    nats_replicas: int | None = None
+    """Copies JetStream keeps of Sluice's streams, consumer and bucket (``SLUICE_NATS_REPLICAS``).
+    None (unset): they are made with one, and ones that exist keep theirs: a daemon started without
+    the variable beside a cluster's must not take its copies away."""
     api_url: str = DEFAULT_API_URL
     api_token: str | None = None
     """The admin token (``SLUICE_API_TOKEN``); unset, the daemon makes one in the data dir."""
@@ -48,7 +50,9 @@ class Settings:
             nats=NatsOptions.from_env(environ),
             nats_replicas=_replicas(environ),
             api_url=(environ.get("SLUICE_API_URL") or DEFAULT_API_URL).rstrip("/"),
-            api_token=environ.get("SLUICE_API_TOKEN") or None,
+            # A token kept in a file (a Kubernetes Secret made from `openssl rand -hex 32 > FILE`)
+            # ends in a newline, which no token has: the daemon must take the token the CLI sends.
+            api_token=(environ.get("SLUICE_API_TOKEN") or "").strip() or None,
             api_hosts=frozenset(
                 host.strip().lower()
                 for host in (environ.get("SLUICE_API_HOSTS") or "").split(",")
@@ -92,12 +96,14 @@ def _size(environ: Mapping[str, str], variable: str, default: int) -> int:
         raise ValueError(f"{variable} must be a size in bytes (e.g. 1048576 or 1Mi), not {raw!r}") from None
 
 
-def _replicas(environ: Mapping[str, str]) -> int:
-    """``SLUICE_NATS_REPLICAS``: 1 (the default) to ``MAX_REPLICAS``.
+def _replicas(environ: Mapping[str, str]) -> int | None:
+    """``SLUICE_NATS_REPLICAS``: 1 to ``MAX_REPLICAS``, or None when unset or empty.
 
     Raises ``ValueError`` naming the variable for anything else.
     """
-    raw = (environ.get("SLUICE_NATS_REPLICAS") or "1").strip()
+    raw = (environ.get("SLUICE_NATS_REPLICAS") or "").strip()
+    if not raw:
+        return None
     if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_REPLICAS):
         raise ValueError(
             f"SLUICE_NATS_REPLICAS must be a whole number from 1 to {MAX_REPLICAS} "

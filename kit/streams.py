@@ -4,7 +4,8 @@ of a ``nats`` trigger on a user's stream (which Sluice never creates).
 
 Sluice's own streams and the bucket (a stream, ``SOURCES_STREAM``, underneath) keep ``replicas``
 copies on a NATS cluster (``SLUICE_NATS_REPLICAS``); a changed count is applied to what exists, and
-NATS moves the data to the new peers. Consumers name no count: they have their stream's.
+NATS moves the data to the new peers. Unset, they are made with one and what exists keeps its count.
+Consumers name no count: they have their stream's.
 """
 
 from __future__ import annotations
@@ -51,18 +52,21 @@ def steps_stream(replicas: int = 1) -> StreamConfig:
     )
 
 
-async def ensure_steps_stream(js: JetStreamContext, replicas: int = 1) -> None:
-    """Creates ``STEPS_STREAM``, or brings it to :func:`steps_stream`'s config, ``replicas`` included.
+async def ensure_steps_stream(js: JetStreamContext, replicas: int | None = None) -> None:
+    """Creates ``STEPS_STREAM``, or brings it to :func:`steps_stream`'s config, ``replicas`` included
+    (None: made with one, and an existing stream keeps its own).
 
     Raises ``BusError`` when JetStream refuses (too few servers for ``replicas``, for one).
     """
-    config = steps_stream(replicas)
+    config = steps_stream(replicas or 1)
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
-            raise _refused(STEPS_STREAM, replicas, exc) from exc
+            raise _refused(STEPS_STREAM, config.num_replicas, exc) from exc
         was = (await js.stream_info(STEPS_STREAM)).config.num_replicas
+        if replicas is None:
+            config.num_replicas = was
         await _update_stream(js, config, was)
 
 
@@ -150,9 +154,10 @@ def steps_consumer(deliver_subject: str) -> ConsumerConfig:
     )
 
 
-async def ensure_sources_bucket(js: JetStreamContext, replicas: int = 1) -> ObjectStore:
-    """``SOURCES_BUCKET``, made on first use with :func:`sources_bucket`'s config; one that exists is
-    brought to ``replicas`` and otherwise used as it is, whoever made it.
+async def ensure_sources_bucket(js: JetStreamContext, replicas: int | None = None) -> ObjectStore:
+    """``SOURCES_BUCKET``, made on first use with :func:`sources_bucket`'s config (None: one replica);
+    one that exists is brought to ``replicas`` (None: left at its own) and otherwise used as it is,
+    whoever made it.
 
     Raises ``BusError`` when JetStream refuses (too few servers for ``replicas``, for one).
     """
@@ -160,10 +165,11 @@ async def ensure_sources_bucket(js: JetStreamContext, replicas: int = 1) -> Obje
         store = await js.object_store(SOURCES_BUCKET)
     except nats.js.errors.BucketNotFoundError:
         try:
-            return await js.create_object_store(SOURCES_BUCKET, config=sources_bucket(replicas))
+            return await js.create_object_store(SOURCES_BUCKET, config=sources_bucket(replicas or 1))
         except nats.js.errors.APIError as exc:
-            raise _refused(SOURCES_STREAM, replicas, exc) from exc
-    await ensure_replicas(js, SOURCES_STREAM, replicas)
+            raise _refused(SOURCES_STREAM, replicas or 1, exc) from exc
+    if replicas is not None:
+        await ensure_replicas(js, SOURCES_STREAM, replicas)
     return store
 
 

@@ -25,7 +25,7 @@ Environment:
   SLUICE_NATS_TLS_CA           CA of the NATS servers' certificates
   SLUICE_NATS_TLS_CERT         client certificate for NATS, with SLUICE_NATS_TLS_KEY
   SLUICE_NATS_CONNECT_TIMEOUT  seconds to wait for the first NATS connection (30)
-  SLUICE_NATS_REPLICAS         replicas of Sluice's streams and object store, 1 to 5 (1; 3 on a cluster)
+  SLUICE_NATS_REPLICAS         copies of Sluice's streams, 1 to 5 (3 on a cluster; unset: 1 if new, else kept)
   SLUICE_DATA_DIR              the data dir (~/.local/share/sluice)
   SLUICE_API_TOKEN             the admin token (unset: made in DATA_DIR/credentials/api-token)
   SLUICE_API_HOSTS             host names the API answers to besides localhost, comma-separated

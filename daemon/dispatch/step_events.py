@@ -61,7 +61,13 @@ class StepEvents:
     """The consumer. :meth:`start` binds it; :meth:`run` (a supervised loop) applies what arrives."""
 
     def __init__(
-        self, *, pool: asyncpg.Pool, nc: NATS, transitions: Transitions, cancels: Cancels, replicas: int = 1
+        self,
+        *,
+        pool: asyncpg.Pool,
+        nc: NATS,
+        transitions: Transitions,
+        cancels: Cancels,
+        replicas: int | None = None,
     ) -> None:
         self._pool = pool
         self._replicas = replicas
@@ -77,8 +83,8 @@ class StepEvents:
         self._working: tuple[list[Msg], float] | None = None  # the batch being applied, since when
 
     async def start(self) -> None:
-        """Makes the stream (or brings it to today's config and ``replicas``; the consumer has the
-        stream's) and the consumer, and binds.
+        """Makes the stream (or brings it to today's config and ``replicas``, None: those it has; the
+        consumer has the stream's) and the consumer, and binds.
 
         Raises ``Unavailable`` when JetStream refuses them (too few servers for the replicas).
         """

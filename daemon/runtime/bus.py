@@ -98,10 +98,10 @@ class SourceStore:
         self._store = store
 
     @classmethod
-    async def open(cls, nc: NATS, *, replicas: int = 1) -> SourceStore:
+    async def open(cls, nc: NATS, *, replicas: int | None = None) -> SourceStore:
         """Open the bucket, creating it on first use (file storage: snapshots outlive restarts) with
-        ``replicas`` copies; a bucket that exists is brought to ``replicas`` and otherwise used as
-        it is, whoever made it.
+        ``replicas`` copies (None: one); a bucket that exists is brought to ``replicas`` (None: left
+        at its own) and otherwise used as it is, whoever made it.
 
         Raises:
             Unavailable: JetStream refused the replicas (too few servers).

@@ -56,7 +56,7 @@ class Scheduler:
     """Makes the scheduling parts, each given what it needs, and starts and stops them as one."""
 
     def __init__(
-        self, *, pool: asyncpg.Pool, nc: NATS, settings: DispatchSettings, replicas: int = 1
+        self, *, pool: asyncpg.Pool, nc: NATS, settings: DispatchSettings, replicas: int | None = None
     ) -> None:
         self.pool = pool
         self.settings = settings
@@ -131,7 +131,7 @@ class Scheduler:
         nc: NATS,
         settings: DispatchSettings,
         database_url: str | None = None,
-        replicas: int = 1,
+        replicas: int | None = None,
     ) -> Scheduler:
         """Rebuilds memory from the database, binds the subscriptions and starts the loops.
 

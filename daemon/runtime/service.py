@@ -74,7 +74,7 @@ async def run_daemon(
         raise ConfigurationError(
             f"listening on {host} exposes the API: set SLUICE_API_TOKEN, or listen on 127.0.0.1"
         )
-    if settings.nats_url is None and settings.nats_replicas > 1:
+    if settings.nats_url is None and (settings.nats_replicas or 1) > 1:
         raise ConfigurationError(
             f"SLUICE_NATS_REPLICAS={settings.nats_replicas} needs a NATS cluster (SLUICE_NATS_URL): "
             "the embedded NATS server is one server, which keeps one copy"

@@ -77,6 +77,7 @@ def test_two_daemons_and_two_agents_one_on_the_gpus(services: dict[str, dict]) -
         assert spec["environment"]["SLUICE_NATS_CREDS"] == f"/run/secrets/{secret}"
         names.add(secret)
     assert len(names) == 2, "each agent has credentials of its own"
+    assert all(spec["init"] is True for spec in agents.values()), "an init reaps what steps leave behind"
 
 
 def test_the_three_nats_servers_route_to_each_other(services: dict[str, dict]) -> None:

@@ -167,6 +167,8 @@ def test_agents_on_gpu_nodes_and_on_cpu_nodes() -> None:
     assert pod(cpu)["nodeSelector"] != pod(gpu)["nodeSelector"]
     assert "nvidia.com/gpu" not in cpu_agent["resources"].get("limits", {})
     assert cpu_agent["args"][cpu_agent["args"].index("--gpus") + 1] == "0"
+    for agents in (gpu, cpu):  # PID 1 is the pause process, which reaps what steps leave behind
+        assert pod(agents)["shareProcessNamespace"] is True
 
 
 def test_pods_run_as_non_root_without_privileges_on_a_read_only_root() -> None:

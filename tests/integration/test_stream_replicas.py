@@ -55,7 +55,7 @@ async def replicas_of(nc: NATS) -> dict[str, int]:
     }
 
 
-async def start_daemon_side(nc: NATS, pool, replicas: int) -> None:
+async def start_daemon_side(nc: NATS, pool, replicas: int | None) -> None:
     """What a starting daemon does with JetStream: the bucket, then the step events' stream and consumer."""
     await SourceStore.open(nc, replicas=replicas)
     events = StepEvents(pool=pool, nc=nc, transitions=None, cancels=None, replicas=replicas)
@@ -64,10 +64,12 @@ async def start_daemon_side(nc: NATS, pool, replicas: int) -> None:
 
 
 async def test_sluices_streams_take_the_replicas_and_follow_a_change_both_ways(nc: NATS, pool) -> None:
-    for replicas in (1, 3, 1):
+    # Unset (None) keeps what exists: a daemon started without SLUICE_NATS_REPLICAS beside the
+    # cluster's takes no copies away.
+    for replicas, kept in ((1, 1), (3, 3), (None, 3), (1, 1)):
         await start_daemon_side(nc, pool, replicas)
 
-        wanted = dict.fromkeys((STEPS_STREAM, SOURCES_STREAM, STEPS_CONSUMER), replicas)
+        wanted = dict.fromkeys((STEPS_STREAM, SOURCES_STREAM, STEPS_CONSUMER), kept)
         async with asyncio.timeout(15):  # the cluster moves the data to the new peers meanwhile
             while (found := await replicas_of(nc)) != wanted:  # noqa: ASYNC110 (polled: no event says it)
                 await asyncio.sleep(0.2)
