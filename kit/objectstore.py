@@ -18,6 +18,7 @@ from __future__ import annotations
 import configparser
 import os
 import posixpath
+import re
 from collections.abc import Mapping
 
 import msgspec
@@ -25,6 +26,8 @@ import obstore
 from obstore.store import S3Store
 
 MANIFEST_SUFFIX = ".sluice-manifest.json"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class StoreError(Exception):
@@ -52,6 +55,17 @@ class S3Location(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def uri(self, relative: str) -> str:
         """``s3://bucket/key`` of ``relative``, for steps that read the store themselves."""
         return f"s3://{self.bucket}/{self.key(relative)}"
+
+
+def addressable(key: str) -> bool:
+    """Whether obstore can name ``key`` (relative to a store's prefix): S3 allows keys with empty,
+    ``.`` or ``..`` segments and control characters, but obstore refuses them with a ``ValueError``
+    (not one of its store errors) on every call, so they are kept out before any call."""
+    return (
+        bool(key)
+        and not _CONTROL.search(key)
+        and all(segment not in ("", ".", "..") for segment in key.split("/"))
+    )
 
 
 def open_store(location: S3Location, environ: Mapping[str, str] = os.environ) -> S3Store:
