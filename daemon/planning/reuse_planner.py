@@ -301,7 +301,7 @@ class ReusePlanner:
             try:
                 store = self._objects.store(location)
                 await copy_reused(store, location.uri(""), str(run_id), decisions)
-            except BaseError as exc:
+            except (BaseError, StoreError) as exc:
                 raise Unavailable(f"cannot copy reused partitions' outputs: {reason_of(exc)}") from None
         elif (root := self._datastores.paths.get(DEFAULT_DATASTORE)) is not None:
             await asyncio.to_thread(link_reused, root, str(run_id), decisions)
