@@ -115,8 +115,16 @@ def _from_file(location: S3Location) -> dict[str, str]:
     try:
         with open(path, encoding="utf-8") as handle:  # type: ignore[arg-type]
             parser.read_file(handle)
-    except (OSError, configparser.Error) as exc:
-        raise StoreError(f"bucket {location.bucket}: cannot read credentials file {path}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(
+            f"bucket {location.bucket}: cannot read credentials file {path}: {exc.strerror or exc}"
+        ) from None
+    except configparser.Error as exc:
+        # configparser's messages quote the offending line, which may be a secret
+        raise StoreError(
+            f"bucket {location.bucket}: credentials file {path} is not in the AWS credentials format "
+            f"({type(exc).__name__})"
+        ) from None
     if not parser.has_section(location.profile):
         raise StoreError(
             f"bucket {location.bucket}: credentials file {path} has no profile {location.profile}"

@@ -57,6 +57,21 @@ def test_a_credentials_file_profile(tmp_path) -> None:
     assert "s3cr3t" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "aws_access_key_id = AKIA1\naws_secret_access_key = s3cr3t\n",  # no [profile] header
+        "[default]\naws_access_key_id = AKIA1\ns3cr3t\n",  # a secret wrapped onto its own line
+    ],
+)
+def test_a_malformed_credentials_file_is_refused_without_its_lines(tmp_path, text: str) -> None:
+    path = tmp_path / "credentials"
+    path.write_text(text)
+    with pytest.raises(StoreError, match="is not in the AWS credentials format") as raised:
+        open_store(S3Location(bucket="b", credentials_file=str(path)), {})
+    assert "s3cr3t" not in str(raised.value)
+
+
 async def test_an_output_is_what_its_manifests_list(s3) -> None:
     store = open_store(s3.location(s3.make_bucket("objectstore-manifests")), s3.env())
     # A killed upload: files without a manifest are no output at all.
