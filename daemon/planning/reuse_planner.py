@@ -36,7 +36,7 @@ from obstore.exceptions import BaseError
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, OverFiles, StepSpec
 from daemon.documents.template import TemplateError, render
-from daemon.errors import Invalid, Unavailable
+from daemon.errors import Invalid, SluiceError, Unavailable
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
 from daemon.planning.fan_out import (
@@ -372,7 +372,8 @@ class ReusePlanner:
                 if not uri.startswith(base) or await published(store, uri[len(base) :]) is None:
                     return False
         except (DataUnreadable, BaseError, StoreError) as exc:
-            log.warning("reuse_outputs_unchecked", datastore=DEFAULT_DATASTORE, reason=str(exc))
+            reason = exc.message if isinstance(exc, SluiceError) else reason_of(exc)
+            log.warning("reuse_outputs_unchecked", datastore=DEFAULT_DATASTORE, reason=reason)
             return False
         return True
 

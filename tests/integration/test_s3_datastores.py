@@ -14,6 +14,7 @@ from uuid import uuid4
 
 import obstore
 import pytest
+import structlog
 
 from daemon.errors import Unavailable
 from daemon.planning.contexts import Datastores
@@ -296,3 +297,20 @@ async def test_a_reused_partition_deleted_before_its_copy_is_not_published_empty
         await planner.link_reused(uuid4(), {"score[0]": decision})
     store = open_store(location, s3.env())
     assert await published(store, "runs") is None
+
+
+async def test_an_unchecked_reuse_logs_one_line_of_the_store_error(s3: S3Endpoint) -> None:
+    # str() of an obstore error goes on with a debug dump of the request and the response body (an
+    # S3 SignatureDoesNotMatch body quotes the canonical request, session token header included).
+    location = s3.location("no-such-bucket", "sluice")
+    datastores = Datastores()
+    datastores.stores = {"default": location}
+    planner = ReusePlanner(datastores, DataFingerprints(), StoreFingerprints(environ=s3.env()))
+    origin = Origin(7, uuid4(), "prep", {"f": location.uri("runs/old/prep/f")})
+
+    with structlog.testing.capture_logs() as logged:
+        assert await planner._outputs_present([origin]) == {7: False}
+
+    [entry] = [entry for entry in logged if entry["event"] == "reuse_outputs_unchecked"]
+    assert "\n" not in entry["reason"]
+    assert "404" in entry["reason"]
