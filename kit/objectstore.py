@@ -171,11 +171,18 @@ def encode_manifest(manifest: Manifest) -> bytes:
 
 
 def decode_manifest(data: bytes, key: str) -> Manifest:
-    """Raises ``StoreError`` for a manifest this Sluice cannot read."""
+    """Raises ``StoreError`` for a manifest this Sluice cannot read, or one that names a file outside
+    its output (absolute, with ``..``, or no key at all)."""
     try:
-        return msgspec.json.decode(data, type=Manifest)
+        manifest = msgspec.json.decode(data, type=Manifest)
     except msgspec.DecodeError as exc:
         raise StoreError(f"unreadable manifest {key}: {exc}") from None
+    for entry in manifest.files:
+        # Readers join these paths to a local directory (downloads) or a key (copies): anyone who may
+        # write the bucket, a step reading it with mode: uri say, must not lead them outside it.
+        if not addressable(entry.path):
+            raise StoreError(f"manifest {key} names a file outside its output: {entry.path!r}")
+    return manifest
 
 
 async def published(store: S3Store, output: str) -> dict[str, ManifestFile] | None:
