@@ -18,6 +18,7 @@ from __future__ import annotations
 import configparser
 import os
 import posixpath
+import re
 from collections.abc import Mapping
 
 import msgspec
@@ -25,6 +26,8 @@ import obstore
 from obstore.store import S3Store
 
 MANIFEST_SUFFIX = ".sluice-manifest.json"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class StoreError(Exception):
@@ -52,6 +55,17 @@ class S3Location(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def uri(self, relative: str) -> str:
         """``s3://bucket/key`` of ``relative``, for steps that read the store themselves."""
         return f"s3://{self.bucket}/{self.key(relative)}"
+
+
+def addressable(key: str) -> bool:
+    """Whether obstore can name ``key`` (relative to a store's prefix): S3 allows keys with empty,
+    ``.`` or ``..`` segments and control characters, but obstore refuses them with a ``ValueError``
+    (not one of its store errors) on every call, so they are kept out before any call."""
+    return (
+        bool(key)
+        and not _CONTROL.search(key)
+        and all(segment not in ("", ".", "..") for segment in key.split("/"))
+    )
 
 
 def open_store(location: S3Location, environ: Mapping[str, str] = os.environ) -> S3Store:
@@ -101,8 +115,16 @@ def _from_file(location: S3Location) -> dict[str, str]:
     try:
         with open(path, encoding="utf-8") as handle:  # type: ignore[arg-type]
             parser.read_file(handle)
-    except (OSError, configparser.Error) as exc:
-        raise StoreError(f"bucket {location.bucket}: cannot read credentials file {path}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(
+            f"bucket {location.bucket}: cannot read credentials file {path}: {exc.strerror or exc}"
+        ) from None
+    except configparser.Error as exc:
+        # configparser's messages quote the offending line, which may be a secret
+        raise StoreError(
+            f"bucket {location.bucket}: credentials file {path} is not in the AWS credentials format "
+            f"({type(exc).__name__})"
+        ) from None
     if not parser.has_section(location.profile):
         raise StoreError(
             f"bucket {location.bucket}: credentials file {path} has no profile {location.profile}"
@@ -149,11 +171,18 @@ def encode_manifest(manifest: Manifest) -> bytes:
 
 
 def decode_manifest(data: bytes, key: str) -> Manifest:
-    """Raises ``StoreError`` for a manifest this Sluice cannot read."""
+    """Raises ``StoreError`` for a manifest this Sluice cannot read, or one that names a file outside
+    its output (absolute, with ``..``, or no key at all)."""
     try:
-        return msgspec.json.decode(data, type=Manifest)
+        manifest = msgspec.json.decode(data, type=Manifest)
     except msgspec.DecodeError as exc:
         raise StoreError(f"unreadable manifest {key}: {exc}") from None
+    for entry in manifest.files:
+        # Readers join these paths to a local directory (downloads) or a key (copies): anyone who may
+        # write the bucket, a step reading it with mode: uri say, must not lead them outside it.
+        if not addressable(entry.path):
+            raise StoreError(f"manifest {key} names a file outside its output: {entry.path!r}")
+    return manifest
 
 
 async def published(store: S3Store, output: str) -> dict[str, ManifestFile] | None:

@@ -11,7 +11,7 @@ from daemon.documents.paths import child
 from daemon.documents.problems import Reporter
 from daemon.documents.raw import InlineSecrets, RawCredentials, RawDatastore
 from daemon.documents.specs import DatastoreSpec
-from kit.objectstore import S3Location
+from kit.objectstore import S3Location, addressable
 
 # S3's rules for bucket names (lowercase letters, digits, '.', '-'; 3 to 63; letter or digit at both
 # ends), which MinIO and Ceph enforce too.
@@ -46,6 +46,9 @@ def _location(raw: RawDatastore, report: Reporter) -> S3Location:
     prefix = raw.prefix or ""
     if prefix.startswith("/") or ".." in PurePosixPath(prefix).parts or "\0" in prefix:
         report.add("prefix", "must be relative to the bucket, without a leading '/' or '..'")
+    elif prefix.strip("/") and not addressable(prefix.strip("/")):
+        # obstore refuses such a prefix with a ValueError each time the store is opened
+        report.add("prefix", "must be a key prefix: no empty or '.' part, no control character")
     if raw.endpoint is not None:
         parts = urlsplit(raw.endpoint)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:

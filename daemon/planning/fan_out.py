@@ -26,7 +26,7 @@ from daemon.rules.partitions import Partition, items, shards, step_of
 from daemon.rules.rendering import output_path
 from daemon.rules.reuse import Decision, Earlier, key_of
 from daemon.rules.step_fingerprints import fingerprint
-from kit.objectstore import Manifest, ManifestFile, encode_manifest, manifest_key, published
+from kit.objectstore import Manifest, ManifestFile, StoreError, encode_manifest, manifest_key, published
 from triggers.files.matching import compile_glob
 
 COPY_CONCURRENCY = 16
@@ -120,7 +120,12 @@ async def copy_reused(store: S3Store, base: str, run_id: str, decisions: Mapping
     """:func:`link_reused` for an ``s3`` default, whose outputs were recorded as URIs under ``base``
     (its ``s3://bucket/prefix/``): an object store has no links, so each reused partition's published
     files are copied (inside the store) under the new run's output and published there with their
-    manifest, as an agent publishes (``attempt`` 0: the daemon's copy)."""
+    manifest, as an agent publishes (``attempt`` 0: the daemon's copy).
+
+    Raises:
+        StoreError: a reused output is no longer published (deleted since reuse was decided).
+        obstore.exceptions.BaseError: the store failed a request.
+    """
     copying = asyncio.Semaphore(COPY_CONCURRENCY)
 
     async def copy(source: str, target: str, entry: ManifestFile) -> ManifestFile:
@@ -134,7 +139,9 @@ async def copy_reused(store: S3Store, base: str, run_id: str, decisions: Mapping
             continue
         for output, uri in decision.origin.outputs.items():
             source, target = uri.removeprefix(base), output_path(run_id, name, output)
-            files = await published(store, source) or {}
+            files = await published(store, source)
+            if files is None:  # an empty manifest would publish the partition as holding nothing
+                raise StoreError(f"reused output {uri} is no longer published")
             entries = await asyncio.gather(*(copy(source, target, entry) for entry in files.values()))
             manifest = Manifest(files=list(entries), attempt=0)
             await obstore.put_async(store, manifest_key(target), encode_manifest(manifest))

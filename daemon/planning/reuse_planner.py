@@ -36,7 +36,7 @@ from obstore.exceptions import BaseError
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, OverFiles, StepSpec
 from daemon.documents.template import TemplateError, render
-from daemon.errors import Invalid, Unavailable
+from daemon.errors import Invalid, SluiceError, Unavailable
 from daemon.planning.contexts import Datastores, VersionSpec, run_context
 from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
 from daemon.planning.fan_out import (
@@ -301,7 +301,7 @@ class ReusePlanner:
             try:
                 store = self._objects.store(location)
                 await copy_reused(store, location.uri(""), str(run_id), decisions)
-            except BaseError as exc:
+            except (BaseError, StoreError) as exc:
                 raise Unavailable(f"cannot copy reused partitions' outputs: {reason_of(exc)}") from None
         elif (root := self._datastores.paths.get(DEFAULT_DATASTORE)) is not None:
             await asyncio.to_thread(link_reused, root, str(run_id), decisions)
@@ -372,7 +372,8 @@ class ReusePlanner:
                 if not uri.startswith(base) or await published(store, uri[len(base) :]) is None:
                     return False
         except (DataUnreadable, BaseError, StoreError) as exc:
-            log.warning("reuse_outputs_unchecked", datastore=DEFAULT_DATASTORE, reason=str(exc))
+            reason = exc.message if isinstance(exc, SluiceError) else reason_of(exc)
+            log.warning("reuse_outputs_unchecked", datastore=DEFAULT_DATASTORE, reason=reason)
             return False
         return True
 

@@ -33,7 +33,7 @@ from daemon.documents.specs import FromStep, OverFiles, PipelineSpec, StepSpec
 from daemon.documents.template import TemplateError, render
 from daemon.rules.params import param_text
 from daemon.rules.partitions import Partition, name_of
-from kit.objectstore import S3Location
+from kit.objectstore import S3Location, addressable
 from runners.protocol import Assignment, Resources
 
 
@@ -144,9 +144,11 @@ def render_step(
             datastore, relative = DEFAULT_DATASTORE, run.output(source.step, source.output)
         else:
             datastore, relative = source.datastore, render(source.path, values)
-        if source.mode == "uri" and (store := stores.get(datastore)) is not None:
+        if (store := stores.get(datastore)) is not None and source.mode == "uri":
             uris[name] = store_uri(store, datastore, relative)
         else:
+            if store is not None:
+                store_uri(store, datastore, relative)  # the agent downloads it: a key it can name
             inputs[name] = in_datastore(datastores, datastore, relative)
             used.add(datastore)
     run_name = step.name if partition is None else name_of(step.name, partition.index)
@@ -190,10 +192,18 @@ def store_uri(store: S3Location, name: str, relative: str) -> str:
     """``s3://bucket/key`` of ``relative`` under the ``s3`` datastore ``name``.
 
     Raises:
-        TemplateError: ``relative`` would leave the datastore (see :func:`in_datastore`).
+        TemplateError: ``relative`` would leave the datastore (see :func:`in_datastore`), or is no
+            key obstore can name (an empty or ``.`` segment, a control character): every read of it
+            would fail with a ``ValueError``.
     """
     if not _stays_inside(relative):
         raise TemplateError(f"path {relative!r} is not inside datastore {name!r}")
+    key = relative.rstrip("/")
+    if key and not addressable(key):
+        raise TemplateError(
+            f"path {relative!r} in datastore {name!r} is no object key: an empty or '.' part, "
+            "or a control character"
+        )
     return store.uri(relative)
 
 

@@ -13,6 +13,7 @@ from kit.objectstore import (
     ManifestFile,
     S3Location,
     StoreError,
+    decode_manifest,
     encode_manifest,
     manifest_key,
     open_store,
@@ -55,6 +56,29 @@ def test_a_credentials_file_profile(tmp_path) -> None:
     with pytest.raises(StoreError, match="has no profile other") as raised:
         open_store(S3Location(bucket="b", credentials_file=str(path), profile="other"), {})
     assert "s3cr3t" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "aws_access_key_id = AKIA1\naws_secret_access_key = s3cr3t\n",  # no [profile] header
+        "[default]\naws_access_key_id = AKIA1\ns3cr3t\n",  # a secret wrapped onto its own line
+    ],
+)
+def test_a_malformed_credentials_file_is_refused_without_its_lines(tmp_path, text: str) -> None:
+    path = tmp_path / "credentials"
+    path.write_text(text)
+    with pytest.raises(StoreError, match="is not in the AWS credentials format") as raised:
+        open_store(S3Location(bucket="b", credentials_file=str(path)), {})
+    assert "s3cr3t" not in str(raised.value)
+
+
+@pytest.mark.parametrize("path", ["../../home/a/.ssh/authorized_keys", "/etc/passwd", "a//b", "a/./b", ""])
+def test_a_manifest_naming_a_file_outside_its_output_is_refused(path: str) -> None:
+    manifest = encode_manifest(Manifest(files=[_entry(path, b"x", "e")], attempt=1))
+
+    with pytest.raises(StoreError, match="names a file outside its output"):
+        decode_manifest(manifest, "runs/r/s/o.sluice-manifest.json")
 
 
 async def test_an_output_is_what_its_manifests_list(s3) -> None:

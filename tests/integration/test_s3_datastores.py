@@ -10,12 +10,19 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from posixpath import relpath
+from uuid import uuid4
 
 import obstore
 import pytest
+import structlog
 
-from daemon.planning.data_fingerprints import MISSING, DataUnreadable
+from daemon.errors import Unavailable
+from daemon.planning.contexts import Datastores
+from daemon.planning.data_fingerprints import MISSING, DataFingerprints, DataUnreadable
+from daemon.planning.reuse_planner import ReusePlanner
 from daemon.planning.store_fingerprints import StoreFingerprints
+from daemon.rules.partitions import Partition
+from daemon.rules.reuse import Decision, Origin
 from kit.objectstore import Manifest, ManifestFile, encode_manifest, manifest_key, open_store, published
 from runners.protocol import Assignment
 from tests.integration.fake_agent import FakeAgent, Harness, Outcome, harness
@@ -274,3 +281,36 @@ async def test_reused_partitions_are_published_in_the_new_runs_output(
     assert sorted(files or {}) == ["part-00000/part.csv", "part-00001/part.csv", "part-00002/part.csv"]
     copied = await obstore.get_async(runs, f"runs/{second['run_id']}/score/out/part-00000/part.csv")
     assert bytes(await copied.bytes_async()) == f"score[0] of {created['run_id']}\n".encode()
+
+
+async def test_a_reused_partition_deleted_before_its_copy_is_not_published_empty(s3: S3Endpoint) -> None:
+    # Reuse checked the partition's output was published; if it is gone by the copy, the new run's
+    # partition was published with an empty manifest, so downstream steps silently read nothing.
+    location = s3.location(s3.make_bucket("copy-gone"), "sluice")
+    datastores = Datastores()
+    datastores.stores = {"default": location}
+    planner = ReusePlanner(datastores, DataFingerprints(), StoreFingerprints(environ=s3.env()))
+    origin = Origin(1, uuid4(), "score[0]", {"out": location.uri("runs/old/score/out/part-00000")})
+    decision = Decision("sha256:x", {}, origin, {}, partition=Partition(0))
+
+    with pytest.raises(Unavailable, match="runs/old/score/out/part-00000 is no longer published"):
+        await planner.link_reused(uuid4(), {"score[0]": decision})
+    store = open_store(location, s3.env())
+    assert await published(store, "runs") is None
+
+
+async def test_an_unchecked_reuse_logs_one_line_of_the_store_error(s3: S3Endpoint) -> None:
+    # str() of an obstore error goes on with a debug dump of the request and the response body (an
+    # S3 SignatureDoesNotMatch body quotes the canonical request, session token header included).
+    location = s3.location("no-such-bucket", "sluice")
+    datastores = Datastores()
+    datastores.stores = {"default": location}
+    planner = ReusePlanner(datastores, DataFingerprints(), StoreFingerprints(environ=s3.env()))
+    origin = Origin(7, uuid4(), "prep", {"f": location.uri("runs/old/prep/f")})
+
+    with structlog.testing.capture_logs() as logged:
+        assert await planner._outputs_present([origin]) == {7: False}
+
+    [entry] = [entry for entry in logged if entry["event"] == "reuse_outputs_unchecked"]
+    assert "\n" not in entry["reason"]
+    assert "404" in entry["reason"]

@@ -53,6 +53,17 @@ def test_a_notification_names_the_objects_of_its_bucket_under_the_prefix_with_ke
     assert "landingzone/x.csv" in [item.key for item in notified(json.dumps(payload).encode(), unprefixed)]
 
 
+@pytest.mark.parametrize(
+    "key", ["landing/in/../x.csv", "landing/in//x.csv", "landing/in/./x.csv", "landing/in/a%0Ab.csv"]
+)
+def test_a_notification_naming_a_key_no_read_can_name_is_ignored(key: str) -> None:
+    # obstore refuses such keys with a ValueError, which crashed the trigger's loops: anyone who may
+    # publish on the subject could restart the trigger (and its full listing) at will.
+    payload = {"Records": [event("s3:ObjectCreated:Put", "lake", key, size=1, eTag="e")]}
+
+    assert notified(json.dumps(payload).encode(), LANDING) == []
+
+
 @pytest.mark.parametrize("payload", [b"not json", b"[1, 2]", b'{"Records": [{"eventName": 3}]}'])
 def test_a_message_that_is_no_s3_event_is_refused(payload: bytes) -> None:
     with pytest.raises(NotificationError, match="not an S3 event notification"):

@@ -79,6 +79,8 @@ def s3(extra: str) -> str:
         (s3("bucket: ab\n"), "p.yaml:4 bucket: bad bucket name 'ab'"),
         (s3("bucket: b-1\nprefix: /abs\n"), "p.yaml:5 prefix: must be relative to the bucket"),
         (s3("bucket: b-1\nprefix: a/../b\n"), "p.yaml:5 prefix: must be relative to the bucket"),
+        (s3("bucket: b-1\nprefix: a//b\n"), "p.yaml:5 prefix: must be a key prefix"),
+        (s3("bucket: b-1\nprefix: a/./b\n"), "p.yaml:5 prefix: must be a key prefix"),
         (s3("bucket: b-1\nendpoint: ftp://x\n"), "p.yaml:5 endpoint: must be an http:// or https:// URL"),
         (s3("bucket: b-1\nendpoint: minio:9000\n"), "p.yaml:5 endpoint: must be an http:// or https:// URL"),
         (

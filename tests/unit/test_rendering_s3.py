@@ -124,6 +124,22 @@ def test_a_uri_input_must_stay_inside_its_datastore() -> None:
         )
 
 
+@pytest.mark.parametrize("date", ["a//b", "./a", "a/.", "a\nb"])
+@pytest.mark.parametrize("mode", ["download", "uri"])
+def test_an_s3_input_path_must_be_an_object_key(mode: str, date: str) -> None:
+    # A param (an event's payload) rendering to such a path reached obstore, whose ValueError (no
+    # store error) escaped run creation as a traceback; now it is the input's reason.
+    found = datastores(default_on_s3=False)
+    spec = pipeline(mode=mode)
+    run = RunContext("r1", "p", 1, {"date": date}, spec, None)
+
+    with pytest.raises(TemplateError, match="in datastore 'landing' is no object key"):
+        render_step(run, spec.steps[0], found.for_agent({}, "/stage", "r1/prep"), None, found.stores)
+    with pytest.raises(TemplateError, match="is no object key"):
+        found.where("landing", f"d/{date}")
+    assert found.where("landing", "d/2024/") == "s3://acme-landing/in/d/2024/"
+
+
 def test_steps_need_staging_when_they_use_an_s3_datastore() -> None:
     spec = pipeline()
 

@@ -12,7 +12,7 @@ from urllib.parse import unquote_plus
 
 import msgspec
 
-from kit.objectstore import S3Location
+from kit.objectstore import S3Location, addressable
 from triggers.files.settle import ObjectSignature
 
 
@@ -78,8 +78,8 @@ def notified(payload: bytes, location: S3Location) -> list[Notified]:
         if record.s3.bucket.name != location.bucket:
             continue
         key = unquote_plus(record.s3.object.key)  # S3 events URL-encode keys (a space is '+')
-        if not key.startswith(prefix) or key == prefix:
-            continue
+        if not key.startswith(prefix) or not addressable(key[len(prefix) :]):
+            continue  # another prefix, or a key no read could name (a forged 'a/../b' would crash it)
         obj = record.s3.object
         removed = "ObjectRemoved" in record.event_name
         claimed = None if removed or obj.size is None else ObjectSignature(e_tag(obj.e_tag), obj.size)
