@@ -26,6 +26,7 @@ from daemon.documents import (
     spec_to_json,
     version_digest,
 )
+from daemon.errors import Forbidden
 from daemon.metrics import VERSIONS_PUBLISHED
 from daemon.runtime.bus import SourceStore
 
@@ -57,10 +58,17 @@ async def apply_documents(
     source_refs: Sequence[SourceRef] = (),
     *,
     make_default: bool = True,
+    may_change_datastores: bool = True,
 ) -> list[Applied]:
     """Validate every document in ``texts``, then apply them all in one transaction.
 
-    Raises `DocumentErrors` listing every problem found, before anything is written.
+    Without ``may_change_datastores`` (a caller below the ``admin`` scope), a Datastore document
+    may only restate a datastore as it is: a datastore says where agents read and write and which
+    credentials the daemon and agents send to which endpoint, so whoever defines one is trusted with
+    them.
+
+    Raises `DocumentErrors` listing every problem found, before anything is written, and
+    `Forbidden` (nothing written) for a datastore the caller may not create or change.
     """
     documents = parse_documents(texts)
     digests = {(ref.file, ref.source): ref.digest for ref in source_refs}
@@ -75,7 +83,13 @@ async def apply_documents(
             raise DocumentErrors(problems)
         async with conn.transaction():
             applied = [
-                await _apply_one(conn, document, digests, make_default=make_default)
+                await _apply_one(
+                    conn,
+                    document,
+                    digests,
+                    make_default=make_default,
+                    may_change_datastores=may_change_datastores,
+                )
                 for document in sorted(documents, key=lambda d: APPLY_ORDER[d.kind])
             ]
     VERSIONS_PUBLISHED.inc(sum(item.action == "published" for item in applied))
@@ -88,10 +102,17 @@ async def _apply_one(
     digests: Mapping[tuple[str, str], str],
     *,
     make_default: bool,
+    may_change_datastores: bool,
 ) -> Applied:
     spec = document.spec
     if document.kind == "Datastore":
         record, action = await store.upsert_datastore(conn, document.name, spec.type, spec.settings())
+        if action != "unchanged" and not may_change_datastores:
+            raise Forbidden(
+                f"{document.file}:{document.line}: Datastore {document.name}: creating or changing a "
+                "datastore needs the admin scope (it names the endpoint and credentials agents and the "
+                "daemon use)"
+            )
         return Applied(document.kind, record.name, action)
     if document.kind == "Trigger":
         record, action = await store.upsert_trigger(

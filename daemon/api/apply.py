@@ -7,6 +7,7 @@ import asyncio
 import msgspec
 from aiohttp import web
 
+from daemon.api.access import SCOPE
 from daemon.api.context import POOL, SCHEDULER, SOURCES
 from daemon.api.contract import BOOLEAN, DOCUMENT_TYPES, YAML_TYPES, endpoint
 from daemon.api.http import json_response, read_body
@@ -48,7 +49,12 @@ async def apply(request: web.Request) -> web.Response:
     else:
         body = await read_body(request)
     applied = await apply_documents(
-        request.app[POOL], request.app[SOURCES], body.documents, body.sources, make_default=body.make_default
+        request.app[POOL],
+        request.app[SOURCES],
+        body.documents,
+        body.sources,
+        make_default=body.make_default,
+        may_change_datastores=request[SCOPE] == "admin",
     )
     if (scheduler := request.app.get(SCHEDULER)) is not None:
         await scheduler.triggers_applied(applied)

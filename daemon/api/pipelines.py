@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from daemon import store
+from daemon.api.access import SCOPE
 from daemon.api.apply import document_text, flag_arg
 from daemon.api.context import POOL, SOURCES
 from daemon.api.contract import BOOLEAN, DOCUMENT_TYPES, FILE_NAME, PAGED, endpoint
@@ -42,7 +43,11 @@ async def publish_pipeline(request: web.Request) -> web.Response:
     """Publish one Pipeline document (JSON, or YAML with Content-Type: application/yaml)."""
     texts = [await document_text(request)]
     applied = await apply_documents(
-        request.app[POOL], request.app[SOURCES], texts, make_default=not flag_arg(request, "no_default")
+        request.app[POOL],
+        request.app[SOURCES],
+        texts,
+        make_default=not flag_arg(request, "no_default"),
+        may_change_datastores=request[SCOPE] == "admin",
     )
     if len(applied) != 1 or applied[0].kind != "Pipeline":
         raise Invalid("POST /pipelines takes exactly one Pipeline document; use POST /apply for several")

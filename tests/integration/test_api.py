@@ -221,3 +221,39 @@ async def test_openapi_lists_the_routes(client: TestClient) -> None:
     assert document["openapi"].startswith("3.")
     assert "post" in document["paths"]["/api/v1/apply"]
     assert "put" in document["paths"]["/api/v1/pipelines/{name}/default"]
+
+
+LANDING = """
+kind: Datastore
+name: landing
+type: local
+path: /data/landing
+"""
+
+
+async def test_only_admin_creates_or_changes_a_datastore(client: TestClient) -> None:
+    created = await client.post("/api/v1/tokens", json={"name": "publisher", "scope": "publish"})
+    publisher = {"Authorization": f"Bearer {(await created.json())['token']}"}
+
+    def body(*texts: str) -> dict:
+        return {"documents": [{"file": f"d{index}.yaml", "text": text} for index, text in enumerate(texts)]}
+
+    refused = await client.post("/api/v1/apply", json=body(PIPELINE, LANDING), headers=publisher)
+    assert refused.status == 403
+    assert "Datastore landing" in (await refused.json())["error"]["message"]
+    # Nothing of the batch was applied.
+    assert (await client.get("/api/v1/pipelines/hello")).status == 404
+    assert "landing" not in await datastore_paths(client)
+
+    assert (await apply(client, LANDING))["items"][0]["action"] == "created"
+    restated = await client.post("/api/v1/apply", json=body(PIPELINE, LANDING), headers=publisher)
+    assert restated.status == 200, await restated.text()
+    moved = LANDING.replace("/data/landing", "/")
+    changed = await client.post("/api/v1/apply", json=body(moved), headers=publisher)
+    assert changed.status == 403
+    assert (await datastore_paths(client))["landing"] == "/data/landing"
+
+
+async def datastore_paths(client: TestClient) -> dict[str, str]:
+    listed = await (await client.get("/api/v1/datastores")).json()
+    return {item["name"]: item.get("path") for item in listed["items"]}
