@@ -60,6 +60,24 @@ def subject_problem(subject: str) -> str | None:
     return None
 
 
+_SYSTEM_ROOTS = ("sluice", "_INBOX")
+
+
+def trigger_subject_problem(subject: str) -> str | None:
+    """Why a trigger may not listen on ``subject``, or None: it must be a subject, and one that
+    cannot match Sluice's own traffic (heartbeats, step events, logs, inboxes) or the server's
+    (``$…``): the daemon's connection may read all of it, and whoever applies a trigger should not."""
+    if problem := subject_problem(subject):
+        return problem
+    first = subject.split(".", 1)[0]
+    if first in ("*", ">") or first in _SYSTEM_ROOTS or first.startswith("$"):
+        return (
+            f"subject {subject!r} may match Sluice's or the server's own subjects: "
+            "start it with a name of yours"
+        )
+    return None
+
+
 def check_agent_name(name: str) -> str:
     """An agent name is one NATS subject token: letters, digits, ``_`` and ``-``. Raises ``ValueError``."""
     if not _AGENT_NAME.fullmatch(name):

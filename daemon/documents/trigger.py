@@ -12,7 +12,7 @@ from daemon.documents.problems import Reporter
 from daemon.documents.raw import RawFiles, RawOn, RawTrigger
 from daemon.documents.specs import CronSource, EventSource, FilesSource, NatsSource, RunSource, TriggerSpec
 from daemon.documents.template import TemplateError, references
-from kit.subjects import subject_problem
+from kit.subjects import subject_problem, trigger_subject_problem
 from triggers.crontab import cron_trigger, zone
 
 _SOURCES = ("cron", "files", "nats", "run")
@@ -102,7 +102,7 @@ def _files(raw: RawFiles, report: Reporter) -> FilesSource:
             durations[field] = 1.0
     if durations["poll_interval"] == 0:
         report.add(child(path, "poll_interval"), "must be more than 0")
-    if raw.notifications is not None and (problem := subject_problem(raw.notifications.subject)):
+    if raw.notifications is not None and (problem := trigger_subject_problem(raw.notifications.subject)):
         report.add(child(child(path, "notifications"), "subject"), problem)
     return FilesSource(
         datastore=raw.datastore,
@@ -116,7 +116,10 @@ def _files(raw: RawFiles, report: Reporter) -> FilesSource:
 
 def _nats(source: NatsSource, report: Reporter) -> NatsSource:
     path = child("on", "nats")
-    if problem := subject_problem(source.subject):
+    # Through a stream the subject only filters the user's own stream; on core NATS it is what the
+    # daemon's connection subscribes to.
+    check = subject_problem if source.stream is not None else trigger_subject_problem
+    if problem := check(source.subject):
         report.add(child(path, "subject"), problem)
     if source.stream is not None and (problem := names.stream_problem(source.stream)):
         report.add(child(path, "stream"), problem)

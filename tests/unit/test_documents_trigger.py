@@ -223,9 +223,19 @@ def test_bad_nats_subjects(subject: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("subject", ["a", "a.*.c", "a.>", ">", "*", "orders.eu-west.new"])
+@pytest.mark.parametrize("subject", ["a", "a.*.c", "a.>", "orders.eu-west.new"])
 def test_good_nats_subjects(subject: str) -> None:
     assert trigger(f"on:\n  nats: {{subject: '{subject}'}}\n").on.subject == subject
+
+
+@pytest.mark.parametrize("subject", [">", "*", "*.b", "sluice.agents.*.heartbeat", "_INBOX.>", "$JS.API.>"])
+def test_core_nats_subjects_that_may_match_sluices_own_are_refused(subject: str) -> None:
+    assert problems(HEAD + f"on:\n  nats: {{subject: '{subject}'}}\n") == [
+        f"p.yaml:5 on.nats.subject: subject {subject!r} may match Sluice's or the server's own subjects: "
+        "start it with a name of yours"
+    ]
+    # Through a stream the subject only filters the user's stream.
+    assert trigger(f"on:\n  nats: {{subject: '{subject}', stream: S}}\n").on.subject == subject
 
 
 def test_bad_stream_and_match_field() -> None:
