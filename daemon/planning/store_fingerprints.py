@@ -210,7 +210,8 @@ async def _read_digest(store: S3Store, location: S3Location, item: _Object) -> b
     try:
         result = await obstore.get_async(store, item.key)
         async for chunk in result.stream():
-            hasher.update(chunk)
+            # Chunks are megabytes: hashed in a thread (hashlib lets go of the GIL), off the loop.
+            await asyncio.to_thread(hasher.update, chunk)
     except BaseError as exc:
         raise _unreadable(location, item.key, exc) from None
     return hasher.digest()
