@@ -63,6 +63,10 @@ class Remote:
     key: str
     """Relative to the store's prefix ('' for its root)."""
     path: Path
+    within: Path
+    """The step run's staging directory: an output uploaded from ``path`` may hold links to files
+    in it (an input, say), never out of it (the step wrote them: ``/etc/shadow``, the agent's
+    credentials)."""
 
     @property
     def uri(self) -> str:
@@ -84,6 +88,7 @@ class Staging:
         """Raises ``kit.objectstore.StoreError`` for a store that cannot be opened (a credential
         variable unset on this agent, named in the message)."""
         stores = {name: open_store(location, environ) for name, location in assignment.stores.items()}
+        within = step_staging(staging, assignment)
 
         def remote(what: str, path: str) -> Remote | None:
             for name, store in stores.items():
@@ -92,13 +97,13 @@ class Staging:
                 if normal == root or normal.startswith(root + "/"):
                     key = normal[len(root) + 1 :]
                     location = assignment.stores[name]
-                    return Remote(what, name, location, store, key, Path(normal))
+                    return Remote(what, name, location, store, key, Path(normal), within)
             return None
 
         inputs = [remote(f"input {name}", path) for name, path in assignment.inputs.items()]
         outputs = [remote(f"output {name}", path) for name, path in assignment.outputs.items()]
         return cls(
-            root=step_staging(staging, assignment),
+            root=within,
             inputs=[item for item in inputs if item is not None],
             outputs=[item for item in outputs if item is not None],
             log=remote("log", assignment.log_path),

@@ -233,10 +233,12 @@ async def upload(remote: Remote, attempt: int, report: Report) -> Manifest:
     if not key:  # its leftovers would be the whole store
         raise TransferError(f"{remote.what} cannot be the root of datastore {remote.datastore}")
     try:
-        files = await asyncio.to_thread(_files, remote.path)
+        files = await asyncio.to_thread(_files, remote.path, remote.within)
     except OSError as exc:
         raise TransferError(f"{remote.what}: cannot read {remote.path}: {_reason(exc)}") from None
-    progress = _Progress(report, remote.what, len(files), sum(files.values()))
+    except _LinkOut as exc:
+        raise TransferError(f"{remote.what}: {exc}") from None
+    progress = _Progress(report, remote.what, len(files), sum(file.size for file in files.values()))
     await report(f"uploading {remote.what} to {remote.uri}: {progress.total}")
     written = {posixpath.join(key, path) for path in files}
     try:
@@ -260,7 +262,7 @@ async def upload(remote: Remote, attempt: int, report: Report) -> Manifest:
             entries.append(await _put(remote, object_key, path, files[path]))
         except (BaseError, OSError, ValueError) as exc:  # ValueError: a name no key can have
             raise TransferError(_failure(f"{remote.what}: cannot upload", remote, object_key, exc)) from None
-        progress.add(files[path])
+        progress.add(files[path].size)
 
     async with progress.reporting():
         await _each(one, list(files))
@@ -273,23 +275,47 @@ async def upload(remote: Remote, attempt: int, report: Report) -> Manifest:
     return manifest
 
 
-def _files(root: Path) -> dict[str, int]:
-    """The files under ``root`` (links to files followed, links to directories not), with sizes."""
-    files: dict[str, int] = {}
+class _LinkOut(Exception):
+    """A path of an output leads out of the step run's staging directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    size: int
+    identity: tuple[int, int]
+    """(device, inode) of the file the listing saw: the upload reads that file or fails."""
+
+
+def _files(root: Path, within: Path) -> dict[str, _File]:
+    """The files under ``root`` by their path under it (links to files followed, links to
+    directories not). Raises ``_LinkOut`` for ``root``, or a link under it, that leads out of
+    ``within``: the step made them, and the agent must not upload what it can read and the step
+    cannot (a container's link to the host's ``/etc/shadow``, the agent's credentials)."""
+    allowed = os.path.realpath(within)
+
+    def confined(path: str) -> None:
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, allowed]) != allowed:
+            raise _LinkOut(f"{path} leads out of the step's staging directory, to {real}")
+
+    confined(str(root))
+    files: dict[str, _File] = {}
     for directory, _, names in os.walk(root):
         for name in names:
             path = Path(directory, name)
+            if path.is_symlink():
+                confined(str(path))
             if path.is_file():
-                files[path.relative_to(root).as_posix()] = path.stat().st_size
+                stat = path.stat()
+                files[path.relative_to(root).as_posix()] = _File(stat.st_size, (stat.st_dev, stat.st_ino))
     return files
 
 
-async def _put(remote: Remote, key: str, relative: str, size: int) -> ManifestFile:
-    """Uploads one file (``size`` bytes when listed), hashing it as it is read: whole when small,
-    in parts when big."""
-    reader = _HashingReader(remote.path / relative)
+async def _put(remote: Remote, key: str, relative: str, file: _File) -> ManifestFile:
+    """Uploads one file (as listed), hashing it as it is read: whole when small, in parts when big."""
+    reader = _HashingReader(remote.path / relative, file.identity)
     try:
-        if size <= WHOLE_TRANSFER_MAX:
+        if file.size <= WHOLE_TRANSFER_MAX:
             data = await asyncio.to_thread(reader.read_all)
             result = await obstore.put_async(remote.store, key, data, use_multipart=False)
         else:
@@ -305,8 +331,9 @@ async def _put(remote: Remote, key: str, relative: str, size: int) -> ManifestFi
 class _HashingReader:
     """A file read once, front to back, with its SHA-256 and size taken on the way."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, identity: tuple[int, int]) -> None:
         self._path = path
+        self._identity = identity
         self._file: IO[bytes] | None = None
         self._digest = hashlib.sha256()
         self.size = 0
@@ -316,6 +343,9 @@ class _HashingReader:
 
     def chunks(self) -> Iterator[bytes]:
         self._file = self._path.open("rb")
+        stat = os.fstat(self._file.fileno())
+        if (stat.st_dev, stat.st_ino) != self._identity:  # swapped since listed: maybe for a link out
+            raise OSError(f"{self._path} was replaced while the output was uploading")
         while chunk := self._file.read(PART_SIZE):
             self._digest.update(chunk)  # releases the GIL: parts hash in parallel with uploads
             self.size += len(chunk)

@@ -109,13 +109,13 @@ def main() -> None:
             cpu[name].append(time.process_time() - cpu_started)
             peak_rss = max(peak_rss, moto.memory_info().rss)
 
-        agent = Remote("output bench", "bench", location, store, "agent/out", source)
+        agent = Remote("output bench", "bench", location, store, "agent/out", source, source)
 
         def agent_upload(down: Path) -> None:
             asyncio.run(upload(agent, 1, quiet))
 
         def agent_download(down: Path) -> None:
-            into = Remote("input bench", "bench", location, store, "agent/out", down / "agent")
+            into = Remote("input bench", "bench", location, store, "agent/out", down / "agent", down)
             asyncio.run(download(into, ObjectCache(down / "objects", cap=2 * size), quiet))
 
         def boto3_upload(down: Path) -> None:
