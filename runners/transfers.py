@@ -55,6 +55,9 @@ and come down in one."""
 PART_SIZE = 8 * 1024**2
 """Bigger files go up in parts and come down in ranges of this size (S3's smallest part is 5 MiB);
 a whole download is written in chunks of it."""
+MAX_PARTS = 10_000
+"""S3's most parts of one upload: a file over ``MAX_PARTS * PART_SIZE`` (78 GiB) goes up in bigger
+parts."""
 FILES_AT_ONCE = 16
 PARTS_AT_ONCE = 4
 """Parts of one file in flight: at most ``FILES_AT_ONCE * PARTS_AT_ONCE`` parts in memory."""
@@ -321,11 +324,21 @@ async def _put(remote: Remote, key: str, relative: str, file: _File) -> Manifest
         else:
             # obstore pulls the parts on its own threads: reading and hashing stay off the loop.
             result = await obstore.put_async(
-                remote.store, key, reader.chunks(), chunk_size=PART_SIZE, max_concurrency=PARTS_AT_ONCE
+                remote.store,
+                key,
+                reader.chunks(),
+                chunk_size=part_size(file.size),
+                max_concurrency=PARTS_AT_ONCE,
             )
     finally:
         reader.close()
     return ManifestFile(path=relative, size=reader.size, e_tag=result["e_tag"], sha256=reader.hexdigest())
+
+
+def part_size(size: int) -> int:
+    """The part size of a multipart upload of ``size`` bytes: ``PART_SIZE``, or the whole MiBs that
+    keep it within ``MAX_PARTS`` parts."""
+    return max(PART_SIZE, -(-size // (MAX_PARTS * 1024**2)) * 1024**2)
 
 
 class _HashingReader:
