@@ -9,7 +9,10 @@ entry evicted at any moment leaves the attempts that link it their copy.
 
 Eviction keeps the cache under a size cap, least recently used first (a hit refreshes the entry's
 mtime); entries linked into an attempt's tree (more than one link) stay, removing them would free
-nothing. Everything that touches files runs in a thread.
+nothing. A step can write through its link (make it writable, or be root in a container): an entry
+whose size or read-only mode changed is dropped rather than served; one overwritten in place, same
+size, by root is not caught (that would take reading it again). Everything that touches files runs
+in a thread.
 """
 
 from __future__ import annotations
@@ -47,16 +50,16 @@ class ObjectCache:
         digest = hashlib.sha256("\0".join(identity).encode()).hexdigest()
         return self.root / digest[:2] / digest
 
-    async def link(self, identity: tuple[str, ...], dest: Path, fetch: Fetch) -> bool:
-        """Puts the object named by ``identity`` at ``dest`` (read-only, a hard link), fetching it
-        with ``fetch`` unless cached. Returns True for a cache hit."""
+    async def link(self, identity: tuple[str, ...], size: int, dest: Path, fetch: Fetch) -> bool:
+        """Puts the object named by ``identity`` (``size`` bytes) at ``dest`` (read-only, a hard
+        link), fetching it with ``fetch`` unless cached. Returns True for a cache hit."""
         path = self.entry(identity)
         # One download per object on this agent even when several inputs or attempts want it at once.
         # (A lock lives as long as someone holds or awaits it: the map does not grow with the cache.)
         if (lock := self._locks.get(path.name)) is None:
             lock = self._locks[path.name] = asyncio.Lock()
         async with lock:
-            if await asyncio.to_thread(_link_cached, path, dest):
+            if await asyncio.to_thread(_link_cached, path, size, dest):
                 return True
             partial = await asyncio.to_thread(_partial, path)
             try:
@@ -73,13 +76,24 @@ class ObjectCache:
             log.info("object_cache_evicted", entries=removed, freed=freed, cap=self.cap)
 
 
-def _link_cached(path: Path, dest: Path) -> bool:
+def _link_cached(path: Path, size: int, dest: Path) -> bool:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return False
+    if stat.st_size != size or stat.st_mode & 0o222:
+        # Written through an attempt's link (a step that made its input writable, or ran as root
+        # and appended to it): no longer the version its name says; the attempts that hold it
+        # keep it, the next one fetches the object again.
+        log.warning("object_cache_entry_altered", entry=path.name, size=stat.st_size, expected=size)
+        _remove(path)
+        return False
     try:
         os.link(path, dest)
     except FileNotFoundError:
         if not dest.parent.is_dir():
             raise
-        return False
+        return False  # evicted since
     os.utime(path)  # recently used
     return True
 

@@ -110,7 +110,7 @@ async def download(remote: Remote, cache: ObjectCache, report: Report) -> None:
             else:
                 identity = (remote.location.endpoint or "", remote.location.bucket)
                 identity += (remote.location.key(item.key), item.e_tag)
-                hit = await cache.link(identity, dest, lambda file: fetch(remote, item, file))
+                hit = await cache.link(identity, item.size, dest, lambda file: fetch(remote, item, file))
                 hits += hit  # not in one statement: ``hits`` would be read before the await
         except (BaseError, OSError) as exc:
             raise TransferError(_failure(f"{remote.what}: cannot download", remote, item.key, exc)) from None

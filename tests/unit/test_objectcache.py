@@ -27,10 +27,10 @@ async def test_an_object_is_fetched_once_and_linked_read_only(tmp_path: Path) ->
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
 
-    first = await cache.link(identity, tmp_path / "one" / "b.csv", fetcher(b"data", calls))
-    second = await cache.link(identity, tmp_path / "two" / "b.csv", fetcher(b"other", calls))
+    first = await cache.link(identity, 4, tmp_path / "one" / "b.csv", fetcher(b"data", calls))
+    second = await cache.link(identity, 4, tmp_path / "two" / "b.csv", fetcher(b"data", calls))
     rewritten = await cache.link(
-        (*identity[:3], '"etag-2"'), tmp_path / "two" / "c.csv", fetcher(b"new", calls)
+        (*identity[:3], '"etag-2"'), 3, tmp_path / "two" / "c.csv", fetcher(b"new", calls)
     )
 
     assert (first, second, rewritten) == (False, True, False)
@@ -41,6 +41,33 @@ async def test_an_object_is_fetched_once_and_linked_read_only(tmp_path: Path) ->
     assert os.stat(tmp_path / "one" / "b.csv").st_ino == os.stat(cache.entry(identity)).st_ino
 
 
+@pytest.mark.parametrize("change", ["made-writable", "appended-as-root"])
+async def test_an_entry_written_through_an_attempts_link_is_fetched_again(
+    tmp_path: Path, change: str
+) -> None:
+    cache = ObjectCache(tmp_path / "objects")
+    calls: list[str] = []
+    identity = ("http://s3", "bucket", "a/b.csv", '"etag-1"')
+    for attempt in ("one", "two"):
+        (tmp_path / attempt).mkdir()
+    await cache.link(identity, 4, tmp_path / "one" / "b.csv", fetcher(b"data", calls))
+
+    linked = tmp_path / "one" / "b.csv"
+    if change == "made-writable":  # what a step running as the agent's user can do
+        linked.chmod(0o644)
+        linked.write_bytes(b"evil")
+    else:  # root ignores the mode: what a step running as root in a container can do
+        os.chmod(linked, 0o644)
+        with linked.open("ab") as handle:
+            handle.write(b"!")
+        os.chmod(linked, 0o444)
+
+    hit = await cache.link(identity, 4, tmp_path / "two" / "b.csv", fetcher(b"data", calls))
+    assert not hit
+    assert len(calls) == 2
+    assert (tmp_path / "two" / "b.csv").read_bytes() == b"data"
+
+
 async def test_a_failed_fetch_leaves_nothing(tmp_path: Path) -> None:
     cache = ObjectCache(tmp_path / "objects")
 
@@ -49,7 +76,7 @@ async def test_a_failed_fetch_leaves_nothing(tmp_path: Path) -> None:
         raise OSError("connection reset")
 
     with pytest.raises(OSError, match="connection reset"):
-        await cache.link(("e", "b", "k", "t"), tmp_path / "k", broken)
+        await cache.link(("e", "b", "k", "t"), 4, tmp_path / "k", broken)
 
     assert not (tmp_path / "k").exists()
     assert [path for path in (tmp_path / "objects").rglob("*") if path.is_file()] == []
@@ -61,7 +88,7 @@ async def test_eviction_drops_the_least_recently_used_entries_no_attempt_links(t
     attempt.mkdir()
     for number, age in enumerate([300, 200, 100, 400]):
         identity = ("e", "b", f"k{number}", "t")
-        await cache.link(identity, attempt / f"k{number}", fetcher(b"x" * 1000, []))
+        await cache.link(identity, 1000, attempt / f"k{number}", fetcher(b"x" * 1000, []))
         os.utime(cache.entry(identity), (0, 1_000_000 - age))
     for name in ("k0", "k1", "k2"):  # k3, the oldest, stays linked into a running attempt
         (attempt / name).unlink()
