@@ -248,6 +248,7 @@ async def upload(remote: Remote, attempt: int, report: Report) -> Manifest:
     await report(f"uploading {remote.what} to {remote.uri}: {progress.total}")
     written = {posixpath.join(key, path) for path in files}
     try:
+        await _not_superseded(remote, attempt)
         # A previous attempt's manifest first: no reader may take its files for this attempt's.
         await obstore.delete_async(store, manifest_key(key))
         leftovers = [
@@ -290,6 +291,21 @@ class _File:
     size: int
     identity: tuple[int, int]
     """(device, inode) of the file the listing saw: the upload reads that file or fails."""
+
+
+async def _not_superseded(remote: Remote, attempt: int) -> None:
+    """Raises ``TransferError`` when a later attempt of the step run published the output: this one
+    was given up as lost (its agent cut off from the daemon) and its clearing would unpublish the
+    output that downstream steps are reading."""
+    try:
+        manifest = await read_manifest(remote.store, manifest_key(remote.key))
+    except StoreError:  # unreadable: nobody's output, replaced
+        return
+    if manifest is not None and manifest.attempt > attempt:
+        raise TransferError(
+            f"{remote.what}: attempt {manifest.attempt} published {remote.uri} already; "
+            f"attempt {attempt} leaves it as it is"
+        )
 
 
 def _files(root: Path, within: Path) -> dict[str, _File]:

@@ -58,3 +58,17 @@ async def test_a_link_to_an_input_in_the_staging_dir_is_uploaded_as_its_file(s3,
     files = await published(remote.store, "runs/r/s/out")
     assert files is not None
     assert files["raw.csv"].size == 4
+
+
+async def test_a_lost_attempt_leaves_the_output_a_later_attempt_published(s3, tmp_path: Path) -> None:
+    remote = output(s3, tmp_path, "transfers-superseded")
+    (remote.path / "a.csv").write_text("2\n")
+    await upload(remote, 2, quiet)
+    (remote.path / "a.csv").unlink()
+    (remote.path / "b.csv").write_text("1\n")  # the lost attempt 1 finishes late, with other files
+
+    with pytest.raises(TransferError, match=r"attempt 2 published .* already; attempt 1 leaves it"):
+        await upload(remote, 1, quiet)
+    files = await published(remote.store, "runs/r/s/out")
+    assert files is not None
+    assert sorted(files) == ["a.csv"]
