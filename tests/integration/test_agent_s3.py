@@ -456,3 +456,46 @@ async def test_an_agent_killed_during_an_upload_leaves_nothing_visible_and_the_r
     assert all(secret not in text for text in logs)
     events = [json.loads(line)["event"] for line in logs[0].splitlines() if line.startswith("{")]
     assert "attempt_accepted" in events
+
+
+async def test_sigterm_during_an_upload_lets_it_publish_and_the_agent_exits_0(
+    s3, nats_url: str, daemon: Daemon, tmp_path: Path
+) -> None:
+    lake, store = bucket(s3, "agent-sigterm-upload")
+    run_id = str(uuid.uuid4())
+    output = f"runs/{run_id}/s/out"
+    cache = tmp_path / "sigterm-cache"
+    assignment = s3_assignment(
+        daemon,
+        cache,
+        python(BIG_OUTPUT),
+        {"lake": lake},
+        run_id=run_id,
+        outputs={"out": ("lake", output)},
+        log_in="lake",
+        env={"FILES": "24"},
+    )
+    agent_log = tmp_path / "agent.log"
+    with agent_log.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            *[SLUICE, "agent", "--name", "sigterm", "--executor", "process", "--cache-dir", str(cache)],
+            env=agent_env(nats_url, tmp_path) | s3.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+        )
+    try:
+        await daemon.heartbeat("sigterm")
+        assert (await daemon.assign("sigterm", assignment)).accepted
+        await eventually_in_store(lambda: keys(store, output), bool)  # the upload has begun
+        process.send_signal(signal.SIGTERM)
+        # obstore's runtime threads were busy: the interpreter must still exit cleanly (no SIGABRT).
+        assert await asyncio.wait_for(process.wait(), WAIT_S) == 0, agent_log.read_text()[-2000:]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    files = await published(store, output)
+    assert files is not None
+    assert len(files) == 24
