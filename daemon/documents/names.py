@@ -12,6 +12,8 @@ NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # Params, inputs, outputs and env keys: they become parts of environment variable names.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _STREAM = re.compile(r"[A-Za-z0-9_-]{1,255}")
+LOGS = "logs"
+"""Not an output's name: ``runs/<run>/<step>/logs`` beside a step's outputs holds its attempts' logs."""
 
 
 def name_problem(name: str) -> str | None:

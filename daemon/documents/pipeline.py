@@ -210,6 +210,11 @@ class _FieldChecker:
 
     def outputs(self, outputs: list[str], path: str) -> list[str]:
         self.env_names([(name, child(path, index)) for index, name in enumerate(outputs)], "SLUICE_OUTPUT_")
+        for index, name in enumerate(outputs):
+            if name == names.LOGS:
+                self.report.add(
+                    child(path, index), f"{name!r} is reserved (runs/<run>/<step>/logs holds the step's logs)"
+                )
         return outputs
 
     def resources(self, raw: RawResources, path: str) -> Resources:

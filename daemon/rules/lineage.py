@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from daemon.documents.names import LOGS
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromDatastore, FromStep, OverFiles, StepSpec
 from daemon.documents.template import TemplateError, render
@@ -99,7 +100,7 @@ def output_of(datastore: str, path: str) -> OutputOf | None:
     if datastore != DEFAULT_DATASTORE:
         return None
     match = _OUTPUT.fullmatch(path)
-    if match is None or match[3] == "logs":
+    if match is None or match[3] == LOGS:
         return None
     run_id, step, output, part = match.groups()
     return OutputOf(run_id, step if part is None else name_of(step, int(part)), output)

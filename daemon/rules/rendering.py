@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from daemon.documents.names import LOGS
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.documents.specs import FromStep, OverFiles, PipelineSpec, StepSpec
 from daemon.documents.template import TemplateError, render
@@ -75,7 +76,7 @@ def output_path(run_id: str, step: str, output: str) -> str:
 
 def log_path(run_id: str, step: str, number: int) -> str:
     """The complete log of attempt ``number``, relative to the default datastore."""
-    return f"runs/{run_id}/{step}/logs/attempt-{number}.log"
+    return f"runs/{run_id}/{step}/{LOGS}/attempt-{number}.log"
 
 
 def in_datastore(datastores: Mapping[str, str], name: str, relative: str) -> str:

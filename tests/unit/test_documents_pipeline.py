@@ -283,6 +283,23 @@ def test_duplicate_and_bad_step_names() -> None:
     ]
 
 
+def test_no_output_is_named_logs() -> None:
+    # runs/<run>/<step>/logs holds the attempts' logs: an agent publishing an output there (s3)
+    # would delete them as an earlier attempt's leftovers, and a local log would be in the output.
+    text = """\
+        kind: Pipeline
+        name: p
+        steps:
+          - name: a
+            command: [x]
+            outputs: [logs]
+    """
+
+    assert problems(text) == [
+        "p.yaml:6 steps[0].outputs[0]: 'logs' is reserved (runs/<run>/<step>/logs holds the step's logs)"
+    ]
+
+
 def test_output_names_become_distinct_environment_variables() -> None:
     text = """\
         kind: Pipeline
