@@ -7,12 +7,13 @@ daemon with hand-made assignments, as in test_agent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import signal
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -393,6 +394,34 @@ for number in range(int(os.environ["FILES"])):
 """
 
 
+@contextlib.asynccontextmanager
+async def uploading_agent(
+    s3, nats_url: str, daemon: Daemon, assignment: Assignment, cache: Path, store, output: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, Path]]:
+    """A ``sluice agent`` process on ``cache`` that took ``assignment`` and began uploading its
+    ``output`` (a key of ``store``), for the test to signal, and the file of its own log; killed
+    after, if it still runs."""
+    name = f"signalled-{assignment.attempt_id}"
+    agent_log = cache.parent / f"{name}.log"
+    with agent_log.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            *[SLUICE, "agent", "--name", name, "--executor", "process", "--cache-dir", str(cache)],
+            env=agent_env(nats_url, cache.parent) | s3.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+        )
+    try:
+        await daemon.heartbeat(name)
+        assert (await daemon.assign(name, assignment)).accepted
+        await eventually_in_store(lambda: keys(store, output), bool)  # the upload has begun
+        yield process, agent_log
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def test_an_agent_killed_during_an_upload_leaves_nothing_visible_and_the_retry_publishes(
     s3, credentials, nats_url: str, start_agent: StartAgent, daemon: Daemon, tmp_path: Path
 ) -> None:
@@ -415,25 +444,9 @@ async def test_an_agent_killed_during_an_upload_leaves_nothing_visible_and_the_r
         )
 
     first = attempt(cache, 1, 48)
-    agent_log = tmp_path / "agent.log"
-    with agent_log.open("wb") as stderr:
-        process = subprocess.Popen(  # noqa: ASYNC220 - started once, killed, never awaited
-            [SLUICE, "agent", "--name", "killed", "--executor", "process", "--cache-dir", str(cache)],
-            env=agent_env(nats_url, tmp_path) | s3.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-        )
-    try:
-        await daemon.heartbeat("killed")
-        assert (await daemon.assign("killed", first)).accepted
-        await eventually_in_store(lambda: keys(store, output), bool)  # the upload has begun
+    async with uploading_agent(s3, nats_url, daemon, first, cache, store, output) as (process, agent_log):
         process.send_signal(signal.SIGKILL)
-        process.wait(10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        await asyncio.wait_for(process.wait(), WAIT_S)
 
     assert len(await keys(store, output)) < 48
     assert await published(store, output) is None
@@ -475,26 +488,13 @@ async def test_sigterm_during_an_upload_lets_it_publish_and_the_agent_exits_0(
         log_in="lake",
         env={"FILES": "24"},
     )
-    agent_log = tmp_path / "agent.log"
-    with agent_log.open("wb") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            *[SLUICE, "agent", "--name", "sigterm", "--executor", "process", "--cache-dir", str(cache)],
-            env=agent_env(nats_url, tmp_path) | s3.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-        )
-    try:
-        await daemon.heartbeat("sigterm")
-        assert (await daemon.assign("sigterm", assignment)).accepted
-        await eventually_in_store(lambda: keys(store, output), bool)  # the upload has begun
+    async with uploading_agent(s3, nats_url, daemon, assignment, cache, store, output) as (
+        process,
+        agent_log,
+    ):
         process.send_signal(signal.SIGTERM)
         # obstore's runtime threads were busy: the interpreter must still exit cleanly (no SIGABRT).
         assert await asyncio.wait_for(process.wait(), WAIT_S) == 0, agent_log.read_text()[-2000:]
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
     files = await published(store, output)
     assert files is not None
