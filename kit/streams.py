@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats.js.errors
 import structlog
@@ -23,6 +25,8 @@ from kit.backoff import backoff_s
 from kit.nats import BusError, NatsErrors
 from kit.subjects import SOURCES_BUCKET, SOURCES_STREAM, STEP_EVENTS, STEPS_STREAM
 from kit.supervise import describe
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -56,8 +60,13 @@ async def ensure_steps_stream(js: JetStreamContext, replicas: int | None = None)
     """Creates ``STEPS_STREAM``, or brings it to :func:`steps_stream`'s config, ``replicas`` included
     (None: made with one, and an existing stream keeps its own).
 
-    Raises ``BusError`` when JetStream refuses (too few servers for ``replicas``, for one).
+    Raises ``BusError`` when JetStream refuses (too few servers for ``replicas``, for one, once
+    ``PLACEMENT_WAIT_S`` has passed).
     """
+    await _placed(lambda: _ensure_steps_stream(js, replicas))
+
+
+async def _ensure_steps_stream(js: JetStreamContext, replicas: int | None) -> None:
     config = steps_stream(replicas or 1)
     try:
         await js.add_stream(config)
@@ -111,6 +120,30 @@ def _refused(
     )
 
 
+PLACEMENT_WAIT_S = 30.0
+"""How long a daemon asks again while JetStream has too few servers for the replicas: a cluster
+starting beside the daemon (compose, Kubernetes) answers before all its servers have joined it."""
+_NO_PEERS = 10005
+"""JetStream's error code for "no suitable peers for placement"."""
+
+
+async def _placed(make: Callable[[], Awaitable[T]]) -> T:
+    """``make()``, asked again with backoff while JetStream has too few servers to place it."""
+    deadline = time.monotonic() + PLACEMENT_WAIT_S
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await make()
+        except BusError as exc:
+            cause = exc.__cause__
+            delay = min(backoff_s(tries, base=0.2, cap=2.0), deadline - time.monotonic())
+            if not (isinstance(cause, nats.js.errors.APIError) and cause.err_code == _NO_PEERS) or delay <= 0:
+                raise
+            log.warning("jetstream_peers_missing", tries=tries, retry_in=round(delay, 2), error=str(exc))
+            await asyncio.sleep(delay)
+
+
 async def wait_for_jetstream(js: JetStreamContext, timeout_s: float) -> None:
     """Returns once JetStream answers for this account: a cluster that is starting answers only after
     its servers elected a meta leader (until then a server may even say that JetStream is not
@@ -159,8 +192,13 @@ async def ensure_sources_bucket(js: JetStreamContext, replicas: int | None = Non
     one that exists is brought to ``replicas`` (None: left at its own) and otherwise used as it is,
     whoever made it.
 
-    Raises ``BusError`` when JetStream refuses (too few servers for ``replicas``, for one).
+    Raises ``BusError`` when JetStream refuses (too few servers for ``replicas``, for one, once
+    ``PLACEMENT_WAIT_S`` has passed).
     """
+    return await _placed(lambda: _ensure_sources_bucket(js, replicas))
+
+
+async def _ensure_sources_bucket(js: JetStreamContext, replicas: int | None) -> ObjectStore:
     try:
         store = await js.object_store(SOURCES_BUCKET)
     except nats.js.errors.BucketNotFoundError:

@@ -48,11 +48,13 @@ class NatsCluster:
         """Every server, as ``SLUICE_NATS_URL`` takes them."""
         return ",".join(self.urls)
 
-    def start(self) -> NatsCluster:
-        """Starts every server; returns once each accepts clients (JetStream may still be electing)."""
-        for index in range(len(self.names)):
+    def start(self, count: int | None = None) -> NatsCluster:
+        """Starts the first ``count`` servers (all by default; :meth:`restart` starts the others);
+        returns once each accepts clients (JetStream may still be electing)."""
+        started = range(len(self.names) if count is None else count)
+        for index in started:
             self._launch(index)
-        for index in range(len(self.names)):
+        for index in started:
             self._wait_accepting(index)
         return self
 
@@ -64,7 +66,8 @@ class NatsCluster:
             process.wait(10)
 
     def restart(self, name: str) -> None:
-        """Starts a killed server again on its ports and store; returns once it accepts clients."""
+        """Starts a killed (or not yet started) server on its ports and store; returns once it accepts
+        clients."""
         index = self.names.index(name)
         self._launch(index)
         self._wait_accepting(index)

@@ -17,6 +17,7 @@ from daemon.dispatch.step_events import StepEvents
 from daemon.errors import Unavailable
 from daemon.runtime.bus import SourceStore
 from daemon.runtime.bus import connect as connect_daemon
+from kit import streams
 from kit.nats import NatsOptions
 from kit.streams import STEPS_CONSUMER, trigger_consumer
 from kit.subjects import SOURCES_STREAM, STEPS_STREAM
@@ -76,7 +77,8 @@ async def test_sluices_streams_take_the_replicas_and_follow_a_change_both_ways(n
         assert found == wanted
 
 
-async def test_replicas_beyond_the_cluster_are_refused_naming_the_remedy(nc: NATS, pool) -> None:
+async def test_replicas_beyond_the_cluster_are_refused_naming_the_remedy(nc: NATS, pool, monkeypatch) -> None:
+    monkeypatch.setattr(streams, "PLACEMENT_WAIT_S", 1.0)
     with pytest.raises(Unavailable) as refused:
         await start_daemon_side(nc, pool, 5)
 
@@ -96,6 +98,24 @@ async def test_a_triggers_consumer_has_its_streams_replicas(nc: NATS) -> None:
     assert info.config.num_replicas in (None, 0)  # none named: the stream's
     assert info.cluster.leader
     assert len(info.cluster.replicas or []) == 2
+
+
+async def test_the_daemon_waits_for_the_servers_its_replicas_need(tmp_path: Path, pool) -> None:
+    cluster = NatsCluster(tmp_path / "joining").start(count=2)  # the third joins later (compose)
+    try:
+        nc = await connect_daemon(NatsOptions(cluster.url))
+        try:
+            starting = asyncio.create_task(start_daemon_side(nc, pool, 3))
+            await asyncio.sleep(2)
+            assert not starting.done()  # too few peers for three copies: it asks again
+            await asyncio.to_thread(cluster.restart, "n2")
+            async with asyncio.timeout(streams.PLACEMENT_WAIT_S):
+                await starting
+            assert set((await replicas_of(nc)).values()) == {3}
+        finally:
+            await nc.close()
+    finally:
+        cluster.stop()
 
 
 async def test_the_daemon_waits_for_a_cluster_that_is_still_starting(tmp_path: Path) -> None:
