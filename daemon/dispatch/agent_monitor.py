@@ -243,5 +243,6 @@ class AgentMonitor:
         for attempt_id in attempts:
             self._registry.release(attempt_id)
             agent.unlisted_since.pop(attempt_id, None)  # one this daemon watched without holding it
-        log.warning("attempts_lost", agent=agent.id, attempts=list(attempts))
+        if requeued:  # an attempt that finished meanwhile was not lost: nothing to say of it
+            log.warning("attempts_lost", agent=agent.id, attempts=[item.attempt_id for item in requeued])
         self._dispatcher.requeue(requeued)
