@@ -187,19 +187,20 @@ def decode_manifest(data: bytes, key: str) -> Manifest:
 
 async def published(store: S3Store, output: str) -> dict[str, ManifestFile] | None:
     """The published files of ``output`` by their path under it, or None when none is published:
-    its own manifest, or else the union of the manifests under it (a fan-out step's partitions)."""
+    its own manifest, or else the union of the manifests under it (a fan-out step's partitions,
+    published even when each of them is empty)."""
     output = output.rstrip("/")
     if (manifest := await read_manifest(store, manifest_key(output))) is not None:
         return {entry.path: entry for entry in manifest.files}
-    files: dict[str, ManifestFile] = {}
+    files: dict[str, ManifestFile] | None = None
     async for chunk in obstore.list(store, output + "/"):
         for meta in chunk:
             key = meta["path"]
             if not key.endswith(MANIFEST_SUFFIX) or (manifest := await read_manifest(store, key)) is None:
                 continue
             part = key[len(output) + 1 : -len(MANIFEST_SUFFIX)]
-            files |= {posixpath.join(part, entry.path): entry for entry in manifest.files}
-    return files or None
+            files = (files or {}) | {posixpath.join(part, entry.path): entry for entry in manifest.files}
+    return files
 
 
 async def read_manifest(store: S3Store, key: str) -> Manifest | None:

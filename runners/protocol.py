@@ -165,6 +165,15 @@ class Resources(msgspec.Struct, frozen=True, kw_only=True):
     gpu_memory: int | None = None  # bytes, per GPU
 
 
+class Upstream(msgspec.Struct, frozen=True, kw_only=True):
+    """The step output an input is: ``output`` of ``step`` in run ``run_id`` (for a reused step, the
+    run and step whose output it reuses)."""
+
+    run_id: str
+    step: str
+    output: str
+
+
 class Assignment(_Message, kw_only=True):
     """One attempt of one step, ready to execute.
 
@@ -178,7 +187,10 @@ class Assignment(_Message, kw_only=True):
     under that root stands for the same path under the store's prefix. The agent downloads the
     inputs under such a root before the step starts (a step's output through its manifests,
     ``kit.objectstore``), and after the step succeeded uploads its outputs there and publishes each
-    with its manifest; the log under such a root is uploaded as it grows. ``source_digest`` names
+    with its manifest; the log under such a root is uploaded as it grows. ``upstream`` names the
+    inputs that are a step's output (the others are datastore paths): that step succeeded, so such
+    an input under an ``s3`` root is published, and the agent fails the attempt when it finds no
+    manifest there rather than start the step without it. ``source_digest`` names
     the snapshot in ``SOURCES_BUCKET`` to unpack as the working directory; without one the step
     starts in an empty working directory. The agent adds
     ``SLUICE_METRICS`` (a file in the work dir) to ``env`` and reads it back at the end.
@@ -197,6 +209,7 @@ class Assignment(_Message, kw_only=True):
     gpus: list[int] = msgspec.field(default_factory=list)
     source_digest: str | None = None
     inputs: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local path
+    upstream: dict[str, Upstream] = msgspec.field(default_factory=dict)  # input name -> step output
     outputs: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local directory
     datastores: dict[str, str] = msgspec.field(default_factory=dict)  # name -> local root
     stores: dict[str, S3Location] = msgspec.field(default_factory=dict)  # s3 datastores by name

@@ -18,7 +18,7 @@ from pathlib import Path
 from obstore.store import S3Store
 
 from kit.objectstore import S3Location, open_store
-from runners.protocol import Assignment
+from runners.protocol import Assignment, Upstream
 
 STAGING = "staging"
 
@@ -67,6 +67,8 @@ class Remote:
     """The step run's staging directory: an output uploaded from ``path`` may hold links to files
     in it (an input, say), never out of it (the step wrote them: ``/etc/shadow``, the agent's
     credentials)."""
+    upstream: Upstream | None = None
+    """For an input that is a step's output, the run, step and output that published it."""
 
     @property
     def uri(self) -> str:
@@ -90,17 +92,20 @@ class Staging:
         stores = {name: open_store(location, environ) for name, location in assignment.stores.items()}
         within = step_staging(staging, assignment)
 
-        def remote(what: str, path: str) -> Remote | None:
+        def remote(what: str, path: str, upstream: Upstream | None = None) -> Remote | None:
             for name, store in stores.items():
                 root = posixpath.normpath(assignment.datastores[name])
                 normal = posixpath.normpath(path)
                 if normal == root or normal.startswith(root + "/"):
                     key = normal[len(root) + 1 :]
                     location = assignment.stores[name]
-                    return Remote(what, name, location, store, key, Path(normal), within)
+                    return Remote(what, name, location, store, key, Path(normal), within, upstream)
             return None
 
-        inputs = [remote(f"input {name}", path) for name, path in assignment.inputs.items()]
+        inputs = [
+            remote(f"input {name}", path, assignment.upstream.get(name))
+            for name, path in assignment.inputs.items()
+        ]
         outputs = [remote(f"output {name}", path) for name, path in assignment.outputs.items()]
         return cls(
             root=within,

@@ -90,11 +90,17 @@ class _Object:
 
 async def download(remote: Remote, cache: ObjectCache, report: Report) -> None:
     """Puts what ``remote`` names at its local path; nothing there leaves no path (as a missing
-    path of a local datastore would). Raises ``TransferError``."""
+    path of a local datastore would), except for a step's output: its step succeeded, so an output
+    that is not published is an error. Raises ``TransferError``."""
     try:
         objects = await _objects(remote)
     except (BaseError, StoreError, OSError) as exc:
         raise TransferError(f"{remote.what}: cannot list {remote.uri}: {_reason(exc)}") from None
+    if objects is None and (upstream := remote.upstream) is not None:
+        raise TransferError(
+            f"{remote.what}: output {upstream.output} of step {upstream.step} in run {upstream.run_id} "
+            f"is not published: no manifest at or under {remote.uri}"
+        )
     if objects is None:
         await report(f"{remote.what}: nothing at {remote.uri}")
         return
@@ -130,9 +136,14 @@ async def download(remote: Remote, cache: ObjectCache, report: Report) -> None:
 async def _objects(remote: Remote) -> list[_Object] | None:
     """What ``remote`` names: a published output's files, a prefix's objects, or one object.
 
-    An output's own manifest is one request; a prefix is listed once, and only a listing with
-    manifests in it (a fan-out step's output: one per partition) is read through them."""
+    A step's output is only what its manifests list (objects without one are a killed attempt's).
+    Any other path may be an output too (a daemon before ``Assignment.upstream``, a datastore path
+    that names one): its own manifest is one request; a prefix is listed once, and only a listing
+    with manifests in it (a fan-out step's output: one per partition) is read through them."""
     store, key = remote.store, remote.key
+    if remote.upstream is not None:
+        files = await published(store, key)
+        return None if files is None else _published(key, files)
     manifest = await read_manifest(store, manifest_key(key)) if key else None
     if manifest is not None:
         return _published(key, {entry.path: entry for entry in manifest.files})

@@ -35,7 +35,7 @@ from daemon.documents.template import TemplateError, render
 from daemon.rules.params import param_text
 from daemon.rules.partitions import Partition, name_of
 from kit.objectstore import S3Location, addressable
-from runners.protocol import Assignment, Resources
+from runners.protocol import Assignment, Resources, Upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +61,11 @@ class RunContext:
 
     def output(self, step: str, output: str) -> str:
         """Where ``step``'s ``output`` lives, relative to the default datastore."""
-        run_id, origin = self.reused.get(step, (self.id, step))
-        return output_path(run_id, origin, output)
+        return output_path(*self.origin(step), output)
+
+    def origin(self, step: str) -> tuple[str, str]:
+        """The run and step that wrote ``step``'s outputs: those it reuses, or its own."""
+        return self.reused.get(step, (self.id, step))
 
 
 def output_path(run_id: str, step: str, output: str) -> str:
@@ -110,6 +113,8 @@ class RenderedStep:
     """The datastores the step's paths lie in: name -> root as the agent sees it."""
     stores: dict[str, S3Location] = field(default_factory=dict)
     """Those of them that are ``s3`` datastores, by name."""
+    upstream: dict[str, Upstream] = field(default_factory=dict)
+    """The ``inputs`` that are a step's output, with the run, step and output that wrote them."""
 
 
 def run_values(run: RunContext) -> dict[str, str]:
@@ -139,10 +144,14 @@ def render_step(
     values = run_values(run)
     used = {DEFAULT_DATASTORE}
     inputs: dict[str, str] = {}
+    upstream: dict[str, Upstream] = {}
     uris: dict[str, str] = {}
     for name, source in step.inputs.items():
+        written: Upstream | None = None
         if isinstance(source, FromStep):
-            datastore, relative = DEFAULT_DATASTORE, run.output(source.step, source.output)
+            run_id, origin = run.origin(source.step)
+            written = Upstream(run_id=run_id, step=origin, output=source.output)
+            datastore, relative = DEFAULT_DATASTORE, output_path(run_id, origin, source.output)
         else:
             datastore, relative = source.datastore, render(source.path, values)
         if (store := stores.get(datastore)) is not None and source.mode == "uri":
@@ -152,6 +161,8 @@ def render_step(
                 store_uri(store, datastore, relative)  # the agent downloads it: a key it can name
             inputs[name] = in_datastore(datastores, datastore, relative)
             used.add(datastore)
+            if written is not None:
+                upstream[name] = written
     run_name = step.name if partition is None else name_of(step.name, partition.index)
     outputs = {
         name: in_datastore(datastores, DEFAULT_DATASTORE, output_path(run.id, run_name, name))
@@ -186,6 +197,7 @@ def render_step(
         outputs=outputs,
         datastores={name: datastores[name] for name in sorted(used)},
         stores={name: stores[name] for name in sorted(used) if name in stores},
+        upstream=upstream,
     )
 
 
@@ -281,6 +293,7 @@ def assignment(
         gpus=list(gpus),
         source_digest=run.source_digest,
         inputs=rendered.inputs,
+        upstream=rendered.upstream,
         outputs=rendered.outputs,
         datastores=rendered.datastores,
         stores=rendered.stores,

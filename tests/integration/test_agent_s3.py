@@ -1,8 +1,9 @@
 """Agents and ``s3`` datastores, against a real S3 endpoint (moto_server) and real NATS: inputs
 downloaded into the staging directory (a prefix, one object, a step's published output) through the
-object cache, outputs published with their manifest, the log uploaded as it grows, failed and killed
-uploads that leave nothing visible, and credentials that stay out of every log. The test plays the
-daemon with hand-made assignments, as in test_agent."""
+object cache, a step's output that is not published failing the attempt, outputs published with
+their manifest, the log uploaded as it grows, failed and killed uploads that leave nothing visible,
+and credentials that stay out of every log. The test plays the daemon with hand-made assignments, as
+in test_agent."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from kit.objectstore import (
     open_store,
     published,
 )
-from runners.protocol import Assignment, StepFinished
+from runners.protocol import Assignment, StepFinished, Upstream
 from tests.integration import test_agent
 from tests.integration.test_agent import WAIT_S, Daemon, RunningAgent, new_attempt_id, python
 from tests.integration.test_agent_cli import SLUICE, agent_env
@@ -349,6 +350,55 @@ async def test_an_input_rewritten_since_it_was_published_fails_the_attempt_namin
     )
     log = await asyncio.to_thread(Path(assignment.log_path).read_text)
     assert log.splitlines()[-1] == f"[sluice] {finished.error}"
+
+
+async def test_a_step_output_that_is_not_published_fails_the_attempt_before_it_starts(
+    s3, credentials, start_agent: StartAgent, daemon: Daemon, tmp_path: Path
+) -> None:
+    # Its step succeeded, so it was published: without a manifest (deleted since, or a killed
+    # attempt's files only) the step must not start without it, as it may without a datastore path.
+    agent = await start_agent()
+    lake, store = bucket(s3, "agent-unpublished")
+    output = "runs/r0/prep/features"
+    await obstore.put_async(store, f"{output}/half.csv", b"a killed attempt's")
+    started = tmp_path / "started"
+    touch = python(f"import pathlib; pathlib.Path({str(started)!r}).touch()")
+    assignment = s3_assignment(
+        daemon,
+        agent.cache_dir,
+        touch,
+        {"lake": lake},
+        inputs={"raw": ("lake", "landing/none"), "features": ("lake", output)},
+        upstream={"features": Upstream(run_id="r0", step="prep", output="features")},
+    )
+
+    finished = await executed(daemon, agent.id, assignment)
+
+    assert (finished.status, finished.exit_code) == ("failed", None)
+    assert finished.error == (
+        "input features: output features of step prep in run r0 is not published: "
+        f"no manifest at or under s3://agent-unpublished/{output}"
+    )
+    assert not started.exists()
+    log = (await asyncio.to_thread(Path(assignment.log_path).read_text)).splitlines()
+    assert log == [
+        "[sluice] input raw: nothing at s3://agent-unpublished/landing/none",  # a path may be empty
+        f"[sluice] {finished.error}",
+    ]
+
+    # A fan-out step's partitions that each published nothing are its output, empty.
+    await publish(store, "runs/r0/fan/parts/part-00000", {})
+    fanned = s3_assignment(
+        daemon,
+        agent.cache_dir,
+        touch,
+        {"lake": lake},
+        inputs={"parts": ("lake", "runs/r0/fan/parts")},
+        upstream={"parts": Upstream(run_id="r0", step="fan", output="parts")},
+    )
+    finished = await executed(daemon, agent.id, fanned)
+    assert (finished.status, finished.error) == ("succeeded", None)
+    assert started.exists()
 
 
 async def test_an_unset_credential_variable_fails_the_attempt_naming_it(

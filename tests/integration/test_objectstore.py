@@ -97,3 +97,6 @@ async def test_an_output_is_what_its_manifests_list(s3) -> None:
     await _publish(store, "runs/r1/score/out/part-00001", {"s.csv": b"1"})
     await obstore.put_async(store, "runs/r1/score/out/part-00002/s.csv", b"2")
     assert sorted(await published(store, "runs/r1/score/out")) == ["part-00000/s.csv", "part-00001/s.csv"]
+    # Partitions that each published nothing: an empty output, not a missing one.
+    await _publish(store, "runs/r1/filter/out/part-00000", {})
+    assert await published(store, "runs/r1/filter/out") == {}

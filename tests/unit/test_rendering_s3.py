@@ -11,6 +11,7 @@ from daemon.documents.template import TemplateError
 from daemon.planning.contexts import Datastores
 from daemon.rules.rendering import RunContext, assignment, render_step
 from kit.objectstore import S3Location
+from runners.protocol import Upstream
 
 LANDING = S3Location(bucket="acme-landing", prefix="in", access_key_id_env="K", secret_access_key_env="S")
 OUTPUTS = S3Location(bucket="acme-runs")
@@ -112,6 +113,23 @@ def test_a_step_output_in_uri_mode_is_its_prefix_on_an_s3_default() -> None:
     assert rendered.argv == ["s", "s3://acme-runs/runs/r1/prep/f"]
     assert rendered.inputs == {}
     assert rendered.stores == {"default": OUTPUTS}  # its own outputs and log still go there
+
+
+def test_an_assignment_names_the_inputs_that_are_step_outputs_and_who_wrote_them() -> None:
+    # The agent fails an attempt whose step output is not published; a datastore path may be empty.
+    found = datastores(default_on_s3=True)
+    spec = pipeline()
+    run = run_of(spec)
+    reused = RunContext("r2", "p", 1, run.params, spec, None, reused={"prep": ("r1", "prep")})
+
+    prep = render_step(run, spec.steps[0], found.for_agent({}, "/stage", "r1/prep"), None, found.stores)
+    roots = found.for_agent({}, "/stage", "r2/score")
+    score = render_step(reused, spec.steps[1], roots, None, found.stores)
+    message = assignment(reused, spec.steps[1], score, roots, attempt_id=7, number=1, gpus=())
+
+    assert prep.upstream == {}
+    assert message.inputs == {"f": "/stage/r2/score/default/runs/r1/prep/f"}
+    assert message.upstream == {"f": Upstream(run_id="r1", step="prep", output="f")}
 
 
 def test_a_uri_input_must_stay_inside_its_datastore() -> None:
