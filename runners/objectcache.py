@@ -42,8 +42,8 @@ STALE_PARTIAL_S = 3600.0
 """A temporary file this old belongs to a download that died with its agent."""
 COPY_CHUNK = 1024**3
 COPY_RANGE_REFUSED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
-"""``copy_file_range`` cannot between these files (another filesystem on an old kernel, one that
-does not support it): they are copied by reading and writing."""
+"""``copy_file_range`` cannot copy between such files (on two filesystems, or one that does not
+support it): they are copied by reading and writing."""
 
 Fetch = Callable[[Path], Awaitable[None]]
 """Writes an object's content to the given (new, empty) file; raises what the download raises."""
