@@ -3,24 +3,29 @@ attempts is fetched once.
 
 Under ``<cache_dir>/objects/``, one read-only file per object version: named by a digest of
 (endpoint, bucket, key, ETag), so a rewritten object (new ETag) is another entry and a stale one is
-never served. A download goes to a temporary file, is hard-linked into the attempt's tree, then
-renamed into the cache: nobody sees half an object, several agents may share the cache dir, and an
-entry evicted at any moment leaves the attempts that link it their copy.
+never served. A download goes to a temporary file, is placed into the attempt's tree, then renamed
+into the cache: nobody sees half an object, several agents may share the cache dir, and an entry
+evicted at any moment leaves the attempts that hold it their file.
+
+An object is placed as a read-only hard link, or as a copy for a step in a container: the container
+sees its inputs but not the cache, and may be root there (a setuid program in its image) and write
+through a link in place, at the same size, unseen. A step running as the agent's user can reach the
+cache anyway; one that writes through its link (made writable) changes the entry's size or mode, and
+such an entry is dropped rather than served.
 
 Eviction keeps the cache under a size cap, least recently used first (a hit refreshes the entry's
 mtime); entries linked into an attempt's tree (more than one link) stay, removing them would free
-nothing. A step can write through its link (make it writable, or be root in a container): an entry
-whose size or read-only mode changed is dropped rather than served; one overwritten in place, same
-size, by root is not caught (that would take reading it again). Everything that touches files runs
-in a thread.
+nothing. Everything that touches files runs in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 import weakref
@@ -35,6 +40,10 @@ DEFAULT_CAP = 10 * 1024**3
 PARTIAL_PREFIX = ".partial-"
 STALE_PARTIAL_S = 3600.0
 """A temporary file this old belongs to a download that died with its agent."""
+COPY_CHUNK = 1024**3
+COPY_RANGE_REFUSED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+"""``copy_file_range`` cannot copy between such files (on two filesystems, or one that does not
+support it): they are copied by reading and writing."""
 
 Fetch = Callable[[Path], Awaitable[None]]
 """Writes an object's content to the given (new, empty) file; raises what the download raises."""
@@ -50,21 +59,24 @@ class ObjectCache:
         digest = hashlib.sha256("\0".join(identity).encode()).hexdigest()
         return self.root / digest[:2] / digest
 
-    async def link(self, identity: tuple[str, ...], size: int, dest: Path, fetch: Fetch) -> bool:
-        """Puts the object named by ``identity`` (``size`` bytes) at ``dest`` (read-only, a hard
-        link), fetching it with ``fetch`` unless cached. Returns True for a cache hit."""
+    async def place(
+        self, identity: tuple[str, ...], size: int, dest: Path, fetch: Fetch, *, copy: bool = False
+    ) -> bool:
+        """Puts the object named by ``identity`` (``size`` bytes) at ``dest``, read-only: a hard link
+        to the entry, or with ``copy`` a file of its own. Fetches it with ``fetch`` unless cached.
+        Returns True for a cache hit."""
         path = self.entry(identity)
         # One download per object on this agent even when several inputs or attempts want it at once.
         # (A lock lives as long as someone holds or awaits it: the map does not grow with the cache.)
         if (lock := self._locks.get(path.name)) is None:
             lock = self._locks[path.name] = asyncio.Lock()
         async with lock:
-            if await asyncio.to_thread(_link_cached, path, size, dest):
+            if await asyncio.to_thread(_place_cached, path, size, dest, copy):
                 return True
             partial = await asyncio.to_thread(_partial, path)
             try:
                 await fetch(partial)
-                await asyncio.to_thread(_install, partial, path, dest)
+                await asyncio.to_thread(_install, partial, path, dest, copy)
             finally:
                 await asyncio.to_thread(_remove, partial)
             return False
@@ -76,7 +88,7 @@ class ObjectCache:
             log.info("object_cache_evicted", entries=removed, freed=freed, cap=self.cap)
 
 
-def _link_cached(path: Path, size: int, dest: Path) -> bool:
+def _place_cached(path: Path, size: int, dest: Path, copy: bool) -> bool:
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -89,7 +101,7 @@ def _link_cached(path: Path, size: int, dest: Path) -> bool:
         _remove(path)
         return False
     try:
-        os.link(path, dest)
+        _put(path, dest, copy)
     except FileNotFoundError:
         if not dest.parent.is_dir():
             raise
@@ -105,10 +117,27 @@ def _partial(path: Path) -> Path:
     return Path(name)
 
 
-def _install(partial: Path, path: Path, dest: Path) -> None:
+def _install(partial: Path, path: Path, dest: Path, copy: bool) -> None:
     partial.chmod(0o444)
-    os.link(partial, dest)  # first: the attempt has its copy whatever happens to the cache
+    _put(partial, dest, copy)  # first: the attempt has its file whatever happens to the cache
     os.rename(partial, path)
+
+
+def _put(source: Path, dest: Path, copy: bool) -> None:
+    if not copy:
+        os.link(source, dest)
+        return
+    try:
+        with source.open("rb") as reader, dest.open("xb") as writer:
+            # Shares the blocks where the filesystem can (a reflink on Btrfs or XFS), copies in the
+            # kernel elsewhere.
+            while os.copy_file_range(reader.fileno(), writer.fileno(), COPY_CHUNK):
+                pass
+    except OSError as exc:
+        if exc.errno not in COPY_RANGE_REFUSED:
+            raise
+        shutil.copyfile(source, dest)  # rewrites what the refused attempt began
+    dest.chmod(0o444)
 
 
 def _remove(path: Path) -> None:

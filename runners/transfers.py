@@ -2,8 +2,8 @@
 
 Downloads (before the step starts): a step's output through its manifests (``published``; each
 object fetched only if its ETag is still the one published), else a prefix by listing it, else a
-single object. Objects come through the agent's :class:`ObjectCache` and are hard-linked read-only
-into the attempt's tree.
+single object. Objects come through the agent's :class:`ObjectCache`: hard-linked read-only into the
+attempt's tree, or copied (``copy``, for a step in a container).
 
 Uploads (after the step succeeded): an output directory goes to the same relative key; keys under it
 that this attempt does not write (left by a killed attempt) are deleted first, the files go up
@@ -88,10 +88,11 @@ class _Object:
 # -- downloads -------------------------------------------------------------------------------------
 
 
-async def download(remote: Remote, cache: ObjectCache, report: Report) -> None:
+async def download(remote: Remote, cache: ObjectCache, report: Report, *, copy: bool = False) -> None:
     """Puts what ``remote`` names at its local path; nothing there leaves no path (as a missing
     path of a local datastore would), except for a step's output: its step succeeded, so an output
-    that is not published is an error. Raises ``TransferError``."""
+    that is not published is an error. ``copy``: cached objects are copied, not linked (see
+    ``ObjectCache.place``). Raises ``TransferError``."""
     try:
         objects = await _objects(remote)
     except (BaseError, StoreError, OSError) as exc:
@@ -119,7 +120,9 @@ async def download(remote: Remote, cache: ObjectCache, report: Report) -> None:
             else:
                 identity = (remote.location.endpoint or "", remote.location.bucket)
                 identity += (remote.location.key(item.key), item.e_tag)
-                hit = await cache.link(identity, item.size, dest, lambda file: fetch(remote, item, file))
+                hit = await cache.place(
+                    identity, item.size, dest, lambda file: fetch(remote, item, file), copy=copy
+                )
                 hits += hit  # not in one statement: ``hits`` would be read before the await
         except (BaseError, OSError) as exc:
             raise TransferError(_failure(f"{remote.what}: cannot download", remote, item.key, exc)) from None

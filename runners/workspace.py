@@ -81,9 +81,10 @@ class Workspace:
             await asyncio.to_thread(_prepare_dirs, dirs, snapshot, assignment)
         except OSError as exc:
             raise PrepareError(f"cannot prepare the work directory: {_describe(exc)}") from exc
+        in_container = assignment.image is not None  # may write as root where a link would reach the cache
         for remote in staging.inputs if staging is not None else []:
             try:
-                await download(remote, self._objects, report)
+                await download(remote, self._objects, report, copy=in_container)
             except TransferError as exc:
                 raise PrepareError(str(exc)) from None
         return dirs

@@ -1,9 +1,9 @@
 """Agents and ``s3`` datastores, against a real S3 endpoint (moto_server) and real NATS: inputs
 downloaded into the staging directory (a prefix, one object, a step's published output) through the
-object cache, a step's output that is not published failing the attempt, outputs published with
-their manifest, the log uploaded as it grows, failed and killed uploads that leave nothing visible,
-and credentials that stay out of every log. The test plays the daemon with hand-made assignments, as
-in test_agent."""
+object cache (copied for a step in a container), a step's output that is not published failing the
+attempt, outputs published with their manifest, the log uploaded as it grows, failed and killed
+uploads that leave nothing visible, and credentials that stay out of every log. The test plays the
+daemon with hand-made assignments, as in test_agent."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from kit.objectstore import (
     open_store,
     published,
 )
+from runners.executors.docker import DockerExecutor, connect_docker
+from runners.executors.process import ProcessExecutor
 from runners.protocol import Assignment, StepFinished, Upstream
 from tests.integration import test_agent
 from tests.integration.test_agent import WAIT_S, Daemon, RunningAgent, new_attempt_id, python
@@ -399,6 +401,33 @@ async def test_a_step_output_that_is_not_published_fails_the_attempt_before_it_s
     finished = await executed(daemon, agent.id, fanned)
     assert (finished.status, finished.error) == ("succeeded", None)
     assert started.exists()
+
+
+async def test_a_container_step_that_writes_its_input_in_place_leaves_the_agents_cache_intact(
+    s3, credentials, start_agent: StartAgent, daemon: Daemon, docker_image: str
+) -> None:
+    client = await connect_docker()
+    assert client is not None
+    docker = DockerExecutor(client, network="none", grace_s=1.0)
+    agent = await start_agent(executors={"process": ProcessExecutor(grace_s=1.0), "docker": docker})
+    landing, store = bucket(s3, "agent-container")
+    await obstore.put_async(store, "raw.csv", b"good")
+    stores, raw = {"landing": landing}, {"raw": ("landing", "raw.csv")}
+    # What root in the container (a setuid program in its image) can do: same size, mode restored.
+    spoil = 'chmod u+w "$IN_RAW" && printf evil > "$IN_RAW" && chmod a-w "$IN_RAW"'
+    container = s3_assignment(
+        daemon, agent.cache_dir, ["sh", "-c", spoil], stores, inputs=raw, image=docker_image
+    )
+    process = s3_assignment(daemon, agent.cache_dir, ["sh", "-c", 'cat "$IN_RAW"'], stores, inputs=raw)
+
+    spoiled = await executed(daemon, agent.id, container)
+    read = await executed(daemon, agent.id, process)
+
+    assert (spoiled.status, spoiled.error) == ("succeeded", None)
+    assert (read.status, read.error) == ("succeeded", None)
+    log = (await asyncio.to_thread(Path(process.log_path).read_text)).splitlines()
+    assert log[-2].endswith(", 1 from the agent's cache")
+    assert log[-1] == "good"
 
 
 async def test_an_unset_credential_variable_fails_the_attempt_naming_it(
