@@ -161,6 +161,13 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     """The attempt that published it (a retry publishes again, replacing it)."""
 
 
+def reason_of(error: BaseException) -> str:
+    """A store's error in one line: obstore's messages go on with the request and a debug dump of
+    it (URLs and status codes, never credentials: requests are signed in headers, not shown)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
 def manifest_key(output: str) -> str:
     """The manifest of the output whose files lie under ``output/``."""
     return output.rstrip("/") + MANIFEST_SUFFIX

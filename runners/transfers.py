@@ -42,6 +42,7 @@ from kit.objectstore import (
     manifest_key,
     published,
     read_manifest,
+    reason_of,
 )
 from runners.objectcache import ObjectCache
 from runners.staging import Remote
@@ -525,8 +526,7 @@ def _failure(what: str, remote: Remote, key: str, exc: BaseException) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """The first line of an error: obstore's messages go on with the request and its debug dump."""
+    """One line of an error: a local file's, or the store's (:func:`kit.objectstore.reason_of`)."""
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    text = (str(exc) or type(exc).__name__).strip().splitlines()[0]
-    return text if len(text) <= 500 else text[:500] + "…"
+    return reason_of(exc)

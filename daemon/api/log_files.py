@@ -16,10 +16,9 @@ from obstore.store import S3Store
 
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.errors import Unavailable
-from daemon.planning.store_fingerprints import reason_of
 from daemon.store.catalog import get_datastore
 from daemon.store.db import Db
-from kit.objectstore import S3Location, StoreError, open_store
+from kit.objectstore import S3Location, StoreError, open_store, reason_of
 
 
 class LogFiles(Protocol):

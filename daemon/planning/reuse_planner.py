@@ -47,7 +47,7 @@ from daemon.planning.fan_out import (
     fanned_only,
     link_reused,
 )
-from daemon.planning.store_fingerprints import StoreFingerprints, reason_of
+from daemon.planning.store_fingerprints import StoreFingerprints
 from daemon.rules.lineage import step_inputs
 from daemon.rules.partitions import Partition, item_of, name_of, partitions_of, spread, step_of
 from daemon.rules.rendering import RunContext, run_values
@@ -57,7 +57,7 @@ from daemon.rules.step_fingerprints import StepShape, fingerprint, shape_of, ste
 from daemon.store.images import image_digests
 from daemon.store.new_runs import StepPlan
 from daemon.store.reuse import look_up
-from kit.objectstore import StoreError, published
+from kit.objectstore import StoreError, published, reason_of
 
 log = structlog.get_logger(__name__)
 

@@ -32,7 +32,7 @@ from obstore.store import S3Store
 
 from daemon.planning.data_fingerprints import FORMAT, MISSING, DataUnreadable, record
 from daemon.rules.partitions import Partition, files
-from kit.objectstore import S3Location, StoreError, open_store
+from kit.objectstore import S3Location, StoreError, open_store, reason_of
 
 DEFAULT_CONCURRENCY = 16
 """Objects read at once for content digests: enough to hide each GET's latency, few enough not to
@@ -224,10 +224,3 @@ def _object(relative: str, meta: Mapping[str, object]) -> _Object:
 
 def _unreadable(location: S3Location, path: str, error: BaseException) -> DataUnreadable:
     return DataUnreadable(location.uri(path), reason_of(error))
-
-
-def reason_of(error: BaseException) -> str:
-    """A store's error as a one-line reason: its messages carry the request and response over many
-    lines (never credentials: requests are signed in headers, which are not in them)."""
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -34,7 +34,7 @@ from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import S3Store
 
 from kit.backoff import Backoff
-from kit.objectstore import S3Location
+from kit.objectstore import S3Location, reason_of
 from triggers.base import TriggerConfig, TriggerError
 from triggers.files.accounts import dump_objects
 from triggers.files.matching import Matcher, literal_prefix
@@ -68,8 +68,7 @@ def object_signature(meta: Any) -> ObjectSignature:
 def store_problem(location: S3Location, exc: BaseException) -> str:
     """One line about a store error for the trigger's status (obstore's own text goes on with a
     debug dump of the request: it holds URLs and status codes, never credentials)."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"bucket {location.bucket}: {first}"
+    return f"bucket {location.bucket}: {reason_of(exc)}"
 
 
 class BucketTrigger(SettlingTrigger):
