@@ -19,7 +19,7 @@ import configparser
 import os
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgspec
 import obstore
@@ -199,14 +199,23 @@ async def published(store: S3Store, output: str) -> dict[str, ManifestFile] | No
     output = output.rstrip("/")
     if (manifest := await read_manifest(store, manifest_key(output))) is not None:
         return {entry.path: entry for entry in manifest.files}
+    listed = [meta["path"] async for chunk in obstore.list(store, output + "/") for meta in chunk]
+    return await partitions_published(store, output, listed)
+
+
+async def partitions_published(
+    store: S3Store, output: str, keys: Iterable[str]
+) -> dict[str, ManifestFile] | None:
+    """The union of the manifests among ``keys`` (listed under ``output/``), by each file's path
+    under ``output``, or None when there is none."""
+    output = output.rstrip("/")
     files: dict[str, ManifestFile] | None = None
-    async for chunk in obstore.list(store, output + "/"):
-        for meta in chunk:
-            key = meta["path"]
-            if not key.endswith(MANIFEST_SUFFIX) or (manifest := await read_manifest(store, key)) is None:
-                continue
-            part = key[len(output) + 1 : -len(MANIFEST_SUFFIX)]
-            files = (files or {}) | {posixpath.join(part, entry.path): entry for entry in manifest.files}
+    for key in keys:
+        if not key.endswith(MANIFEST_SUFFIX) or (manifest := await read_manifest(store, key)) is None:
+            continue
+        part = key[len(output) + 1 : -len(MANIFEST_SUFFIX)]
+        files = {} if files is None else files
+        files.update({posixpath.join(part, entry.path): entry for entry in manifest.files})
     return files
 
 

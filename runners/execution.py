@@ -83,7 +83,8 @@ class AttemptExecution:
         finally:
             if staging is not None and not self._keep_work_dirs:
                 await self._workspace.unstage(staging)
-                await self._workspace.evict_objects()
+                if staging.inputs:  # only downloads add to the object cache
+                    await self._workspace.evict_objects()
 
     async def _logged(
         self, attempt: AcceptedAttempt, staging: Staging | None

@@ -9,9 +9,7 @@ store with the credentials of the agent's environment.
 
 from __future__ import annotations
 
-import os
 import posixpath
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +84,10 @@ class Staging:
     log: Remote | None
 
     @classmethod
-    def of(cls, assignment: Assignment, staging: Path, environ: Mapping[str, str] = os.environ) -> Staging:
+    def of(cls, assignment: Assignment, staging: Path) -> Staging:
         """Raises ``kit.objectstore.StoreError`` for a store that cannot be opened (a credential
         variable unset on this agent, named in the message)."""
-        stores = {name: open_store(location, environ) for name, location in assignment.stores.items()}
+        stores = {name: open_store(location) for name, location in assignment.stores.items()}
         within = step_staging(staging, assignment)
 
         def remote(what: str, path: str, upstream: Upstream | None = None) -> Remote | None:

@@ -40,6 +40,7 @@ from kit.objectstore import (
     StoreError,
     encode_manifest,
     manifest_key,
+    partitions_published,
     published,
     read_manifest,
     reason_of,
@@ -153,7 +154,8 @@ async def _objects(remote: Remote) -> list[_Object] | None:
         return _published(key, {entry.path: entry for entry in manifest.files})
     listing = [meta async for chunk in obstore.list(store, key or None) for meta in chunk]
     if any(meta["path"].endswith(MANIFEST_SUFFIX) for meta in listing):
-        return _published(key, await published(store, key) or {})
+        files = await partitions_published(store, key, (meta["path"] for meta in listing))
+        return _published(key, files or {})
     start = len(key) + 1 if key else 0
     objects = [
         _Object(meta["path"], _local(meta["path"][start:], key), meta["size"], meta["e_tag"])
