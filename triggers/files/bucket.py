@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import obstore
 import structlog
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from obstore.exceptions import BaseError as ObstoreError
@@ -99,12 +98,12 @@ class BucketTrigger(SettlingTrigger):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def open(self, nc: NATS | None) -> None:
+    async def open(self) -> None:
         """Subscribe to the trigger's notifications (when it names a subject) and start its loops.
         Raises ``TriggerError``."""
         notifications = self.spec.notifications
         if notifications is not None:
-            if nc is None:
+            if (nc := self._source.nc) is None:
                 raise TriggerError(f"trigger {self.name}: notifications need NATS, and this source has none")
             self._subscription = await nc.subscribe(notifications.subject, cb=self._notified)
         log.info(

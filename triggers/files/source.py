@@ -113,20 +113,21 @@ class FilesSource(Source):
             trigger = await self._resolved(trigger, spec)
         async with self._lock:
             existing = self._triggers.get(trigger.name)
-            if existing is not None and existing.spec == spec and existing.same_target(trigger):
+            same_target = existing is not None and existing.same_target(trigger)
+            if same_target and existing.spec == spec:
                 return
             matcher = Matcher(trigger.root or "", spec.pattern)
             if existing is not None:
                 del self._triggers[trigger.name]
                 await existing.close()
-            if existing is not None and existing.same_target(trigger):
+            if same_target:
                 seen = {path: sig for path, sig in existing.seen.items() if matcher.matches(path)}
             elif trigger.location is not None:
                 seen = load_objects(trigger.state, matcher)
             else:
                 seen = load_seen(trigger.state, matcher)
             watched = self._watched(trigger, spec, seen)
-            await (watched.open(self.nc) if isinstance(watched, BucketTrigger) else watched.open())
+            await watched.open()
             self._triggers[trigger.name] = watched
 
     async def _resolved(self, trigger: TriggerConfig, spec: FilesSpec) -> TriggerConfig:

@@ -82,7 +82,7 @@ class WatchedTrigger(SettlingTrigger):
 
     def same_target(self, config: TriggerConfig) -> bool:
         """Whether ``config`` watches what this trigger watches (then it keeps what it accounted for)."""
-        return config.location is None and self.root == (config.root and os.path.abspath(config.root))
+        return config.location is None and self.root == config.root  # both made absolute by the source
 
     def status(self) -> dict[str, Any]:
         mode = self.watch.mode if self.watch else None

@@ -119,11 +119,11 @@ class Pull:
                 timeout: float | None = None
                 if self.reply is None:
                     free = runner._window - runner._in_flight
-                    pause = self.next_request_at - time.monotonic()
-                    if free >= threshold and pause <= 0:
-                        await self._request(free)
-                        continue
                     if free >= threshold:
+                        pause = self.next_request_at - time.monotonic()
+                        if pause <= 0:
+                            await self._request(free)
+                            continue
                         timeout = pause
                 else:
                     timeout = self.heard + PULL_SILENCE_S - time.monotonic()
