@@ -16,9 +16,11 @@ from obstore.store import S3Store
 
 from daemon.documents.references import DEFAULT_DATASTORE
 from daemon.errors import Unavailable
+from daemon.planning.data_fingerprints import DataUnreadable
+from daemon.planning.store_fingerprints import StoreFingerprints
 from daemon.store.catalog import get_datastore
 from daemon.store.db import Db
-from kit.objectstore import S3Location, StoreError, open_store, reason_of
+from kit.objectstore import S3Location, reason_of
 
 
 class LogFiles(Protocol):
@@ -64,8 +66,8 @@ class StoreLogs:
             raise Unavailable(f"cannot read {self.location.uri(relative)}: {reason_of(exc)}") from None
 
 
-async def default_logs(db: Db) -> LogFiles:
-    """The logs of the ``default`` datastore as it is now.
+async def default_logs(db: Db, stores: StoreFingerprints) -> LogFiles:
+    """The logs of the ``default`` datastore as it is now, an ``s3`` one through ``stores``.
 
     Raises:
         Unavailable: it has no path, or its store cannot be opened (a credential variable unset).
@@ -74,9 +76,9 @@ async def default_logs(db: Db) -> LogFiles:
     if datastore is not None and datastore.type == "s3":
         location = msgspec.convert(datastore.spec, S3Location)
         try:
-            return StoreLogs(location, open_store(location))
-        except StoreError as exc:
-            raise Unavailable(f"cannot read logs from the default datastore: {exc}") from None
+            return StoreLogs(location, stores.store(location))
+        except DataUnreadable as exc:
+            raise Unavailable(f"cannot read logs from the default datastore: {exc.message}") from None
     if datastore is None or not datastore.spec.get("path"):
         raise Unavailable("the default datastore has no path")
     return LocalLogs(datastore.spec["path"])

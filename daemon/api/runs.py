@@ -16,6 +16,7 @@ from daemon.api.http import decode_cursor, int_query, json_response, limit_arg, 
 from daemon.api.log_files import LogFiles, default_logs
 from daemon.errors import BadRequest, NotFound, Unavailable
 from daemon.limits import Positive32
+from daemon.planning.store_fingerprints import StoreFingerprints
 from daemon.rules.rendering import log_path
 from daemon.rules.states import FINAL_STEP
 from daemon.runtime.scheduler import Scheduler
@@ -171,7 +172,8 @@ async def step_logs(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"run {run_id} has no step {name}")
     if wanted is not None and not any(attempt.number == wanted for attempt in step.attempts):
         raise NotFound(f"step {name} of run {run_id} has no attempt {wanted}")
-    logs = await default_logs(pool)
+    scheduler = request.app.get(SCHEDULER)
+    logs = await default_logs(pool, scheduler.objects if scheduler is not None else StoreFingerprints())
     if request.query.get("follow", "").lower() in ("1", "true", "yes"):
         with open_stream(request):
             return await _follow(request, run_id, name, wanted, logs)

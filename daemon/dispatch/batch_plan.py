@@ -212,9 +212,8 @@ class BatchPlanner:
                 if isinstance(rendered := self._render(step, context, spec, agent), str):
                     placed = Waiting(rendered)
                 else:
-                    rooms[placed.agent_id] = taken(
-                        rooms[placed.agent_id], need_of(spec, self._datastores), placed.gpus
-                    )
+                    assert step.need is not None  # _place_new gives every step its need
+                    rooms[placed.agent_id] = taken(rooms[placed.agent_id], step.need, placed.gpus)
                     if (bound := _parallel_bound(step, spec)) is not None:
                         groups[bound[0]] += 1
             found[step.name] = placed

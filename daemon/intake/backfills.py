@@ -41,6 +41,7 @@ from daemon.planning.sample_events import S3_FILES_NOT_YET
 from daemon.rules import backfills as rules
 from daemon.runtime.tasks import Supervisor
 from daemon.store import backfills as backfill_store
+from daemon.store.db import DATABASE_ERRORS
 from kit.backoff import Backoff
 from triggers.base import EventResult, TriggerEvent
 from triggers.cronheap import fire_event
@@ -59,7 +60,7 @@ WAIT_S = 0.1
 """How long it sleeps when every running backfill waits for a slot (runs ending do not wake it)."""
 RETRY_BASE_S, RETRY_CAP_S = 0.5, 30.0
 """The backoff of a backfill whose turn met a database error."""
-_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, Unavailable)
+_DATABASE_ERRORS = (*DATABASE_ERRORS, Unavailable)
 
 
 @dataclass(slots=True)

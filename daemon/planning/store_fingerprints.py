@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import obstore
-from obstore.exceptions import BaseError, NotFoundError
+from obstore.exceptions import BaseError
 from obstore.store import S3Store
 
 from daemon.planning.data_fingerprints import FORMAT, MISSING, DataUnreadable, record
@@ -61,7 +62,7 @@ class StoreFingerprints:
         *,
         max_cached_objects: int = DEFAULT_MAX_CACHED_OBJECTS,
         concurrency: int = DEFAULT_CONCURRENCY,
-        environ: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
         self._digests: OrderedDict[tuple[S3Location, str, str], bytes] = OrderedDict()
         self._max_cached = max_cached_objects
@@ -85,7 +86,7 @@ class StoreFingerprints:
         found = self._stores.get(location)
         if found is None:
             try:
-                found = open_store(location) if self._environ is None else open_store(location, self._environ)
+                found = open_store(location, self._environ)
             except StoreError as exc:
                 raise DataUnreadable(location.uri(path), str(exc)) from None
             self._stores[location] = found
@@ -142,11 +143,14 @@ class StoreFingerprints:
             for item in await self._listed(store, location, path)
             if matches(item.relative)
         }
-        made = []
-        for partition in files(list(found), per, previous):
-            chosen = [found[name] for name in partition.files]
-            made.append((partition, await self._hash(store, location, "partition", chosen, content)))
-        return made
+        parts = files(list(found), per, previous)
+        prints = await asyncio.gather(
+            *(
+                self._hash(store, location, "partition", [found[name] for name in part.files], content)
+                for part in parts
+            )
+        )
+        return list(zip(parts, prints, strict=True))
 
     async def _objects(
         self, store: S3Store, location: S3Location, path: str
@@ -160,7 +164,7 @@ class StoreFingerprints:
             return None, []
         try:
             meta = await obstore.head_async(store, path)
-        except (FileNotFoundError, NotFoundError):
+        except FileNotFoundError:
             return None, []
         except BaseError as exc:
             raise _unreadable(location, path, exc) from None

@@ -41,6 +41,7 @@ from daemon.planning.creation import RunCreation
 from daemon.planning.data_fingerprints import DataFingerprints
 from daemon.planning.preview import Planner
 from daemon.planning.reuse_planner import ReusePlanner
+from daemon.planning.store_fingerprints import StoreFingerprints
 from daemon.rules.placement import Need
 from daemon.runtime import leader
 from daemon.runtime.leader import Election
@@ -74,7 +75,9 @@ class Scheduler:
             announcer=self.announcer,
             settings=settings,
         )
-        self.reuse = ReusePlanner(self.datastores, DataFingerprints())
+        self.objects = StoreFingerprints()
+        """The daemon's stores of s3 datastores, each opened once: fingerprints and logs share them."""
+        self.reuse = ReusePlanner(self.datastores, DataFingerprints(), self.objects)
         self.creation = RunCreation(
             reuse=self.reuse,
             dispatcher=self.dispatcher,
